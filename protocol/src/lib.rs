@@ -1,0 +1,66 @@
+//! kiln's wire formats: run tickets, plans, frames, acks, key files, tree hashes
+//! and COBS record streams.
+//!
+//! postcard is not self-describing: the Rust types in this crate *are* the schema.
+//! `WIRE.md` beside this crate documents the bytes and the stability policy; golden
+//! tests pin every type's encoding.
+#![cfg_attr(not(feature = "std"), no_std)]
+#![forbid(unsafe_code)]
+#![warn(missing_docs)]
+
+extern crate alloc;
+
+mod bytes;
+mod error;
+mod frame;
+mod ids;
+mod key;
+mod plan;
+mod records;
+mod ticket;
+#[cfg(feature = "std")]
+pub mod tree;
+
+pub use bytes::Sig;
+pub use error::Error;
+pub use frame::{Ack, Batch, Command, Event, Frame, Outcome, SealedCheck, Stream};
+pub use ids::{Mac, RunId, Sha256, hex, parse_hex};
+pub use key::{KeyId, PublicKey, SecretKey};
+pub use plan::{
+    ContainerSpec, CpuStressSpec, DiskSpec, GpuSpec, HostSpec, ImageRef, Mount, NetworkSpec,
+    NicSpec, Os, Plan, Runtime, SmartSpec, SshSpec, Stage, StageKind, StorageSpec, StorageTool,
+    TestBundle,
+};
+pub use records::{RecordReader, ResultRecord, encode_record};
+pub use ticket::{HostBinding, SignedTicket, Ticket};
+
+/// Format version of tickets, batches and bundles; a changed encoding is a new version.
+pub const VERSION: u16 = 1;
+/// First bytes of a ticket file; the last byte is the format version.
+pub const TICKET_MAGIC: &[u8; 8] = b"KILNTKT\x01";
+/// First bytes of an offline result bundle; the last byte is the format version.
+pub const BUNDLE_MAGIC: &[u8; 8] = b"KILNRES\x01";
+/// Domain separator prefixed to a ticket body before signing.
+pub const TICKET_DOMAIN: &[u8] = b"kiln-ticket-v1\0";
+/// Domain separator prefixed to a batch body before signing.
+pub const BATCH_DOMAIN: &[u8] = b"kiln-batch-v1\0";
+/// Domain separator prefixed to a secrets request before signing.
+pub const SECRETS_DOMAIN: &[u8] = b"kiln-secrets-v1\0";
+/// Default coordinator listen address.
+pub const DEFAULT_LISTEN: &str = "127.0.0.1:7373";
+/// Largest batch body the coordinator accepts, in bytes.
+pub const MAX_BATCH_BYTES: usize = 1 << 20;
+/// Largest ticket file anyone should accept, in bytes.
+pub const MAX_TICKET_BYTES: usize = 1 << 20;
+/// The agent sends a batch at least this often (an empty one is the heartbeat).
+pub const HEARTBEAT_MS: u64 = 2_000;
+/// A run with no batch for this long shows `stale`.
+pub const STALE_AFTER_MS: u64 = 60_000;
+/// Target interval between batches while a stage produces output.
+pub const BATCH_INTERVAL_MS: u64 = 250;
+/// A batch is sent early once its frames reach this many bytes.
+pub const BATCH_MAX_BYTES: usize = 64 * 1024;
+/// Exit code of a test meaning "passed with a warning".
+pub const EXIT_WARNING: i32 = 42;
+/// Exit code of a test meaning "skipped".
+pub const EXIT_SKIPPED: i32 = 43;
