@@ -1,1 +1,12 @@
-fn main() {}
+//! `kiln-coordinator`: parse the command line, set up logging, hand over to the library.
+fn main() {
+    kiln_coordinator::logger::init();
+    let cli: kiln_coordinator::cli::Cli = argh::from_env();
+    match kiln_coordinator::cli::run(cli) {
+        Ok(code) => std::process::exit(code),
+        Err(e) => {
+            eprintln!("error: {e:#}");
+            std::process::exit(2);
+        }
+    }
+}

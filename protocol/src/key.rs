@@ -75,7 +75,9 @@ impl PublicKey {
             .ok_or(Error::BadKeyFile("empty"))?;
         let mut parts = line.split_whitespace();
         if parts.next() != Some(PUB_TAG) {
-            return Err(Error::BadKeyFile("expected `kiln-ed25519 <base64> [comment]`"));
+            return Err(Error::BadKeyFile(
+                "expected `kiln-ed25519 <base64> [comment]`",
+            ));
         }
         let b64 = parts.next().ok_or(Error::BadKeyFile("missing key"))?;
         let raw = STANDARD

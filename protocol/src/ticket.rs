@@ -138,7 +138,9 @@ impl Ticket {
     pub fn check_host(&self, macs: &[Mac], serial: Option<&str>) -> Result<(), Error> {
         let b = &self.host;
         if b.macs.is_empty() && b.serial.is_none() {
-            return Err(Error::HostMismatch("binding names neither MAC nor serial".into()));
+            return Err(Error::HostMismatch(
+                "binding names neither MAC nor serial".into(),
+            ));
         }
         if !b.macs.is_empty() && !b.macs.iter().any(|m| macs.contains(m)) {
             let want: Vec<String> = b.macs.iter().map(|m| alloc::format!("{m}")).collect();

@@ -64,9 +64,10 @@ pub fn walk(root: &Path) -> io::Result<Vec<(String, Entry)>> {
     while let Some((dir, prefix)) = stack.pop() {
         for item in fs::read_dir(&dir)? {
             let item = item?;
-            let name = item.file_name().into_string().map_err(|n| {
-                unsafe_path(format!("{prefix}{} (not UTF-8)", n.to_string_lossy()))
-            })?;
+            let name = item
+                .file_name()
+                .into_string()
+                .map_err(|n| unsafe_path(format!("{prefix}{} (not UTF-8)", n.to_string_lossy())))?;
             let rel = format!("{prefix}{name}");
             let ft = item.file_type()?;
             if ft.is_symlink() {
@@ -76,7 +77,9 @@ pub fn walk(root: &Path) -> io::Result<Vec<(String, Entry)>> {
                     .ok_or_else(|| unsafe_path(format!("{rel} (link target not UTF-8)")))?
                     .to_string();
                 if resolve_inside(&rel, &target).is_none() {
-                    return Err(unsafe_path(format!("{rel} -> {target} (link leaves the folder)")));
+                    return Err(unsafe_path(format!(
+                        "{rel} -> {target} (link leaves the folder)"
+                    )));
                 }
                 out.push((rel, Entry::Link(target)));
             } else if ft.is_dir() {
@@ -102,7 +105,10 @@ pub fn tree_hash(root: &Path) -> io::Result<Sha256> {
     for (rel, entry) in walk(root)? {
         if let Entry::File(_) = entry {
             let mut fh = sha2::Sha256::new();
-            io::copy(&mut fs::File::open(root.join(&rel))?, &mut HashWriter(&mut fh))?;
+            io::copy(
+                &mut fs::File::open(root.join(&rel))?,
+                &mut HashWriter(&mut fh),
+            )?;
             h.update(rel.as_bytes());
             h.update(b"\0");
             h.update(crate::hex(&fh.finalize()).as_bytes());
@@ -213,7 +219,9 @@ pub fn unpack<R: Read>(tar: R, dest: &Path) -> io::Result<()> {
                     .into_owned();
                 let (rel_s, to_s) = (rel.to_string_lossy(), to.to_string_lossy());
                 if resolve_inside(&rel_s, &to_s).is_none() {
-                    return Err(unsafe_path(format!("{rel_s} -> {to_s} (link leaves the folder)")));
+                    return Err(unsafe_path(format!(
+                        "{rel_s} -> {to_s} (link leaves the folder)"
+                    )));
                 }
                 links.push((target, to));
             }

@@ -1,0 +1,77 @@
+//! What this machine is: MACs from /sys/class/net, DMI serial, hostname, boot id.
+use kiln_protocol::Mac;
+use std::fs;
+use std::path::Path;
+
+/// Identity facts a ticket's host binding is checked against.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct HostInfo {
+    /// The kernel's hostname.
+    pub hostname: String,
+    /// MACs of the non-loopback interfaces, sorted.
+    pub macs: Vec<Mac>,
+    /// `/sys/class/dmi/id/product_serial`, if readable and not a placeholder.
+    pub serial: Option<String>,
+}
+
+impl HostInfo {
+    /// Reads this machine's identity. `KILN_SYSFS` (default `/sys`) points at another
+    /// sysfs root for tests.
+    pub fn detect() -> HostInfo {
+        let sys = std::env::var("KILN_SYSFS").unwrap_or_else(|_| "/sys".into());
+        Self::from_sysfs(Path::new(&sys))
+    }
+
+    /// Reads identity from a sysfs tree rooted at `sys`.
+    pub fn from_sysfs(sys: &Path) -> HostInfo {
+        let mut macs = Vec::new();
+        if let Ok(rd) = fs::read_dir(sys.join("class/net")) {
+            for e in rd.flatten() {
+                if e.file_name() == "lo" {
+                    continue;
+                }
+                if let Ok(text) = fs::read_to_string(e.path().join("address")) {
+                    if let Ok(mac) = text.trim().parse::<Mac>() {
+                        if mac.0 != [0; 6] && !macs.contains(&mac) {
+                            macs.push(mac);
+                        }
+                    }
+                }
+            }
+        }
+        macs.sort();
+        let serial = fs::read_to_string(sys.join("class/dmi/id/product_serial"))
+            .ok()
+            .map(|s| s.trim().to_string())
+            .filter(|s| !s.is_empty() && !is_placeholder(s));
+        let hostname = fs::read_to_string("/proc/sys/kernel/hostname")
+            .map(|s| s.trim().to_string())
+            .unwrap_or_else(|_| "unknown".into());
+        HostInfo {
+            hostname,
+            macs,
+            serial,
+        }
+    }
+}
+
+/// Firmware fills unset serials with well-known filler strings.
+fn is_placeholder(s: &str) -> bool {
+    let l = s.to_ascii_lowercase();
+    [
+        "to be filled by o.e.m.",
+        "default string",
+        "not specified",
+        "system serial number",
+        "0123456789",
+        "none",
+    ]
+    .iter()
+    .any(|p| l == *p)
+}
+
+/// The kernel's boot id (`/proc/sys/kernel/random/boot_id`) plus our pid: one agent start.
+pub fn boot_id() -> String {
+    let b = fs::read_to_string("/proc/sys/kernel/random/boot_id").unwrap_or_default();
+    format!("{}/{}", b.trim(), std::process::id())
+}

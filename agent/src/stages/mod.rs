@@ -1,0 +1,337 @@
+//! Stage kinds and what every stage gets: its settings, a folder, secrets, a way to
+//! report, and a stop signal (timeout or abort).
+//!
+//! A stage is `async fn run(ctx: &StageCtx, spec) -> StageResult`. It streams output
+//! through `ctx.log`, reports numbers through `ctx.measure`, files through
+//! `ctx.artifact`, and must end promptly (killing what it started) once
+//! `ctx.stopped()` resolves. Timeouts, retries and fail_fast belong to the runner.
+use kiln_protocol::{Event, HostBinding, Outcome, RunId, Sha256, Stage, StageKind, Stream};
+use std::collections::BTreeMap;
+use std::io;
+use std::path::{Path, PathBuf};
+use std::sync::{Arc, Mutex};
+
+pub mod container;
+pub mod exec;
+pub mod hardware;
+pub mod proc;
+pub mod ssh;
+
+/// Why a stage is being stopped.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Stop {
+    /// The attempt ran past its timeout.
+    Timeout,
+    /// The coordinator (or the operator) aborted the run.
+    Abort(String),
+}
+
+impl Stop {
+    /// The outcome a stage stopped this way ends with.
+    pub fn outcome(&self) -> Outcome {
+        match self {
+            Stop::Timeout => Outcome::TimedOut,
+            Stop::Abort(_) => Outcome::Aborted,
+        }
+    }
+
+    /// A detail line for the stage's result.
+    pub fn detail(&self, timeout_s: u64) -> String {
+        match self {
+            Stop::Timeout => format!("timed out after {timeout_s}s"),
+            Stop::Abort(r) => format!("aborted: {r}"),
+        }
+    }
+}
+
+/// How a stage attempt ended.
+#[derive(Debug, Clone, PartialEq)]
+pub struct StageResult {
+    /// The outcome.
+    pub outcome: Outcome,
+    /// The process exit code, where there was one.
+    pub exit_code: Option<i32>,
+    /// One line for people.
+    pub detail: String,
+}
+
+impl StageResult {
+    /// A result without an exit code.
+    pub fn new(outcome: Outcome, detail: impl Into<String>) -> Self {
+        StageResult {
+            outcome,
+            exit_code: None,
+            detail: detail.into(),
+        }
+    }
+
+    /// An infrastructure error (never the test's fault).
+    pub fn error(detail: impl Into<String>) -> Self {
+        Self::new(Outcome::Error, detail)
+    }
+}
+
+/// Where a stage's events and files go: the reporter (online or offline), or a
+/// test's memory sink.
+pub trait Sink: Send + Sync {
+    /// Queues an event; never blocks on the network.
+    fn emit(&self, event: Event);
+    /// Stores a file's bytes (CAS upload or bundle blob); returns digest and size.
+    /// Blocking: call through `smol::unblock` (as [`StageCtx::artifact`] does).
+    fn store_artifact(&self, path: &Path) -> io::Result<(Sha256, u64)>;
+    /// A local path holding the CAS object `sha` (downloaded and verified if needed).
+    /// Blocking.
+    fn fetch_cas(&self, sha: &Sha256) -> io::Result<PathBuf>;
+}
+
+/// A stop signal shared by a stage and the runner.
+#[derive(Clone, Debug)]
+pub struct StopSignal {
+    reason: Arc<Mutex<Option<Stop>>>,
+    tx: smol::channel::Sender<()>,
+    rx: smol::channel::Receiver<()>,
+}
+
+impl Default for StopSignal {
+    fn default() -> Self {
+        let (tx, rx) = smol::channel::bounded(1);
+        StopSignal {
+            reason: Arc::new(Mutex::new(None)),
+            tx,
+            rx,
+        }
+    }
+}
+
+impl StopSignal {
+    /// Fires the signal (the first reason wins).
+    pub fn fire(&self, why: Stop) {
+        let mut r = self.reason.lock().expect("stop lock poisoned");
+        if r.is_none() {
+            *r = Some(why);
+        }
+        self.tx.close();
+    }
+
+    /// The reason, once fired.
+    pub fn reason(&self) -> Option<Stop> {
+        self.reason.lock().expect("stop lock poisoned").clone()
+    }
+
+    /// Resolves once the signal fires.
+    pub async fn fired(&self) -> Stop {
+        let _ = self.rx.recv().await;
+        self.reason().unwrap_or(Stop::Abort("stopped".into()))
+    }
+}
+
+/// Everything a stage attempt gets.
+pub struct StageCtx {
+    /// The run.
+    pub run: RunId,
+    /// Index of the stage in the plan.
+    pub index: u16,
+    /// The stage's settings.
+    pub stage: Stage,
+    /// The host binding (with the expected spec).
+    pub host: HostBinding,
+    /// 1 for the first attempt.
+    pub attempt: u32,
+    /// A fresh folder for this attempt; the test bundle, if any, is unpacked here.
+    pub dir: PathBuf,
+    /// The test bundle's tar file (verified), if the stage has tests.
+    pub tests_tar: Option<PathBuf>,
+    /// The stage's named secrets.
+    pub secrets: BTreeMap<String, Vec<u8>>,
+    /// Where events and files go.
+    pub sink: Arc<dyn Sink>,
+    /// Fires on timeout or abort.
+    pub stop: StopSignal,
+}
+
+impl StageCtx {
+    /// Reports one line of output, with every secret value redacted.
+    pub fn log(&self, stream: Stream, text: &str) {
+        self.sink.emit(Event::Log {
+            stage: self.index,
+            stream,
+            text: self.redact(text),
+        });
+    }
+
+    /// Reports a line from the agent itself.
+    pub fn note(&self, text: &str) {
+        self.log(Stream::Agent, text);
+    }
+
+    /// Reports a measurement.
+    pub fn measure(&self, name: &str, value: f64, unit: &str) {
+        self.sink.emit(Event::Measure {
+            stage: self.index,
+            name: name.into(),
+            value,
+            unit: unit.into(),
+        });
+    }
+
+    /// Reports a part's outcome (matrix cell, disk, spec difference).
+    pub fn part(&self, name: &str, outcome: Outcome, detail: &str, tail: Vec<String>) {
+        self.sink.emit(Event::Part {
+            stage: self.index,
+            name: name.into(),
+            outcome,
+            detail: self.redact(detail),
+            tail: tail.iter().map(|l| self.redact(l)).collect(),
+        });
+    }
+
+    /// Stores a file as an artifact named `name` and reports it.
+    pub async fn artifact(&self, path: &Path, name: &str) -> io::Result<Sha256> {
+        let sink = self.sink.clone();
+        let p = path.to_path_buf();
+        let (sha256, size) = smol::unblock(move || sink.store_artifact(&p)).await?;
+        self.sink.emit(Event::Artifact {
+            stage: self.index,
+            name: name.into(),
+            sha256,
+            size,
+        });
+        Ok(sha256)
+    }
+
+    /// Stores every regular file under `dir` as an artifact named by its relative
+    /// path (sorted). Returns how many.
+    pub async fn artifacts_from_dir(&self, dir: &Path) -> io::Result<usize> {
+        if !dir.is_dir() {
+            return Ok(0);
+        }
+        let entries = kiln_protocol::tree::walk(dir)?;
+        let mut n = 0;
+        for (rel, entry) in entries {
+            if let kiln_protocol::tree::Entry::File(_) = entry {
+                self.artifact(&dir.join(&rel), &rel).await?;
+                n += 1;
+            }
+        }
+        Ok(n)
+    }
+
+    /// A local path for a CAS object (fetched and verified if needed).
+    pub async fn fetch_cas(&self, sha: &Sha256) -> io::Result<PathBuf> {
+        let sink = self.sink.clone();
+        let sha = *sha;
+        smol::unblock(move || sink.fetch_cas(&sha)).await
+    }
+
+    /// Resolves when the stage must stop.
+    pub async fn stopped(&self) -> Stop {
+        self.stop.fired().await
+    }
+
+    /// Replaces every secret value in `text` with `[redacted:NAME]`.
+    pub fn redact(&self, text: &str) -> String {
+        let mut out = text.to_string();
+        for (name, value) in &self.secrets {
+            let v = String::from_utf8_lossy(value);
+            for candidate in [v.as_ref(), v.trim()] {
+                if candidate.len() >= 4 && out.contains(candidate) {
+                    out = out.replace(candidate, &format!("[redacted:{name}]"));
+                }
+            }
+        }
+        out
+    }
+
+    /// Environment for the stage's processes: the plan's env.
+    pub fn env(&self) -> Vec<(String, String)> {
+        self.stage.env.clone()
+    }
+}
+
+/// Runs one attempt of the stage in `ctx`.
+pub async fn run_stage(ctx: &StageCtx) -> StageResult {
+    match &ctx.stage.kind {
+        StageKind::Exec { command } => exec::run(ctx, command).await,
+        StageKind::Container(spec) => container::run(ctx, spec).await,
+        StageKind::Ssh(spec) => ssh::run(ctx, spec).await,
+        StageKind::Inventory => hardware::inventory::run(ctx).await,
+        StageKind::Smart(spec) => hardware::smart::run(ctx, spec).await,
+        StageKind::CpuStress(spec) => hardware::cpu::run(ctx, spec).await,
+        StageKind::Storage(spec) => hardware::storage::run(ctx, spec).await,
+        StageKind::Network(spec) => hardware::network::run(ctx, spec).await,
+        StageKind::Gpu(spec) => hardware::gpu::run(ctx, spec).await,
+    }
+}
+
+/// A sink that keeps everything in memory, for tests of single stages.
+#[derive(Default)]
+pub struct MemorySink {
+    /// Every event emitted, in order.
+    pub events: Mutex<Vec<Event>>,
+    /// Stored artifacts: digest to bytes.
+    pub blobs: Mutex<BTreeMap<Sha256, Vec<u8>>>,
+    /// CAS objects offered to `fetch_cas`: digest to path.
+    pub cas: Mutex<BTreeMap<Sha256, PathBuf>>,
+}
+
+impl MemorySink {
+    /// All log lines so far, in order.
+    pub fn lines(&self) -> Vec<String> {
+        self.events
+            .lock()
+            .expect("sink lock")
+            .iter()
+            .filter_map(|e| match e {
+                Event::Log { text, .. } => Some(text.clone()),
+                _ => None,
+            })
+            .collect()
+    }
+}
+
+impl Sink for MemorySink {
+    fn emit(&self, event: Event) {
+        self.events.lock().expect("sink lock").push(event);
+    }
+    fn store_artifact(&self, path: &Path) -> io::Result<(Sha256, u64)> {
+        let bytes = std::fs::read(path)?;
+        let sha = Sha256::of(&bytes);
+        let size = bytes.len() as u64;
+        self.blobs.lock().expect("sink lock").insert(sha, bytes);
+        Ok((sha, size))
+    }
+    fn fetch_cas(&self, sha: &Sha256) -> io::Result<PathBuf> {
+        self.cas
+            .lock()
+            .expect("sink lock")
+            .get(sha)
+            .cloned()
+            .ok_or_else(|| io::Error::new(io::ErrorKind::NotFound, format!("no cas object {sha}")))
+    }
+}
+
+impl StageCtx {
+    /// A context for testing one stage: the memory sink, a fresh stop signal,
+    /// attempt 1, host binding `test`.
+    pub fn for_test(stage: Stage, dir: PathBuf) -> (StageCtx, Arc<MemorySink>) {
+        let sink = Arc::new(MemorySink::default());
+        let ctx = StageCtx {
+            run: RunId([7; 16]),
+            index: 0,
+            stage,
+            host: HostBinding {
+                name: "test".into(),
+                macs: vec![],
+                serial: None,
+                spec: Default::default(),
+            },
+            attempt: 1,
+            dir,
+            tests_tar: None,
+            secrets: BTreeMap::new(),
+            sink: sink.clone(),
+            stop: StopSignal::default(),
+        };
+        (ctx, sink)
+    }
+}

@@ -1,0 +1,305 @@
+//! Child processes for stages: own process group, output streamed line by line as
+//! `Log` frames while it runs, the whole group killed on stop (timeout or abort)
+//! and swept when the main process exits.
+use kiln_protocol::Stream;
+use nix::sys::signal::{Signal, killpg};
+use nix::unistd::Pid;
+use smol::future::FutureExt;
+use smol::io::AsyncReadExt;
+use std::cell::RefCell;
+use std::collections::VecDeque;
+use std::os::unix::process::{CommandExt, ExitStatusExt};
+use std::path::PathBuf;
+use std::process::Stdio;
+use std::time::Duration;
+
+use super::{StageCtx, Stop};
+
+/// Longest line sent as one `Log` frame; longer output is split.
+pub const MAX_LINE: usize = 16 * 1024;
+/// How long a stopped group gets between SIGTERM and SIGKILL.
+pub const GRACE: Duration = Duration::from_secs(2);
+/// How long output is still drained after the main process ended.
+const DRAIN: Duration = Duration::from_secs(2);
+
+/// What to run.
+#[derive(Debug, Clone, Default)]
+pub struct ProcSpec {
+    /// argv; `argv[0]` is looked up in PATH.
+    pub argv: Vec<String>,
+    /// Working folder (default: the stage's folder).
+    pub cwd: Option<PathBuf>,
+    /// Extra environment.
+    pub env: Vec<(String, String)>,
+    /// Shown before each line as `[prefix] ` (matrix cells).
+    pub prefix: Option<String>,
+    /// How many of the last lines to keep in [`ProcOutput::tail`].
+    pub tail_lines: usize,
+    /// Bytes written to the child's stdin (then closed); `None`: /dev/null.
+    pub stdin: Option<Vec<u8>>,
+}
+
+impl ProcSpec {
+    /// A spec for `argv` with defaults.
+    pub fn new<S: Into<String>>(argv: impl IntoIterator<Item = S>) -> Self {
+        ProcSpec {
+            argv: argv.into_iter().map(Into::into).collect(),
+            ..Default::default()
+        }
+    }
+}
+
+/// How a process ended.
+#[derive(Debug, Clone, PartialEq)]
+pub enum ProcEnd {
+    /// Exited with this code.
+    Exited(i32),
+    /// Killed by this signal (not by us).
+    Signaled(i32),
+    /// We stopped it (timeout or abort).
+    Stopped(Stop),
+    /// It could not be started.
+    SpawnFailed(String),
+}
+
+/// The end and the last lines of output.
+#[derive(Debug, Clone)]
+pub struct ProcOutput {
+    /// How it ended.
+    pub end: ProcEnd,
+    /// The last `tail_lines` lines (both streams, in arrival order, unprefixed).
+    pub tail: Vec<String>,
+}
+
+fn signal_group(pgid: i32, sig: Signal) {
+    // ESRCH (group already gone) is fine.
+    let _ = killpg(Pid::from_raw(pgid), sig);
+}
+
+/// Runs a process in its own group, streaming its output; ends it on `ctx.stopped()`.
+pub async fn run_streamed(ctx: &StageCtx, spec: &ProcSpec) -> ProcOutput {
+    let tail = RefCell::new(VecDeque::new());
+    let Some(program) = spec.argv.first() else {
+        return ProcOutput {
+            end: ProcEnd::SpawnFailed("empty command".into()),
+            tail: vec![],
+        };
+    };
+    let mut cmd = std::process::Command::new(program);
+    cmd.args(&spec.argv[1..])
+        .current_dir(spec.cwd.as_ref().unwrap_or(&ctx.dir))
+        .envs(spec.env.iter().map(|(k, v)| (k, v)))
+        .process_group(0);
+    // async-process tracks stdio itself: set it on its Command, not the std one.
+    let mut cmd = async_process::Command::from(cmd);
+    cmd.stdin(if spec.stdin.is_some() {
+        Stdio::piped()
+    } else {
+        Stdio::null()
+    })
+    .stdout(Stdio::piped())
+    .stderr(Stdio::piped());
+    let mut child = match cmd.spawn() {
+        Ok(c) => c,
+        Err(e) => {
+            return ProcOutput {
+                end: ProcEnd::SpawnFailed(format!("{program}: {e}")),
+                tail: vec![],
+            };
+        }
+    };
+    let pgid = child.id() as i32;
+    let stdout = child.stdout.take();
+    let stderr = child.stderr.take();
+    let stdin = child.stdin.take();
+    let (done_tx, done_rx) = smol::channel::bounded::<()>(1);
+
+    let feed = async {
+        if let (Some(mut w), Some(bytes)) = (stdin, spec.stdin.as_ref()) {
+            use smol::io::AsyncWriteExt;
+            let _ = w.write_all(bytes).await;
+            let _ = w.close().await;
+        }
+    };
+    let pumps = async {
+        let a = pump(ctx, spec, stdout, Stream::Stdout, &tail);
+        let b = pump(ctx, spec, stderr, Stream::Stderr, &tail);
+        smol::future::zip(smol::future::zip(a, b), feed).await;
+    }
+    .or(async {
+        let _ = done_rx.recv().await;
+        smol::Timer::after(DRAIN).await;
+    });
+    let waiter = async {
+        let first = async { Ok(child.status().await) }
+            .or(async { Err(ctx.stopped().await) })
+            .await;
+        let end = match first {
+            Ok(Ok(status)) => {
+                // Sweep what the main process left behind in its group.
+                signal_group(pgid, Signal::SIGKILL);
+                match (status.code(), status.signal()) {
+                    (Some(code), _) => ProcEnd::Exited(code),
+                    (None, Some(sig)) => ProcEnd::Signaled(sig),
+                    (None, None) => ProcEnd::Signaled(0),
+                }
+            }
+            Ok(Err(e)) => ProcEnd::SpawnFailed(format!("waiting for {program}: {e}")),
+            Err(stop) => {
+                signal_group(pgid, Signal::SIGTERM);
+                let exited = async { child.status().await.is_ok() }
+                    .or(async {
+                        smol::Timer::after(GRACE).await;
+                        false
+                    })
+                    .await;
+                signal_group(pgid, Signal::SIGKILL);
+                if !exited {
+                    let _ = child.status().await;
+                }
+                ProcEnd::Stopped(stop)
+            }
+        };
+        done_tx.close();
+        end
+    };
+    let ((), end) = smol::future::zip(pumps, waiter).await;
+    ProcOutput {
+        end,
+        tail: tail.into_inner().into_iter().collect(),
+    }
+}
+
+async fn pump(
+    ctx: &StageCtx,
+    spec: &ProcSpec,
+    reader: Option<impl smol::io::AsyncRead + Unpin>,
+    stream: Stream,
+    tail: &RefCell<VecDeque<String>>,
+) {
+    let Some(mut reader) = reader else { return };
+    let emit = |raw: &[u8]| {
+        let raw = raw.strip_suffix(b"\r").unwrap_or(raw);
+        let line = String::from_utf8_lossy(raw).into_owned();
+        match &spec.prefix {
+            Some(p) => ctx.log(stream, &format!("[{p}] {line}")),
+            None => ctx.log(stream, &line),
+        }
+        if spec.tail_lines > 0 {
+            let mut t = tail.borrow_mut();
+            if t.len() == spec.tail_lines {
+                t.pop_front();
+            }
+            t.push_back(ctx.redact(&line));
+        }
+    };
+    let mut pending: Vec<u8> = Vec::new();
+    let mut buf = vec![0u8; 8192];
+    loop {
+        let n = match reader.read(&mut buf).await {
+            Ok(0) | Err(_) => break,
+            Ok(n) => n,
+        };
+        pending.extend_from_slice(&buf[..n]);
+        let mut start = 0;
+        while let Some(pos) = pending[start..].iter().position(|&b| b == b'\n') {
+            emit(&pending[start..start + pos]);
+            start += pos + 1;
+        }
+        pending.drain(..start);
+        while pending.len() >= MAX_LINE {
+            emit(&pending[..MAX_LINE]);
+            pending.drain(..MAX_LINE);
+        }
+    }
+    if !pending.is_empty() {
+        emit(&pending);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::stages::{StageCtx, Stop};
+    use kiln_protocol::{Stage, StageKind};
+
+    fn ctx() -> (
+        StageCtx,
+        std::sync::Arc<crate::stages::MemorySink>,
+        tempfile::TempDir,
+    ) {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let stage = Stage {
+            name: "t".into(),
+            kind: StageKind::Exec { command: vec![] },
+            timeout_s: 0,
+            retries: 0,
+            destructive: false,
+            continue_on_failure: false,
+            tests: None,
+            env: vec![],
+            secrets: vec![],
+        };
+        let (c, s) = StageCtx::for_test(stage, dir.path().to_path_buf());
+        (c, s, dir)
+    }
+
+    #[test]
+    fn streams_lines_and_exit_code() {
+        let (c, sink, _d) = ctx();
+        let mut spec = ProcSpec::new(["sh", "-c", "echo one; echo two >&2; printf three; exit 7"]);
+        spec.tail_lines = 2;
+        let out = smol::block_on(run_streamed(&c, &spec));
+        assert_eq!(out.end, ProcEnd::Exited(7));
+        let mut lines = sink.lines();
+        lines.sort();
+        assert_eq!(lines, ["one", "three", "two"]);
+        assert_eq!(out.tail.len(), 2);
+    }
+
+    #[test]
+    fn stop_kills_the_whole_group() {
+        let (c, _sink, d) = ctx();
+        let pidfile = d.path().join("bg.pid");
+        let script = format!("sleep 300 & echo $! > {}; wait", pidfile.display());
+        let spec = ProcSpec::new(["sh", "-c", script.as_str()]);
+        let stop = c.stop.clone();
+        let out = smol::block_on(async {
+            let fire = async {
+                while !pidfile.exists() {
+                    smol::Timer::after(Duration::from_millis(20)).await;
+                }
+                stop.fire(Stop::Timeout);
+                std::future::pending::<ProcOutput>().await
+            };
+            run_streamed(&c, &spec).or(fire).await
+        });
+        assert_eq!(out.end, ProcEnd::Stopped(Stop::Timeout));
+        let pid: i32 = std::fs::read_to_string(&pidfile)
+            .unwrap()
+            .trim()
+            .parse()
+            .unwrap();
+        // The background sleep is gone (or a zombie about to be reaped by init).
+        let alive = || {
+            std::fs::read_to_string(format!("/proc/{pid}/stat"))
+                .map(|s| !s.contains(") Z"))
+                .unwrap_or(false)
+        };
+        // Signal delivery is asynchronous: give the kernel a moment to finish it.
+        for _ in 0..100 {
+            if !alive() {
+                break;
+            }
+            std::thread::sleep(Duration::from_millis(10));
+        }
+        assert!(!alive(), "background process {pid} survived the stop");
+    }
+
+    #[test]
+    fn missing_program_is_spawn_failure() {
+        let (c, _sink, _d) = ctx();
+        let out = smol::block_on(run_streamed(&c, &ProcSpec::new(["/nonexistent/prog"])));
+        assert!(matches!(out.end, ProcEnd::SpawnFailed(_)), "{:?}", out.end);
+    }
+}

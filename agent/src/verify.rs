@@ -1,0 +1,78 @@
+//! Ticket checks before anything runs: signature, trusted key, expiry, host binding.
+use kiln_protocol::{PublicKey, SignedTicket, Ticket};
+use std::path::Path;
+
+use crate::cli::{EXIT_PASSED, EXIT_REFUSED, VerifyCmd};
+use crate::hostinfo::HostInfo;
+
+/// Reads a trusted-keys file: one or more `kiln-ed25519 …` lines.
+pub fn load_trust(path: &Path) -> Result<Vec<PublicKey>, String> {
+    let text = std::fs::read_to_string(path)
+        .map_err(|e| format!("cannot read trusted key {}: {e}", path.display()))?;
+    let keys: Vec<PublicKey> = text
+        .lines()
+        .map(str::trim)
+        .filter(|l| !l.is_empty() && !l.starts_with('#'))
+        .map(|l| PublicKey::from_line(l).map_err(|e| format!("{}: {e}", path.display())))
+        .collect::<Result<_, _>>()?;
+    if keys.is_empty() {
+        return Err(format!("{}: no keys", path.display()));
+    }
+    Ok(keys)
+}
+
+/// Every check, in order: format, trusted key, signature, version, expiry, host.
+/// The error is a one-line reason.
+pub fn check_ticket(
+    bytes: &[u8],
+    trusted: &[PublicKey],
+    now: u64,
+    host: &HostInfo,
+) -> Result<(SignedTicket, Ticket), String> {
+    if bytes.len() > kiln_protocol::MAX_TICKET_BYTES {
+        return Err("ticket file is too large".into());
+    }
+    let signed = SignedTicket::from_file(bytes).map_err(|e| format!("ticket refused: {e}"))?;
+    let ticket = signed
+        .verify(trusted)
+        .map_err(|e| format!("ticket refused: {e}"))?;
+    ticket
+        .check_time(now)
+        .map_err(|e| format!("ticket refused: {e}"))?;
+    ticket
+        .check_host(&host.macs, host.serial.as_deref())
+        .map_err(|e| format!("ticket refused: {e}"))?;
+    Ok((signed, ticket))
+}
+
+/// Unix seconds now.
+pub fn now_s() -> u64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_secs())
+        .unwrap_or(0)
+}
+
+/// `verify`: exit 0 when valid (and print the plan), 2 with a one-line reason otherwise.
+pub fn cmd_verify(c: &VerifyCmd) -> i32 {
+    let result = (|| {
+        let trusted = load_trust(&c.trust)?;
+        let bytes = std::fs::read(&c.ticket)
+            .map_err(|e| format!("cannot read ticket {}: {e}", c.ticket.display()))?;
+        check_ticket(&bytes, &trusted, now_s(), &HostInfo::detect())
+    })();
+    match result {
+        Ok((_, t)) => {
+            println!("ticket ok: run {} for host {}", t.run, t.host.name);
+            println!("plan {:?}: {} stage(s)", t.plan.name, t.plan.stages.len());
+            for (i, s) in t.plan.stages.iter().enumerate() {
+                println!("  {}. {} ({})", i + 1, s.name, s.kind.name());
+            }
+            EXIT_PASSED
+        }
+        Err(reason) => {
+            eprintln!("{reason}");
+            EXIT_REFUSED
+        }
+    }
+}

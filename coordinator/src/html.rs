@@ -1,0 +1,1 @@
+//! HTML pages: the runs index and one run's live report.

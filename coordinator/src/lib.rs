@@ -1,0 +1,21 @@
+//! kiln's coordinator: one binary and a state folder. Signs run tickets, serves iPXE
+//! scripts and artifacts, ingests signed reports, and shows runs to people.
+#![forbid(unsafe_code)]
+#![warn(missing_docs)]
+
+pub mod cas;
+pub mod cli;
+pub mod fsutil;
+pub mod html;
+pub mod http;
+pub mod ingest;
+pub mod ipxe;
+pub mod logger;
+pub mod plan;
+pub mod report;
+pub mod setup;
+pub mod state;
+pub mod status;
+pub mod store;
+pub mod ticket;
+pub mod units;

@@ -1,0 +1,1 @@
+//! Run status as a fold over the ticket and events.log.

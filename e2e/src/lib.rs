@@ -1,0 +1,1 @@
+//! Whole-path tests live in `tests/it`; this crate has no library code.

@@ -1,0 +1,16 @@
+//! Whole-path tests: real `kiln-coordinator` and `kiln-agent` processes on loopback,
+//! with real podman, sshd and qemu where a test needs them.
+//!
+//! The binaries are taken from the workspace's target folder: run
+//! `cargo build --workspace --bins` first (the README's test command does).
+mod common;
+
+mod container;
+mod crash;
+mod hardware;
+mod netboot;
+mod offline;
+mod runs;
+mod server;
+mod ssh;
+mod tickets;
