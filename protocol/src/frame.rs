@@ -332,3 +332,42 @@ pub enum Command {
         stage: u16,
     },
 }
+
+/// A claimed agent's request for the secrets its plan names, signed with its claim
+/// key over `SECRETS_DOMAIN ++ postcard(SecretsRequest)`; wire: body ++ sig[64].
+/// The reply (200) is `postcard(Vec<(String, Vec<u8>)>)`.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct SecretsRequest {
+    /// The run.
+    pub run: RunId,
+    /// Secret names (each must be named by a stage of the run's plan).
+    pub names: Vec<String>,
+    /// Agent clock, unix milliseconds (the coordinator refuses stale requests).
+    pub at_ms: u64,
+}
+
+impl SecretsRequest {
+    /// Encodes and signs.
+    pub fn seal(&self, key: &SecretKey) -> Vec<u8> {
+        let mut out = postcard::to_allocvec(self).expect("requests always encode");
+        let sig = key.sign(crate::SECRETS_DOMAIN, &out);
+        out.extend_from_slice(&sig.0);
+        out
+    }
+
+    /// Decodes and verifies against the run's bound claim key.
+    pub fn open(bytes: &[u8], key: &PublicKey) -> Result<SecretsRequest, Error> {
+        if bytes.len() < 64 {
+            return Err(Error::Truncated);
+        }
+        let (body, sig) = bytes.split_at(bytes.len() - 64);
+        let mut s = [0u8; 64];
+        s.copy_from_slice(sig);
+        key.verify(crate::SECRETS_DOMAIN, body, &Sig(s))?;
+        let (req, rest) = postcard::take_from_bytes::<SecretsRequest>(body)?;
+        if !rest.is_empty() {
+            return Err(Error::TrailingBytes);
+        }
+        Ok(req)
+    }
+}

@@ -23,7 +23,7 @@ pub mod tree;
 
 pub use bytes::Sig;
 pub use error::Error;
-pub use frame::{Ack, Batch, Command, Event, Frame, Outcome, SealedCheck, Stream};
+pub use frame::{Ack, Batch, Command, Event, Frame, Outcome, SealedCheck, SecretsRequest, Stream};
 pub use ids::{Mac, RunId, Sha256, hex, parse_hex};
 pub use key::{KeyId, PublicKey, SecretKey};
 pub use plan::{
