@@ -328,6 +328,10 @@ pub struct DnsmasqCmd {
     /// interface to serve on
     #[argh(option)]
     pub interface: Option<String>,
+    /// TFTP folder holding undionly.kpxe and ipxe.efi for plain PXE ROMs
+    /// (default /usr/lib/ipxe, Debian's `ipxe` package)
+    #[argh(option, default = "PathBuf::from(\"/usr/lib/ipxe\")")]
+    pub tftp_root: PathBuf,
 }
 
 /// Runs a parsed command line; returns the process exit code.

@@ -1,19 +1,26 @@
-//! Netboot: /boot.ipxe, per-MAC scripts, images, and the dnsmasq snippet.
-use anyhow::{Result, bail};
+//! Netboot: /boot.ipxe, per-MAC scripts, `image add`, and the dnsmasq snippet.
+use anyhow::Result;
+use kiln_protocol::{Mac, RunId, SignedTicket};
+use std::fmt::Write as _;
 
 use crate::cli::*;
-use crate::state::State;
+use crate::images::{self, Image};
+use crate::state::{Host, State};
+
+/// Console arguments added when an image's cmdline names no `console=`: the serial
+/// port last, so it is `/dev/console` (IPMI serial-over-LAN and qemu tests read it).
+pub const DEFAULT_CONSOLE: &str = "console=tty0 console=ttyS0,115200n8";
 
 /// `image add`.
 pub fn cmd_image_add(state: &State, c: &ImageAddCmd) -> Result<i32> {
-    let _ = (state, c);
-    bail!("not implemented yet")
-}
-
-/// `dnsmasq`: print the router snippet.
-pub fn cmd_dnsmasq(c: &DnsmasqCmd) -> Result<i32> {
-    let _ = c;
-    bail!("not implemented yet")
+    let (img, ksize, isize) = images::add(state, &c.name, &c.kernel, &c.initrd, &c.cmdline)?;
+    println!("image {}", img.name);
+    println!("  kernel {} ({ksize} bytes)", img.kernel);
+    println!("  initrd {} ({isize} bytes)", img.initrd);
+    if !img.cmdline.is_empty() {
+        println!("  cmdline {}", img.cmdline);
+    }
+    Ok(0)
 }
 
 /// `GET /boot.ipxe`: chains to the per-MAC script.
@@ -25,6 +32,214 @@ pub fn boot_script() -> String {
 /// `kiln.run=` for its next pending run; `exit` for unknown MACs or nothing pending.
 /// `base_url` is the coordinator as the booting machine reached it.
 pub fn mac_script(state: &State, mac: &str, base_url: &str) -> String {
-    let _ = (state, mac, base_url);
-    "#!ipxe\nexit\n".into()
+    let Ok(mac) = mac.parse::<Mac>() else {
+        return exit_script("not a MAC address");
+    };
+    if !safe_base_url(base_url) {
+        return exit_script("the coordinator's address is not usable in a script");
+    }
+    match plan_boot(state, &mac) {
+        Ok(Boot::Run { host, image, run }) => run_script(&host, &image, &run, &mac, base_url),
+        Ok(Boot::Exit(why)) => exit_script(&why),
+        Err(e) => {
+            log::warn!("ipxe {mac}: {e:#}");
+            exit_script("coordinator error (see its log)")
+        }
+    }
 }
+
+/// What a MAC should boot.
+#[derive(Debug, Clone, PartialEq)]
+pub enum Boot {
+    /// Netboot the image for this run.
+    Run {
+        /// The host's name.
+        host: String,
+        /// The host's image.
+        image: Image,
+        /// The run to start.
+        run: RunId,
+    },
+    /// Boot from disk, for this reason.
+    Exit(String),
+}
+
+/// Decides what the machine with `mac` boots.
+pub fn plan_boot(state: &State, mac: &Mac) -> Result<Boot> {
+    let hosts = state.hosts()?;
+    let Some(host) = hosts.by_mac(mac) else {
+        return Ok(Boot::Exit(format!("unknown MAC {mac}")));
+    };
+    let Some(image_name) = &host.image else {
+        return Ok(Boot::Exit(format!("host {} has no image", host.name)));
+    };
+    let Some(run) = next_pending_run(state, host)? else {
+        return Ok(Boot::Exit(format!(
+            "nothing pending for host {}",
+            host.name
+        )));
+    };
+    let Some(image) = images::load(state)?.get(image_name).cloned() else {
+        return Ok(Boot::Exit(format!(
+            "host {} names image {image_name}, which is not registered",
+            host.name
+        )));
+    };
+    for sha in [image.kernel_sha()?, image.initrd_sha()?] {
+        if !state.cas().has(&sha) {
+            return Ok(Boot::Exit(format!(
+                "image {image_name}: {sha} is missing from cas/"
+            )));
+        }
+    }
+    Ok(Boot::Run {
+        host: host.name.clone(),
+        image,
+        run,
+    })
+}
+
+/// The host's oldest run that no agent has claimed yet (no events), is unexpired and
+/// was signed by this coordinator's key.
+pub fn next_pending_run(state: &State, host: &Host) -> Result<Option<RunId>> {
+    let key = state.public_key()?;
+    let now = crate::fsutil::now_s();
+    let mut best: Option<(u64, RunId)> = None;
+    for run in state.run_ids()? {
+        let dir = state.run_dir(&run);
+        let started = std::fs::metadata(dir.join("events.log"))
+            .map(|m| m.len() > 0)
+            .unwrap_or(false);
+        if started {
+            continue;
+        }
+        let Ok(bytes) = std::fs::read(dir.join("ticket.kiln")) else {
+            continue;
+        };
+        let Ok(ticket) = SignedTicket::from_file(&bytes).and_then(|s| s.verify(&[key])) else {
+            continue;
+        };
+        if ticket.host.name != host.name || ticket.run != run || ticket.check_time(now).is_err() {
+            continue;
+        }
+        if best.is_none_or(|(at, _)| ticket.issued_at < at) {
+            best = Some((ticket.issued_at, run));
+        }
+    }
+    Ok(best.map(|(_, r)| r))
+}
+
+fn run_script(host: &str, image: &Image, run: &RunId, mac: &Mac, base: &str) -> String {
+    let base = base.trim_end_matches('/');
+    let bootif = mac.to_string().replace(':', "-");
+    let mut cmdline = format!("initrd=initrd kiln.url={base} kiln.run={run} BOOTIF=01-{bootif}");
+    if !image
+        .cmdline
+        .split_whitespace()
+        .any(|a| a.starts_with("console="))
+    {
+        cmdline.push(' ');
+        cmdline.push_str(DEFAULT_CONSOLE);
+    }
+    if !image.cmdline.is_empty() {
+        cmdline.push(' ');
+        cmdline.push_str(&image.cmdline);
+    }
+    let mut s = String::from("#!ipxe\n");
+    let _ = writeln!(s, "echo kiln: host {host} run {run} image {}", image.name);
+    let _ = writeln!(s, "kernel {base}/cas/{} {cmdline}", image.kernel);
+    let _ = writeln!(s, "initrd --name initrd {base}/cas/{}", image.initrd);
+    s.push_str("boot\n");
+    s
+}
+
+fn exit_script(why: &str) -> String {
+    format!("#!ipxe\necho kiln: {why}; booting from disk\nexit\n")
+}
+
+/// Only plain `http(s)://host[:port][/path]` goes into a script: the Host header is
+/// the client's to choose, and a script line must not be smuggled through it.
+fn safe_base_url(url: &str) -> bool {
+    let rest = url
+        .strip_prefix("http://")
+        .or_else(|| url.strip_prefix("https://"));
+    match rest {
+        Some(r) => {
+            !r.is_empty()
+                && r.len() < 256
+                && r.bytes().all(|b| {
+                    b.is_ascii_alphanumeric()
+                        || matches!(b, b'.' | b':' | b'-' | b'[' | b']' | b'/' | b'_')
+                })
+        }
+        None => false,
+    }
+}
+
+/// `dnsmasq`: print the router snippet.
+pub fn cmd_dnsmasq(c: &DnsmasqCmd) -> Result<i32> {
+    print!("{}", dnsmasq_snippet(c)?);
+    Ok(0)
+}
+
+/// The dnsmasq configuration: plain PXE ROMs get iPXE over TFTP; iPXE (DHCP option
+/// 175) gets `{url}/boot.ipxe`. Full DHCP with `--range`, proxy-DHCP with `--proxy`.
+pub fn dnsmasq_snippet(c: &DnsmasqCmd) -> Result<String> {
+    let url = c.url.trim_end_matches('/');
+    anyhow::ensure!(safe_base_url(url), "--url must be http://HOST:PORT");
+    let one_word = |v: &str, what: &str| -> Result<()> {
+        anyhow::ensure!(
+            !v.is_empty() && !v.contains(char::is_whitespace),
+            "{what} must be one word"
+        );
+        Ok(())
+    };
+    let mut s = format!("# kiln netboot (kiln-coordinator dnsmasq --url {url})\n");
+    if let Some(i) = &c.interface {
+        one_word(i, "--interface")?;
+        let _ = writeln!(s, "interface={i}\nbind-dynamic");
+    }
+    match (&c.range, &c.proxy) {
+        (Some(_), Some(_)) => {
+            anyhow::bail!("give --range (DHCP) or --proxy (proxy-DHCP), not both")
+        }
+        (None, None) => {
+            anyhow::bail!("give --range FIRST,LAST,LEASE (DHCP) or --proxy SUBNET (proxy-DHCP)")
+        }
+        (Some(r), None) => {
+            one_word(r, "--range")?;
+            let _ = writeln!(s, "dhcp-range={r}");
+        }
+        (None, Some(p)) => {
+            one_word(p, "--proxy")?;
+            s.push_str("# proxy-DHCP: the router keeps handing out addresses; we add boot info\n");
+            let _ = writeln!(s, "dhcp-range={p},proxy");
+        }
+    }
+    let tftp = c.tftp_root.display().to_string();
+    one_word(&tftp, "--tftp-root")?;
+    s.push_str("log-dhcp\n");
+    let _ = writeln!(
+        s,
+        "# plain PXE ROMs load iPXE by TFTP from here (undionly.kpxe, ipxe.efi)\nenable-tftp\ntftp-root={tftp}"
+    );
+    s.push_str("dhcp-match=set:ipxe,175\n");
+    s.push_str("dhcp-match=set:efi64,option:client-arch,7\n");
+    s.push_str("dhcp-match=set:efi64,option:client-arch,9\n");
+    if c.proxy.is_some() {
+        s.push_str("pxe-service=tag:!ipxe,x86PC,\"kiln: load iPXE\",undionly.kpxe\n");
+        s.push_str("pxe-service=tag:!ipxe,X86-64_EFI,\"kiln: load iPXE\",ipxe.efi\n");
+    } else {
+        s.push_str("dhcp-boot=tag:!ipxe,tag:!efi64,undionly.kpxe\n");
+        s.push_str("dhcp-boot=tag:!ipxe,tag:efi64,ipxe.efi\n");
+    }
+    let _ = writeln!(
+        s,
+        "# iPXE chains to the coordinator\ndhcp-boot=tag:ipxe,{url}/boot.ipxe"
+    );
+    Ok(s)
+}
+
+#[cfg(test)]
+#[path = "ipxe_tests.rs"]
+mod tests;

@@ -8,6 +8,7 @@ pub mod cli;
 pub mod fsutil;
 pub mod html;
 pub mod http;
+pub mod images;
 pub mod ingest;
 pub mod ipxe;
 pub mod logger;
