@@ -1,9 +1,268 @@
 //! Netboot mode: kernel command line, trusted key baked into the image, power off.
-use crate::cli::BootCmd;
+use kiln_protocol::{Mac, RunId};
+use std::collections::BTreeMap;
+use std::io::Read;
+use std::path::PathBuf;
+use std::time::{Duration, Instant};
 
-/// `boot`: returns the exit status (when it does not power off).
+use crate::cli::{BootCmd, EXIT_INFRA, EXIT_REFUSED};
+use crate::hostinfo::HostInfo;
+use crate::runner::{RunEnd, RunOptions, run_ticket};
+use crate::verify::{check_ticket, load_trust, now_s};
+
+/// Work folder inside the image (a tmpfs mounted by its init).
+pub const BOOT_WORK: &str = "/tmp/kiln";
+
+/// Longest pause between two tries to reach the coordinator.
+const MAX_BACKOFF: Duration = Duration::from_secs(5);
+
+/// What the kernel command line tells the agent.
+#[derive(Debug, Clone, PartialEq)]
+pub struct BootArgs {
+    /// `kiln.url=`: the coordinator as the machine reached it when booting.
+    pub url: String,
+    /// `kiln.run=`: the run to start (none: ask for the host's next pending ticket).
+    pub run: Option<RunId>,
+    /// `BOOTIF=01-aa-bb-…`: the NIC the firmware booted from.
+    pub bootif: Option<Mac>,
+}
+
+/// Parses `/proc/cmdline` text. The error is a one-line reason.
+pub fn parse_cmdline(text: &str) -> Result<BootArgs, String> {
+    let mut url = None;
+    let mut run = None;
+    let mut bootif = None;
+    for arg in text.split_whitespace() {
+        if let Some(v) = arg.strip_prefix("kiln.url=") {
+            let v = v.trim_end_matches('/');
+            if !(v.starts_with("http://") || v.starts_with("https://")) || v.len() < 8 {
+                return Err(format!("kiln.url={v} is not an http:// URL"));
+            }
+            url = Some(v.to_string());
+        } else if let Some(v) = arg.strip_prefix("kiln.run=") {
+            run = Some(
+                v.parse()
+                    .map_err(|_| format!("kiln.run={v} is not a run id"))?,
+            );
+        } else if let Some(v) = arg.strip_prefix("BOOTIF=") {
+            // pxelinux form: hardware type "01-" then the MAC with dashes.
+            bootif = v.get(3..).and_then(|m| m.parse().ok());
+        }
+    }
+    let url = url.ok_or("no kiln.url= on the kernel command line")?;
+    Ok(BootArgs { url, run, bootif })
+}
+
+/// The ticket's URL: the named run's, else the booted NIC's next pending ticket.
+pub fn ticket_url(args: &BootArgs, host: &HostInfo) -> Option<String> {
+    if let Some(run) = &args.run {
+        return Some(format!("{}/v1/runs/{run}/ticket", args.url));
+    }
+    let mac = args.bootif.or_else(|| host.macs.first().copied())?;
+    Some(format!("{}/v1/hosts/{mac}/ticket", args.url))
+}
+
+/// Prints one line on the console (stderr is `/dev/console` for the image's init).
+fn say(line: &str) {
+    eprintln!("kiln: {line}");
+}
+
+/// `boot`: returns the exit status (when it does not power off or idle).
 pub fn cmd_boot(c: &BootCmd) -> i32 {
-    let _ = c;
-    eprintln!("kiln-agent: boot is not implemented yet");
-    crate::cli::EXIT_INFRA
+    say(&format!("agent {} booting", env!("CARGO_PKG_VERSION")));
+    match boot(c) {
+        Ok(end) => finish(c, end),
+        Err(reason) => {
+            say(&reason);
+            idle(c, EXIT_REFUSED)
+        }
+    }
+}
+
+/// Everything up to the end of the run; `Err` is a refusal before anything ran.
+fn boot(c: &BootCmd) -> Result<RunEnd, String> {
+    let text = std::fs::read_to_string(&c.cmdline)
+        .map_err(|e| format!("cannot read {}: {e}", c.cmdline.display()))?;
+    let args = parse_cmdline(&text)?;
+    let trusted = load_trust(&c.trust)?;
+    let host = HostInfo::detect();
+    let url = ticket_url(&args, &host).ok_or("no kiln.run= and no network interface")?;
+    let bytes = fetch_with_retries(&url)?;
+    let (_, ticket) = check_ticket(&bytes, &trusted, now_s(), &host)?;
+    say(&format!(
+        "ticket ok: run {} for host {}, plan {:?} ({} stages)",
+        ticket.run,
+        ticket.host.name,
+        ticket.plan.name,
+        ticket.plan.stages.len()
+    ));
+    let opts = RunOptions {
+        ticket_bytes: bytes,
+        ticket_path: None,
+        trusted,
+        url: Some(args.url),
+        out: None,
+        work: Some(PathBuf::from(BOOT_WORK).join(ticket.run.to_string())),
+        cas_dir: None,
+        secrets: BTreeMap::new(),
+    };
+    // As PID 1 a panic would take the kernel down with it; report it instead.
+    std::panic::catch_unwind(move || run_ticket(opts))
+        .map_err(|_| "the run loop panicked (a bug); see the lines above".to_string())
+}
+
+/// Acts on how the run ended: power off when it finished, idle otherwise.
+fn finish(c: &BootCmd, end: RunEnd) -> i32 {
+    let code = end.exit_status();
+    match end {
+        RunEnd::Finished { outcome, shutdown } => {
+            let why = if shutdown {
+                " (shutdown requested)"
+            } else {
+                ""
+            };
+            say(&format!(
+                "run finished: {}{why}; powering off",
+                outcome.as_str()
+            ));
+            power_off(c, code)
+        }
+        RunEnd::Refused(reason) => {
+            let reason = if reason.starts_with("ticket refused") {
+                reason
+            } else {
+                format!("ticket refused: {reason}")
+            };
+            say(&reason);
+            idle(c, code)
+        }
+        RunEnd::Infra(reason) => {
+            say(&format!("run error: {reason}"));
+            idle(c, code)
+        }
+    }
+}
+
+/// GETs `url` until the coordinator answers: connection errors (no link, no DHCP
+/// lease yet, coordinator restarting) are retried with backoff, forever; an HTTP
+/// refusal is final.
+fn fetch_with_retries(url: &str) -> Result<Vec<u8>, String> {
+    let agent = ureq::AgentBuilder::new()
+        .timeout_connect(Duration::from_secs(5))
+        .timeout(Duration::from_secs(30))
+        .build();
+    let start = Instant::now();
+    let mut pause = Duration::from_millis(250);
+    let mut next_note = Duration::ZERO;
+    for attempt in 1u64.. {
+        match agent.get(url).call() {
+            Ok(resp) => {
+                let mut bytes = Vec::new();
+                resp.into_reader()
+                    .take(kiln_protocol::MAX_TICKET_BYTES as u64 + 1)
+                    .read_to_end(&mut bytes)
+                    .map_err(|e| format!("reading the ticket from {url}: {e}"))?;
+                if attempt > 1 {
+                    say(&format!(
+                        "coordinator reached after {:.1}s",
+                        start.elapsed().as_secs_f64()
+                    ));
+                }
+                return Ok(bytes);
+            }
+            Err(ureq::Error::Status(code, resp)) => {
+                let body = resp.into_string().unwrap_or_default();
+                let line = body.lines().next().unwrap_or("").trim();
+                return Err(format!(
+                    "coordinator refused the ticket request ({code}): {line}"
+                ));
+            }
+            Err(e) => {
+                if start.elapsed() >= next_note {
+                    say(&format!("waiting for the network (try {attempt}): {e}"));
+                    next_note = start.elapsed() + Duration::from_secs(10);
+                }
+            }
+        }
+        std::thread::sleep(pause);
+        pause = (pause * 2).min(MAX_BACKOFF);
+    }
+    unreachable!("the retry loop only ends by returning")
+}
+
+/// `sync`, then power off; returns only when that is impossible or not wanted.
+fn power_off(c: &BootCmd, code: i32) -> i32 {
+    if c.no_poweroff {
+        return code;
+    }
+    nix::unistd::sync();
+    match nix::sys::reboot::reboot(nix::sys::reboot::RebootMode::RB_POWER_OFF) {
+        Ok(never) => match never {},
+        Err(e) => {
+            say(&format!("power off failed: {e}"));
+            idle(c, EXIT_INFRA.max(code))
+        }
+    }
+}
+
+/// Leaves the machine on and doing nothing (an operator reads the console). As PID 1
+/// the agent must never exit: the kernel would panic.
+fn idle(c: &BootCmd, code: i32) -> i32 {
+    if c.no_poweroff || std::process::id() != 1 {
+        return code;
+    }
+    say("idle; the machine stays on");
+    loop {
+        std::thread::park();
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn cmdline_names_url_run_and_bootif() {
+        let run = "0123456789abcdef0123456789abcdef";
+        let a = parse_cmdline(&format!(
+            "initrd=initrd kiln.url=http://10.0.2.2:7373/ kiln.run={run} BOOTIF=01-52-54-00-12-34-56 console=ttyS0\n"
+        ))
+        .unwrap();
+        assert_eq!(a.url, "http://10.0.2.2:7373");
+        assert_eq!(a.run, Some(run.parse().unwrap()));
+        assert_eq!(a.bootif, Some("52:54:00:12:34:56".parse().unwrap()));
+        let host = HostInfo {
+            hostname: "h".into(),
+            macs: vec![],
+            serial: None,
+        };
+        assert_eq!(
+            ticket_url(&a, &host).unwrap(),
+            format!("http://10.0.2.2:7373/v1/runs/{run}/ticket")
+        );
+        let b = BootArgs { run: None, ..a };
+        assert_eq!(
+            ticket_url(&b, &host).unwrap(),
+            "http://10.0.2.2:7373/v1/hosts/52:54:00:12:34:56/ticket"
+        );
+    }
+
+    #[test]
+    fn bad_cmdlines_are_one_line_reasons() {
+        assert!(parse_cmdline("quiet").unwrap_err().contains("no kiln.url="));
+        assert!(
+            parse_cmdline("kiln.url=ftp://x")
+                .unwrap_err()
+                .contains("not an http")
+        );
+        let e = parse_cmdline("kiln.url=http://x:1 kiln.run=zz").unwrap_err();
+        assert!(e.contains("not a run id"), "{e}");
+        // A garbled BOOTIF is ignored, not fatal.
+        assert_eq!(
+            parse_cmdline("kiln.url=http://x:1 BOOTIF=9")
+                .unwrap()
+                .bootif,
+            None
+        );
+    }
 }
