@@ -23,9 +23,11 @@ pub fn cmd_image_add(state: &State, c: &ImageAddCmd) -> Result<i32> {
     Ok(0)
 }
 
-/// `GET /boot.ipxe`: chains to the per-MAC script.
+/// `GET /boot.ipxe`: chains to the per-MAC script. The MAC goes in its hyphenated form:
+/// older iPXE builds (Debian's qemu ROMs among them) read any `:` in a URL as the end
+/// of a scheme, so `/ipxe/52:54:…` would fail with "Operation not supported".
 pub fn boot_script() -> String {
-    "#!ipxe\nchain /ipxe/${mac}\n".into()
+    "#!ipxe\nchain /ipxe/${mac:hexhyp}\n".into()
 }
 
 /// `GET /ipxe/{mac}`: kernel + initrd of the host's image with `kiln.url=` and

@@ -60,7 +60,7 @@ fn issue(s: &State, host: &str, run: u8, issued_at: u64, key: &SecretKey) -> Run
 
 #[test]
 fn boot_script_chains_to_the_mac_script() {
-    assert_eq!(boot_script(), "#!ipxe\nchain /ipxe/${mac}\n");
+    assert_eq!(boot_script(), "#!ipxe\nchain /ipxe/${mac:hexhyp}\n");
 }
 
 #[test]
