@@ -19,3 +19,6 @@ pub mod spool;
 pub mod stages;
 pub mod store;
 pub mod verify;
+
+#[cfg(test)]
+mod runner_tests;

@@ -1,0 +1,336 @@
+//! In-process tests of whole runs: offline into a bundle, and online against a tiny
+//! HTTP stub standing in for the coordinator (the e2e tests use the real one).
+use kiln_protocol::{
+    Ack, BUNDLE_MAGIC, Batch, Command, Event, Frame, HostBinding, Outcome, Plan, RecordReader,
+    ResultRecord, RunId, SecretKey, SignedTicket, Stage, StageKind, Ticket,
+};
+use std::collections::BTreeMap;
+use std::io::{BufRead, BufReader, Read, Write};
+use std::net::TcpListener;
+use std::path::Path;
+use std::sync::{Arc, Mutex};
+
+use crate::hostinfo::HostInfo;
+use crate::runner::{RunEnd, RunOptions, run_ticket};
+
+fn exec(name: &str, script: &str) -> Stage {
+    Stage {
+        name: name.into(),
+        kind: StageKind::Exec {
+            command: vec!["sh".into(), "-c".into(), script.into()],
+        },
+        timeout_s: 0,
+        retries: 0,
+        destructive: false,
+        continue_on_failure: false,
+        tests: None,
+        env: vec![],
+        secrets: vec![],
+    }
+}
+
+/// A ticket for this machine (bound to its first MAC), or `None` without one.
+fn ticket(stages: Vec<Stage>, url: Option<String>) -> Option<(Vec<u8>, SecretKey, RunId)> {
+    let mac = *HostInfo::detect().macs.first()?;
+    let key = SecretKey::from_seed([9; 32]);
+    let mut run = [0u8; 16];
+    getrandom::getrandom(&mut run).unwrap();
+    let t = Ticket {
+        version: kiln_protocol::VERSION,
+        run: RunId(run),
+        issued_at: 0,
+        not_after: u64::MAX / 2,
+        host: HostBinding {
+            name: "here".into(),
+            macs: vec![mac],
+            serial: None,
+            spec: Default::default(),
+        },
+        coordinator: url,
+        plan: Plan {
+            name: "t".into(),
+            stages,
+            fail_fast: false,
+            timeout_s: 0,
+        },
+    };
+    Some((SignedTicket::sign(&t, &key).to_file(), key, RunId(run)))
+}
+
+fn opts(bytes: Vec<u8>, key: &SecretKey, work: &Path, out: Option<&Path>) -> RunOptions {
+    RunOptions {
+        ticket_bytes: bytes,
+        ticket_path: None,
+        trusted: vec![key.public()],
+        url: None,
+        out: out.map(Path::to_path_buf),
+        work: Some(work.to_path_buf()),
+        cas_dir: None,
+        secrets: BTreeMap::new(),
+    }
+}
+
+fn finals(frames: &[Frame]) -> Vec<(u16, u32, Outcome)> {
+    frames
+        .iter()
+        .filter_map(|f| match &f.event {
+            Event::StageFinished {
+                stage,
+                attempt,
+                outcome,
+                ..
+            } => Some((*stage, *attempt, *outcome)),
+            _ => None,
+        })
+        .collect()
+}
+
+#[test]
+fn offline_run_writes_a_bundle_with_every_outcome() {
+    let d = tempfile::tempdir().unwrap();
+    let marker = d.path().join("flaky.marker");
+    let mut timeout = exec("slow", "sleep 30");
+    timeout.timeout_s = 1;
+    let mut flaky = exec(
+        "flaky",
+        &format!("test -e {0} && exit 0; touch {0}; exit 1", marker.display()),
+    );
+    flaky.retries = 1;
+    let stages = vec![
+        exec(
+            "ok",
+            "echo hello; mkdir artifacts; echo art > artifacts/a.txt",
+        ),
+        exec("bad", "exit 3"),
+        exec("warn", "exit 42"),
+        exec("skip", "exit 43"),
+        timeout,
+        flaky,
+    ];
+    let Some((bytes, key, run)) = ticket(stages, None) else {
+        eprintln!("SKIPPED: no network interface to bind a ticket to");
+        return;
+    };
+    let out = d.path().join("result.kiln");
+    let end = run_ticket(opts(bytes, &key, &d.path().join("work"), Some(&out)));
+    assert_eq!(
+        end,
+        RunEnd::Finished {
+            outcome: Outcome::TimedOut,
+            shutdown: false
+        }
+    );
+    assert_eq!(end.exit_status(), 1);
+    let bundle = std::fs::read(&out).unwrap();
+    assert_eq!(&bundle[..8], BUNDLE_MAGIC);
+    let mut frames = Vec::new();
+    let mut blobs = 0;
+    let mut claim = None;
+    for rec in RecordReader::new(&bundle[8..]) {
+        match ResultRecord::decode(&rec.unwrap()).unwrap() {
+            ResultRecord::Ticket(_) => assert!(frames.is_empty() && claim.is_none()),
+            ResultRecord::Blob(b) => {
+                assert_eq!(b, b"art\n");
+                blobs += 1;
+            }
+            ResultRecord::Batch(sealed) => {
+                let (b, check) = Batch::open_unverified(&sealed).unwrap();
+                claim = claim.or(b.claim_key());
+                check.verify(claim.as_ref().unwrap()).unwrap();
+                assert_eq!(b.run, run);
+                frames.extend(b.frames);
+            }
+        }
+    }
+    assert_eq!(blobs, 1);
+    let seqs: Vec<u64> = frames.iter().map(|f| f.seq).collect();
+    assert_eq!(seqs, (1..=frames.len() as u64).collect::<Vec<_>>());
+    assert_eq!(
+        finals(&frames),
+        [
+            (0, 1, Outcome::Passed),
+            (1, 1, Outcome::Failed),
+            (2, 1, Outcome::Warning),
+            (3, 1, Outcome::Skipped),
+            (4, 1, Outcome::TimedOut),
+            (5, 1, Outcome::Failed),
+            (5, 2, Outcome::Passed),
+        ]
+    );
+    assert!(frames.iter().any(|f| matches!(&f.event,
+        Event::Log { stage: 0, text, .. } if text == "hello")));
+    assert!(matches!(
+        frames.last().unwrap().event,
+        Event::RunFinished {
+            outcome: Outcome::TimedOut
+        }
+    ));
+}
+
+#[test]
+fn a_ticket_for_another_key_is_refused_before_anything_runs() {
+    let d = tempfile::tempdir().unwrap();
+    let Some((bytes, _key, _)) = ticket(vec![exec("x", "true")], None) else {
+        return;
+    };
+    let other = SecretKey::from_seed([1; 32]);
+    let work = d.path().join("work");
+    let end = run_ticket(opts(bytes, &other, &work, Some(&d.path().join("o"))));
+    assert!(
+        matches!(&end, RunEnd::Refused(r) if r.contains("ticket refused")),
+        "{end:?}"
+    );
+    assert_eq!(end.exit_status(), 2);
+    assert!(
+        !work.exists(),
+        "a refused ticket must not create a work folder"
+    );
+}
+
+/// What the stub coordinator does with the next batches.
+#[derive(Default)]
+struct Stub {
+    stored: Vec<Frame>,
+    /// Answer the next N batches with 503.
+    fail_next: usize,
+    /// Answer with Abort once this many frames are stored.
+    abort_after: Option<usize>,
+    batches: usize,
+}
+
+/// A minimal HTTP/1.1 server for `POST /v1/runs/*/events`: dedupes by seq, refuses
+/// gaps with 422 and `Kiln-Expected-Seq`, acks with postcard(Ack).
+fn serve_stub(stub: Arc<Mutex<Stub>>) -> String {
+    let l = TcpListener::bind("127.0.0.1:0").unwrap();
+    let addr = l.local_addr().unwrap();
+    std::thread::spawn(move || {
+        for conn in l.incoming() {
+            let Ok(conn) = conn else { continue };
+            let stub = stub.clone();
+            std::thread::spawn(move || {
+                let mut r = BufReader::new(conn.try_clone().unwrap());
+                let mut w = conn;
+                loop {
+                    let mut line = String::new();
+                    if r.read_line(&mut line).unwrap_or(0) == 0 {
+                        return;
+                    }
+                    let mut len = 0;
+                    loop {
+                        let mut h = String::new();
+                        r.read_line(&mut h).unwrap();
+                        if h.trim().is_empty() {
+                            break;
+                        }
+                        if let Some(v) = h.to_ascii_lowercase().strip_prefix("content-length:") {
+                            len = v.trim().parse().unwrap();
+                        }
+                    }
+                    let mut body = vec![0; len];
+                    r.read_exact(&mut body).unwrap();
+                    let (status, extra, reply) = answer(&stub, &body);
+                    let head = format!(
+                        "HTTP/1.1 {status}\r\nContent-Length: {}\r\n{extra}\r\n",
+                        reply.len()
+                    );
+                    w.write_all(head.as_bytes()).unwrap();
+                    w.write_all(&reply).unwrap();
+                }
+            });
+        }
+    });
+    format!("http://{addr}")
+}
+
+fn answer(stub: &Mutex<Stub>, body: &[u8]) -> (&'static str, String, Vec<u8>) {
+    let mut s = stub.lock().unwrap();
+    s.batches += 1;
+    if s.fail_next > 0 {
+        s.fail_next -= 1;
+        return ("503 Service Unavailable", String::new(), b"busy".to_vec());
+    }
+    let (batch, _) = Batch::open_unverified(body).unwrap();
+    for f in batch.frames {
+        let next = s.stored.len() as u64 + 1;
+        if f.seq < next {
+            continue;
+        }
+        if f.seq > next {
+            let extra = format!("Kiln-Expected-Seq: {next}\r\n");
+            return ("422 Unprocessable Entity", extra, b"gap".to_vec());
+        }
+        s.stored.push(f);
+    }
+    let command = match s.abort_after {
+        Some(n) if s.stored.len() >= n => Command::Abort {
+            reason: "stop it".into(),
+        },
+        _ => Command::Continue,
+    };
+    let ack = Ack {
+        upto: s.stored.len() as u64,
+        command,
+    };
+    (
+        "200 OK",
+        String::new(),
+        postcard::to_allocvec(&ack).unwrap(),
+    )
+}
+
+#[test]
+fn online_run_survives_5xx_and_stores_every_frame_once() {
+    let stub = Arc::new(Mutex::new(Stub {
+        fail_next: 2,
+        ..Default::default()
+    }));
+    let url = serve_stub(stub.clone());
+    let d = tempfile::tempdir().unwrap();
+    let Some((bytes, key, _)) = ticket(vec![exec("many", "seq 1 3000")], Some(url)) else {
+        return;
+    };
+    let end = run_ticket(opts(bytes, &key, &d.path().join("work"), None));
+    assert_eq!(
+        end,
+        RunEnd::Finished {
+            outcome: Outcome::Passed,
+            shutdown: false
+        }
+    );
+    let s = stub.lock().unwrap();
+    let lines: Vec<&str> = s
+        .stored
+        .iter()
+        .filter_map(|f| match &f.event {
+            Event::Log { text, .. } => Some(text.as_str()),
+            _ => None,
+        })
+        .collect();
+    let want: Vec<String> = (1..=3000).map(|i| i.to_string()).collect();
+    assert_eq!(lines, want);
+    assert!(s.batches >= 3, "{}", s.batches);
+}
+
+#[test]
+fn abort_in_an_ack_stops_the_running_stage() {
+    let stub = Arc::new(Mutex::new(Stub {
+        abort_after: Some(3),
+        ..Default::default()
+    }));
+    let url = serve_stub(stub.clone());
+    let d = tempfile::tempdir().unwrap();
+    let stages = vec![exec("long", "sleep 60"), exec("never", "true")];
+    let Some((bytes, key, _)) = ticket(stages, Some(url)) else {
+        return;
+    };
+    let end = run_ticket(opts(bytes, &key, &d.path().join("work"), None));
+    assert_eq!(
+        end,
+        RunEnd::Finished {
+            outcome: Outcome::Aborted,
+            shutdown: false
+        }
+    );
+    let s = stub.lock().unwrap();
+    assert_eq!(finals(&s.stored), [(0, 1, Outcome::Aborted)]);
+}
