@@ -334,3 +334,102 @@ fn abort_in_an_ack_stops_the_running_stage() {
     let s = stub.lock().unwrap();
     assert_eq!(finals(&s.stored), [(0, 1, Outcome::Aborted)]);
 }
+
+#[test]
+fn a_restart_resumes_from_the_spool_without_rerunning_finished_stages() {
+    resume_case(3);
+}
+
+#[test]
+fn a_coordinator_behind_the_acked_mark_gets_the_gap_resent_after_422() {
+    // The spool says 3 are acked, the coordinator has 1: it answers 422 and the
+    // agent resends from seq 2.
+    resume_case(1);
+}
+
+fn resume_case(coordinator_has: usize) {
+    let d = tempfile::tempdir().unwrap();
+    let work = d.path().join("work");
+    let marker = d.path().join("ran-first");
+    let stages = vec![
+        exec("first", &format!("touch {}", marker.display())),
+        exec("second", "echo again"),
+    ];
+    let stub = Arc::new(Mutex::new(Stub::default()));
+    let url = serve_stub(stub.clone());
+    let Some((bytes, key, run)) = ticket(stages, Some(url)) else {
+        return;
+    };
+    // What a previous start left: stage 0 done, stage 1 interrupted, 3 frames acked.
+    std::fs::create_dir_all(&work).unwrap();
+    std::fs::write(work.join("run"), format!("{run}\n")).unwrap();
+    let claim = crate::runner::claim_key(&work).unwrap();
+    let (mut spool, _) = crate::spool::Spool::open(&work).unwrap();
+    let events = [
+        Event::Claim {
+            agent_key: claim.public(),
+            agent_version: "old".into(),
+            boot_id: "old".into(),
+        },
+        Event::StageStarted {
+            stage: 0,
+            attempt: 1,
+        },
+        Event::StageFinished {
+            stage: 0,
+            attempt: 1,
+            outcome: Outcome::Passed,
+            exit_code: Some(0),
+            duration_ms: 1,
+            detail: "exit 0".into(),
+        },
+        Event::StageStarted {
+            stage: 1,
+            attempt: 1,
+        },
+    ];
+    for (i, event) in events.into_iter().enumerate() {
+        let f = Frame {
+            seq: i as u64 + 1,
+            at_ms: 1,
+            event,
+        };
+        spool.append(&f).unwrap();
+        if i < coordinator_has {
+            stub.lock().unwrap().stored.push(f);
+        }
+    }
+    spool.store_acked(3).unwrap();
+    drop(spool);
+
+    let end = run_ticket(opts(bytes, &key, &work, None));
+    assert_eq!(
+        end,
+        RunEnd::Finished {
+            outcome: Outcome::Passed,
+            shutdown: false
+        }
+    );
+    assert!(!marker.exists(), "the finished stage ran again");
+    let s = stub.lock().unwrap();
+    let seqs: Vec<u64> = s.stored.iter().map(|f| f.seq).collect();
+    assert_eq!(seqs, (1..=s.stored.len() as u64).collect::<Vec<_>>());
+    assert_eq!(
+        finals(&s.stored),
+        [
+            (0, 1, Outcome::Passed),
+            (1, 1, Outcome::Error),
+            (1, 2, Outcome::Passed)
+        ]
+    );
+    // The resumed start claims again under the same key.
+    let claims: Vec<_> = s
+        .stored
+        .iter()
+        .filter_map(|f| match &f.event {
+            Event::Claim { agent_key, .. } => Some(*agent_key),
+            _ => None,
+        })
+        .collect();
+    assert_eq!(claims, [claim.public(), claim.public()]);
+}
