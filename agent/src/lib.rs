@@ -15,6 +15,7 @@ pub mod reporter;
 pub mod resume;
 pub mod runner;
 pub mod secrets;
+pub mod session;
 pub mod spool;
 pub mod stages;
 pub mod store;

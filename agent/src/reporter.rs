@@ -195,6 +195,11 @@ impl Reporter {
         seq
     }
 
+    /// The highest seq spooled.
+    pub fn last_seq(&self) -> u64 {
+        self.lock().spool.last_seq()
+    }
+
     /// The highest seq the coordinator acked.
     pub fn acked(&self) -> u64 {
         self.lock().acked
@@ -363,7 +368,8 @@ impl Reporter {
                     while g.queue.front().is_some_and(|f| f.seq <= upto_acked) {
                         g.queue.pop_front();
                     }
-                    g.next_send = (upto + 1).max(g.acked + 1);
+                    // Stop-and-wait: anything of the batch not acked is sent again.
+                    g.next_send = g.acked + 1;
                     // The batch was full and more wait: send again without the pause.
                     if more {
                         g.unsent_bytes = g.unsent_bytes.max(BATCH_MAX_BYTES);

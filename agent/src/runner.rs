@@ -1,17 +1,17 @@
 //! The run loop: claim, stages in order with timeouts and retries, fail_fast, outcome.
-use kiln_protocol::{Event, Outcome, PublicKey, RunId, SecretKey};
+use kiln_protocol::{Outcome, PublicKey, RunId, SecretKey};
 use std::collections::BTreeMap;
 use std::io::Write;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
-use crate::attempts::Attempts;
 use crate::cli::RunCmd;
 use crate::client::Client;
-use crate::hostinfo::{HostInfo, boot_id};
+use crate::hostinfo::HostInfo;
 use crate::reporter::{Control, Mode, Reporter};
 use crate::resume::Resume;
+use crate::session::Session;
 use crate::verify::{check_ticket, load_trust, now_s};
 
 /// How long the agent keeps trying to get its claim and its final frame acked.
@@ -173,45 +173,20 @@ pub fn run_ticket(opts: RunOptions) -> RunEnd {
             reporter.acked()
         );
     }
-    let claim_seq = reporter.emit_seq(Event::Claim {
-        agent_key: key.public(),
-        agent_version: env!("CARGO_PKG_VERSION").to_string(),
-        boot_id: boot_id(),
-    });
-    if old.is_empty() {
-        reporter.emit_seq(Event::Hello {
-            hostname: host.hostname.clone(),
-            macs: host.macs.clone(),
-            serial: host.serial.clone(),
-        });
-    }
-    // An attempt the previous start died in is closed; the stage runs again.
-    for (i, s) in resume.stages.iter().enumerate() {
-        if let Some(attempt) = s.open {
-            reporter.emit_seq(Event::StageFinished {
-                stage: i as u16,
-                attempt,
-                outcome: Outcome::Error,
-                exit_code: None,
-                duration_ms: 0,
-                detail: "interrupted: the agent restarted".into(),
-            });
-        }
-    }
+    let session = Session {
+        ticket: &ticket,
+        signed: &signed,
+        work: &work,
+        reporter: reporter.clone(),
+        control: &control,
+        resume: &resume,
+        mode: &mode,
+        out: offline_out.as_deref(),
+    };
+    let claim_seq = session.announce(&key, &host, old.is_empty());
     let sender = reporter.start_sender();
-    let end = run_body(
-        &opts, &ticket, &work, &reporter, &control, &resume, &mode, claim_seq,
-    );
-    let end = match end {
-        Ok(outcome) => finish(
-            &reporter,
-            &signed,
-            run,
-            &work,
-            offline_out.as_deref(),
-            &control,
-            outcome,
-        ),
+    let end = match session.body(&opts.secrets, claim_seq) {
+        Ok(outcome) => session.finish(outcome),
         Err(e) => RunEnd::Infra(e),
     };
     reporter.close();
@@ -219,96 +194,6 @@ pub fn run_ticket(opts: RunOptions) -> RunEnd {
         let _ = h.join();
     }
     end
-}
-
-/// Secrets, then the stages (or the outcome a previous start already reported).
-#[allow(clippy::too_many_arguments)]
-fn run_body(
-    opts: &RunOptions,
-    ticket: &kiln_protocol::Ticket,
-    work: &Path,
-    reporter: &Arc<Reporter>,
-    control: &Control,
-    resume: &Resume,
-    mode: &Mode,
-    claim_seq: u64,
-) -> Result<Outcome, String> {
-    if let Some(o) = resume.run_finished {
-        return Ok(o);
-    }
-    let names = crate::secrets::named(&ticket.plan);
-    let secrets = match mode {
-        Mode::Offline { .. } => opts.secrets.clone(),
-        Mode::Online(_) if names.is_empty() => BTreeMap::new(),
-        Mode::Online(client) => {
-            reporter.wait_acked(claim_seq, ACK_LIMIT)?;
-            match crate::secrets::fetch(client, ticket.run, reporter.key(), names, ACK_LIMIT) {
-                Ok(s) => s,
-                Err(e) => {
-                    // Stages that need a missing secret end `error`; the rest still run.
-                    log::error!("{e}");
-                    BTreeMap::new()
-                }
-            }
-        }
-    };
-    let deadline = (ticket.plan.timeout_s > 0).then(|| {
-        let since_start = resume
-            .first_at_ms
-            .map(|t| Duration::from_millis((now_s() * 1000).saturating_sub(t)))
-            .unwrap_or_default();
-        Instant::now() + Duration::from_secs(ticket.plan.timeout_s).saturating_sub(since_start)
-    });
-    let attempts = Attempts {
-        run: ticket.run,
-        plan: &ticket.plan,
-        host: &ticket.host,
-        work,
-        reporter: reporter.clone(),
-        control,
-        secrets: &secrets,
-        resume,
-        deadline,
-    };
-    Ok(smol::block_on(attempts.run()))
-}
-
-/// Reports the end and waits for it to be acked (online) or writes the bundle.
-fn finish(
-    reporter: &Reporter,
-    signed: &kiln_protocol::SignedTicket,
-    run: RunId,
-    work: &Path,
-    out: Option<&Path>,
-    control: &Control,
-    outcome: Outcome,
-) -> RunEnd {
-    let last = reporter.emit_seq(Event::RunFinished { outcome });
-    if let Some(f) = reporter.failure() {
-        return RunEnd::Infra(f);
-    }
-    match out {
-        Some(out) => {
-            let written = reporter.sync().and_then(|()| {
-                let frames = reporter.all_frames()?;
-                crate::bundle::write_bundle(out, signed, run, reporter.key(), work, frames)
-            });
-            if let Err(e) = written {
-                return RunEnd::Infra(format!("writing bundle {}: {e}", out.display()));
-            }
-            eprintln!("result bundle: {}", out.display());
-        }
-        None => {
-            if let Err(e) = reporter.wait_acked(last, ACK_LIMIT) {
-                return RunEnd::Infra(e);
-            }
-        }
-    }
-    eprintln!("run {outcome}");
-    RunEnd::Finished {
-        outcome,
-        shutdown: control.shutdown(),
-    }
 }
 
 /// `run`: returns the exit status.

@@ -433,3 +433,39 @@ fn resume_case(coordinator_has: usize) {
         .collect();
     assert_eq!(claims, [claim.public(), claim.public()]);
 }
+
+#[test]
+fn a_restart_after_the_run_finished_only_resends_what_was_not_acked() {
+    let d = tempfile::tempdir().unwrap();
+    let work = d.path().join("work");
+    let stub = Arc::new(Mutex::new(Stub::default()));
+    let url = serve_stub(stub.clone());
+    let Some((bytes, key, _)) = ticket(vec![exec("a", "echo a")], Some(url)) else {
+        return;
+    };
+    // A first start runs it all and is acked; then the spool forgets the acks, as
+    // if the agent died before storing the mark.
+    let end = run_ticket(opts(bytes.clone(), &key, &work, None));
+    assert!(matches!(
+        end,
+        RunEnd::Finished {
+            outcome: Outcome::Passed,
+            ..
+        }
+    ));
+    let first = stub.lock().unwrap().stored.clone();
+    std::fs::write(work.join(crate::spool::ACKED_FILE), "0\n").unwrap();
+    let end = run_ticket(opts(bytes, &key, &work, None));
+    assert!(matches!(
+        end,
+        RunEnd::Finished {
+            outcome: Outcome::Passed,
+            ..
+        }
+    ));
+    assert_eq!(
+        stub.lock().unwrap().stored,
+        first,
+        "frames were added after RunFinished"
+    );
+}
