@@ -181,14 +181,10 @@ impl Attempts<'_> {
         if r.outcome == Outcome::TimedOut && by_run && stop.reason() == Some(Stop::Timeout) {
             r.detail = format!("run timed out after {}s", self.plan.timeout_s);
         }
-        match ctx.artifacts_from_dir(&dir.join("artifacts")).await {
-            Ok(n) if n > 0 => ctx.note(&format!("{n} artifact(s) stored")),
-            Ok(_) => {}
-            Err(e) => {
-                ctx.note(&format!("storing artifacts failed: {e}"));
-                if r.outcome.is_ok() {
-                    r = StageResult::error(format!("storing artifacts failed: {e}"));
-                }
+        if let Err(e) = ctx.artifacts_from_dir(&dir.join("artifacts")).await {
+            ctx.note(&format!("storing artifacts failed: {e}"));
+            if r.outcome.is_ok() {
+                r = StageResult::error(format!("storing artifacts failed: {e}"));
             }
         }
         r

@@ -448,7 +448,12 @@ impl Sink for Reporter {
 
     fn store_artifact(&self, path: &Path) -> io::Result<(Sha256, u64)> {
         match &self.mode {
-            Mode::Online(c) => store::upload_artifact(c, &self.run, path),
+            Mode::Online(c) => {
+                // The coordinator takes uploads for claimed runs only.
+                self.wait_acked(1, crate::runner::ACK_LIMIT)
+                    .map_err(io::Error::other)?;
+                store::upload_artifact(c, &self.run, path)
+            }
             Mode::Offline { .. } => store::keep_blob(&self.work, path),
         }
     }

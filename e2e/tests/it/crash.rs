@@ -8,6 +8,8 @@ use std::io::{BufRead, BufReader};
 use std::net::TcpListener;
 use std::path::Path;
 use std::process::{Child, Command, Stdio};
+use std::sync::Arc;
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::Duration;
 
 /// `serve --listen ADDR` (a fixed address, so a restart is reachable at the same URL),
@@ -73,7 +75,24 @@ fn a_coordinator_killed_mid_run_loses_no_frame_and_stores_none_twice() {
     );
     let run = fx.issue(&plan, Some(&url), None);
     let ticket = fx.state.join("runs").join(&run).join("ticket.kiln");
-    let mut agent = fx.spawn_agent(s(&ticket), &fx.dir.join("work"), &[]);
+    let mut agent = Command::new(bin("kiln-agent"))
+        .args(["run", "--ticket", s(&ticket), "--trust", s(&fx.trust())])
+        .args(["--work", s(&fx.dir.join("work"))])
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("starting kiln-agent");
+    let retries = Arc::new(AtomicUsize::new(0));
+    let seen = retries.clone();
+    let err = agent.stderr.take().expect("piped stderr");
+    std::thread::spawn(move || {
+        for l in BufReader::new(err).lines().map_while(Result::ok) {
+            if l.contains("retrying") {
+                seen.fetch_add(1, Ordering::SeqCst);
+            }
+            eprintln!("{l}");
+        }
+    });
     wait_until(Duration::from_secs(60), "some lines to be stored", || {
         fx.stored_frames(&run).len() > 100
     });
@@ -81,6 +100,10 @@ fn a_coordinator_killed_mid_run_loses_no_frame_and_stores_none_twice() {
     let _ = server.wait();
     let stored_at_kill = fx.stored_frames(&run).len();
     std::fs::write(&go, b"").unwrap();
+    // Restart only once the agent has met the dead address at least twice.
+    wait_until(Duration::from_secs(60), "the agent to retry", || {
+        retries.load(Ordering::SeqCst) >= 2
+    });
     let mut server = serve_at(&fx.state, &addr);
     assert_eq!(wait_exit(&mut agent, Duration::from_secs(180)), 0);
     let _ = server.kill();

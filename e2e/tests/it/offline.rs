@@ -122,9 +122,16 @@ fn offline_secrets_come_from_flags_and_never_reach_the_bundle_in_clear() {
          command = [\"sh\", \"-c\", \"echo token=$KILN_SECRET_API_TOKEN\"]\n\
          secrets = [\"api-token\"]\n",
     );
+    // The coordinator checks at issue time that the secret exists; the offline agent
+    // gets its value from --secret.
+    let secret = write(&fx.dir, "token.txt", "very-secret-value\n");
+    let o = kc(
+        &fx.state,
+        &["secret", "set", "api-token", "--file", s(&secret)],
+    );
+    assert_eq!(o.code, 0, "secret set failed: {}", o.stderr);
     let ticket = fx.dir.join("sec.kiln");
     let run = fx.issue(&plan, None, Some(&ticket));
-    let secret = write(&fx.dir, "token.txt", "very-secret-value\n");
     let bundle = fx.dir.join("sec-result.kiln");
     let o = agent(&[
         "run",

@@ -263,3 +263,31 @@ fn a_refused_ticket_runs_nothing_and_reports_nothing() {
     assert_eq!(fx.show(&run)["state"], "pending");
     assert!(fx.stored_frames(&run).is_empty());
 }
+
+#[test]
+fn a_claimed_agent_gets_its_secrets_and_logs_them_redacted() {
+    let fx = Fx::new();
+    let server = Coordinator::start(&fx.state);
+    let secret = write(&fx.dir, "token.txt", "online-secret-value");
+    let o = kc(
+        &fx.state,
+        &["secret", "set", "api-token", "--file", s(&secret)],
+    );
+    assert_eq!(o.code, 0, "secret set failed: {}", o.stderr);
+    let plan = fx.plan(
+        "sec.toml",
+        "name = \"sec\"\n[[stage]]\nname = \"use\"\nkind = \"exec\"\n\
+         command = [\"sh\", \"-c\", \"echo env=$KILN_SECRET_API_TOKEN; cat $KILN_SECRETS_DIR/api-token\"]\n\
+         secrets = [\"api-token\"]\n\
+         [[stage]]\nname = \"none\"\nkind = \"exec\"\ncommand = [\"sh\", \"-c\", \"echo x$KILN_SECRET_API_TOKEN\"]\n",
+    );
+    let run = fx.issue(&plan, Some(&server.url), None);
+    let ticket = fx.state.join("runs").join(&run).join("ticket.kiln");
+    let mut a = fx.spawn_agent(s(&ticket), &fx.dir.join("work"), &[]);
+    assert_eq!(wait_exit(&mut a, Duration::from_secs(60)), 0);
+    let logs = kc(&fx.state, &["run", "logs", &run]);
+    assert_eq!(
+        logs.stdout,
+        "[use] env=[redacted:api-token]\n[use] [redacted:api-token]\n[none] x\n"
+    );
+}
