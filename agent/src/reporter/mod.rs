@@ -6,71 +6,24 @@
 //! at least every 2 s as the heartbeat), drops acked frames, resends from the spool
 //! after errors or a 422, and obeys the ack's command at once. Offline, the spool
 //! becomes the bundle at the end.
-use kiln_protocol::{
-    BATCH_INTERVAL_MS, BATCH_MAX_BYTES, Batch, Command, Event, Frame, HEARTBEAT_MS, RunId,
-    SecretKey, Sha256,
-};
+use kiln_protocol::{BATCH_MAX_BYTES, Event, Frame, RunId, SecretKey, Sha256};
 use std::io;
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, Condvar, Mutex, MutexGuard};
 use std::time::{Duration, Instant};
 
-use crate::client::{Backoff, Client, Posted};
+use crate::client::Client;
 use crate::spool::Spool;
-use crate::stages::{Sink, Stop, StopSignal};
+use crate::stages::Sink;
 use crate::store;
+
+mod control;
+mod sender;
+
+pub use control::Control;
 
 /// Frames kept in memory for sending; beyond it they are read back from the spool.
 pub const QUEUE_CAP: usize = 1024;
-
-/// Orders from the coordinator, shared by the sender and the runner.
-#[derive(Debug, Default)]
-pub struct Control {
-    inner: Mutex<ControlState>,
-}
-
-#[derive(Debug, Default)]
-struct ControlState {
-    current: Option<StopSignal>,
-    abort: Option<String>,
-    shutdown: bool,
-}
-
-impl Control {
-    /// Makes `stop` the running stage's signal; fires it at once if the run is aborted.
-    pub fn arm(&self, stop: &StopSignal) {
-        let mut c = self.inner.lock().expect("control lock");
-        if let Some(r) = &c.abort {
-            stop.fire(Stop::Abort(r.clone()));
-        }
-        c.current = Some(stop.clone());
-    }
-
-    /// Aborts the run: fires the running stage's signal; no further stage starts.
-    pub fn abort(&self, reason: &str) {
-        let mut c = self.inner.lock().expect("control lock");
-        if c.abort.is_none() {
-            c.abort = Some(reason.to_string());
-        }
-        if let Some(s) = &c.current {
-            s.fire(Stop::Abort(reason.to_string()));
-        }
-    }
-
-    /// The abort reason, once aborted.
-    pub fn aborted(&self) -> Option<String> {
-        self.inner.lock().expect("control lock").abort.clone()
-    }
-
-    /// Whether a `Shutdown` command arrived.
-    pub fn shutdown(&self) -> bool {
-        self.inner.lock().expect("control lock").shutdown
-    }
-
-    fn set_shutdown(&self) {
-        self.inner.lock().expect("control lock").shutdown = true;
-    }
-}
 
 /// Where reports go.
 #[derive(Debug, Clone)]
@@ -299,145 +252,6 @@ impl Reporter {
             return Ok(out);
         }
         g.spool.read_from(from, BATCH_MAX_BYTES)
-    }
-
-    fn send_loop(&self, client: &Client) {
-        let mut backoff = Backoff::default();
-        let mut last_send = Instant::now() - Duration::from_millis(HEARTBEAT_MS);
-        loop {
-            let mut g = self.lock();
-            // Wait for a reason to send: frames and 250 ms, 64 KiB, 2 s, or closing.
-            loop {
-                let unsent = g.next_send <= g.spool.last_seq();
-                let due = last_send
-                    + Duration::from_millis(if unsent {
-                        BATCH_INTERVAL_MS
-                    } else {
-                        HEARTBEAT_MS
-                    });
-                let now = Instant::now();
-                if g.closing || g.refused.is_some() {
-                    return;
-                }
-                if now >= due || g.unsent_bytes >= BATCH_MAX_BYTES {
-                    break;
-                }
-                g = self
-                    .wake
-                    .wait_timeout(g, due - now)
-                    .expect("reporter lock poisoned")
-                    .0;
-            }
-            let from = g.next_send;
-            let frames = match Self::take_batch(&mut g, from) {
-                Ok(f) => f,
-                Err(e) => {
-                    log::error!("reading the spool: {e}");
-                    g.refused = Some(format!("spool unreadable: {e}"));
-                    self.wake.notify_all();
-                    return;
-                }
-            };
-            g.unsent_bytes = 0;
-            let upto = frames.last().map(|f| f.seq).unwrap_or(from - 1);
-            let more = upto < g.spool.last_seq();
-            if !frames.is_empty()
-                && let Err(e) = g.spool.sync()
-            {
-                log::warn!("spool sync: {e}");
-            }
-            drop(g);
-            let sealed = Batch {
-                run: self.run,
-                frames,
-            }
-            .seal(&self.key);
-            last_send = Instant::now();
-            let result = client.post_batch(&self.run, &sealed);
-            let mut g = self.lock();
-            match result {
-                Posted::Acked(ack) => {
-                    backoff.reset();
-                    let upto_acked = ack.upto.min(g.spool.last_seq());
-                    if upto_acked > g.acked {
-                        g.acked = upto_acked;
-                        if let Err(e) = g.spool.store_acked(upto_acked) {
-                            log::warn!("storing the acked mark: {e}");
-                        }
-                    }
-                    while g.queue.front().is_some_and(|f| f.seq <= upto_acked) {
-                        g.queue.pop_front();
-                    }
-                    // Stop-and-wait: anything of the batch not acked is sent again.
-                    g.next_send = g.acked + 1;
-                    // The batch was full and more wait: send again without the pause.
-                    if more {
-                        g.unsent_bytes = g.unsent_bytes.max(BATCH_MAX_BYTES);
-                    }
-                    self.wake.notify_all();
-                    drop(g);
-                    self.obey(ack.command);
-                }
-                Posted::ResendFrom(n) => {
-                    let last = g.spool.last_seq();
-                    let n = n.clamp(1, last + 1);
-                    log::info!("coordinator expects seq {n}: resending from there");
-                    if n - 1 > g.acked {
-                        g.acked = n - 1;
-                        let _ = g.spool.store_acked(n - 1);
-                        self.wake.notify_all();
-                    }
-                    g.next_send = n;
-                    g.unsent_bytes = BATCH_MAX_BYTES;
-                }
-                Posted::Retry(why) => {
-                    let delay = backoff.next_delay();
-                    log::warn!("sending batch: {why} (retrying in {}ms)", delay.as_millis());
-                    g.next_send = g.acked + 1;
-                    let until = Instant::now() + delay;
-                    while !g.closing && Instant::now() < until {
-                        let left = until.saturating_duration_since(Instant::now());
-                        g = self
-                            .wake
-                            .wait_timeout(g, left)
-                            .expect("reporter lock poisoned")
-                            .0;
-                    }
-                    // Send at once after the backoff.
-                    last_send = Instant::now() - Duration::from_millis(HEARTBEAT_MS);
-                }
-                Posted::Refused(why) => {
-                    log::error!("coordinator refused our batch: {why}");
-                    g.refused = Some(format!("coordinator refused reports: {why}"));
-                    self.wake.notify_all();
-                    drop(g);
-                    self.control
-                        .abort(&format!("coordinator refused reports: {why}"));
-                    return;
-                }
-            }
-        }
-    }
-
-    fn obey(&self, command: Command) {
-        match command {
-            Command::Continue => {}
-            Command::Abort { reason } => {
-                if self.control.aborted().is_none() {
-                    log::warn!("coordinator aborted the run: {reason}");
-                }
-                self.control.abort(&reason);
-            }
-            Command::Shutdown => {
-                if !self.control.shutdown() {
-                    log::info!("coordinator asked for shutdown after the run");
-                }
-                self.control.set_shutdown();
-            }
-            Command::RetryStage { stage } => {
-                log::info!("ignoring RetryStage for stage {stage}: not supported by this agent");
-            }
-        }
     }
 }
 
