@@ -1,8 +1,7 @@
 //! Offline result bundles: `KILNRES\x01`, then COBS records — the signed ticket, then
 //! per batch the blobs its `Artifact` frames name, then the sealed batch.
 use kiln_protocol::{
-    BATCH_MAX_BYTES, BUNDLE_MAGIC, Batch, Event, Frame, ResultRecord, RunId, SecretKey, Sha256,
-    SignedTicket,
+    BUNDLE_MAGIC, Batch, Event, Frame, ResultRecord, RunId, SecretKey, Sha256, SignedTicket,
 };
 use std::collections::BTreeSet;
 use std::fs;
@@ -11,35 +10,16 @@ use std::path::Path;
 
 use crate::store::blob_path;
 
-/// Splits frames into batches of about `BATCH_MAX_BYTES` (at least one frame each).
-pub fn chunk(frames: Vec<Frame>) -> Vec<Vec<Frame>> {
-    let mut out = Vec::new();
-    let mut cur: Vec<Frame> = Vec::new();
-    let mut bytes = 0;
-    for f in frames {
-        let n = postcard::experimental::serialized_size(&f).unwrap_or(0) + 2;
-        if !cur.is_empty() && bytes + n > BATCH_MAX_BYTES {
-            out.push(std::mem::take(&mut cur));
-            bytes = 0;
-        }
-        bytes += n;
-        cur.push(f);
-    }
-    if !cur.is_empty() {
-        out.push(cur);
-    }
-    out
-}
-
-/// Writes the bundle for `frames` to `out` atomically (temp file, fsync, rename).
-/// Artifact bytes come from the work folder's kept blobs.
+/// Writes the bundle to `out` atomically (temp file, fsync, rename). `batch(from)`
+/// gives the next batch of frames from seq `from` on (empty at the end), so the run
+/// is streamed, never held whole; artifact bytes come from the work folder's blobs.
 pub fn write_bundle(
     out: &Path,
     ticket: &SignedTicket,
     run: RunId,
     key: &SecretKey,
     work: &Path,
-    frames: Vec<Frame>,
+    mut batch: impl FnMut(u64) -> io::Result<Vec<Frame>>,
 ) -> io::Result<()> {
     let name = out
         .file_name()
@@ -50,7 +30,11 @@ pub fn write_bundle(
     w.write_all(BUNDLE_MAGIC)?;
     w.write_all(&ResultRecord::Ticket(ticket.clone()).encode())?;
     let mut written: BTreeSet<Sha256> = BTreeSet::new();
-    for frames in chunk(frames) {
+    let mut from = 1;
+    loop {
+        let frames = batch(from)?;
+        let Some(last) = frames.last() else { break };
+        from = last.seq + 1;
         for f in &frames {
             if let Event::Artifact { sha256, .. } = &f.event
                 && written.insert(*sha256)
@@ -78,33 +62,7 @@ pub fn write_bundle(
 #[cfg(test)]
 mod tests {
     use super::*;
-    use kiln_protocol::{RecordReader, Stream};
-
-    #[test]
-    fn chunks_are_bounded_and_keep_order() {
-        let frames: Vec<Frame> = (1..=300)
-            .map(|seq| Frame {
-                seq,
-                at_ms: 0,
-                event: Event::Log {
-                    stage: 0,
-                    stream: Stream::Stdout,
-                    text: "y".repeat(1000),
-                },
-            })
-            .collect();
-        let chunks = chunk(frames);
-        assert!(chunks.len() >= 5, "{}", chunks.len());
-        let seqs: Vec<u64> = chunks.iter().flatten().map(|f| f.seq).collect();
-        assert_eq!(seqs, (1..=300).collect::<Vec<_>>());
-        for c in &chunks {
-            let size: usize = c
-                .iter()
-                .map(|f| postcard::to_allocvec(f).unwrap().len())
-                .sum();
-            assert!(size <= BATCH_MAX_BYTES, "{size}");
-        }
-    }
+    use kiln_protocol::RecordReader;
 
     #[test]
     fn bundle_has_ticket_then_blob_before_its_batch() {
@@ -129,14 +87,9 @@ mod tests {
             },
         }];
         let out = d.path().join("r.kiln");
-        write_bundle(
-            &out,
-            &ticket,
-            RunId([1; 16]),
-            &key,
-            d.path(),
-            frames.clone(),
-        )
+        write_bundle(&out, &ticket, RunId([1; 16]), &key, d.path(), |from| {
+            Ok(if from == 1 { frames.clone() } else { vec![] })
+        })
         .unwrap();
         let bytes = fs::read(&out).unwrap();
         assert_eq!(&bytes[..8], BUNDLE_MAGIC);

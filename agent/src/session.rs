@@ -132,9 +132,9 @@ impl Session<'_> {
         match self.out {
             Some(out) => {
                 let written = r.sync().and_then(|()| {
-                    let frames = r.all_frames()?;
-                    let run = self.ticket.run;
-                    crate::bundle::write_bundle(out, self.signed, run, r.key(), self.work, frames)
+                    let (run, key) = (self.ticket.run, r.key());
+                    let next = |from| r.frames_from(from);
+                    crate::bundle::write_bundle(out, self.signed, run, key, self.work, next)
                 });
                 if let Err(e) = written {
                     return RunEnd::Infra(format!("writing bundle {}: {e}", out.display()));

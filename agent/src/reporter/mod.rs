@@ -222,9 +222,9 @@ impl Reporter {
         self.lock().spool.sync()
     }
 
-    /// Every frame in the spool, in order (for the offline bundle).
-    pub fn all_frames(&self) -> io::Result<Vec<Frame>> {
-        self.lock().spool.read_from(1, usize::MAX)
+    /// About a batch of frames from seq `from` on, from the spool (empty past the end).
+    pub fn frames_from(&self, from: u64) -> io::Result<Vec<Frame>> {
+        self.lock().spool.read_from(from, BATCH_MAX_BYTES)
     }
 
     /// The work folder.
