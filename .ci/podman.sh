@@ -35,6 +35,7 @@ CONF
             continue
         fi
         root=$(mktemp -d)
+        chmod 755 "$root"
         trap 'rm -rf "$root"' EXIT
         mkdir -p "$root/bin" "$root/etc" "$root/tmp" "$root/workspace" "$root/artifacts" \
             "$root/proc" "$root/sys" "$root/dev" "$root/run" "$root/var/tmp"

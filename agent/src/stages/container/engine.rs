@@ -48,6 +48,14 @@ fn on_path(program: &str) -> bool {
 impl Engine {
     /// The engine the plan asks for: `auto` is podman if installed, else docker.
     pub fn detect(runtime: Runtime) -> Result<Engine, String> {
+        Self::detect_with(runtime, on_path)
+    }
+
+    /// [`Engine::detect`] with `installed` telling which programs exist.
+    pub fn detect_with(
+        runtime: Runtime,
+        installed: impl Fn(&str) -> bool,
+    ) -> Result<Engine, String> {
         let podman = Engine {
             kind: EngineKind::Podman,
             program: "podman",
@@ -64,7 +72,7 @@ impl Engine {
         let names: Vec<&str> = wanted.iter().map(|e| e.program).collect();
         wanted
             .into_iter()
-            .find(|e| on_path(e.program))
+            .find(|e| installed(e.program))
             .ok_or_else(|| format!("no container runtime: {} not installed", names.join(" or ")))
     }
 
@@ -205,5 +213,28 @@ impl Engine {
                 "the image archive holds no image named {name}"
             )))
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn auto_prefers_podman_then_docker_then_says_what_is_missing() {
+        let pick = |rt, have: &'static [&'static str]| {
+            Engine::detect_with(rt, |p| have.contains(&p)).map(|e| e.program)
+        };
+        assert_eq!(pick(Runtime::Auto, &["podman", "docker"]), Ok("podman"));
+        assert_eq!(pick(Runtime::Auto, &["docker"]), Ok("docker"));
+        assert_eq!(pick(Runtime::Docker, &["podman", "docker"]), Ok("docker"));
+        assert_eq!(
+            pick(Runtime::Auto, &[]),
+            Err("no container runtime: podman or docker not installed".into())
+        );
+        assert_eq!(
+            pick(Runtime::Podman, &["docker"]),
+            Err("no container runtime: podman not installed".into())
+        );
     }
 }
