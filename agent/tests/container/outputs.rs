@@ -80,8 +80,9 @@ fn a_secret_reaches_the_container_but_never_the_events_or_the_command_line() {
     let script = r#"echo "token=$REGISTRY_TOKEN"; echo "$REGISTRY_TOKEN" >&2
 echo "$REGISTRY_TOKEN" > /artifacts/leak.txt
 echo "waiting"; while [ ! -e /workspace/go ]; do sleep 0.05; done
+echo "cell=$KILN_CELL stage=$KILN_STAGE attempt=$KILN_ATTEMPT artifacts=$KILN_ARTIFACTS"
 # The expected value, built so that it is not in this script.
-[ "$REGISTRY_TOKEN" = "s3cr3t-token-$((4000 + 242))" ]"#;
+[ "$REGISTRY_TOKEN" = "s3cr3t-token-$((4000 + 242))" ] && [ "$KILN_SECRET_REGISTRY_TOKEN" = "$REGISTRY_TOKEN" ]"#;
     let mut s = spec(&[IMAGE_A], script);
     s.fail_fast = false;
     let (mut c, sink, _d) = ctx("out-secret", s);

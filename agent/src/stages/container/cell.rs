@@ -135,13 +135,21 @@ pub async fn run(ctx: &StageCtx, shared: &Shared<'_>, cell: &Cell) -> CellRun {
         artifacts: artifacts.to_string_lossy().into_owned(),
     };
     let secret_names: Vec<String> = shared.secrets.iter().map(|(n, _)| n.clone()).collect();
+    let mut env = ctx.env();
+    env.extend([
+        ("KILN_RUN".to_string(), ctx.run.to_string()),
+        ("KILN_STAGE".to_string(), ctx.stage.name.clone()),
+        ("KILN_ATTEMPT".to_string(), ctx.attempt.to_string()),
+        ("KILN_ARTIFACTS".to_string(), "/artifacts".to_string()),
+        ("KILN_CELL".to_string(), label.clone()),
+    ]);
     let argv = args::run_args(
         shared.engine.kind,
         shared.spec,
         cell,
         &name,
         &mounts,
-        &ctx.env(),
+        &env,
         &secret_names,
     );
     let mut spec = ProcSpec::new(std::iter::once(shared.engine.program.to_string()).chain(argv));

@@ -4,8 +4,13 @@
 //! Each cell runs in its own container named `kiln-<run8>-<stage>-<attempt>-<i>-<cell>`,
 //! with the stage's folder read-only at `/workspace`, an empty `/artifacts` whose files
 //! are uploaded afterwards, and a tmpfs `/tmp`. The container is removed whatever
-//! happens (exit, timeout, abort, fail_fast). Secrets become environment variables
-//! whose values travel only in the engine's environment.
+//! happens (exit, timeout, abort, fail_fast).
+//!
+//! Inside, besides the plan's env and the cell's axes: `KILN_RUN`, `KILN_STAGE`,
+//! `KILN_ATTEMPT`, `KILN_CELL` (the cell's label) and `KILN_ARTIFACTS=/artifacts`.
+//! Each named secret is `<NAME>` (upper-cased, other characters as `_`) and, as in
+//! the exec stage, `KILN_SECRET_<NAME>`, without the file's final newline; the values
+//! travel only in the engine's environment, never on its command line.
 use kiln_protocol::{ContainerSpec, Outcome};
 use std::path::{Path, PathBuf};
 
@@ -33,7 +38,11 @@ pub async fn run(ctx: &StageCtx, spec: &ContainerSpec) -> StageResult {
     let secrets = ctx
         .secrets
         .iter()
-        .map(|(name, value)| (args::secret_env_name(name), secret_value(value)))
+        .flat_map(|(name, value)| {
+            let v = secret_value(value);
+            let plain = args::secret_env_name(name);
+            [(format!("KILN_SECRET_{plain}"), v.clone()), (plain, v)]
+        })
         .collect();
     let shared = cell::Shared::new(engine, spec, &cells, base.clone(), secrets);
     let ended = matrix::run(ctx, &shared, &cells).await;
