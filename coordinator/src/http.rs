@@ -125,7 +125,9 @@ pub fn cmd_serve(state: &State, c: &ServeCmd) -> Result<i32> {
         server.addr()
     );
     if let Some(f) = &c.addr_file {
-        crate::fsutil::write_atomic(f, format!("{}\n", server.addr()).as_bytes(), 0o644)
+        // A bare file name has an empty parent; write_atomic wants a real folder.
+        let f = std::path::Path::new(".").join(f);
+        crate::fsutil::write_atomic(&f, format!("{}\n", server.addr()).as_bytes(), 0o644)
             .context("writing the address file")?;
     }
     server.join();
