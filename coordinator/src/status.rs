@@ -363,3 +363,6 @@ pub fn load(rd: &RunDir, key: &PublicKey) -> Result<Loaded> {
 pub fn to_json(s: &RunStatus) -> String {
     serde_json::to_string_pretty(s).expect("statuses always encode")
 }
+
+#[cfg(test)]
+mod tests;
