@@ -292,7 +292,9 @@ fn refresh<'a>(
     if slot.as_ref().is_some_and(|c| c.len == len) {
         return Ok(slot.as_mut().expect("checked above"));
     }
-    let (_, ticket) = rd.ticket(key).map_err(Refusal::internal)?;
+    let (_, ticket) = rd
+        .ticket(key)
+        .map_err(|e| Refusal::new(409, format!("{e:#}")))?;
     let bytes = match fs::read(&path) {
         Ok(b) => b,
         Err(e) if e.kind() == std::io::ErrorKind::NotFound => Vec::new(),
