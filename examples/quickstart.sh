@@ -26,5 +26,8 @@ $A run --ticket "$URL/v1/runs/$RUN/ticket" --trust "${KILN_STATE:-/tmp/kiln-demo
   --work "/tmp/kiln-demo-work/$RUN" || true
 $K run show "$RUN"
 echo
-echo "result page: $URL/runs/$RUN   (the server stops when this script ends;"
-echo "             run '$K serve' to browse it again)"
+echo "result page: $URL/runs/$RUN"
+if [ -z "${KILN_QUICKSTART_NO_WAIT:-}" ]; then
+  echo "serving it until Ctrl-C"
+  wait $SERVER
+fi
