@@ -33,6 +33,11 @@ pub fn require_podman() -> bool {
     } else if !have(&["image", "exists", IMAGE_A]) || !have(&["image", "exists", IMAGE_B]) {
         "the test images are missing (run `. .ci/podman.sh`)"
     } else {
+        if std::env::var_os("CONTAINERS_CONF").is_none() {
+            eprintln!(
+                "note: CONTAINERS_CONF is unset; hosts like CI's need `. .ci/podman.sh`'s config"
+            );
+        }
         return true;
     };
     if in_ci() {
