@@ -396,6 +396,15 @@ fn same_run_resuming_reattaches_instead_of_starting_over() {
         t.path(),
         &e.work.path().join("b"),
     );
+    // The crashed agent's fetch session may live on (its ssh outlives the agent):
+    // stand one up by hand, as a session that has since lost ownership.
+    let mut stale = ssh::RemoteRun::new(&c2, ssh_spec(&c2)).expect("remote run");
+    stale.token = "stale".into();
+    let mut stale = std::process::Command::new("sh")
+        .args(["-c", &ssh::linux::fetch_when_done(&stale)])
+        .stdout(std::process::Stdio::null())
+        .spawn()
+        .expect("stale fetch session");
     let go2 = go.clone();
     let releaser = std::thread::spawn(move || {
         wait_until("the reattached output", 30, || {
@@ -420,6 +429,11 @@ fn same_run_resuming_reattaches_instead_of_starting_over() {
     );
     assert_eq!(artifacts(&sink2).len(), 1);
     assert!(!e.base.join("lock").exists(), "lock left behind");
+    let code = stale.wait().expect("stale session").code();
+    assert!(
+        matches!(code, Some(3 | 4)),
+        "the stale session neither fetched nor cleaned: {code:?}"
+    );
 }
 
 fn ssh_spec(c: &StageCtx) -> &SshSpec {

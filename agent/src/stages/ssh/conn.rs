@@ -53,7 +53,8 @@ pub enum Out {
     File(fs::File),
 }
 
-fn random_hex() -> String {
+/// 12 random hex digits.
+pub fn random_hex() -> String {
     let mut b = [0u8; 6];
     let _ = getrandom::getrandom(&mut b);
     kiln_protocol::hex(&b)
@@ -290,6 +291,8 @@ async fn capture(
     let mut cmd = std::process::Command::new(&argv[0]);
     cmd.args(&argv[1..]).current_dir(&ctx.dir).process_group(0);
     let mut cmd = async_process::Command::from(cmd);
+    // A dropped stage (the runner gave up on it) leaves no ssh behind.
+    cmd.kill_on_drop(true);
     cmd.stdin(if stdin.is_some() {
         Stdio::piped()
     } else {

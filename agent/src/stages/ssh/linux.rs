@@ -32,13 +32,15 @@ pub fn base_word(base: Option<&str>) -> String {
     }
 }
 
-/// The shared preamble: `B`, `R`, `N`, `D` (run folder) and `M` (bookkeeping).
+/// The shared preamble: `B`, `R`, `N`, `T` (this session's token), `D` (run folder)
+/// and `M` (bookkeeping).
 fn vars(r: &RemoteRun) -> String {
     let base = base_word(r.base.as_deref());
     format!(
-        "B={base}; R={}; N={}; D=\"$B/runs/$N\"; M=\"$B/runs/$N.kiln\"\n",
+        "B={base}; R={}; N={}; T={}; D=\"$B/runs/$N\"; M=\"$B/runs/$N.kiln\"\n",
         sh_quote(&r.run),
-        sh_quote(&r.name)
+        sh_quote(&r.name),
+        sh_quote(&r.token)
     )
 }
 
@@ -64,11 +66,11 @@ if ! mkdir "$B/lock" 2>/dev/null; then
   [ -d "$B/lock" ] || fail "lock vanished, try again"
   [ "$o" = "$R" ] || {{ echo "kiln-busy ${{o:-unknown}}"; exit 0; }}
   p=$(cat "$B/lock/dir" 2>/dev/null)
-  if [ "$p" = "$N" ] && [ -s "$M/pgid" ]; then echo kiln-resume; exit 0; fi
+  if [ "$p" = "$N" ] && [ -s "$M/pgid" ]; then printf '%s\n' "$T" > "$M/owner"; echo kiln-resume; exit 0; fi
   if [ -n "$p" ] && [ -s "$B/runs/$p.kiln/pgid" ]; then kill -KILL -"$(cat "$B/runs/$p.kiln/pgid")" 2>/dev/null; fi
 fi
 printf '%s\n' "$R" > "$B/lock/run" && printf '%s\n' "$N" > "$B/lock/dir" || fail "cannot write the lock"
-rm -rf "$D" "$M" && mkdir -p "$D" "$M" && : > "$M/out" && : > "$M/err" || fail "cannot create $D"
+rm -rf "$D" "$M" && mkdir -p "$D" "$M" && : > "$M/out" && : > "$M/err" && printf '%s\n' "$T" > "$M/owner" || fail "cannot create $D"
 tar -xmof - -C "$D" || fail "unpacking the bundle failed"
 [ -f "$D/run.sh" ] || fail "the bundle has no run.sh"
 {env}setsid sh -c 'echo $$ > "$1/pgid.tmp" && mv "$1/pgid.tmp" "$1/pgid"; cd "$2" || exit 70
@@ -92,27 +94,40 @@ while :; do
   if [ $f = 0 ] && ! kill -0 -"$g" 2>/dev/null; then sleep 0.2; [ -e "$M/exit" ] && f=1 || f=2; fi
   n=$(wc -c < "$M/out"); if [ "$n" -gt "$o" ]; then tail -c +$((o+1)) "$M/out" | head -c $((n-o)); o=$n; fi
   n=$(wc -c < "$M/err"); if [ "$n" -gt "$e" ]; then tail -c +$((e+1)) "$M/err" | head -c $((n-e)) >&2; e=$n; fi
-  [ $f = 1 ] && exit "$(cat "$M/exit")"
+  [ $f = 1 ] && {{ c=$(cat "$M/exit"); : > "$M/followed"; exit "$c"; }}
   [ $f = 2 ] && {{ echo "kiln: the remote run ended without an exit status" >&2; exit 255; }}
-  i=$((i+1)); if [ $i -lt 50 ]; then sleep 0.01; elif [ $i -lt 150 ]; then sleep 0.05; else sleep 0.2; fi
+  {POLL}
 done
 "#,
         vars = vars(r)
     )
 }
 
+/// One step of a polling loop on counter `i`: 10 ms at first, 50 ms after 0.5 s,
+/// 200 ms after 5.5 s.
+const POLL: &str = "i=$((i+1)); if [ $i -lt 50 ]; then sleep 0.01; elif [ $i -lt 150 ]; then sleep 0.05; else sleep 0.2; fi";
+
 /// Prints the test's exit code (empty when there is none).
 pub fn exit_code(r: &RemoteRun) -> String {
     format!("{}cat \"$M/exit\" 2>/dev/null; true\n", vars(r))
 }
 
+/// `alive G`: whether process group G has a member that is not a zombie (an init
+/// that does not reap would otherwise keep a finished group "alive"); without `ps`,
+/// `kill -0`.
+const ALIVE: &str = r#"alive() { if command -v ps >/dev/null 2>&1; then
+  { ps -e -o pgid= -o stat= 2>/dev/null || ps -o pgid= -o stat=; } | awk -v g="$1" '$1 == g && $2 !~ /^Z/ { f = 1 } END { exit !f }'
+else kill -0 -"$1" 2>/dev/null; fi; }
+"#;
+
 /// Kills what is left of the run's process group (TERM, up to 2 s, KILL), removes
 /// the run folders unless kept, and releases the lock if this run holds it.
 pub fn teardown(r: &RemoteRun) -> String {
     format!(
-        r#"{vars}if [ -s "$M/pgid" ]; then g=$(cat "$M/pgid")
-  if kill -0 -"$g" 2>/dev/null; then kill -TERM -"$g" 2>/dev/null; i=0
-    while kill -0 -"$g" 2>/dev/null && [ $i -lt 40 ]; do sleep 0.05; i=$((i+1)); done
+        r#"{vars}{ALIVE}[ -d "$M" ] && : > "$M/stopped"
+if [ -s "$M/pgid" ]; then g=$(cat "$M/pgid")
+  if alive "$g"; then kill -TERM -"$g" 2>/dev/null; i=0
+    while alive "$g" && [ $i -lt 40 ]; do sleep 0.05; i=$((i+1)); done
     kill -KILL -"$g" 2>/dev/null; fi
 fi
 {rm}[ "$(cat "$B/lock/run" 2>/dev/null)" = "$R" ] && rm -rf "$B/lock"
@@ -123,11 +138,23 @@ true
     )
 }
 
-/// Writes `artifacts/` of the run folder as a tar on stdout (nothing when there is
-/// none), then tears down as [`teardown`] does.
-pub fn fetch_and_teardown(r: &RemoteRun) -> String {
+/// Waits until the run has an exit status, writes `artifacts/` of the run folder as
+/// a tar on stdout, waits (up to 10 s) for [`follow`] to have read everything, then
+/// tears down as [`teardown`] does. Runs beside `follow`, so its session is open
+/// before the test ends. Exits 3 if the run was stopped, 4 if another agent session
+/// has reattached to the run since (a crashed agent's leftover session must not
+/// fetch or clean up under the new one).
+pub fn fetch_when_done(r: &RemoteRun) -> String {
     format!(
-        "{vars}if [ -d \"$D/artifacts\" ]; then tar -cf - -C \"$D\" artifacts || exit 1; fi\n{td}",
+        r#"{vars}i=0
+while [ ! -e "$M/exit" ]; do
+  {{ [ -e "$M/stopped" ] || [ ! -d "$M" ]; }} && exit 3
+  {POLL}
+done
+[ "$(cat "$M/owner")" = "$T" ] || exit 4
+mkdir -p "$D/artifacts" && tar -cf - -C "$D" artifacts || exit 1
+i=0; while [ ! -e "$M/followed" ] && [ $i -lt 500 ]; do sleep 0.02; i=$((i+1)); done
+{td}"#,
         vars = vars(r),
         td = teardown(r)
     )

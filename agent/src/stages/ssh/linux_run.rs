@@ -63,8 +63,23 @@ pub async fn run(ctx: &StageCtx, conn: &Conn, r: &RemoteRun, bundle: Vec<u8>) ->
         Captured::Failed(e) => return StageResult::error(e),
     }
 
-    let follow = linux::remote_command(&linux::follow(r));
-    let out = run_streamed(ctx, &ProcSpec::new(conn.argv(&follow))).await;
+    // The fetch session opens beside the follow session and waits for the exit
+    // status, so the fetch costs no extra round trip after the test ends.
+    let tar = conn.private_dir().join("artifacts.tar");
+    let file = match std::fs::File::create(&tar) {
+        Ok(f) => f,
+        Err(e) => {
+            teardown(ctx, conn, r).await;
+            return StageResult::error(format!("creating {}: {e}", tar.display()));
+        }
+    };
+    let follow = ProcSpec::new(conn.argv(&linux::remote_command(&linux::follow(r))));
+    let fetch = linux::remote_command(&linux::fetch_when_done(r));
+    let (out, fetched) = smol::future::zip(
+        run_streamed(ctx, &follow),
+        conn.run(ctx, &fetch, None, Out::File(file), true, Duration::MAX),
+    )
+    .await;
     let code = match out.end {
         // 255 is ssh's own failure unless the run's exit file says otherwise.
         ProcEnd::Exited(255) => {
@@ -103,16 +118,6 @@ pub async fn run(ctx: &StageCtx, conn: &Conn, r: &RemoteRun, bundle: Vec<u8>) ->
             return StageResult::error(format!("could not start ssh: {e}"));
         }
     };
-
-    let tar = conn.private_dir().join("artifacts.tar");
-    let fetch = linux::remote_command(&linux::fetch_and_teardown(r));
-    let fetched = match std::fs::File::create(&tar) {
-        Ok(f) => {
-            conn.run(ctx, &fetch, None, Out::File(f), true, Duration::MAX)
-                .await
-        }
-        Err(e) => Captured::Failed(format!("creating {}: {e}", tar.display())),
-    };
     match fetched {
         Captured::Done(0, ..) => match store_fetched(ctx, conn, tar).await {
             Ok(_) => exited(code),
@@ -120,6 +125,10 @@ pub async fn run(ctx: &StageCtx, conn: &Conn, r: &RemoteRun, bundle: Vec<u8>) ->
                 exit_code: Some(code),
                 ..StageResult::error(e)
             },
+        },
+        Captured::Done(4, ..) => StageResult {
+            exit_code: Some(code),
+            ..StageResult::error("another agent session has reattached to this run")
         },
         Captured::Done(c, _, err) => {
             teardown(ctx, conn, r).await;
@@ -139,7 +148,10 @@ pub async fn run(ctx: &StageCtx, conn: &Conn, r: &RemoteRun, bundle: Vec<u8>) ->
         }
         Captured::Failed(e) => {
             teardown(ctx, conn, r).await;
-            StageResult::error(format!("fetching artifacts failed: {e}"))
+            StageResult {
+                exit_code: Some(code),
+                ..StageResult::error(format!("fetching artifacts failed: {e}"))
+            }
         }
     }
 }

@@ -34,6 +34,8 @@ pub struct RemoteRun {
     pub keep: bool,
     /// The plan's environment for the entrypoint.
     pub env: Vec<(String, String)>,
+    /// Random token of this agent session; the run's owner once started or reattached.
+    pub token: String,
 }
 
 impl RemoteRun {
@@ -75,6 +77,7 @@ impl RemoteRun {
             base,
             keep: spec.keep,
             env: ctx.env(),
+            token: conn::random_hex(),
         })
     }
 }
