@@ -263,6 +263,38 @@ fn closed_port_is_an_error_not_a_failure() {
 }
 
 #[test]
+fn upload_problems_are_errors_with_the_reason() {
+    let Some(e) = env() else { return };
+    // A base folder that cannot be created (even by root).
+    let mut sp = spec(&e.s, &e.base);
+    sp.base_dir = Some("/proc/kiln-cannot".into());
+    let (c, sink) = ctx(
+        &e.s,
+        sp,
+        tests_folder("true").path(),
+        &e.work.path().join("a"),
+    );
+    expect_error(&run(&c), &sink, "cannot create /proc/kiln-cannot/runs");
+    // A bundle without the entrypoint.
+    let t = tests_folder("true");
+    std::fs::rename(t.path().join("run.sh"), t.path().join("other.sh")).expect("rename");
+    let (c, sink) = ctx(
+        &e.s,
+        spec(&e.s, &e.base),
+        t.path(),
+        &e.work.path().join("b"),
+    );
+    expect_error(&run(&c), &sink, "the bundle has no run.sh");
+    assert!(!e.base.join("lock").exists(), "lock left behind");
+    assert_eq!(
+        std::fs::read_dir(e.base.join("runs"))
+            .expect("runs")
+            .count(),
+        0
+    );
+}
+
+#[test]
 fn missing_host_key_refuses_trust_on_first_use() {
     let Some(e) = env() else { return };
     let mut sp = spec(&e.s, &e.base);

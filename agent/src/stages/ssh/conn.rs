@@ -341,7 +341,10 @@ async fn capture(
             let err = String::from_utf8_lossy(&e).into_owned();
             match status.code() {
                 Some(c) => Captured::Done(c, if to_file { vec![] } else { o }, err),
-                None => Captured::Failed(format!("ssh was killed: {}", last_line(&err))),
+                None => Captured::Failed(format!(
+                    "ssh was killed: {}",
+                    super::errors::last_line(&err)
+                )),
             }
         }
         Ok((Err(e), ..)) => Captured::Failed(format!("waiting for ssh: {e}")),
@@ -352,51 +355,6 @@ async fn capture(
                 None => Captured::Failed(format!("ssh took longer than {}s", limit.as_secs())),
             }
         }
-    }
-}
-
-/// The last non-empty line of `s`.
-pub fn last_line(s: &str) -> &str {
-    s.lines()
-        .rev()
-        .map(str::trim)
-        .find(|l| !l.is_empty())
-        .unwrap_or("")
-}
-
-/// Names the reason of an ssh failure (exit 255) from its stderr.
-pub fn classify(stderr: &str) -> String {
-    let has = |p: &str| stderr.contains(p);
-    let why =
-        if has("REMOTE HOST IDENTIFICATION HAS CHANGED") || has("Host key verification failed") {
-            if has("No ") && has("host key is known") {
-                "host key not known (pinned key of another type?)"
-            } else {
-                "host key mismatch"
-            }
-        } else if has("Permission denied") || has("Too many authentication failures") {
-            "authentication failed"
-        } else if has("Connection refused") {
-            "connection refused"
-        } else if has("Could not resolve hostname") || has("Name or service not known") {
-            "cannot resolve host"
-        } else if has("timed out") {
-            "connection timed out"
-        } else if has("No route to host") || has("Network is unreachable") {
-            "host unreachable"
-        } else if has("Connection closed")
-            || has("Connection reset")
-            || has("kex_exchange_identification")
-        {
-            "connection closed"
-        } else if has("Load key") || has("invalid format") {
-            "bad private key"
-        } else {
-            "ssh failed"
-        };
-    match last_line(stderr) {
-        "" => why.to_string(),
-        l => format!("{why}: {l}"),
     }
 }
 
@@ -416,19 +374,5 @@ mod tests {
         );
         assert!(pinned_line("hello").is_err());
         assert!(pinned_line("").is_err());
-    }
-
-    #[test]
-    fn classifies_ssh_errors() {
-        assert!(
-            classify("ssh: connect to host 127.0.0.1 port 2: Connection refused\n")
-                .starts_with("connection refused: ssh: connect")
-        );
-        assert!(
-            classify("root@h: Permission denied (publickey).\n")
-                .starts_with("authentication failed")
-        );
-        assert!(classify("@ WARNING: REMOTE HOST IDENTIFICATION HAS CHANGED!\nHost key verification failed.\n").starts_with("host key mismatch"));
-        assert_eq!(classify(""), "ssh failed");
     }
 }

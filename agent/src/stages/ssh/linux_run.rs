@@ -2,10 +2,9 @@
 //! the output, fetch artifacts and tear down; a stop kills the remote group.
 use std::time::Duration;
 
-use super::conn::{Captured, Conn, Out, last_line};
-use super::{
-    CLEANUP_LIMIT, RemoteRun, classify, exited, linux, reply_line, stopped, store_fetched,
-};
+use super::conn::{Captured, Conn, Out};
+use super::errors::{classify, last_line};
+use super::{CLEANUP_LIMIT, RemoteRun, exited, linux, reply_line, stopped, store_fetched};
 use crate::stages::proc::{ProcEnd, ProcSpec, run_streamed};
 use crate::stages::{StageCtx, StageResult};
 
