@@ -31,6 +31,7 @@ pub struct Conn {
     socket_dir: Option<PathBuf>,
     args: Vec<String>,
     target: String,
+    closed: std::sync::atomic::AtomicBool,
 }
 
 /// How a captured command ended.
@@ -136,6 +137,8 @@ impl Conn {
             socket_dir: None,
             args: vec![],
             target: spec.host.clone(),
+            // Nothing to close until the options exist.
+            closed: true.into(),
         };
         write_private(&private.join("id"), key).map_err(io)?;
         write_private(&private.join("known_hosts"), kh.as_bytes()).map_err(io)?;
@@ -181,6 +184,7 @@ impl Conn {
             spec.user.clone(),
         ]);
         conn.args = o;
+        conn.closed = false.into();
         Ok(conn)
     }
 
@@ -223,6 +227,8 @@ impl Conn {
 
     /// Closes the master connection (`-O exit`).
     pub async fn close(&self, ctx: &StageCtx) {
+        self.closed
+            .store(true, std::sync::atomic::Ordering::Relaxed);
         let limit = Duration::from_secs(5);
         let _ = capture(
             ctx,
@@ -251,6 +257,17 @@ impl Conn {
 
 impl Drop for Conn {
     fn drop(&mut self) {
+        if !self.closed.load(std::sync::atomic::Ordering::Relaxed) {
+            // The stage was dropped mid-way: close the master now (a local socket
+            // operation, milliseconds), or it would linger for ControlPersist.
+            let argv = self.control_op("exit");
+            let _ = std::process::Command::new(&argv[0])
+                .args(&argv[1..])
+                .stdin(Stdio::null())
+                .stdout(Stdio::null())
+                .stderr(Stdio::null())
+                .status();
+        }
         let _ = fs::remove_dir_all(&self.private);
         if let Some(d) = &self.socket_dir {
             let _ = fs::remove_dir_all(d);
