@@ -3,7 +3,7 @@
 //! Every error is one line that names the plan file and the line:
 //! `plans/nightly.toml:12: stage "smoke": tests folder tests/smoke does not exist`.
 use anyhow::{Context, Result, anyhow};
-use kiln_protocol::{Plan, Sha256, Stage, TestBundle, tree};
+use kiln_protocol::{Plan, Sha256, Stage, StageKind, TestBundle, tree};
 use std::cell::RefCell;
 use std::collections::{BTreeSet, HashMap};
 use std::fmt::Display;
@@ -175,6 +175,24 @@ impl Ctx<'_> {
             span: s.span(),
         };
         let spec = kinds::build(&at, kind, st, tests.as_ref())?;
+        let mut secrets = match &st.secrets {
+            Some(list) => {
+                for secret in list.get_ref() {
+                    at.secret(list.span(), secret)?;
+                }
+                list.get_ref().clone()
+            }
+            None => Vec::new(),
+        };
+        // The SSH key and known_hosts are secrets the stage needs too: list them so
+        // the agent fetches them with the rest (the kind's builder checked they exist).
+        if let StageKind::Ssh(ssh) = &spec {
+            for name in std::iter::once(&ssh.key).chain(ssh.known_hosts.as_ref()) {
+                if !secrets.contains(name) {
+                    secrets.push(name.clone());
+                }
+            }
+        }
         Ok(Stage {
             name: name.to_string(),
             kind: spec,
@@ -190,15 +208,7 @@ impl Ctx<'_> {
                 .is_some_and(|c| *c.get_ref()),
             tests: tests.map(|(b, _)| b),
             env: self.env(name, st)?,
-            secrets: match &st.secrets {
-                Some(list) => {
-                    for secret in list.get_ref() {
-                        at.secret(list.span(), secret)?;
-                    }
-                    list.get_ref().clone()
-                }
-                None => Vec::new(),
-            },
+            secrets,
         })
     }
 

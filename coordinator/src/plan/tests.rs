@@ -229,6 +229,8 @@ fn ssh_needs_entrypoint_and_pinned_host_key() {
         panic!("ssh")
     };
     assert_eq!((s.port, s.os, s.keep), (22, Os::Linux, false));
+    // The key and known_hosts secrets are listed so the agent fetches them.
+    assert_eq!(p.stages[0].secrets, ["ssh-ci", "lab-known-hosts"]);
     let pin = "host_key = \"ssh-ed25519 AAAAC3NzaC1lZDI1NTE5AAAAIKLt1qPAxCfxaXdzhcJfIVTAF2Wtm34rDwTkEsWE9DmG\"\n";
     f.fails(
         &ssh(&format!("tests = \"win\"\nos = \"windows\"\n{pin}")),
