@@ -1,11 +1,11 @@
 //! Netboot: /boot.ipxe, per-MAC scripts, `image add`, and the dnsmasq snippet.
 use anyhow::Result;
-use kiln_protocol::{Mac, RunId, SignedTicket};
+use kiln_protocol::{Mac, RunId};
 use std::fmt::Write as _;
 
 use crate::cli::*;
 use crate::images::{self, Image};
-use crate::state::{Host, State};
+use crate::state::State;
 
 /// Console arguments added when an image's cmdline names no `console=`: the serial
 /// port last, so it is `/dev/console` (IPMI serial-over-LAN and qemu tests read it).
@@ -75,7 +75,7 @@ pub fn plan_boot(state: &State, mac: &Mac) -> Result<Boot> {
     let Some(image_name) = &host.image else {
         return Ok(Boot::Exit(format!("host {} has no image", host.name)));
     };
-    let Some(run) = next_pending_run(state, host)? else {
+    let Some(run) = crate::store::next_pending(state, &state.public_key()?, mac)? else {
         return Ok(Boot::Exit(format!(
             "nothing pending for host {}",
             host.name
@@ -99,36 +99,6 @@ pub fn plan_boot(state: &State, mac: &Mac) -> Result<Boot> {
         image,
         run,
     })
-}
-
-/// The host's oldest run that no agent has claimed yet (no events), is unexpired and
-/// was signed by this coordinator's key.
-pub fn next_pending_run(state: &State, host: &Host) -> Result<Option<RunId>> {
-    let key = state.public_key()?;
-    let now = crate::fsutil::now_s();
-    let mut best: Option<(u64, RunId)> = None;
-    for run in state.run_ids()? {
-        let dir = state.run_dir(&run);
-        let started = std::fs::metadata(dir.join("events.log"))
-            .map(|m| m.len() > 0)
-            .unwrap_or(false);
-        if started {
-            continue;
-        }
-        let Ok(bytes) = std::fs::read(dir.join("ticket.kiln")) else {
-            continue;
-        };
-        let Ok(ticket) = SignedTicket::from_file(&bytes).and_then(|s| s.verify(&[key])) else {
-            continue;
-        };
-        if ticket.host.name != host.name || ticket.run != run || ticket.check_time(now).is_err() {
-            continue;
-        }
-        if best.is_none_or(|(at, _)| ticket.issued_at < at) {
-            best = Some((ticket.issued_at, run));
-        }
-    }
-    Ok(best.map(|(_, r)| r))
 }
 
 fn run_script(host: &str, image: &Image, run: &RunId, mac: &Mac, base: &str) -> String {

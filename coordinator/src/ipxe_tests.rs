@@ -1,7 +1,7 @@
 //! Unit tests for the iPXE scripts and the dnsmasq snippet.
 use super::*;
-use crate::state::Hosts;
-use kiln_protocol::{HostBinding, HostSpec, Plan, SecretKey, Ticket};
+use crate::state::{Host, Hosts};
+use kiln_protocol::{HostBinding, HostSpec, Plan, SecretKey, SignedTicket, Ticket};
 use std::path::PathBuf;
 
 const MAC: &str = "52:54:00:12:34:56";
@@ -36,7 +36,15 @@ fn issue(s: &State, host: &str, run: u8, issued_at: u64, key: &SecretKey) -> Run
         not_after: crate::fsutil::now_s() + 3600,
         host: HostBinding {
             name: host.into(),
-            macs: vec![MAC.parse().unwrap()],
+            macs: vec![
+                if host == "node1" {
+                    MAC
+                } else {
+                    "02:00:00:00:00:01"
+                }
+                .parse()
+                .unwrap(),
+            ],
             serial: None,
             spec: HostSpec::default(),
         },
