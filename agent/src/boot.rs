@@ -13,6 +13,10 @@ use crate::verify::{check_ticket, load_trust, now_s};
 /// Work folder inside the image (a tmpfs mounted by its init).
 pub const BOOT_WORK: &str = "/tmp/kiln";
 
+/// Where the image's init mounts the disk named by `kiln.offline=`: `ticket.kiln` (and
+/// `ticket.kiln.cas/`) in, `result.kiln` (the bundle) out.
+pub const OFFLINE_DIR: &str = "/media/kiln";
+
 /// Longest pause between two tries to reach the coordinator.
 const MAX_BACKOFF: Duration = Duration::from_secs(5);
 
@@ -20,7 +24,9 @@ const MAX_BACKOFF: Duration = Duration::from_secs(5);
 #[derive(Debug, Clone, PartialEq)]
 pub struct BootArgs {
     /// `kiln.url=`: the coordinator as the machine reached it when booting.
-    pub url: String,
+    pub url: Option<String>,
+    /// `kiln.offline=DEV`: run offline from the ticket on this disk (mounted by init).
+    pub offline: Option<String>,
     /// `kiln.run=`: the run to start (none: ask for the host's next pending ticket).
     pub run: Option<RunId>,
     /// `BOOTIF=01-aa-bb-…`: the NIC the firmware booted from.
@@ -32,6 +38,7 @@ pub fn parse_cmdline(text: &str) -> Result<BootArgs, String> {
     let mut url = None;
     let mut run = None;
     let mut bootif = None;
+    let mut offline = None;
     for arg in text.split_whitespace() {
         if let Some(v) = arg.strip_prefix("kiln.url=") {
             let v = v.trim_end_matches('/');
@@ -44,22 +51,32 @@ pub fn parse_cmdline(text: &str) -> Result<BootArgs, String> {
                 v.parse()
                     .map_err(|_| format!("kiln.run={v} is not a run id"))?,
             );
+        } else if let Some(v) = arg.strip_prefix("kiln.offline=") {
+            offline = Some(v.to_string());
         } else if let Some(v) = arg.strip_prefix("BOOTIF=") {
             // pxelinux form: hardware type "01-" then the MAC with dashes.
             bootif = v.get(3..).and_then(|m| m.parse().ok());
         }
     }
-    let url = url.ok_or("no kiln.url= on the kernel command line")?;
-    Ok(BootArgs { url, run, bootif })
+    if url.is_none() && offline.is_none() {
+        return Err("no kiln.url= (or kiln.offline=) on the kernel command line".into());
+    }
+    Ok(BootArgs {
+        url,
+        offline,
+        run,
+        bootif,
+    })
 }
 
 /// The ticket's URL: the named run's, else the booted NIC's next pending ticket.
 pub fn ticket_url(args: &BootArgs, host: &HostInfo) -> Option<String> {
+    let url = args.url.as_deref()?;
     if let Some(run) = &args.run {
-        return Some(format!("{}/v1/runs/{run}/ticket", args.url));
+        return Some(format!("{url}/v1/runs/{run}/ticket"));
     }
     let mac = args.bootif.or_else(|| host.macs.first().copied())?;
-    Some(format!("{}/v1/hosts/{mac}/ticket", args.url))
+    Some(format!("{url}/v1/hosts/{mac}/ticket"))
 }
 
 /// Prints one line on the console (stderr is `/dev/console` for the image's init).
@@ -71,7 +88,16 @@ fn say(line: &str) {
 pub fn cmd_boot(c: &BootCmd) -> i32 {
     say(&format!("agent {} booting", env!("CARGO_PKG_VERSION")));
     match boot(c) {
-        Ok(end) => finish(c, end),
+        Ok((end, offline)) => {
+            if offline {
+                // Unmount so the result bundle is on the disk before power goes.
+                nix::unistd::sync();
+                let _ = std::process::Command::new("umount")
+                    .arg(OFFLINE_DIR)
+                    .status();
+            }
+            finish(c, end)
+        }
         Err(reason) => {
             say(&reason);
             idle(c, EXIT_REFUSED)
@@ -79,15 +105,25 @@ pub fn cmd_boot(c: &BootCmd) -> i32 {
     }
 }
 
-/// Everything up to the end of the run; `Err` is a refusal before anything ran.
-fn boot(c: &BootCmd) -> Result<RunEnd, String> {
+/// Everything up to the end of the run (and whether it was offline); `Err` is a
+/// refusal before anything ran.
+fn boot(c: &BootCmd) -> Result<(RunEnd, bool), String> {
     let text = std::fs::read_to_string(&c.cmdline)
         .map_err(|e| format!("cannot read {}: {e}", c.cmdline.display()))?;
     let args = parse_cmdline(&text)?;
     let trusted = load_trust(&c.trust)?;
     let host = HostInfo::detect();
-    let url = ticket_url(&args, &host).ok_or("no kiln.run= and no network interface")?;
-    let bytes = fetch_with_retries(&url)?;
+    let offline = args.offline.is_some();
+    let (bytes, ticket_path, out) = if offline {
+        let dir = PathBuf::from(OFFLINE_DIR);
+        let p = dir.join("ticket.kiln");
+        let bytes = std::fs::read(&p)
+            .map_err(|e| format!("offline disk: cannot read {}: {e}", p.display()))?;
+        (bytes, Some(p), Some(dir.join("result.kiln")))
+    } else {
+        let url = ticket_url(&args, &host).ok_or("no kiln.run= and no network interface")?;
+        (fetch_with_retries(&url)?, None, None)
+    };
     let (_, ticket) = check_ticket(&bytes, &trusted, now_s(), &host)?;
     say(&format!(
         "ticket ok: run {} for host {}, plan {:?} ({} stages)",
@@ -98,16 +134,17 @@ fn boot(c: &BootCmd) -> Result<RunEnd, String> {
     ));
     let opts = RunOptions {
         ticket_bytes: bytes,
-        ticket_path: None,
+        ticket_path,
         trusted,
-        url: Some(args.url),
-        out: None,
+        url: args.url,
+        out,
         work: Some(PathBuf::from(BOOT_WORK).join(ticket.run.to_string())),
         cas_dir: None,
         secrets: BTreeMap::new(),
     };
     // As PID 1 a panic would take the kernel down with it; report it instead.
     std::panic::catch_unwind(move || run_ticket(opts))
+        .map(|end| (end, offline))
         .map_err(|_| "the run loop panicked (a bug); see the lines above".to_string())
 }
 
@@ -228,7 +265,7 @@ mod tests {
             "initrd=initrd kiln.url=http://10.0.2.2:7373/ kiln.run={run} BOOTIF=01-52-54-00-12-34-56 console=ttyS0\n"
         ))
         .unwrap();
-        assert_eq!(a.url, "http://10.0.2.2:7373");
+        assert_eq!(a.url.as_deref(), Some("http://10.0.2.2:7373"));
         assert_eq!(a.run, Some(run.parse().unwrap()));
         assert_eq!(a.bootif, Some("52:54:00:12:34:56".parse().unwrap()));
         let host = HostInfo {
@@ -250,6 +287,8 @@ mod tests {
     #[test]
     fn bad_cmdlines_are_one_line_reasons() {
         assert!(parse_cmdline("quiet").unwrap_err().contains("no kiln.url="));
+        let off = parse_cmdline("kiln.offline=/dev/vdb").unwrap();
+        assert_eq!((off.url, off.offline.as_deref()), (None, Some("/dev/vdb")));
         assert!(
             parse_cmdline("kiln.url=ftp://x")
                 .unwrap_err()
