@@ -10,6 +10,7 @@ mod crash;
 mod hardware;
 mod netboot;
 mod offline;
+mod qemu;
 mod quickstart;
 mod runs;
 mod server;

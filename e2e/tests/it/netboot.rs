@@ -1,1 +1,444 @@
-//! Placeholder: tests arrive with their issue.
+//! Netboot, the whole path: a qemu guest (TCG) boots through Debian's iPXE ROM from a
+//! real coordinator on loopback into the image `image/build-local` assembles, runs its
+//! ticket and powers itself off. Local twins of `nixos-tests/*.nix`.
+use crate::common::*;
+use crate::qemu::{Bus, Qemu, guest_url};
+use kiln_protocol::SecretKey;
+use serde_json::Value;
+use std::path::{Path, PathBuf};
+use std::process::Command;
+use std::sync::OnceLock;
+use std::time::{Duration, Instant, SystemTime};
+
+/// The test-only signing key the cached image trusts (never used outside tests).
+const TEST_KEY_SEED: [u8; 32] = *b"kiln e2e netboot test key, v1..!";
+const VM_MAC: &str = "52:54:00:6b:00:01";
+/// TCG is slow, and other tests share the CPUs: generous limits, never timed asserts.
+const BOOT_LIMIT: Duration = Duration::from_secs(600);
+
+/// The netboot image (kernel, initrd), built once into `target/kiln-image/` and
+/// rebuilt when the agent or the image sources are newer. `None`: tools missing.
+fn image() -> Option<(PathBuf, PathBuf)> {
+    for tool in [
+        "qemu-system-x86_64",
+        "cpio",
+        "zstd",
+        "busybox",
+        "dpkg-deb",
+        "modinfo",
+        "mkfs.ext4",
+        "debugfs",
+    ] {
+        if !require_tool(tool) {
+            return None;
+        }
+    }
+    static IMAGE: OnceLock<(PathBuf, PathBuf)> = OnceLock::new();
+    Some(IMAGE.get_or_init(build_image).clone())
+}
+
+fn build_image() -> (PathBuf, PathBuf) {
+    let repo = Path::new(env!("CARGO_MANIFEST_DIR")).join("..");
+    let dir = bin("kiln-agent")
+        .parent()
+        .and_then(Path::parent)
+        .expect("target folder")
+        .join("kiln-image");
+    std::fs::create_dir_all(&dir).expect("mkdir target/kiln-image");
+    let trust = dir.join("trusted.pub");
+    let line = format!("{}\n", test_key().public().to_line("kiln-e2e-test"));
+    if std::fs::read_to_string(&trust).ok().as_deref() != Some(line.as_str()) {
+        std::fs::write(&trust, &line).expect("write trusted.pub");
+    }
+    let initrd = dir.join("initrd");
+    let mtime = |p: &Path| std::fs::metadata(p).and_then(|m| m.modified()).ok();
+    let built = mtime(&initrd).unwrap_or(SystemTime::UNIX_EPOCH);
+    let sources = ["init", "udhcpc.script", "build-local", "modules.list"]
+        .map(|f| repo.join("image").join(f));
+    let stale = [bin("kiln-agent"), trust.clone()]
+        .iter()
+        .chain(sources.iter())
+        .any(|p| mtime(p).is_none_or(|t| t > built));
+    if stale || !dir.join("kernel").is_file() {
+        let t = Instant::now();
+        let out = Command::new(repo.join("image/build-local"))
+            .arg(&dir)
+            .arg("--trust")
+            .arg(&trust)
+            .arg("--agent")
+            .arg(bin("kiln-agent"))
+            .output()
+            .expect("running image/build-local");
+        let stdout = String::from_utf8_lossy(&out.stdout);
+        assert!(
+            out.status.success(),
+            "image/build-local failed:\n{stdout}{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        eprintln!(
+            "{} (built in {:.1}s)",
+            stdout.trim(),
+            t.elapsed().as_secs_f64()
+        );
+    }
+    (dir.join("kernel"), initrd)
+}
+
+fn test_key() -> SecretKey {
+    SecretKey::from_seed(TEST_KEY_SEED)
+}
+
+/// A state folder whose signing key is the test key the image trusts.
+fn trusted_state(dir: &Path) -> PathBuf {
+    let state = dir.join("state");
+    let key = test_key();
+    write(
+        &state,
+        "key/coordinator.key",
+        &format!("{}\n", key.to_line()),
+    );
+    write(
+        &state,
+        "key/coordinator.pub",
+        &format!("{}\n", key.public().to_line("kiln-e2e-test")),
+    );
+    std::fs::set_permissions(
+        state.join("key/coordinator.key"),
+        std::os::unix::fs::PermissionsExt::from_mode(0o600),
+    )
+    .expect("chmod the test key");
+    let o = kc(&state, &["init"]);
+    assert_eq!(o.code, 0, "init failed: {}", o.stderr);
+    state
+}
+
+/// The plan every twin runs: a shipped test folder and a plain command.
+fn exec_plan(dir: &Path) -> PathBuf {
+    write(
+        dir,
+        "tests/smoke/run.sh",
+        "#!/bin/sh\necho \"smoke on $(uname -r): $(cat data.txt)\"\n",
+    );
+    write(dir, "tests/smoke/data.txt", "42\n");
+    let run_sh = dir.join("tests/smoke/run.sh");
+    let mut perm = std::fs::metadata(&run_sh).unwrap().permissions();
+    std::os::unix::fs::PermissionsExt::set_mode(&mut perm, 0o755);
+    std::fs::set_permissions(&run_sh, perm).unwrap();
+    write(
+        dir,
+        "plan.toml",
+        r#"name = "netboot-exec"
+timeout = "10m"
+
+[[stage]]
+name = "smoke"
+kind = "exec"
+command = ["./run.sh"]
+tests = "tests/smoke"
+timeout = "2m"
+
+[[stage]]
+name = "identity"
+kind = "exec"
+command = ["sh", "-c", "cat /sys/class/dmi/id/product_serial; ip -4 addr show"]
+timeout = "2m"
+"#,
+    )
+}
+
+const EXPECTED: [(&str, &str); 2] = [("smoke", "passed"), ("identity", "passed")];
+
+fn show(state: &Path, run: &str) -> Value {
+    let o = kc(state, &["run", "show", run, "--json"]);
+    assert_eq!(o.code, 0, "run show failed: {}", o.stderr);
+    serde_json::from_str(&o.stdout).expect("run show --json is JSON")
+}
+
+fn outcomes(v: &Value) -> Vec<(String, String)> {
+    v["stages"]
+        .as_array()
+        .expect("stages")
+        .iter()
+        .map(|s| {
+            let f = |k: &str| s[k].as_str().unwrap_or_default().to_string();
+            (f("name"), f("outcome"))
+        })
+        .collect()
+}
+
+fn expected() -> Vec<(String, String)> {
+    EXPECTED
+        .iter()
+        .map(|(a, b)| (a.to_string(), b.to_string()))
+        .collect()
+}
+
+fn ok(o: Out, what: &str) -> String {
+    assert_eq!(o.code, 0, "{what} failed: {}{}", o.stdout, o.stderr);
+    o.stdout
+}
+
+/// Registers the image and a netboot host bound to `VM_MAC`.
+fn add_image_and_host(state: &Path, kernel: &Path, initrd: &Path) {
+    let (k, i) = (kernel.to_str().unwrap(), initrd.to_str().unwrap());
+    ok(
+        kc(
+            state,
+            &["image", "add", "kiln", "--kernel", k, "--initrd", i],
+        ),
+        "image add",
+    );
+    ok(
+        kc(
+            state,
+            &["host", "add", "node1", "--mac", VM_MAC, "--image", "kiln"],
+        ),
+        "host add",
+    );
+}
+
+fn issue(state: &Path, plan: &Path, host: &str, out: Option<&Path>) -> String {
+    let mut args = vec![
+        "ticket",
+        "issue",
+        "--plan",
+        plan.to_str().unwrap(),
+        "--host",
+        host,
+    ];
+    if let Some(o) = out {
+        args.extend(["--out", o.to_str().unwrap()]);
+    }
+    let stdout = ok(kc(state, &args), "ticket issue");
+    stdout
+        .split_whitespace()
+        .next()
+        .expect("a run id")
+        .to_string()
+}
+
+fn get(url: &str) -> (u16, Vec<u8>) {
+    match ureq::get(url).call() {
+        Ok(r) => {
+            let code = r.status();
+            let mut body = Vec::new();
+            std::io::Read::read_to_end(&mut r.into_reader(), &mut body).expect("body");
+            (code, body)
+        }
+        Err(ureq::Error::Status(code, r)) => (code, r.into_string().unwrap_or_default().into()),
+        Err(e) => panic!("GET {url}: {e}"),
+    }
+}
+
+fn get_text(url: &str) -> String {
+    let (code, body) = get(url);
+    assert_eq!(code, 200, "GET {url}");
+    String::from_utf8(body).expect("utf-8 script")
+}
+
+#[test]
+fn ipxe_scripts_exit_or_name_the_image_by_cas_urls() {
+    let Some((kernel, initrd)) = image() else {
+        return;
+    };
+    let tmp = tempfile::tempdir().unwrap();
+    let state = trusted_state(tmp.path());
+    add_image_and_host(&state, &kernel, &initrd);
+    let server = Coordinator::start(&state);
+
+    let boot = get_text(&format!("{}/boot.ipxe", server.url));
+    assert!(boot.starts_with("#!ipxe\n") && boot.contains("chain /ipxe/${mac:hexhyp}"));
+    let unknown = get_text(&format!("{}/ipxe/52-54-00-ff-ff-ff", server.url));
+    assert!(
+        unknown.trim_end().ends_with("exit") && unknown.contains("unknown MAC"),
+        "{unknown}"
+    );
+    let idle = get_text(&format!("{}/ipxe/{}", server.url, VM_MAC.replace(':', "-")));
+    assert!(
+        idle.trim_end().ends_with("exit") && idle.contains("nothing pending"),
+        "{idle}"
+    );
+
+    let run = issue(&state, &exec_plan(tmp.path()), "node1", None);
+    let script = get_text(&format!("{}/ipxe/{}", server.url, VM_MAC.replace(':', "-")));
+    assert!(script.contains(&format!("kiln.run={run}")), "{script}");
+    assert!(
+        script.contains(&format!("kiln.url={}", server.url)),
+        "{script}"
+    );
+    for (what, file) in [("kernel", &kernel), ("initrd", &initrd)] {
+        let bytes = std::fs::read(file).unwrap();
+        let sha = kiln_protocol::Sha256::of(&bytes).to_string();
+        let url = format!("{}/cas/{sha}", server.url);
+        assert!(
+            script.contains(&url),
+            "{what} is not named by {url}:\n{script}"
+        );
+        let (code, served) = get(&url);
+        assert_eq!(
+            (code, served.len()),
+            (200, bytes.len()),
+            "{url} serves the {what}"
+        );
+    }
+}
+
+#[test]
+fn netboot_exec_passes() {
+    let Some((kernel, initrd)) = image() else {
+        return;
+    };
+    let tmp = tempfile::tempdir().unwrap();
+    let state = trusted_state(tmp.path());
+    add_image_and_host(&state, &kernel, &initrd);
+    let server = Coordinator::start(&state);
+    let run = issue(&state, &exec_plan(tmp.path()), "node1", None);
+
+    let mut vm = Qemu::builder("node1")
+        .netboot(&format!("{}/boot.ipxe", guest_url(&server.url)))
+        .mac(VM_MAC)
+        .smbios_serial("KILN-NETBOOT-1")
+        .spawn();
+    let (t_agent, _) = vm.wait_for_line("kiln: agent", BOOT_LIMIT);
+    let (t_done, line) = vm.wait_for_line("kiln: run finished", BOOT_LIMIT);
+    assert!(line.contains("passed"), "{line}");
+    let (status, t_off) = vm.wait_exit(Duration::from_secs(120));
+    assert!(
+        status.success(),
+        "qemu exit {status}; console:\n{}",
+        vm.console()
+    );
+    eprintln!(
+        "netboot (TCG): qemu start -> agent {:.1}s, -> RunFinished {:.1}s, -> powered off {:.1}s",
+        t_agent.as_secs_f64(),
+        t_done.as_secs_f64(),
+        t_off.as_secs_f64()
+    );
+
+    if std::env::var_os("KILN_VM_CONSOLE").is_some() {
+        eprintln!("{}", vm.console());
+    }
+
+    let v = show(&state, &run);
+    assert_eq!(v["state"], "finished", "{v:#}");
+    assert_eq!(v["outcome"], "passed", "{v:#}");
+    assert_eq!(outcomes(&v), expected());
+    let logs = ok(kc(&state, &["run", "logs", &run]), "run logs");
+    assert!(
+        logs.contains("smoke on 6.") && logs.contains(": 42"),
+        "{logs}"
+    );
+    assert!(logs.contains("KILN-NETBOOT-1"), "{logs}");
+}
+
+#[test]
+fn ticket_signature_mismatch_is_refused_on_the_console() {
+    let Some((kernel, initrd)) = image() else {
+        return;
+    };
+    // The coordinator signs with its own fresh key; the image trusts only the test key.
+    let (tmp, state) = fresh_state();
+    add_image_and_host(&state, &kernel, &initrd);
+    let server = Coordinator::start(&state);
+    let run = issue(&state, &exec_plan(tmp.path()), "node1", None);
+
+    let mut vm = Qemu::builder("forged")
+        .netboot(&format!("{}/boot.ipxe", guest_url(&server.url)))
+        .mac(VM_MAC)
+        .spawn();
+    let (_, line) = vm.wait_for_line("kiln: ticket refused", BOOT_LIMIT);
+    assert!(line.contains("untrusted key"), "{line}");
+    vm.wait_for_line("kiln: idle", Duration::from_secs(30));
+    assert!(vm.running(), "the refused machine stays on");
+    assert!(!vm.saw("run finished") && !vm.saw("powering off"));
+
+    let dir = state.join("runs").join(&run);
+    assert!(
+        !dir.join("events.log").exists(),
+        "nothing may be stored for a refused ticket"
+    );
+    assert!(!dir.join("claim.pub").exists(), "nobody claimed the run");
+    let v = show(&state, &run);
+    assert_eq!(v["state"], "pending", "{v:#}");
+    assert_eq!(v["frames"], 0, "{v:#}");
+}
+
+/// The offline disk: an ext2 image (no journal, so what `sync` wrote is what
+/// `debugfs` reads) holding `ticket.kiln` and its CAS folder; the agent writes
+/// `result.kiln` next to them.
+#[test]
+fn offline_bundle_roundtrip() {
+    let Some((kernel, initrd)) = image() else {
+        return;
+    };
+    let tmp = tempfile::tempdir().unwrap();
+    let state = trusted_state(tmp.path());
+    ok(
+        kc(
+            &state,
+            &["host", "add", "offline1", "--serial", "KILN-OFFLINE-1"],
+        ),
+        "host add",
+    );
+    let disk_dir = tmp.path().join("disk");
+    std::fs::create_dir_all(&disk_dir).unwrap();
+    let run = issue(
+        &state,
+        &exec_plan(tmp.path()),
+        "offline1",
+        Some(&disk_dir.join("ticket.kiln")),
+    );
+    let img = tmp.path().join("offline.img");
+    let mkfs = Command::new("mkfs.ext4")
+        .args(["-q", "-F", "-O", "^has_journal", "-L", "kiln", "-d"])
+        .arg(&disk_dir)
+        .arg(&img)
+        .arg("64M")
+        .output()
+        .expect("mkfs.ext4");
+    assert!(
+        mkfs.status.success(),
+        "{}",
+        String::from_utf8_lossy(&mkfs.stderr)
+    );
+
+    let mut vm = Qemu::builder("offline1")
+        .kernel(&kernel, &initrd, "console=ttyS0 kiln.offline=/dev/vda")
+        .no_network()
+        .disk(&img, Bus::Virtio)
+        .smbios_serial("KILN-OFFLINE-1")
+        .spawn();
+    let (t_done, line) = vm.wait_for_line("kiln: run finished", BOOT_LIMIT);
+    assert!(line.contains("passed"), "{line}");
+    let (status, t_off) = vm.wait_exit(Duration::from_secs(120));
+    assert!(status.success(), "qemu exit {status}");
+    eprintln!(
+        "offline (TCG, direct kernel boot): -> RunFinished {:.1}s, -> powered off {:.1}s",
+        t_done.as_secs_f64(),
+        t_off.as_secs_f64()
+    );
+
+    let bundle = tmp.path().join("result.kiln");
+    let dump = Command::new("debugfs")
+        .arg("-R")
+        .arg(format!("dump /result.kiln {}", bundle.display()))
+        .arg(&img)
+        .output()
+        .expect("debugfs");
+    assert!(
+        bundle.is_file() && std::fs::metadata(&bundle).unwrap().len() > 0,
+        "no result.kiln on the disk: {}",
+        String::from_utf8_lossy(&dump.stderr)
+    );
+    assert!(!state.join("runs").join(&run).join("events.log").exists());
+    ok(kc(&state, &["import", bundle.to_str().unwrap()]), "import");
+    let v = show(&state, &run);
+    assert_eq!(v["state"], "finished", "{v:#}");
+    assert_eq!(v["outcome"], "passed", "{v:#}");
+    assert_eq!(outcomes(&v), expected());
+    let logs = ok(kc(&state, &["run", "logs", &run]), "run logs");
+    assert!(
+        logs.contains("KILN-OFFLINE-1") && logs.contains(": 42"),
+        "{logs}"
+    );
+}
