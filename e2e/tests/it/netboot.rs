@@ -348,6 +348,7 @@ fn ticket_signature_mismatch_is_refused_on_the_console() {
         .spawn();
     let (_, line) = vm.wait_for_line("kiln: ticket refused", BOOT_LIMIT);
     assert!(line.contains("untrusted key"), "{line}");
+    eprintln!("forged ticket, console: {line}");
     vm.wait_for_line("kiln: idle", Duration::from_secs(30));
     assert!(vm.running(), "the refused machine stays on");
     assert!(!vm.saw("run finished") && !vm.saw("powering off"));

@@ -185,7 +185,7 @@ impl QemuBuilder {
             .stderr(Stdio::piped())
             .spawn()
             .expect("starting qemu-system-x86_64");
-        let console = Arc::new((Mutex::new(Vec::<(Duration, String)>::new()), Condvar::new()));
+        let console: Console = Arc::new((Mutex::new(Vec::new()), Condvar::new()));
         for stream in [
             Box::new(child.stdout.take().expect("stdout")) as Box<dyn std::io::Read + Send>,
             Box::new(child.stderr.take().expect("stderr")),
@@ -243,11 +243,14 @@ fn clean(raw: &str) -> String {
     out
 }
 
+/// Console lines with the time each arrived (since qemu started), and a signal.
+type Console = Arc<(Mutex<Vec<(Duration, String)>>, Condvar)>;
+
 /// A running guest; killed on drop.
 pub struct Qemu {
     name: String,
     child: Child,
-    console: Arc<(Mutex<Vec<(Duration, String)>>, Condvar)>,
+    console: Console,
     started: Instant,
     exited: Option<ExitStatus>,
 }
