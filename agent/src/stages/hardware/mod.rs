@@ -26,3 +26,9 @@ mod inventory_tests;
 
 #[cfg(test)]
 mod wipe_tests;
+
+#[cfg(test)]
+mod storage_tests;
+
+#[cfg(test)]
+mod host_tests;

@@ -103,8 +103,6 @@ pub fn sh(argv: &[&str]) -> String {
 pub struct Loop {
     /// `/dev/loopN`.
     pub dev: String,
-    /// The backing file.
-    pub file: std::path::PathBuf,
 }
 
 impl Loop {
@@ -123,7 +121,6 @@ impl Loop {
         match o {
             Ok(o) if o.status.success() => Some(Loop {
                 dev: String::from_utf8_lossy(&o.stdout).trim().to_string(),
-                file: file.to_path_buf(),
             }),
             other => {
                 let why = format!("loop devices unavailable: {other:?}");
