@@ -146,10 +146,10 @@ pub async fn run(ctx: &StageCtx, spec: &CpuStressSpec) -> StageResult {
             ctx.note(&format!(
                 "stress-ng: {ops:.1} bogo ops/s (real time), {cpu:.1} per CPU second"
             ));
-            if let Some(min) = spec.min_ops_per_s {
-                if ops < min {
-                    problems.push((Outcome::Failed, format!("{ops:.1} bogo ops/s below {min}")));
-                }
+            if let Some(min) = spec.min_ops_per_s
+                && ops < min
+            {
+                problems.push((Outcome::Failed, format!("{ops:.1} bogo ops/s below {min}")));
             }
         }
     }
@@ -162,13 +162,13 @@ pub async fn run(ctx: &StageCtx, spec: &CpuStressSpec) -> StageResult {
             "hottest sensor {name}: {hot:.1} °C over {} samples",
             peaks.samples
         ));
-        if let Some(max) = spec.max_temperature_c {
-            if hot > max as f64 {
-                problems.push((
-                    Outcome::Failed,
-                    format!("{name} reached {hot:.1} °C, above {max} °C"),
-                ));
-            }
+        if let Some(max) = spec.max_temperature_c
+            && hot > max as f64
+        {
+            problems.push((
+                Outcome::Failed,
+                format!("{name} reached {hot:.1} °C, above {max} °C"),
+            ));
         }
     }
     let outcome = problems

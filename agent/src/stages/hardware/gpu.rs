@@ -68,10 +68,10 @@ fn problems(spec: &GpuSpec, g: &GpuReading) -> Vec<String> {
     if let Some(e) = g.ecc_uncorrected.filter(|e| *e > 0) {
         out.push(format!("{e} uncorrected ECC errors"));
     }
-    if let (Some(max), Some(t)) = (spec.max_temperature_c, g.temperature_c) {
-        if t > max as f64 {
-            out.push(format!("temperature {t} °C above {max} °C"));
-        }
+    if let (Some(max), Some(t)) = (spec.max_temperature_c, g.temperature_c)
+        && t > max as f64
+    {
+        out.push(format!("temperature {t} °C above {max} °C"));
     }
     out
 }

@@ -113,10 +113,10 @@ pub async fn run(ctx: &StageCtx, spec: &NetworkSpec) -> StageResult {
             t.retransmits.map(|r| r.to_string()).unwrap_or("n/a".into())
         ));
         summary.push(format!("{label} {:.0} Mbit/s", t.mbps));
-        if let Some(min) = spec.min_mbps {
-            if t.mbps < min {
-                problems.push(format!("{dir} {:.1} Mbit/s below {min}", t.mbps));
-            }
+        if let Some(min) = spec.min_mbps
+            && t.mbps < min
+        {
+            problems.push(format!("{dir} {:.1} Mbit/s below {min}", t.mbps));
         }
     }
     if problems.is_empty() {

@@ -53,12 +53,11 @@ async fn self_tests(
                 continue;
             }
             let (_, text) = smartctl(ctx, &["-c", "-l", "selftest"], dev).await?;
-            if let Ok(doc) = serde_json::from_str::<serde_json::Value>(&text) {
-                if let Some(m) =
+            if let Ok(doc) = serde_json::from_str::<serde_json::Value>(&text)
+                && let Some(m) =
                     doc["ata_smart_data"]["self_test"]["polling_minutes"]["short"].as_u64()
-                {
-                    limit = limit.max(Duration::from_secs(m * 2 * 60 + 60));
-                }
+            {
+                limit = limit.max(Duration::from_secs(m * 2 * 60 + 60));
             }
             let now = smartparse::self_test(&text).unwrap_or(SelfTest::Unsupported);
             if let SelfTest::Running(left) = &now {

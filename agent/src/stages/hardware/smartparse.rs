@@ -118,10 +118,10 @@ pub fn judge(spec: &SmartSpec, r: &SmartReport) -> Vec<(Outcome, String)> {
         out.push((Outcome::Failed, format!("NVMe critical warning 0x{w:02x}")));
     }
     let mut over = |what: &str, v: Option<u64>, max: Option<u64>| {
-        if let (Some(v), Some(max)) = (v, max) {
-            if v > max {
-                out.push((Outcome::Failed, format!("{what} {v} > {max}")));
-            }
+        if let (Some(v), Some(max)) = (v, max)
+            && v > max
+        {
+            out.push((Outcome::Failed, format!("{what} {v} > {max}")));
         }
     };
     over(

@@ -118,22 +118,22 @@ fn match_disk(want: &DiskSpec, found: &[Disk], taken: &[bool]) -> Option<usize> 
 /// Every difference between `spec` and `inv`, most severe first (stable otherwise).
 pub fn diff_spec(spec: &HostSpec, inv: &Inventory) -> Vec<Difference> {
     let mut out = Vec::new();
-    if let Some(m) = &spec.cpu_model {
-        if !contains_ci(&inv.cpu.model, m) {
-            let d = format!("cpu model {:?}, expected {m:?}", inv.cpu.model);
-            diff(&mut out, Severity::Warning, "cpu model", d);
-        }
+    if let Some(m) = &spec.cpu_model
+        && !contains_ci(&inv.cpu.model, m)
+    {
+        let d = format!("cpu model {:?}, expected {m:?}", inv.cpu.model);
+        diff(&mut out, Severity::Warning, "cpu model", d);
     }
-    if let Some(n) = spec.cpus {
-        if inv.cpu.logical != n {
-            let sev = if inv.cpu.logical < n {
-                Severity::Critical
-            } else {
-                Severity::Warning
-            };
-            let d = format!("{} logical cpus, expected {n}", inv.cpu.logical);
-            diff(&mut out, sev, "cpus", d);
-        }
+    if let Some(n) = spec.cpus
+        && inv.cpu.logical != n
+    {
+        let sev = if inv.cpu.logical < n {
+            Severity::Critical
+        } else {
+            Severity::Warning
+        };
+        let d = format!("{} logical cpus, expected {n}", inv.cpu.logical);
+        diff(&mut out, sev, "cpus", d);
     }
     if let Some(want) = spec.memory_mib {
         let got = inv.memory.total_mib;
@@ -192,7 +192,7 @@ pub fn diff_spec(spec: &HostSpec, inv: &Inventory) -> Vec<Difference> {
             }
         }
     }
-    out.sort_by(|a, b| b.severity.cmp(&a.severity));
+    out.sort_by_key(|d| std::cmp::Reverse(d.severity));
     out
 }
 
@@ -214,11 +214,11 @@ fn disks(spec: &HostSpec, inv: &Inventory, out: &mut Vec<Difference>) {
         };
         taken[j] = true;
         let got = &inv.disks[j];
-        if let Some(m) = &want.model {
-            if !contains_ci(&got.model, m) {
-                let d = format!("{} model {:?}, expected {m:?}", got.path, got.model);
-                diff(out, Severity::Warning, &item, d);
-            }
+        if let Some(m) = &want.model
+            && !contains_ci(&got.model, m)
+        {
+            let d = format!("{} model {:?}, expected {m:?}", got.path, got.model);
+            diff(out, Severity::Warning, &item, d);
         }
         if let Some(s) = want.size_bytes {
             let tol = want.size_tolerance_pct;
@@ -238,11 +238,11 @@ fn disks(spec: &HostSpec, inv: &Inventory, out: &mut Vec<Difference>) {
                 diff(out, sev, &item, d);
             }
         }
-        if let (Some(p), Some(_)) = (&want.path, &want.serial) {
-            if *p != got.path {
-                let d = format!("found at {}, expected at {p}", got.path);
-                diff(out, Severity::Info, &item, d);
-            }
+        if let (Some(p), Some(_)) = (&want.path, &want.serial)
+            && *p != got.path
+        {
+            let d = format!("found at {}, expected at {p}", got.path);
+            diff(out, Severity::Info, &item, d);
         }
     }
     if !spec.disks.is_empty() {
