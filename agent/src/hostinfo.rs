@@ -30,12 +30,14 @@ impl HostInfo {
                 if e.file_name() == "lo" {
                     continue;
                 }
-                if let Ok(text) = fs::read_to_string(e.path().join("address")) {
-                    if let Ok(mac) = text.trim().parse::<Mac>() {
-                        if mac.0 != [0; 6] && !macs.contains(&mac) {
-                            macs.push(mac);
-                        }
-                    }
+                let mac = fs::read_to_string(e.path().join("address"))
+                    .ok()
+                    .and_then(|text| text.trim().parse::<Mac>().ok());
+                if let Some(mac) = mac
+                    && mac.0 != [0; 6]
+                    && !macs.contains(&mac)
+                {
+                    macs.push(mac);
                 }
             }
         }
@@ -74,4 +76,53 @@ fn is_placeholder(s: &str) -> bool {
 pub fn boot_id() -> String {
     let b = fs::read_to_string("/proc/sys/kernel/random/boot_id").unwrap_or_default();
     format!("{}/{}", b.trim(), std::process::id())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn sysfs(ifaces: &[(&str, &str)], serial: Option<&str>) -> tempfile::TempDir {
+        let dir = tempfile::tempdir().expect("tempdir");
+        for (name, addr) in ifaces {
+            let d = dir.path().join("class/net").join(name);
+            fs::create_dir_all(&d).expect("mkdir");
+            fs::write(d.join("address"), format!("{addr}\n")).expect("write");
+        }
+        if let Some(s) = serial {
+            let d = dir.path().join("class/dmi/id");
+            fs::create_dir_all(&d).expect("mkdir");
+            fs::write(d.join("product_serial"), format!("{s}\n")).expect("write");
+        }
+        dir
+    }
+
+    #[test]
+    fn macs_skip_loopback_zero_and_junk() {
+        let d = sysfs(
+            &[
+                ("lo", "00:00:00:00:00:00"),
+                ("eth1", "52:54:00:00:00:02"),
+                ("eth0", "52:54:00:00:00:01"),
+                ("tun0", ""),
+                ("dummy", "00:00:00:00:00:00"),
+                ("bond0", "52:54:00:00:00:01"),
+            ],
+            Some("  SN-1234  "),
+        );
+        let h = HostInfo::from_sysfs(d.path());
+        let macs: Vec<String> = h.macs.iter().map(|m| m.to_string()).collect();
+        assert_eq!(macs, ["52:54:00:00:00:01", "52:54:00:00:00:02"]);
+        assert_eq!(h.serial.as_deref(), Some("SN-1234"));
+    }
+
+    #[test]
+    fn placeholder_serials_are_none() {
+        for s in ["To Be Filled By O.E.M.", "Default string", "", "None"] {
+            let d = sysfs(&[], Some(s));
+            assert_eq!(HostInfo::from_sysfs(d.path()).serial, None, "{s:?}");
+        }
+        let d = sysfs(&[], None);
+        assert_eq!(HostInfo::from_sysfs(d.path()).serial, None);
+    }
 }

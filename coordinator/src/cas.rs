@@ -69,10 +69,10 @@ impl Cas {
             }
             f.sync_all()?;
             let sha = Sha256(h.finalize().into());
-            if let Some(want) = expect {
-                if *want != sha {
-                    bail!("content hashes to {sha}, not {want}");
-                }
+            if let Some(want) = expect
+                && *want != sha
+            {
+                bail!("content hashes to {sha}, not {want}");
             }
             fs::rename(&tmp, self.path(&sha))?;
             crate::fsutil::sync_dir(&self.dir)?;

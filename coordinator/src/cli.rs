@@ -176,6 +176,9 @@ pub struct TicketShowCmd {
     /// ticket file
     #[argh(positional)]
     pub file: PathBuf,
+    /// JSON output
+    #[argh(switch)]
+    pub json: bool,
 }
 
 /// List runs and their status.

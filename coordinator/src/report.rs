@@ -1,34 +1,305 @@
 //! Run listings, reports and logs for people and scripts.
+use anyhow::{Context, Result, bail};
+use kiln_protocol::{Event, Frame, PublicKey, Ticket};
+use serde::Serialize;
+use std::io::Write;
+
 use crate::cli::*;
 use crate::state::State;
-use anyhow::{Result, bail};
+use crate::status::{RunState, RunStatus, load};
+use crate::store::RunDir;
 
-/// Not yet implemented.
+mod junit;
+mod watch;
+
+pub use watch::cmd_watch;
+
+/// One line of `runs --json` and `GET /v1/runs`.
+#[derive(Debug, Clone, Serialize)]
+pub struct Summary {
+    /// Run id.
+    pub run: String,
+    /// Plan name.
+    pub plan: String,
+    /// Host name.
+    pub host: String,
+    /// Life-cycle state.
+    pub state: RunState,
+    /// Outcome once finished.
+    pub outcome: Option<&'static str>,
+    /// Agent-like exit status once ended.
+    pub exit_status: Option<i32>,
+    /// Frames stored.
+    pub frames: u64,
+    /// Stages in the plan.
+    pub stages: usize,
+    /// Stages with at least one finished attempt.
+    pub stages_done: usize,
+    /// Ticket issue time, unix seconds.
+    pub issued_at: u64,
+    /// Ticket expiry, unix seconds.
+    pub expires_at: u64,
+    /// Coordinator clock of the last batch, unix ms.
+    pub last_seen_ms: Option<u64>,
+}
+
+impl From<&RunStatus> for Summary {
+    fn from(s: &RunStatus) -> Self {
+        Summary {
+            run: s.run.clone(),
+            plan: s.plan.clone(),
+            host: s.host.clone(),
+            state: s.state,
+            outcome: s.outcome,
+            exit_status: s.exit_status,
+            frames: s.frames,
+            stages: s.stages.len(),
+            stages_done: s.stages.iter().filter(|st| st.attempts > 0).count(),
+            issued_at: s.issued_at,
+            expires_at: s.expires_at,
+            last_seen_ms: s.last_seen_ms,
+        }
+    }
+}
+
+/// Every readable run's status, in run id order; broken run folders are logged and
+/// left out.
+pub fn statuses(state: &State, key: &PublicKey) -> Result<Vec<RunStatus>> {
+    let mut out = Vec::new();
+    for id in state.run_ids()? {
+        let rd = RunDir::new(state, id);
+        if !rd.exists() {
+            continue;
+        }
+        match load(&rd, key) {
+            Ok(l) => out.push(l.status),
+            Err(e) => log::warn!("{e:#}"),
+        }
+    }
+    Ok(out)
+}
+
+/// Every run's summary, oldest first.
+pub fn summaries(state: &State, key: &PublicKey) -> Result<Vec<Summary>> {
+    let mut list: Vec<Summary> = statuses(state, key)?.iter().map(Summary::from).collect();
+    list.sort_by(|a, b| (a.issued_at, &a.run).cmp(&(b.issued_at, &b.run)));
+    Ok(list)
+}
+
+/// `runs`.
 pub fn cmd_runs(state: &State, c: &RunsCmd) -> Result<i32> {
-    let _ = (state, c);
-    bail!("not implemented yet")
+    let list = summaries(state, &state.public_key()?)?;
+    if c.json {
+        println!("{}", serde_json::to_string_pretty(&list)?);
+        return Ok(0);
+    }
+    if list.is_empty() {
+        println!("no runs");
+        return Ok(0);
+    }
+    println!(
+        "{:<32}  {:<16} {:<12} {:<9} {:<9} {:>6}  ISSUED",
+        "RUN", "PLAN", "HOST", "STATE", "OUTCOME", "STAGES"
+    );
+    for s in &list {
+        println!(
+            "{:<32}  {:<16} {:<12} {:<9} {:<9} {:>6}  {}",
+            s.run,
+            s.plan,
+            s.host,
+            s.state.as_str(),
+            s.outcome.unwrap_or("-"),
+            format!("{}/{}", s.stages_done, s.stages),
+            fmt_unix(s.issued_at)
+        );
+    }
+    Ok(0)
 }
 
-/// Not yet implemented.
+/// `run show`.
 pub fn cmd_show(state: &State, c: &RunShowCmd) -> Result<i32> {
-    let _ = (state, c);
-    bail!("not implemented yet")
+    let id = state.resolve_run(&c.run)?;
+    let l = load(&RunDir::new(state, id), &state.public_key()?)?;
+    let s = &l.status;
+    if c.json {
+        println!("{}", crate::status::to_json(s));
+        return Ok(0);
+    }
+    println!("run      {}", s.run);
+    println!("plan     {}", s.plan);
+    match &s.hostname {
+        Some(h) if *h != s.host => println!("host     {} (reports as {h})", s.host),
+        _ => println!("host     {}", s.host),
+    }
+    match s.outcome {
+        Some(o) => println!("state    {} ({o})", s.state.as_str()),
+        None => println!("state    {}", s.state.as_str()),
+    }
+    if let Some(v) = &s.agent_version {
+        println!("agent    {v}");
+    }
+    println!(
+        "issued   {}, expires {}",
+        fmt_unix(s.issued_at),
+        fmt_unix(s.expires_at)
+    );
+    if let Some(r) = &s.abort_requested {
+        println!("abort    requested: {r}");
+    }
+    println!();
+    println!(
+        "  {:>2}  {:<20} {:<10} {:<10} {:>8} {:>5} {:>9}  DETAIL",
+        "#", "STAGE", "KIND", "OUTCOME", "ATTEMPTS", "EXIT", "DURATION"
+    );
+    for st in &s.stages {
+        println!(
+            "  {:>2}  {:<20} {:<10} {:<10} {:>8} {:>5} {:>9}  {}",
+            st.index,
+            st.name,
+            st.kind,
+            st.outcome,
+            st.attempts,
+            st.exit_code.map(|c| c.to_string()).unwrap_or_default(),
+            st.duration_ms.map(fmt_ms).unwrap_or_default(),
+            st.detail
+        );
+    }
+    for st in &s.stages {
+        for m in &st.measurements {
+            println!("  {}: {} = {} {}", st.name, m.name, m.value, m.unit);
+        }
+        for a in &st.artifacts {
+            println!(
+                "  {}: artifact {} ({} bytes) {}",
+                st.name, a.name, a.size, a.sha256
+            );
+        }
+        for p in &st.parts {
+            println!("  {} / {}: {} {}", st.name, p.name, p.outcome, p.detail);
+        }
+    }
+    Ok(0)
 }
 
-/// Not yet implemented.
-pub fn cmd_watch(state: &State, c: &RunWatchCmd) -> Result<i32> {
-    let _ = (state, c);
-    bail!("not implemented yet")
-}
-
-/// Not yet implemented.
+/// `run logs`: every Log line once, in seq order.
 pub fn cmd_logs(state: &State, c: &RunLogsCmd) -> Result<i32> {
-    let _ = (state, c);
-    bail!("not implemented yet")
+    let id = state.resolve_run(&c.run)?;
+    let rd = RunDir::new(state, id);
+    let (_, ticket) = rd.ticket(&state.public_key()?)?;
+    let only = match &c.stage {
+        Some(name) => Some(stage_index(&ticket, name)?),
+        None => None,
+    };
+    let frames = rd.frames()?;
+    let mut out = std::io::BufWriter::new(std::io::stdout().lock());
+    for (stage, text) in log_lines(&frames) {
+        let line = match only {
+            Some(i) if i != stage => continue,
+            Some(_) => format!("{text}\n"),
+            None => format!("[{}] {text}\n", stage_name(&ticket, stage)),
+        };
+        if out.write_all(line.as_bytes()).is_err() {
+            return Ok(0); // the reader went away (e.g. `| head`)
+        }
+    }
+    let _ = out.flush();
+    Ok(0)
 }
 
-/// Not yet implemented.
+/// `(stage, text)` of every Log frame, in order.
+pub fn log_lines(frames: &[Frame]) -> impl Iterator<Item = (u16, &str)> {
+    frames.iter().filter_map(|f| match &f.event {
+        Event::Log { stage, text, .. } => Some((*stage, text.as_str())),
+        _ => None,
+    })
+}
+
+fn stage_index(t: &Ticket, name: &str) -> Result<u16> {
+    match t.plan.stages.iter().position(|s| s.name == name) {
+        Some(i) => Ok(i as u16),
+        None => {
+            let names: Vec<&str> = t.plan.stages.iter().map(|s| s.name.as_str()).collect();
+            bail!(
+                "no stage {name:?} in plan {} (stages: {})",
+                t.plan.name,
+                names.join(", ")
+            )
+        }
+    }
+}
+
+/// A stage's name, or `#N` for an index the plan lacks.
+pub fn stage_name(t: &Ticket, stage: u16) -> String {
+    t.plan
+        .stages
+        .get(stage as usize)
+        .map(|s| s.name.clone())
+        .unwrap_or_else(|| format!("#{stage}"))
+}
+
+/// `report`.
 pub fn cmd_report(state: &State, c: &ReportCmd) -> Result<i32> {
-    let _ = (state, c);
-    bail!("not implemented yet")
+    let id = state.resolve_run(&c.run)?;
+    let l = load(&RunDir::new(state, id), &state.public_key()?)?;
+    let body = match c.format.as_str() {
+        "json" => format!("{}\n", crate::status::to_json(&l.status)),
+        "html" => {
+            let cas = state.cas();
+            crate::html::run_page(&l, &|sha| cas.has(sha))
+        }
+        "junit" => junit::render(&l),
+        other => bail!("unknown report format {other:?} (json, html or junit)"),
+    };
+    match &c.out {
+        Some(p) => std::fs::write(p, body).with_context(|| format!("writing {}", p.display()))?,
+        None => print!("{body}"),
+    }
+    Ok(0)
+}
+
+/// A duration for people: `850ms`, `12.3s`, `4m05s`, `2h03m`.
+pub fn fmt_ms(ms: u64) -> String {
+    match ms {
+        0..1_000 => format!("{ms}ms"),
+        1_000..60_000 => format!("{:.1}s", ms as f64 / 1000.0),
+        60_000..3_600_000 => format!("{}m{:02}s", ms / 60_000, ms / 1000 % 60),
+        _ => format!("{}h{:02}m", ms / 3_600_000, ms / 60_000 % 60),
+    }
+}
+
+/// Unix seconds as `YYYY-MM-DD HH:MM:SS UTC`.
+pub fn fmt_unix(secs: u64) -> String {
+    let days = (secs / 86_400) as i64;
+    let rem = secs % 86_400;
+    // Civil date from days since 1970-01-01 (H. Hinnant's algorithm).
+    let z = days + 719_468;
+    let era = z.div_euclid(146_097);
+    let doe = z - era * 146_097;
+    let yoe = (doe - doe / 1460 + doe / 36_524 - doe / 146_096) / 365;
+    let doy = doe - (365 * yoe + yoe / 4 - yoe / 100);
+    let mp = (5 * doy + 2) / 153;
+    let d = doy - (153 * mp + 2) / 5 + 1;
+    let m = if mp < 10 { mp + 3 } else { mp - 9 };
+    let y = yoe + era * 400 + i64::from(m <= 2);
+    format!(
+        "{y:04}-{m:02}-{d:02} {:02}:{:02}:{:02} UTC",
+        rem / 3600,
+        rem / 60 % 60,
+        rem % 60
+    )
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn formats() {
+        assert_eq!(fmt_unix(0), "1970-01-01 00:00:00 UTC");
+        assert_eq!(fmt_unix(1_709_210_096), "2024-02-29 12:34:56 UTC");
+        assert_eq!(fmt_ms(850), "850ms");
+        assert_eq!(fmt_ms(12_345), "12.3s");
+        assert_eq!(fmt_ms(245_000), "4m05s");
+        assert_eq!(fmt_ms(7_380_000), "2h03m");
+    }
 }

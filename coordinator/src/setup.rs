@@ -1,36 +1,206 @@
 //! Setup commands: init, key, hosts, secrets.
-use anyhow::{Result, bail};
+use anyhow::{Context, Result, bail};
+use kiln_protocol::{Mac, PublicKey};
 use std::path::Path;
 
 use crate::cli::*;
-use crate::state::State;
+use crate::state::{Host, State, check_name};
+
+/// Largest secret `secret set` stores; secrets are keys and tokens, not files.
+pub const MAX_SECRET_BYTES: u64 = 1 << 20;
 
 /// `init`: create the state folder and key (idempotent), print the public key.
 pub fn cmd_init(root: &Path) -> Result<i32> {
-    let _ = root;
-    bail!("not implemented yet")
+    let (state, created) = State::init(root)?;
+    let line = public_line(&state)?;
+    if created {
+        eprintln!(
+            "created state folder {} and a new signing key",
+            root.display()
+        );
+    } else {
+        eprintln!(
+            "state folder {} already initialized; key unchanged",
+            root.display()
+        );
+    }
+    print_key(&line)?;
+    Ok(0)
 }
 
 /// `key`: print the public key line and fingerprint.
 pub fn cmd_key(state: &State) -> Result<i32> {
-    let _ = state;
-    bail!("not implemented yet")
+    print_key(&public_line(state)?)?;
+    Ok(0)
 }
 
-/// `host add`.
+fn print_key(line: &str) -> Result<()> {
+    let key = PublicKey::from_line(line).map_err(|e| anyhow::anyhow!("{e}"))?;
+    println!("{line}");
+    println!("{}", key.fingerprint());
+    Ok(())
+}
+
+/// The public key file's line, rewritten from the signing key when it is missing or
+/// does not match (the signing key is the authority).
+fn public_line(state: &State) -> Result<String> {
+    let key = state.public_key()?;
+    let path = state.public_key_path();
+    let text = std::fs::read_to_string(&path).unwrap_or_default();
+    if PublicKey::from_line(&text).ok() == Some(key)
+        && let Some(line) = text
+            .lines()
+            .map(str::trim)
+            .find(|l| l.starts_with("kiln-ed25519"))
+    {
+        return Ok(line.to_string());
+    }
+    let line = key.to_line("kiln-coordinator");
+    crate::fsutil::write_atomic(&path, format!("{line}\n").as_bytes(), 0o644)?;
+    eprintln!("rewrote {} from the signing key", path.display());
+    Ok(line)
+}
+
+/// `host add`: add a host, or update the one with this name (given flags replace
+/// its values; others are kept).
 pub fn cmd_host_add(state: &State, c: &HostAddCmd) -> Result<i32> {
-    let _ = (state, c);
-    bail!("not implemented yet")
+    check_name(&c.name, "host")?;
+    let mut macs = Vec::new();
+    for m in &c.mac {
+        let mac: Mac = m
+            .parse()
+            .map_err(|_| anyhow::anyhow!("bad MAC {m:?} (use aa:bb:cc:dd:ee:ff)"))?;
+        if mac.0 == [0; 6] || mac.0 == [0xff; 6] || mac.0[0] & 1 == 1 {
+            bail!("MAC {mac} is not a unicast address");
+        }
+        let text = mac.to_string();
+        if !macs.contains(&text) {
+            macs.push(text);
+        }
+    }
+    let serial = match &c.serial {
+        Some(s) if s.trim().is_empty() || s.contains(['\n', '\r']) => {
+            bail!("bad serial {s:?} (one non-empty line)")
+        }
+        Some(s) => Some(s.trim().to_string()),
+        None => None,
+    };
+    if let Some(image) = &c.image {
+        check_name(image, "image")?;
+    }
+    let mut hosts = state.hosts()?;
+    for mac in &macs {
+        let parsed: Mac = mac.parse().expect("normalized above");
+        if let Some(other) = hosts.by_mac(&parsed).filter(|h| h.name != c.name) {
+            bail!("MAC {mac} already belongs to host {}", other.name);
+        }
+    }
+    let existing = hosts.hosts.iter().position(|h| h.name == c.name);
+    let mut host = match existing {
+        Some(i) => hosts.hosts[i].clone(),
+        None => Host {
+            name: c.name.clone(),
+            macs: Vec::new(),
+            serial: None,
+            image: None,
+            spec: None,
+        },
+    };
+    if !macs.is_empty() {
+        host.macs = macs;
+    }
+    if serial.is_some() {
+        host.serial = serial;
+    }
+    if c.image.is_some() {
+        host.image = c.image.clone();
+    }
+    if host.macs.is_empty() && host.serial.is_none() {
+        bail!(
+            "host {} needs at least one --mac or --serial (tickets are bound to them)",
+            c.name
+        );
+    }
+    let summary = describe(&host);
+    match existing {
+        Some(i) => hosts.hosts[i] = host,
+        None => hosts.hosts.push(host),
+    }
+    state.save_hosts(&hosts)?;
+    let verb = if existing.is_some() {
+        "updated"
+    } else {
+        "added"
+    };
+    println!("{verb} host {summary}");
+    Ok(0)
 }
 
 /// `host list`.
 pub fn cmd_host_list(state: &State) -> Result<i32> {
-    let _ = state;
-    bail!("not implemented yet")
+    let hosts = state.hosts()?;
+    if hosts.hosts.is_empty() {
+        eprintln!("no hosts (kiln-coordinator host add NAME --mac M)");
+        return Ok(0);
+    }
+    let width = hosts
+        .hosts
+        .iter()
+        .map(|h| h.name.len())
+        .max()
+        .unwrap_or(4)
+        .max(4);
+    println!(
+        "{:<width$}  {:<17}  {:<16}  IMAGE",
+        "NAME", "MACS", "SERIAL"
+    );
+    for h in &hosts.hosts {
+        let macs = if h.macs.is_empty() {
+            "-".into()
+        } else {
+            h.macs.join(",")
+        };
+        println!(
+            "{:<width$}  {:<17}  {:<16}  {}",
+            h.name,
+            macs,
+            h.serial.as_deref().unwrap_or("-"),
+            h.image.as_deref().unwrap_or("-"),
+        );
+    }
+    Ok(0)
 }
 
-/// `secret set`.
+/// `secret set`: store a file's bytes under a name (0600); the value is never printed.
 pub fn cmd_secret_set(state: &State, c: &SecretSetCmd) -> Result<i32> {
-    let _ = (state, c);
-    bail!("not implemented yet")
+    check_name(&c.name, "secret")?;
+    let meta =
+        std::fs::metadata(&c.file).with_context(|| format!("reading {}", c.file.display()))?;
+    if !meta.is_file() {
+        bail!("{} is not a file", c.file.display());
+    }
+    if meta.len() > MAX_SECRET_BYTES {
+        bail!(
+            "{} is larger than {MAX_SECRET_BYTES} bytes",
+            c.file.display()
+        );
+    }
+    let value = std::fs::read(&c.file).with_context(|| format!("reading {}", c.file.display()))?;
+    state.set_secret(&c.name, &value)?;
+    println!("stored secret {} ({} bytes)", c.name, value.len());
+    Ok(0)
+}
+
+fn describe(h: &Host) -> String {
+    let mut s = h.name.clone();
+    if !h.macs.is_empty() {
+        s += &format!(" mac {}", h.macs.join(","));
+    }
+    if let Some(serial) = &h.serial {
+        s += &format!(" serial {serial:?}");
+    }
+    if let Some(image) = &h.image {
+        s += &format!(" image {image}");
+    }
+    s
 }

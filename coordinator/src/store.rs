@@ -1,10 +1,230 @@
 //! Per-run storage: ticket.kiln, events.log (append-only COBS frames), control files.
-use crate::cli::*;
-use crate::state::State;
-use anyhow::{Result, bail};
+//!
+//! `runs/<run>/` holds `ticket.kiln` (the signed ticket), `events.log` (COBS records
+//! of postcard frames, fsynced before each ack), `claim.pub` (the bound agent key),
+//! `seen` (coordinator clock of the last batch, unix ms), `abort` (an operator's abort
+//! reason) and `lock` (flock'ed by every writer).
+use anyhow::{Context, Result, bail};
+use kiln_protocol::{Event, Frame, Mac, PublicKey, RecordReader, RunId, SignedTicket, Ticket};
+use std::fs;
+use std::path::PathBuf;
 
-/// Not yet implemented.
+use crate::cli::RunAbortCmd;
+use crate::fsutil::{now_ms, now_s, write_atomic};
+use crate::state::State;
+
+/// File names inside a run folder.
+pub mod files {
+    /// The signed ticket.
+    pub const TICKET: &str = "ticket.kiln";
+    /// Append-only COBS records of postcard frames.
+    pub const EVENTS: &str = "events.log";
+    /// The bound claim key (one public key line).
+    pub const CLAIM: &str = "claim.pub";
+    /// Unix ms of the last batch (coordinator clock).
+    pub const SEEN: &str = "seen";
+    /// An operator's abort request: the reason.
+    pub const ABORT: &str = "abort";
+    /// Lock file every writer holds with flock.
+    pub const LOCK: &str = "lock";
+}
+
+/// A run folder in a state folder.
+#[derive(Debug, Clone)]
+pub struct RunDir {
+    /// The run.
+    pub id: RunId,
+    /// `runs/<run>/`.
+    pub dir: PathBuf,
+}
+
+impl RunDir {
+    /// The folder of `id` (it may not exist).
+    pub fn new(state: &State, id: RunId) -> Self {
+        RunDir {
+            id,
+            dir: state.run_dir(&id),
+        }
+    }
+
+    /// Path of one of the [`files`].
+    pub fn path(&self, name: &str) -> PathBuf {
+        self.dir.join(name)
+    }
+
+    /// Whether the run has a ticket.
+    pub fn exists(&self) -> bool {
+        self.path(files::TICKET).is_file()
+    }
+
+    /// Reads the ticket and checks it against the coordinator's key and the run id.
+    pub fn ticket(&self, key: &PublicKey) -> Result<(SignedTicket, Ticket)> {
+        let bytes = fs::read(self.path(files::TICKET))
+            .with_context(|| format!("no ticket for run {}", self.id))?;
+        let st = SignedTicket::from_file(&bytes)
+            .map_err(|e| anyhow::anyhow!("run {}: ticket.kiln: {e}", self.id))?;
+        let t = st
+            .verify(std::slice::from_ref(key))
+            .map_err(|e| anyhow::anyhow!("run {}: stored ticket does not verify: {e}", self.id))?;
+        if t.run != self.id {
+            bail!("run {}: ticket.kiln is for run {}", self.id, t.run);
+        }
+        Ok((st, t))
+    }
+
+    /// Every complete frame of events.log, in order (a torn tail is ignored).
+    pub fn frames(&self) -> Result<Vec<Frame>> {
+        let bytes = match fs::read(self.path(files::EVENTS)) {
+            Ok(b) => b,
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(Vec::new()),
+            Err(e) => return Err(e).with_context(|| format!("reading run {} events", self.id)),
+        };
+        decode_frames(&bytes).map_err(|e| anyhow::anyhow!("run {}: events.log: {e}", self.id))
+    }
+
+    /// The agent key bound by the run's first claim.
+    pub fn claim_key(&self) -> Result<Option<PublicKey>> {
+        match fs::read_to_string(self.path(files::CLAIM)) {
+            Ok(t) => PublicKey::from_line(&t)
+                .map(Some)
+                .map_err(|e| anyhow::anyhow!("run {}: claim.pub: {e}", self.id)),
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(None),
+            Err(e) => Err(e).with_context(|| format!("reading run {} claim", self.id)),
+        }
+    }
+
+    /// Binds the claim key (atomic write).
+    pub fn bind_claim(&self, key: &PublicKey) -> Result<()> {
+        let line = key.to_line(&format!("claim of run {}", self.id));
+        write_atomic(
+            &self.path(files::CLAIM),
+            format!("{line}\n").as_bytes(),
+            0o644,
+        )
+    }
+
+    /// Records that a batch arrived now (no fsync: it only feeds `stale`).
+    pub fn touch_seen(&self) {
+        let _ = fs::write(self.path(files::SEEN), now_ms().to_string());
+    }
+
+    /// Coordinator clock of the last batch, unix ms.
+    pub fn last_seen_ms(&self) -> Option<u64> {
+        let p = self.path(files::SEEN);
+        if let Some(ms) = fs::read_to_string(&p)
+            .ok()
+            .and_then(|t| t.trim().parse().ok())
+        {
+            return Some(ms);
+        }
+        // A reader racing the writer may see an empty file: fall back to its mtime.
+        let meta = fs::metadata(&p)
+            .or_else(|_| fs::metadata(self.path(files::EVENTS)))
+            .ok()?;
+        let t = meta.modified().ok()?;
+        t.duration_since(std::time::UNIX_EPOCH)
+            .ok()
+            .map(|d| d.as_millis() as u64)
+    }
+
+    /// The operator's abort reason, if one was requested.
+    pub fn abort_request(&self) -> Option<String> {
+        fs::read_to_string(self.path(files::ABORT))
+            .ok()
+            .map(|s| s.trim().to_string())
+    }
+
+    /// Takes the run's writer lock (flock on `lock`): held until the guard drops.
+    pub fn lock(&self) -> Result<RunLock> {
+        fs::create_dir_all(&self.dir)
+            .with_context(|| format!("creating {}", self.dir.display()))?;
+        let f = fs::OpenOptions::new()
+            .create(true)
+            .truncate(false)
+            .write(true)
+            .open(self.path(files::LOCK))
+            .with_context(|| format!("opening run {} lock", self.id))?;
+        let lock = nix::fcntl::Flock::lock(f, nix::fcntl::FlockArg::LockExclusive)
+            .map_err(|(_, e)| anyhow::anyhow!("locking run {}: {e}", self.id))?;
+        Ok(RunLock { _lock: lock })
+    }
+}
+
+/// A held run writer lock.
+#[derive(Debug)]
+pub struct RunLock {
+    _lock: nix::fcntl::Flock<fs::File>,
+}
+
+/// Decodes the frames of an events.log image; a torn tail is ignored.
+pub fn decode_frames(bytes: &[u8]) -> Result<Vec<Frame>, kiln_protocol::Error> {
+    let mut out = Vec::new();
+    for rec in RecordReader::new(bytes) {
+        let rec = rec?;
+        let (f, rest) = postcard::take_from_bytes::<Frame>(&rec)?;
+        if !rest.is_empty() {
+            return Err(kiln_protocol::Error::TrailingBytes);
+        }
+        out.push(f);
+    }
+    Ok(out)
+}
+
+/// Whether the frames end the run.
+pub fn is_finished(frames: &[Frame]) -> bool {
+    frames
+        .iter()
+        .any(|f| matches!(f.event, Event::RunFinished { .. }))
+}
+
+/// The oldest pending run (unclaimed, unexpired, not aborted) for the machine with
+/// `mac`: its ticket's binding names the MAC, or hosts.toml maps the MAC to the
+/// ticket's host name. Ties in issue time go to the lower run id.
+pub fn next_pending(state: &State, key: &PublicKey, mac: &Mac) -> Result<Option<RunId>> {
+    let host = state
+        .hosts()
+        .ok()
+        .and_then(|h| h.by_mac(mac).map(|h| h.name.clone()));
+    let now = now_s();
+    let mut best: Option<(u64, RunId)> = None;
+    for id in state.run_ids()? {
+        let rd = RunDir::new(state, id);
+        if [files::CLAIM, files::EVENTS, files::ABORT]
+            .iter()
+            .any(|f| rd.path(f).exists())
+        {
+            continue;
+        }
+        let Ok((_, t)) = rd.ticket(key) else {
+            continue;
+        };
+        let ours = t.host.macs.contains(mac) || host.as_deref() == Some(t.host.name.as_str());
+        if ours && now <= t.not_after && best.is_none_or(|b| (t.issued_at, id) < b) {
+            best = Some((t.issued_at, id));
+        }
+    }
+    Ok(best.map(|(_, id)| id))
+}
+
+/// `run abort`: records the request; the agent gets it with its next ack.
 pub fn cmd_abort(state: &State, c: &RunAbortCmd) -> Result<i32> {
-    let _ = (state, c);
-    bail!("not implemented yet")
+    let id = state.resolve_run(&c.run)?;
+    let run = RunDir::new(state, id);
+    let key = state.public_key()?;
+    run.ticket(&key)?;
+    if is_finished(&run.frames()?) {
+        bail!("run {id} has already finished");
+    }
+    let reason = c.reason.replace(['\n', '\r'], " ");
+    let reason = reason.trim();
+    if reason.is_empty() {
+        bail!("give a reason (--reason)");
+    }
+    write_atomic(
+        &run.path(files::ABORT),
+        format!("{reason}\n").as_bytes(),
+        0o644,
+    )?;
+    println!("abort requested for run {id}: the agent gets it with its next ack");
+    Ok(0)
 }

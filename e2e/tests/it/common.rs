@@ -126,10 +126,10 @@ impl Coordinator {
             .expect("starting kiln-coordinator serve");
         let deadline = Instant::now() + Duration::from_secs(20);
         let addr = loop {
-            if let Ok(a) = std::fs::read_to_string(&addr_file) {
-                if a.ends_with('\n') {
-                    break a.trim().to_string();
-                }
+            if let Ok(a) = std::fs::read_to_string(&addr_file)
+                && a.ends_with('\n')
+            {
+                break a.trim().to_string();
             }
             if let Ok(Some(status)) = child.try_wait() {
                 let mut err = String::new();

@@ -1,1 +1,319 @@
-//! Placeholder: tests arrive with their issue.
+//! Container stages end to end: plan files with `kind = "container"` issued by the
+//! coordinator, run by a real agent process with real podman (runc); outcomes, parts,
+//! artifacts in the CAS, secrets kept out of everything stored, and no container left.
+//! Needs the local test images from `.ci/podman.sh` (and its CONTAINERS_CONF).
+use crate::common::*;
+use serde_json::Value;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::time::Duration;
+
+const IMAGE_A: &str = "localhost/kiln-test-a:1";
+const IMAGE_B: &str = "localhost/kiln-test-b:1";
+
+/// podman and the test images, or a loud skip (a failure in CI).
+fn require_podman() -> bool {
+    if !require_tool("podman") {
+        return false;
+    }
+    let exists = |i: &str| {
+        Command::new("podman")
+            .args(["image", "exists", i])
+            .status()
+            .map(|s| s.success())
+            .unwrap_or(false)
+    };
+    if exists(IMAGE_A) && exists(IMAGE_B) {
+        return true;
+    }
+    let why = "the podman test images are missing (run `. .ci/podman.sh`)";
+    assert!(!in_ci(), "{why}: required in CI (KILN_CI=1)");
+    eprintln!("SKIPPED: {why}");
+    false
+}
+
+/// A state folder with host `here` (this machine), a scratch folder and a server.
+struct Fx {
+    _tmp: tempfile::TempDir,
+    dir: PathBuf,
+    state: PathBuf,
+    server: Coordinator,
+}
+
+fn s(p: &Path) -> &str {
+    p.to_str().expect("utf-8 test path")
+}
+
+impl Fx {
+    fn new() -> Fx {
+        let (tmp, state) = fresh_state();
+        add_local_host(&state, "here");
+        let server = Coordinator::start(&state);
+        Fx {
+            dir: tmp.path().to_path_buf(),
+            _tmp: tmp,
+            state,
+            server,
+        }
+    }
+
+    /// Issues `plan` (written as plan.toml) for `here`; returns the run id.
+    fn issue(&self, plan: &str) -> String {
+        let p = write(&self.dir, "plan.toml", plan);
+        let o = kc(
+            &self.state,
+            &[
+                "ticket",
+                "issue",
+                "--plan",
+                s(&p),
+                "--host",
+                "here",
+                "--url",
+                &self.server.url,
+            ],
+        );
+        assert_eq!(o.code, 0, "ticket issue failed: {}", o.stderr);
+        o.stdout.trim().to_string()
+    }
+
+    /// `kiln-agent run` for `run`, as a child.
+    fn agent(&self, run: &str) -> Child {
+        let ticket = self.state.join("runs").join(run).join("ticket.kiln");
+        let trust = self.state.join("key/coordinator.pub");
+        Command::new(bin("kiln-agent"))
+            .args(["run", "--ticket", s(&ticket), "--trust", s(&trust)])
+            .args(["--work", s(&self.dir.join("work"))])
+            .stdout(Stdio::null())
+            .stderr(Stdio::inherit())
+            .spawn()
+            .expect("starting kiln-agent")
+    }
+
+    fn show(&self, run: &str) -> Value {
+        let o = kc(&self.state, &["run", "show", run, "--json"]);
+        assert_eq!(o.code, 0, "run show failed: {}", o.stderr);
+        serde_json::from_str(&o.stdout).expect("run show --json is JSON")
+    }
+
+    fn logs(&self, run: &str) -> String {
+        kc(&self.state, &["run", "logs", run]).stdout
+    }
+}
+
+fn wait_exit(child: &mut Child, limit: Duration) -> i32 {
+    let mut code = None;
+    wait_until(limit, "the agent to exit", || {
+        code = child.try_wait().expect("try_wait");
+        code.is_some()
+    });
+    code.and_then(|c| c.code()).unwrap_or(-1)
+}
+
+/// Containers (any state) named for `run`.
+fn containers_of(run: &str) -> Vec<String> {
+    let out = Command::new("podman")
+        .args(["ps", "-a", "--format", "{{.Names}}"])
+        .output()
+        .expect("podman ps");
+    let prefix = format!("kiln-{}-", &run[..8]);
+    String::from_utf8_lossy(&out.stdout)
+        .lines()
+        .filter(|l| l.starts_with(&prefix))
+        .map(str::to_string)
+        .collect()
+}
+
+const RUN_SH: &str = r#"#!/bin/sh
+. /etc/os-release
+echo "token is $REGISTRY_TOKEN"
+i=0; while [ $i -lt 300 ]; do echo "$ID line $i"; i=$((i+1)); done
+echo "$ID" > /artifacts/result.txt
+[ "$ID" = kiln-a ] || { echo "$ID: unsupported" >&2; exit 1; }
+"#;
+
+#[test]
+fn a_two_image_matrix_reports_cells_artifacts_and_never_the_secret() {
+    if !require_podman() {
+        return;
+    }
+    let fx = Fx::new();
+    const SECRET: &str = "e2e-container-secret-9731";
+    let sf = write(&fx.dir, "token.txt", &format!("{SECRET}\n"));
+    let o = kc(
+        &fx.state,
+        &["secret", "set", "registry-token", "--file", s(&sf)],
+    );
+    assert_eq!(o.code, 0, "secret set: {}", o.stderr);
+    write(&fx.dir, "tests/smoke/run.sh", RUN_SH);
+    let run = fx.issue(&format!(
+        r#"name = "distros"
+[[stage]]
+name = "distros"
+kind = "container"
+matrix = {{ image = ["{IMAGE_A}", "{IMAGE_B}"] }}
+fail_fast = false
+command = ["sh", "./run.sh"]
+tests = "tests/smoke"
+secrets = ["registry-token"]
+timeout = "5m"
+"#
+    ));
+    let mut agent = fx.agent(&run);
+    assert_eq!(wait_exit(&mut agent, Duration::from_secs(180)), 1);
+
+    let show = fx.show(&run);
+    let st = &show["stages"][0];
+    assert_eq!(st["kind"], "container");
+    assert_eq!(st["outcome"], "failed", "{st}");
+    let parts = st["parts"].as_array().expect("parts");
+    let part = |name: &str| {
+        parts
+            .iter()
+            .find(|p| p["name"] == name)
+            .unwrap_or_else(|| panic!("no part {name}: {st}"))
+    };
+    assert_eq!(part(IMAGE_A)["outcome"], "passed");
+    let b = part(IMAGE_B);
+    assert_eq!(b["outcome"], "failed");
+    let tail: Vec<&str> = b["tail"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter_map(Value::as_str)
+        .collect();
+    assert_eq!(tail.len(), 200);
+    assert_eq!(tail[199], "kiln-b: unsupported");
+    assert_eq!(tail[0], "kiln-b line 101");
+
+    // Each cell's artifact, in the CAS under its digest.
+    for (slug, id) in [
+        ("localhost_kiln-test-a_1", "kiln-a"),
+        ("localhost_kiln-test-b_1", "kiln-b"),
+    ] {
+        let art = st["artifacts"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .find(|a| a["name"] == format!("{slug}/result.txt"))
+            .unwrap_or_else(|| panic!("no artifact for {slug}: {st}"));
+        let bytes =
+            std::fs::read(fx.state.join("cas").join(art["sha256"].as_str().unwrap())).unwrap();
+        assert_eq!(bytes, format!("{id}\n").as_bytes());
+    }
+
+    let logs = fx.logs(&run);
+    assert!(
+        logs.contains(&format!("[{IMAGE_B}] kiln-b line 299\n")),
+        "{logs}"
+    );
+    assert!(
+        logs.contains(&format!("[{IMAGE_A}] token is [redacted:registry-token]\n")),
+        "{logs}"
+    );
+    // The secret was there (redacted), and is in nothing the coordinator stored.
+    let events = std::fs::read(fx.state.join("runs").join(&run).join("events.log")).unwrap();
+    assert!(!events.windows(SECRET.len()).any(|w| w == SECRET.as_bytes()));
+    for format in ["json", "html", "junit"] {
+        let r = kc(&fx.state, &["report", &run, "--format", format]);
+        assert_eq!(r.code, 0, "report {format}: {}", r.stderr);
+        assert!(!r.stdout.contains(SECRET), "secret in the {format} report");
+    }
+    assert!(!logs.contains(SECRET));
+    assert!(containers_of(&run).is_empty(), "{:?}", containers_of(&run));
+}
+
+#[test]
+fn timeout_and_abort_leave_no_container() {
+    if !require_podman() {
+        return;
+    }
+    let fx = Fx::new();
+    let run = fx.issue(&format!(
+        r#"name = "stops"
+fail_fast = false
+[[stage]]
+name = "slow"
+kind = "container"
+image = "{IMAGE_A}"
+command = ["sh", "-c", "echo slow running; sleep 300"]
+timeout = "3s"
+
+[[stage]]
+name = "abortable"
+kind = "container"
+image = "{IMAGE_A}"
+command = ["sh", "-c", "echo waiting for abort; sleep 300"]
+"#
+    ));
+    let mut agent = fx.agent(&run);
+    wait_until(
+        Duration::from_secs(120),
+        "the second container to run",
+        || fx.logs(&run).contains("waiting for abort"),
+    );
+    assert_eq!(
+        containers_of(&run).len(),
+        1,
+        "the second stage's container runs"
+    );
+    let o = kc(&fx.state, &["run", "abort", &run, "--reason", "e2e abort"]);
+    assert_eq!(o.code, 0, "run abort: {}", o.stderr);
+    assert_eq!(wait_exit(&mut agent, Duration::from_secs(60)), 1);
+    let show = fx.show(&run);
+    assert_eq!(show["stages"][0]["outcome"], "timed_out", "{show}");
+    assert_eq!(show["stages"][1]["outcome"], "aborted", "{show}");
+    assert!(fx.logs(&run).contains("[slow] slow running"));
+    assert!(containers_of(&run).is_empty(), "{:?}", containers_of(&run));
+}
+
+/// Drops an image name when the test ends, however it ends.
+struct Untag(String);
+
+impl Drop for Untag {
+    fn drop(&mut self) {
+        let _ = Command::new("podman").args(["rmi", &self.0]).output();
+    }
+}
+
+#[test]
+fn an_image_archive_travels_through_the_cas_and_is_loaded() {
+    if !require_podman() {
+        return;
+    }
+    let fx = Fx::new();
+    let name = format!("localhost/kiln-e2e-archive:{}", std::process::id());
+    let podman = |args: &[&str]| {
+        let o = Command::new("podman").args(args).output().unwrap();
+        assert!(
+            o.status.success(),
+            "podman {args:?}: {}",
+            String::from_utf8_lossy(&o.stderr)
+        );
+    };
+    podman(&["tag", IMAGE_B, &name]);
+    let _untag = Untag(name.clone());
+    let tar = fx.dir.join("image.tar");
+    podman(&["save", "--quiet", "--output", s(&tar), &name]);
+    // Only the archive can bring the name back.
+    podman(&["rmi", &name]);
+    let run = fx.issue(&format!(
+        r#"name = "archive"
+[[stage]]
+name = "from-archive"
+kind = "container"
+image = {{ archive = "image.tar", name = "{name}" }}
+command = ["sh", "-c", ". /etc/os-release; echo running $ID"]
+"#
+    ));
+    let mut agent = fx.agent(&run);
+    assert_eq!(wait_exit(&mut agent, Duration::from_secs(120)), 0);
+    let show = fx.show(&run);
+    assert_eq!(show["stages"][0]["outcome"], "passed", "{show}");
+    assert!(
+        fx.logs(&run).contains("running kiln-b\n"),
+        "{}",
+        fx.logs(&run)
+    );
+    assert!(containers_of(&run).is_empty());
+}

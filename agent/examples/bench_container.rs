@@ -1,0 +1,215 @@
+//! Wall time of a container stage against a raw `podman run` of the same command.
+//!
+//! `cargo run --release -p kiln-agent --example bench_container -- [RUNS] [IMAGE]`
+//! (default 10 runs of `localhost/kiln-test-a:1`, built by `.ci/podman.sh`; export
+//! the CONTAINERS_CONF it writes). Runs are interleaved: raw, raw with the stage's
+//! hardening flags, stage. Target: stage ≤ raw × 1.05 + 50 ms. Prints figures; asserts
+//! nothing about time.
+use kiln_agent::stages::container::args::{self, EngineKind, Mounts};
+use kiln_agent::stages::{StageCtx, container};
+use kiln_protocol::{ContainerSpec, ImageRef, Outcome, Runtime, Stage, StageKind};
+use std::process::{Command, Stdio};
+use std::time::{Duration, Instant};
+
+const SCRIPT: &str =
+    "echo hello from the bench; i=0; while [ $i -lt 100 ]; do echo line $i; i=$((i+1)); done";
+
+fn spec(image: &str) -> ContainerSpec {
+    ContainerSpec {
+        runtime: Runtime::Podman,
+        images: vec![ImageRef::Registry(image.into())],
+        axes: vec![],
+        command: vec!["sh".into(), "-c".into(), SCRIPT.into()],
+        workdir: None,
+        concurrency: 1,
+        fail_fast: true,
+        read_only: true,
+        network: false,
+        user: None,
+        cap_add: vec![],
+        no_new_privileges: true,
+        memory_bytes: 2 << 30,
+        cpu_millis: 2000,
+        pids_limit: 1024,
+        tmpfs_bytes: 64 << 20,
+        mounts: vec![],
+    }
+}
+
+fn timed(args: &[&str]) -> Duration {
+    let t0 = Instant::now();
+    let st = Command::new("podman")
+        .args(args)
+        .stdout(Stdio::null())
+        .stderr(Stdio::inherit())
+        .status()
+        .expect("running podman");
+    assert!(st.success(), "podman {args:?} failed");
+    t0.elapsed()
+}
+
+fn stage_once(image: &str, i: usize) -> Duration {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let stage = Stage {
+        name: format!("bench{i}"),
+        kind: StageKind::Container(spec(image)),
+        timeout_s: 0,
+        retries: 0,
+        destructive: false,
+        continue_on_failure: false,
+        tests: None,
+        env: vec![],
+        secrets: vec![],
+    };
+    let (ctx, sink) = StageCtx::for_test(stage, dir.path().join("stage"));
+    let t0 = Instant::now();
+    let r = smol::block_on(container::run(&ctx, &spec(image)));
+    let took = t0.elapsed();
+    assert_eq!(r.outcome, Outcome::Passed, "{r:?}: {:?}", sink.lines());
+    let stdout = sink
+        .events
+        .lock()
+        .expect("sink lock")
+        .iter()
+        .filter(|e| {
+            matches!(
+                e,
+                kiln_protocol::Event::Log {
+                    stream: kiln_protocol::Stream::Stdout,
+                    ..
+                }
+            )
+        })
+        .count();
+    assert_eq!(stdout, 101, "every line streamed");
+    took
+}
+
+/// From a timeout firing on a running container to the stage's end (container removed).
+fn stop_latency(image: &str, i: usize) -> Duration {
+    use smol::future::FutureExt;
+    let dir = tempfile::tempdir().expect("tempdir");
+    let mut sp = spec(image);
+    sp.command = vec!["sh".into(), "-c".into(), "echo ready; sleep 300".into()];
+    let stage = Stage {
+        name: format!("bench-stop{i}"),
+        kind: StageKind::Container(sp.clone()),
+        timeout_s: 0,
+        retries: 0,
+        destructive: false,
+        continue_on_failure: false,
+        tests: None,
+        env: vec![],
+        secrets: vec![],
+    };
+    let (ctx, sink) = StageCtx::for_test(stage, dir.path().join("stage"));
+    let fired = std::cell::Cell::new(None);
+    let r = smol::block_on(container::run(&ctx, &sp).or(async {
+        while !sink.lines().iter().any(|l| l == "ready") {
+            smol::Timer::after(Duration::from_millis(5)).await;
+        }
+        fired.set(Some(Instant::now()));
+        ctx.stop.fire(kiln_agent::stages::Stop::Timeout);
+        std::future::pending().await
+    }));
+    assert_eq!(r.outcome, Outcome::TimedOut, "{r:?}");
+    fired.get().expect("fired").elapsed()
+}
+
+fn median(mut v: Vec<Duration>) -> Duration {
+    v.sort();
+    v[v.len() / 2]
+}
+
+fn ms(d: Duration) -> f64 {
+    d.as_secs_f64() * 1000.0
+}
+
+fn main() {
+    let mut args = std::env::args().skip(1);
+    let runs: usize = args
+        .next()
+        .map(|a| a.parse().expect("RUNS is a number"))
+        .unwrap_or(10);
+    let image = args
+        .next()
+        .unwrap_or_else(|| "localhost/kiln-test-a:1".into());
+    let hardened = [
+        "--read-only",
+        "--cap-drop",
+        "ALL",
+        "--security-opt",
+        "no-new-privileges",
+        "--user",
+        "65534:65534",
+        "--network",
+        "none",
+        "--memory",
+        "2147483648",
+        "--cpus",
+        "2.000",
+        "--pids-limit",
+        "1024",
+        "--tmpfs",
+        "/tmp:rw,nosuid,nodev,mode=1777,size=67108864",
+    ];
+    // Warm up the image and podman's caches once each way.
+    timed(&["run", "--rm", &image, "sh", "-c", SCRIPT]);
+    stage_once(&image, usize::MAX);
+
+    // The exact argv the stage runs, with folders of its own.
+    let own = tempfile::tempdir().expect("tempdir");
+    let mounts = Mounts {
+        workspace: own.path().to_string_lossy().into(),
+        artifacts: own.path().to_string_lossy().into(),
+    };
+    let spec = spec(&image);
+    let cell = &args::cells(&spec)[0];
+    let exact = args::run_args(
+        EngineKind::Podman,
+        &spec,
+        cell,
+        "kiln-bench-exact",
+        &mounts,
+        &[],
+        &[],
+    );
+    let exact: Vec<&str> = exact.iter().map(String::as_str).collect();
+
+    let (mut raw, mut raw_hard, mut raw_exact, mut stage) = (vec![], vec![], vec![], vec![]);
+    for i in 0..runs {
+        raw_exact.push(timed(&exact));
+        raw.push(timed(&["run", "--rm", &image, "sh", "-c", SCRIPT]));
+        let mut a = vec!["run", "--rm"];
+        a.extend(hardened);
+        a.extend([image.as_str(), "sh", "-c", SCRIPT]);
+        raw_hard.push(timed(&a));
+        stage.push(stage_once(&image, i));
+    }
+    let stops: Vec<Duration> = (0..runs.min(5)).map(|i| stop_latency(&image, i)).collect();
+    let (r, h, e, s) = (
+        median(raw),
+        median(raw_hard),
+        median(raw_exact),
+        median(stage),
+    );
+    println!(
+        "container stage bench: {runs} runs of `sh -c` printing 101 lines in {image} (medians)"
+    );
+    println!("  raw podman run --rm             {:8.1} ms", ms(r));
+    println!("  raw podman run --rm + hardening {:8.1} ms", ms(h));
+    println!("  raw podman run, the stage's argv {:7.1} ms", ms(e));
+    println!("  kiln container stage            {:8.1} ms", ms(s));
+    println!("  stage / raw                     {:8.3}", ms(s) / ms(r));
+    println!("  stage / raw hardened            {:8.3}", ms(s) / ms(h));
+    println!("  stage / raw with stage's argv   {:8.3}", ms(s) / ms(e));
+    println!(
+        "  timeout → container removed     {:8.1} ms",
+        ms(median(stops))
+    );
+    for (what, base) in [("raw", r), ("the stage's argv", e)] {
+        let target = ms(base) * 1.05 + 50.0;
+        let verdict = if ms(s) <= target { "within" } else { "over" };
+        println!("  target: {what} × 1.05 + 50 ms = {target:.1} ms: {verdict}");
+    }
+}

@@ -1,0 +1,173 @@
+//! The `ssh` stage: ship the test bundle to another host over one multiplexed
+//! OpenSSH connection, run its entrypoint there, stream its output, fetch
+//! `./artifacts/`, and leave the host clean and unlocked.
+//!
+//! Connection, authentication, host key and upload problems end `error` with the
+//! reason; only the test's own exit code makes a stage `failed`.
+use kiln_protocol::{Os, Outcome, SshSpec};
+use std::time::Duration;
+
+use super::{StageCtx, StageResult, Stop};
+
+mod conn;
+mod errors;
+pub mod linux;
+mod linux_run;
+pub mod windows;
+mod windows_run;
+
+use conn::Conn;
+pub use conn::pinned_line;
+pub use errors::classify;
+
+/// How long cleanup commands (teardown, exit status) may take.
+const CLEANUP_LIMIT: Duration = Duration::from_secs(30);
+
+/// What identifies this attempt's remote run folder and lock.
+#[derive(Debug, Clone, PartialEq)]
+pub struct RemoteRun {
+    /// The run id (hex): the lock's owner.
+    pub run: String,
+    /// Folder name under `<base>/runs/`: `<run>-<stage>-<attempt>`.
+    pub name: String,
+    /// The plan's base folder (`None`: `~/.kiln`).
+    pub base: Option<String>,
+    /// Keep the run folder after fetching artifacts.
+    pub keep: bool,
+    /// The plan's environment for the entrypoint.
+    pub env: Vec<(String, String)>,
+    /// Random token of this agent session; the run's owner once started or reattached.
+    pub token: String,
+}
+
+impl RemoteRun {
+    /// The remote run of a stage attempt; refuses environment names that are not
+    /// shell identifiers.
+    pub fn new(ctx: &StageCtx, spec: &SshSpec) -> Result<RemoteRun, String> {
+        let stage: String = ctx
+            .stage
+            .name
+            .chars()
+            .take(40)
+            .map(|c| {
+                if c.is_ascii_alphanumeric() || c == '_' || c == '.' {
+                    c
+                } else {
+                    '_'
+                }
+            })
+            .collect();
+        for (k, _) in ctx.env() {
+            let ok = k
+                .chars()
+                .next()
+                .is_some_and(|c| c.is_ascii_alphabetic() || c == '_')
+                && k.chars().all(|c| c.is_ascii_alphanumeric() || c == '_');
+            if !ok {
+                return Err(format!("environment name {k:?} is not a valid identifier"));
+            }
+        }
+        let base = spec.base_dir.clone().filter(|b| !b.is_empty());
+        if spec.os == Os::Windows
+            && let Some(b) = &base
+        {
+            windows::check_path(b)?;
+        }
+        Ok(RemoteRun {
+            run: ctx.run.to_string(),
+            name: format!("{}-{stage}-{}", ctx.run, ctx.attempt),
+            base,
+            keep: spec.keep,
+            env: ctx.env(),
+            token: conn::random_hex(),
+        })
+    }
+}
+
+/// Runs the stage.
+pub async fn run(ctx: &StageCtx, spec: &SshSpec) -> StageResult {
+    let remote = match RemoteRun::new(ctx, spec) {
+        Ok(r) => r,
+        Err(e) => return StageResult::error(e),
+    };
+    let bundle = match bundle_bytes(ctx).await {
+        Ok(b) => b,
+        Err(e) => return StageResult::error(format!("reading the test bundle: {e}")),
+    };
+    let conn = match Conn::new(ctx, spec) {
+        Ok(c) => c,
+        Err(e) => return StageResult::error(e),
+    };
+    ctx.note(&format!(
+        "ssh {}@{}:{} ({}), run folder runs/{}",
+        spec.user,
+        spec.host,
+        spec.port,
+        match spec.os {
+            Os::Linux => "linux",
+            Os::Windows => "windows",
+        },
+        remote.name
+    ));
+    let result = match spec.os {
+        Os::Linux => linux_run::run(ctx, &conn, &remote, bundle).await,
+        Os::Windows => windows_run::run(ctx, &conn, &remote, bundle).await,
+    };
+    conn.close(ctx).await;
+    result
+}
+
+/// The bundle's tar bytes: the verified tar, or (with no tests) the stage folder packed.
+async fn bundle_bytes(ctx: &StageCtx) -> std::io::Result<Vec<u8>> {
+    let tar = ctx.tests_tar.clone();
+    let dir = ctx.dir.clone();
+    smol::unblock(move || match tar {
+        Some(p) => std::fs::read(p),
+        None => kiln_protocol::tree::pack_to_vec(&dir).map(|(b, _)| b),
+    })
+    .await
+}
+
+/// The result of a stopped stage.
+fn stopped(ctx: &StageCtx, stop: Stop) -> StageResult {
+    StageResult::new(stop.outcome(), stop.detail(ctx.stage.timeout_s))
+}
+
+/// The result of a test's exit code.
+fn exited(code: i32) -> StageResult {
+    StageResult {
+        outcome: Outcome::from_exit(code),
+        exit_code: Some(code),
+        detail: format!("exit {code}"),
+    }
+}
+
+/// Unpacks a fetched artifacts tar (safely) and stores its files as artifacts.
+async fn store_fetched(
+    ctx: &StageCtx,
+    conn: &Conn,
+    tar: std::path::PathBuf,
+) -> Result<usize, String> {
+    let into = conn.private_dir().join("fetched");
+    let dest = into.clone();
+    smol::unblock(move || -> std::io::Result<()> {
+        std::fs::create_dir(&dest)?;
+        if std::fs::metadata(&tar)?.len() > 0 {
+            kiln_protocol::tree::unpack(std::fs::File::open(&tar)?, &dest)?;
+        }
+        Ok(())
+    })
+    .await
+    .map_err(|e| format!("bad artifacts from the remote: {e}"))?;
+    ctx.artifacts_from_dir(&into.join("artifacts"))
+        .await
+        .map_err(|e| format!("storing artifacts: {e}"))
+}
+
+/// The first `kiln-…` line of a reply.
+fn reply_line(stdout: &[u8]) -> Option<String> {
+    String::from_utf8_lossy(stdout)
+        .lines()
+        .find(|l| l.starts_with("kiln-"))
+        .map(str::to_string)
+}

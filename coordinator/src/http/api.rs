@@ -1,0 +1,184 @@
+//! `/v1` routes: tickets, event batches, artifact uploads, secrets, run JSON.
+use kiln_protocol::{MAX_BATCH_BYTES, Mac, RunId, SecretsRequest, Sha256};
+use std::collections::BTreeSet;
+use std::io::{self, Read};
+use tiny_http::Request;
+
+use super::{Ctx, Reply, hdr, read_body, text};
+use crate::fsutil::now_ms;
+use crate::ingest::{Mode, Refusal};
+use crate::store::{RunDir, files, is_finished};
+
+const OCTETS: &str = "application/octet-stream";
+const JSON: &str = "application/json";
+/// Largest secrets request body.
+const MAX_SECRETS_REQUEST: usize = 64 * 1024;
+/// A secrets request older (or newer) than this is refused.
+const SECRETS_WINDOW_MS: u64 = 5 * 60 * 1000;
+
+fn internal(e: anyhow::Error) -> Refusal {
+    Refusal::new(500, format!("{e:#}"))
+}
+
+fn existing(ctx: &Ctx, run: &RunId) -> Result<RunDir, Refusal> {
+    let rd = RunDir::new(&ctx.state, *run);
+    if rd.exists() {
+        Ok(rd)
+    } else {
+        Err(Refusal::new(404, format!("no run {run}")))
+    }
+}
+
+/// `GET /v1/runs`: every run's summary, JSON.
+pub fn list_runs(ctx: &Ctx) -> Reply {
+    let list = crate::report::summaries(&ctx.state, ctx.ingest.key()).map_err(internal)?;
+    let body = serde_json::to_string_pretty(&list).expect("summaries always encode");
+    Ok(text(200, body, JSON))
+}
+
+/// `GET /v1/runs/{run}`: the run's status, JSON.
+pub fn show_run(ctx: &Ctx, run: &RunId) -> Reply {
+    let rd = existing(ctx, run)?;
+    let l = crate::status::load(&rd, ctx.ingest.key()).map_err(internal)?;
+    Ok(text(200, crate::status::to_json(&l.status), JSON))
+}
+
+/// `GET /v1/runs/{run}/ticket`: the ticket file.
+pub fn run_ticket(ctx: &Ctx, run: &RunId) -> Reply {
+    let rd = existing(ctx, run)?;
+    let bytes = std::fs::read(rd.path(files::TICKET)).map_err(|e| internal(e.into()))?;
+    Ok(text(200, bytes, OCTETS))
+}
+
+/// `GET /v1/hosts/{mac}/ticket`: the host's oldest pending ticket.
+pub fn host_ticket(ctx: &Ctx, mac: &str) -> Reply {
+    let mac: Mac = mac
+        .replace("%3A", ":")
+        .replace("%3a", ":")
+        .parse()
+        .map_err(|_| Refusal::new(400, "invalid MAC address"))?;
+    let next = crate::store::next_pending(&ctx.state, ctx.ingest.key(), &mac).map_err(internal)?;
+    let Some(run) = next else {
+        return Err(Refusal::new(404, format!("no pending ticket for {mac}")));
+    };
+    let bytes = std::fs::read(RunDir::new(&ctx.state, run).path(files::TICKET))
+        .map_err(|e| internal(e.into()))?;
+    let mut resp = text(200, bytes, OCTETS);
+    resp.add_header(hdr("Kiln-Run", &run.to_string()));
+    Ok(resp)
+}
+
+/// `POST /v1/runs/{run}/events`: a sealed batch → postcard(Ack).
+pub fn post_events(ctx: &Ctx, rq: &mut Request, run: &RunId) -> Reply {
+    let body = read_body(rq, MAX_BATCH_BYTES)?;
+    let ack = ctx.ingest.ingest(run, &body, Mode::Online)?;
+    let bytes = postcard::to_allocvec(&ack).expect("acks always encode");
+    Ok(text(200, bytes, OCTETS))
+}
+
+/// Counts bytes through and stops past the cap, remembering why a read failed.
+struct Capped<'a> {
+    inner: &'a mut dyn Read,
+    left: u64,
+    over: bool,
+    failed: bool,
+}
+
+impl Read for Capped<'_> {
+    fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
+        let n = self.inner.read(buf).inspect_err(|_| self.failed = true)?;
+        if n as u64 > self.left {
+            self.over = true;
+            return Err(io::Error::other("upload exceeds the cap"));
+        }
+        self.left -= n as u64;
+        Ok(n)
+    }
+}
+
+/// `PUT /v1/runs/{run}/artifacts/{sha}`: stores the body in the CAS if it hashes to `sha`.
+pub fn put_artifact(ctx: &Ctx, rq: &mut Request, run: &RunId, sha: &Sha256) -> Reply {
+    let rd = existing(ctx, run)?;
+    if rd.claim_key().map_err(internal)?.is_none() {
+        return Err(Refusal::new(409, format!("run {run} is not claimed")));
+    }
+    let cap = ctx.artifact_cap;
+    let too_big = || Refusal::new(413, format!("artifact exceeds the {cap}-byte cap"));
+    if rq.body_length().is_some_and(|n| n as u64 > cap) {
+        return Err(too_big());
+    }
+    let cas = ctx.state.cas();
+    if cas.has(sha) {
+        return Ok(text(200, format!("{sha} already stored\n"), "text/plain"));
+    }
+    let mut capped = Capped {
+        inner: rq.as_reader(),
+        left: cap,
+        over: false,
+        failed: false,
+    };
+    match cas.put_stream(&mut capped, u64::MAX, Some(sha)) {
+        Ok((_, size)) => Ok(text(
+            201,
+            format!("stored {sha} ({size} bytes)\n"),
+            "text/plain",
+        )),
+        Err(_) if capped.over => Err(too_big()),
+        Err(e) if capped.failed => Err(Refusal::new(400, format!("reading the upload: {e}"))),
+        Err(e) if e.downcast_ref::<io::Error>().is_some() => Err(internal(e)),
+        Err(e) => Err(Refusal::new(422, format!("{e}"))),
+    }
+}
+
+/// `POST /v1/runs/{run}/secrets`: a request signed by the run's claim key →
+/// postcard(Vec<(name, value)>), for names the run's plan lists.
+pub fn post_secrets(ctx: &Ctx, rq: &mut Request, run: &RunId) -> Reply {
+    let body = read_body(rq, MAX_SECRETS_REQUEST)?;
+    let rd = existing(ctx, run)?;
+    let (_, ticket) = rd.ticket(ctx.ingest.key()).map_err(internal)?;
+    let Some(bound) = rd.claim_key().map_err(internal)? else {
+        return Err(Refusal::new(409, format!("run {run} is not claimed")));
+    };
+    if is_finished(&rd.frames().map_err(internal)?) {
+        return Err(Refusal::new(409, format!("run {run} has finished")));
+    }
+    let req = SecretsRequest::open(&body, &bound).map_err(|e| match e {
+        kiln_protocol::Error::BadSignature => Refusal::new(403, "bad request signature"),
+        e => Refusal::new(400, format!("malformed secrets request: {e}")),
+    })?;
+    if req.run != *run {
+        return Err(Refusal::new(400, format!("request is for run {}", req.run)));
+    }
+    let now = now_ms();
+    if now.saturating_sub(req.at_ms) > SECRETS_WINDOW_MS
+        || req.at_ms.saturating_sub(now) > SECRETS_WINDOW_MS
+    {
+        return Err(Refusal::new(
+            403,
+            "secrets request is more than 5 minutes off the coordinator's clock",
+        ));
+    }
+    let named: BTreeSet<&str> = ticket
+        .plan
+        .stages
+        .iter()
+        .flat_map(|s| s.secrets.iter().map(String::as_str))
+        .collect();
+    let mut out: Vec<(String, Vec<u8>)> = Vec::new();
+    for name in &req.names {
+        if !named.contains(name.as_str()) {
+            return Err(Refusal::new(
+                403,
+                format!("secret {name:?} is not named by the run's plan"),
+            ));
+        }
+        let value = ctx
+            .state
+            .secret(name)
+            .map_err(|_| Refusal::new(404, format!("secret {name:?} is not set")))?;
+        out.push((name.clone(), value));
+    }
+    log::info!("run {run}: handed out secrets {:?}", req.names);
+    let bytes = postcard::to_allocvec(&out).expect("secrets always encode");
+    Ok(text(200, bytes, OCTETS))
+}

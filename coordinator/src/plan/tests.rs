@@ -1,0 +1,449 @@
+//! Plan files: examples, defaults, every kind, and errors that name the line.
+use super::*;
+use kiln_protocol::{ImageRef, Os, Runtime, StageKind, StorageTool};
+use std::os::unix::fs::{PermissionsExt, symlink};
+
+struct Fx {
+    _tmp: tempfile::TempDir,
+    dir: PathBuf,
+    state: State,
+    host: Host,
+}
+
+fn fx() -> Fx {
+    let tmp = tempfile::tempdir().expect("tempdir");
+    let dir = tmp.path().to_path_buf();
+    let (state, _) = State::init(&dir.join("state")).expect("init");
+    state.set_secret("ssh-ci", b"key").expect("secret");
+    state
+        .set_secret("lab-known-hosts", b"hosts")
+        .expect("secret");
+    let host = Host {
+        name: "box".into(),
+        macs: vec!["52:54:00:00:00:01".into()],
+        serial: None,
+        image: None,
+        spec: None,
+    };
+    Fx {
+        _tmp: tmp,
+        dir,
+        state,
+        host,
+    }
+}
+
+impl Fx {
+    fn file(&self, rel: &str, text: &str) -> PathBuf {
+        let p = self.dir.join(rel);
+        std::fs::create_dir_all(p.parent().expect("parent")).expect("mkdir");
+        std::fs::write(&p, text).expect("write");
+        p
+    }
+
+    fn load(&self, text: &str) -> Result<LoadedPlan> {
+        load_plan(&self.file("plan.toml", text), &self.state, &self.host)
+    }
+
+    fn fails(&self, text: &str, line: usize, needle: &str) {
+        let e = format!("{:#}", self.load(text).expect_err(needle));
+        let at = format!("plan.toml:{line}: ");
+        assert!(
+            e.contains(&at) && e.contains(needle),
+            "want {at}…{needle}, got: {e}"
+        );
+        assert!(!e.contains('\n'), "error is not one line: {e}");
+    }
+}
+
+const EXEC: &str = "[[stage]]\nname = \"a\"\nkind = \"exec\"\ncommand = \"true\"\n";
+
+#[test]
+fn every_example_parses() {
+    let f = fx();
+    let dir = Path::new(env!("CARGO_MANIFEST_DIR")).join("../examples/plans");
+    let mut seen = Vec::new();
+    for e in std::fs::read_dir(&dir).expect("examples/plans") {
+        let path = e.expect("entry").path();
+        if path.extension().and_then(|x| x.to_str()) != Some("toml") {
+            continue;
+        }
+        let loaded = load_plan(&path, &f.state, &f.host)
+            .unwrap_or_else(|e| panic!("{}: {e:#}", path.display()));
+        assert!(!loaded.plan.stages.is_empty());
+        for sha in &loaded.cas {
+            assert!(f.state.cas().has(sha), "{} not in the CAS", sha);
+        }
+        seen.push(
+            path.file_stem()
+                .expect("stem")
+                .to_string_lossy()
+                .into_owned(),
+        );
+    }
+    seen.sort();
+    for want in ["burn-in", "distros", "smoke", "ssh-linux-windows"] {
+        assert!(seen.iter().any(|s| s == want), "missing example {want}");
+    }
+}
+
+#[test]
+fn plan_level_defaults() {
+    let f = fx();
+    let p = f.load(EXEC).expect("load").plan;
+    assert_eq!(p.name, "plan");
+    assert!(p.fail_fast);
+    assert_eq!(p.timeout_s, 0);
+    let s = &p.stages[0];
+    assert_eq!(
+        s.kind,
+        StageKind::Exec {
+            command: vec!["sh".into(), "-c".into(), "true".into()]
+        }
+    );
+    assert_eq!(
+        (s.timeout_s, s.retries, s.destructive, s.continue_on_failure),
+        (0, 0, false, false)
+    );
+    let p = f
+        .load(&format!("name = \"n\"\nfail_fast = false\ntimeout = \"2h\"\n{EXEC}retries = 2\ntimeout = 90\nenv = {{ B = 2, A = \"x\" }}\nsecrets = [\"ssh-ci\"]\n"))
+        .expect("load")
+        .plan;
+    assert_eq!(
+        (p.name.as_str(), p.fail_fast, p.timeout_s),
+        ("n", false, 7200)
+    );
+    let s = &p.stages[0];
+    assert_eq!((s.retries, s.timeout_s), (2, 90));
+    assert_eq!(
+        s.env,
+        vec![("A".into(), "x".into()), ("B".into(), "2".into())]
+    );
+    assert_eq!(s.secrets, vec!["ssh-ci".to_string()]);
+}
+
+#[test]
+fn container_defaults_are_hardened() {
+    let f = fx();
+    let p = f
+        .load("[[stage]]\nname = \"c\"\nkind = \"container\"\nimage = \"debian:12\"\n")
+        .expect("load")
+        .plan;
+    let StageKind::Container(c) = &p.stages[0].kind else {
+        panic!("not a container stage");
+    };
+    assert_eq!(c.runtime, Runtime::Auto);
+    assert_eq!(c.images, vec![ImageRef::Registry("debian:12".into())]);
+    assert!(c.read_only && !c.network && c.no_new_privileges && c.fail_fast);
+    assert_eq!(c.user, None);
+    assert!(c.cap_add.is_empty() && c.mounts.is_empty() && c.command.is_empty());
+    assert_eq!(
+        (c.memory_bytes, c.cpu_millis, c.pids_limit),
+        (2 << 30, 2000, 1024)
+    );
+    assert_eq!((c.tmpfs_bytes, c.concurrency), (64 << 20, 4));
+}
+
+#[test]
+fn container_matrix_archives_and_mounts() {
+    let f = fx();
+    f.file("img/tools.tar", "not really a tar, the CAS does not care");
+    let p = f
+        .load(concat!(
+            "[[stage]]\nname = \"m\"\nkind = \"container\"\nruntime = \"podman\"\n",
+            "matrix = { image = [\"debian:12\", { archive = \"img/tools.tar\", name = \"localhost/tools:1\" }], PY = [\"3.11\", 3] }\n",
+            "command = [\"./run.sh\"]\nuser = \"0:0\"\ncpus = 0.5\nmemory = \"256M\"\nnetwork = true\n",
+            "mounts = [{ host = \"/srv/cache\", container = \"/cache\" }]\nallow_host_mounts = true\n",
+        ))
+        .expect("load");
+    let StageKind::Container(c) = &p.plan.stages[0].kind else {
+        panic!("not a container stage");
+    };
+    let ImageRef::Archive { name, sha256, size } = &c.images[1] else {
+        panic!("not an archive: {:?}", c.images[1]);
+    };
+    assert_eq!(name, "localhost/tools:1");
+    assert_eq!(*size, 39);
+    assert_eq!(p.cas, vec![*sha256]);
+    assert!(f.state.cas().has(sha256));
+    assert_eq!(c.axes, vec![("PY".into(), vec!["3.11".into(), "3".into()])]);
+    assert_eq!(
+        (c.runtime, c.cpu_millis, c.memory_bytes),
+        (Runtime::Podman, 500, 256 << 20)
+    );
+    assert_eq!(c.user.as_deref(), Some("0:0"));
+    assert!(c.network);
+    assert!(c.mounts[0].read_only, "mounts are read-only unless asked");
+}
+
+#[test]
+fn hardware_kinds() {
+    let f = fx();
+    let p = f
+        .load(concat!(
+            "[[stage]]\nname = \"i\"\nkind = \"inventory\"\n",
+            "[[stage]]\nname = \"s\"\nkind = \"storage\"\ndevices = [\"/dev/vdb\"]\ntool = \"badblocks\"\nsize = \"1G\"\n",
+            "[[stage]]\nname = \"n\"\nkind = \"network\"\nserver = \"10.0.0.1\"\nmin_mbps = 900\n",
+            "[[stage]]\nname = \"c\"\nkind = \"cpu_stress\"\nduration = \"1m\"\n",
+            "[[stage]]\nname = \"g\"\nkind = \"gpu\"\n",
+        ))
+        .expect("load")
+        .plan;
+    assert_eq!(p.stages[0].kind, StageKind::Inventory);
+    let StageKind::Storage(s) = &p.stages[1].kind else {
+        panic!("storage")
+    };
+    assert_eq!(
+        (s.tool, s.duration_s, s.size_bytes),
+        (StorageTool::Badblocks, 30, 1 << 30)
+    );
+    let StageKind::Network(n) = &p.stages[2].kind else {
+        panic!("network")
+    };
+    assert_eq!((n.port, n.duration_s, n.min_mbps), (5201, 10, Some(900.0)));
+    let StageKind::CpuStress(c) = &p.stages[3].kind else {
+        panic!("cpu")
+    };
+    assert_eq!((c.duration_s, c.workers), (60, 0));
+    let StageKind::Gpu(g) = &p.stages[4].kind else {
+        panic!("gpu")
+    };
+    assert_eq!(g.duration_s, 0);
+}
+
+#[test]
+fn ssh_needs_entrypoint_and_pinned_host_key() {
+    let f = fx();
+    f.file("lin/run.sh", "echo hi\n");
+    f.file("win/run.sh", "echo wrong entrypoint\n");
+    let ssh = |extra: &str| {
+        format!(
+            "[[stage]]\nname = \"r\"\nkind = \"ssh\"\nhost = \"h\"\nuser = \"ci\"\nkey = \"ssh-ci\"\n{extra}"
+        )
+    };
+    let p = f
+        .load(&ssh("tests = \"lin\"\nknown_hosts = \"lab-known-hosts\"\n"))
+        .expect("load")
+        .plan;
+    let StageKind::Ssh(s) = &p.stages[0].kind else {
+        panic!("ssh")
+    };
+    assert_eq!((s.port, s.os, s.keep), (22, Os::Linux, false));
+    // The key and known_hosts secrets are listed so the agent fetches them.
+    assert_eq!(p.stages[0].secrets, ["ssh-ci", "lab-known-hosts"]);
+    let pin = "host_key = \"ssh-ed25519 AAAAC3NzaC1lZDI1NTE5AAAAIKLt1qPAxCfxaXdzhcJfIVTAF2Wtm34rDwTkEsWE9DmG\"\n";
+    f.fails(
+        &ssh(&format!("tests = \"win\"\nos = \"windows\"\n{pin}")),
+        7,
+        "tests folder win has no run.ps1",
+    );
+    f.fails(&ssh(pin), 1, "`tests` is required for ssh stages");
+    f.fails(&ssh("tests = \"lin\"\n"), 1, "never trusted on first use");
+    f.fails(
+        &ssh(&format!(
+            "tests = \"lin\"\nknown_hosts = \"lab-known-hosts\"\n{pin}"
+        )),
+        9,
+        "not both",
+    );
+    f.fails(
+        &ssh("tests = \"lin\"\nhost_key = \"AAAA\"\n"),
+        8,
+        "`host_key` must be",
+    );
+    f.fails(
+        &ssh("tests = \"lin\"\nknown_hosts = \"nope\"\n"),
+        8,
+        "secret \"nope\" is not set",
+    );
+    f.fails(
+        &ssh("tests = \"lin\"\nos = \"beos\"\n"),
+        8,
+        "not linux or windows",
+    );
+}
+
+#[test]
+fn errors_name_the_line() {
+    let f = fx();
+    f.fails(&format!("bogus = 1\n{EXEC}"), 1, "unknown field `bogus`");
+    f.fails(
+        &format!("{EXEC}colour = \"red\"\n"),
+        5,
+        "unknown field `colour`",
+    );
+    f.fails(
+        &format!("{EXEC}image = \"debian:12\"\n"),
+        5,
+        "`image` is not a setting of exec stages",
+    );
+    f.fails(&format!("{EXEC}retries = \"two\"\n"), 5, "invalid type");
+    f.fails(
+        "[[stage]]\nname = \"a\"\nkind = \"teleport\"\n",
+        3,
+        "unknown kind \"teleport\"",
+    );
+    f.fails(
+        &format!("{EXEC}timeout = \"ten minutes\"\n"),
+        5,
+        "invalid duration",
+    );
+    f.fails(
+        &format!("timeout = [1]\n{EXEC}"),
+        1,
+        "`timeout`: must be a duration",
+    );
+    f.fails(
+        "[[stage]]\nname = \"c\"\nkind = \"container\"\nimage = \"x\"\nmemory = \"lots\"\n",
+        5,
+        "invalid size",
+    );
+    f.fails(
+        &format!("{EXEC}\n{EXEC}"),
+        7,
+        "duplicate stage name \"a\" (first at line 2)",
+    );
+    f.fails(
+        &format!("{EXEC}tests = \"missing/folder\"\n"),
+        5,
+        "tests folder missing/folder does not exist",
+    );
+    f.fails("name = \"x\"\n", 1, "no [[stage]]");
+    f.fails(
+        "[[stage]]\nname = \"a b\"\nkind = \"exec\"\n",
+        2,
+        "invalid stage name",
+    );
+    f.fails(
+        "[[stage]]\nname = \"a\"\nkind = \"exec\"\n",
+        1,
+        "`command` is required",
+    );
+    f.fails(
+        &format!("{EXEC}env = {{ \"A-B\" = \"1\" }}\n"),
+        5,
+        "not an environment variable name",
+    );
+    f.fails(
+        &format!("{EXEC}secrets = [\"unset\"]\n"),
+        5,
+        "secret \"unset\" is not set",
+    );
+    f.fails(&format!("{EXEC}command = 5\n"), 5, "duplicate key");
+    f.fails(
+        "[[stage]]\nname = \"a\"\nkind = \"exec\"\ncommand = []\n",
+        4,
+        "non-empty array",
+    );
+    f.fails(
+        "[[stage]]\nname = \"s\"\nkind = \"storage\"\n",
+        1,
+        "`devices` is required",
+    );
+    f.fails(
+        "[[stage]]\nname = \"s\"\nkind = \"storage\"\ndevices = [\"/etc/passwd\"]\n",
+        4,
+        "not a path under /dev/",
+    );
+    f.fails(
+        "[[stage]]\nname = \"c\"\nkind = \"cpu_stress\"\n",
+        1,
+        "`duration` is required",
+    );
+    f.fails(
+        "[[stage]]\nname = \"n\"\nkind = \"network\"\nport = 70000\nserver = \"x\"\n",
+        4,
+        "invalid value",
+    );
+    f.fails(
+        "[[stage]]\nname = \"c\"\nkind = \"container\"\nimage = \"a\"\nmatrix = { image = [\"b\"] }\n",
+        4,
+        "not both",
+    );
+    f.fails(
+        "[[stage]]\nname = \"c\"\nkind = \"container\"\n",
+        1,
+        "need `image` or `matrix.image`",
+    );
+    f.fails(
+        "[[stage]]\nname = \"c\"\nkind = \"container\"\nimage = { archive = \"nope.tar\", name = \"x\" }\n",
+        4,
+        "image archive nope.tar does not exist",
+    );
+}
+
+#[test]
+fn bind_mounts_need_allow_host_mounts() {
+    let f = fx();
+    f.fails(
+        "[[stage]]\nname = \"c\"\nkind = \"container\"\nimage = \"x\"\n\nmounts = [{ host = \"/\", container = \"/host\" }]\n",
+        6,
+        "stage \"c\": bind mounts are refused unless the stage sets `allow_host_mounts = true`",
+    );
+    f.fails(
+        "[[stage]]\nname = \"c\"\nkind = \"container\"\nimage = \"x\"\nallow_host_mounts = true\nmounts = [{ host = \"srv\", container = \"/x\" }]\n",
+        6,
+        "must be absolute",
+    );
+}
+
+#[test]
+fn bundles_refuse_links_that_leave_the_folder() {
+    let f = fx();
+    f.file("t/run.sh", "true\n");
+    symlink("../../state/key/coordinator.key", f.dir.join("t/up")).expect("symlink");
+    f.fails(
+        &format!("{EXEC}tests = \"t\"\n"),
+        5,
+        "up -> ../../state/key/coordinator.key (link leaves the folder)",
+    );
+    std::fs::remove_file(f.dir.join("t/up")).expect("rm");
+    symlink("/etc/passwd", f.dir.join("t/abs")).expect("symlink");
+    f.fails(
+        &format!("{EXEC}tests = \"t\"\n"),
+        5,
+        "abs -> /etc/passwd (link leaves the folder)",
+    );
+    std::fs::remove_file(f.dir.join("t/abs")).expect("rm");
+    symlink("run.sh", f.dir.join("t/inside")).expect("symlink");
+    f.load(&format!("{EXEC}tests = \"t\"\n"))
+        .expect("a link inside the folder is fine");
+}
+
+#[test]
+fn bundles_are_deterministic() {
+    let f = fx();
+    let script = f.file("t/run.sh", "echo one\n");
+    f.file("t/sub/data.txt", "data\n");
+    let plan = format!("{EXEC}tests = \"t\"\n");
+    let bundle = || {
+        f.load(&plan).expect("load").plan.stages[0]
+            .tests
+            .clone()
+            .expect("bundle")
+    };
+    let first = bundle();
+    assert_eq!(bundle(), first, "same folder, same bundle");
+    let old = std::time::SystemTime::UNIX_EPOCH + std::time::Duration::from_secs(1_000_000);
+    std::fs::File::options()
+        .write(true)
+        .open(&script)
+        .and_then(|h| h.set_modified(old))
+        .expect("set mtime");
+    assert_eq!(bundle(), first, "mtimes do not count");
+    std::fs::set_permissions(&script, std::fs::Permissions::from_mode(0o755)).expect("chmod");
+    let exec = bundle();
+    assert_ne!(
+        exec.sha256, first.sha256,
+        "the exec bit is part of the bundle"
+    );
+    assert_eq!(exec.tree, first.tree, "the tree hash covers contents only");
+    std::fs::write(&script, "echo two\n").expect("write");
+    let changed = bundle();
+    assert_ne!(changed.sha256, exec.sha256);
+    assert_ne!(changed.tree, exec.tree);
+    assert_eq!(
+        f.state.cas().get(&changed.sha256).expect("in cas").len() as u64,
+        changed.size
+    );
+}

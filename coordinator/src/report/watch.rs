@@ -1,0 +1,138 @@
+//! `run watch`: follows events.log as it grows and prints stage and log lines.
+use anyhow::{Context, Result};
+use kiln_protocol::{Event, Frame, RecordReader, Ticket};
+use std::io::{Read, Seek, SeekFrom, Write};
+use std::time::Duration;
+
+use crate::cli::RunWatchCmd;
+use crate::fsutil::now_ms;
+use crate::report::{fmt_ms, stage_name};
+use crate::state::State;
+use crate::status::{Inputs, RunState, fold};
+use crate::store::{RunDir, files};
+
+const POLL: Duration = Duration::from_millis(200);
+
+/// `run watch`: prints until the run ends; exits like the agent would (0 passed,
+/// 1 failed or aborted, 3 error or expired).
+pub fn cmd_watch(state: &State, c: &RunWatchCmd) -> Result<i32> {
+    let id = state.resolve_run(&c.run)?;
+    let rd = RunDir::new(state, id);
+    let (_, ticket) = rd.ticket(&state.public_key()?)?;
+    let mut tail = Tail::default();
+    let mut frames: Vec<Frame> = Vec::new();
+    let mut last_state = None;
+    let stdout = std::io::stdout();
+    loop {
+        let new = tail.poll(&rd)?;
+        {
+            let mut out = stdout.lock();
+            for f in &new {
+                if let Some(line) = describe(&ticket, f) {
+                    let _ = writeln!(out, "{line}");
+                }
+            }
+            let _ = out.flush();
+        }
+        frames.extend(new);
+        let abort = rd.abort_request();
+        let s = fold(Inputs {
+            ticket: &ticket,
+            frames: &frames,
+            last_seen_ms: rd.last_seen_ms(),
+            abort: abort.as_deref(),
+            now_ms: now_ms(),
+        });
+        if last_state != Some(s.state) {
+            match s.state {
+                RunState::Pending => println!("== run {id} is pending: waiting for an agent"),
+                RunState::Stale => println!("== run {id} is stale: no report for a minute"),
+                RunState::Expired => println!("== run {id} expired before an agent claimed it"),
+                RunState::Aborted if s.outcome.is_none() => println!("== run {id} was aborted"),
+                _ => {}
+            }
+            last_state = Some(s.state);
+        }
+        if !s.state.is_live() {
+            return Ok(s.exit_status.unwrap_or(3));
+        }
+        std::thread::sleep(POLL);
+    }
+}
+
+/// Reads complete records appended to events.log since the last poll.
+#[derive(Default)]
+struct Tail {
+    /// Bytes of complete records consumed.
+    done: u64,
+    /// Bytes read past `done` that do not yet end a record.
+    partial: Vec<u8>,
+}
+
+impl Tail {
+    fn poll(&mut self, rd: &RunDir) -> Result<Vec<Frame>> {
+        let mut f = match std::fs::File::open(rd.path(files::EVENTS)) {
+            Ok(f) => f,
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(Vec::new()),
+            Err(e) => return Err(e).context("opening events.log"),
+        };
+        let len = f.metadata()?.len();
+        let read_to = self.done + self.partial.len() as u64;
+        if len < read_to {
+            // A torn tail was cut by the writer: drop what we held of it.
+            self.partial.clear();
+        }
+        f.seek(SeekFrom::Start(self.done + self.partial.len() as u64))?;
+        f.read_to_end(&mut self.partial)?;
+        let mut reader = RecordReader::new(&self.partial);
+        let mut out = Vec::new();
+        for rec in reader.by_ref() {
+            let rec = rec.map_err(|e| anyhow::anyhow!("events.log: {e}"))?;
+            out.push(postcard::from_bytes(&rec).map_err(|e| anyhow::anyhow!("events.log: {e}"))?);
+        }
+        let used = reader.consumed();
+        self.partial.drain(..used);
+        self.done += used as u64;
+        Ok(out)
+    }
+}
+
+/// The line `watch` prints for a frame, if any.
+fn describe(t: &Ticket, f: &Frame) -> Option<String> {
+    Some(match &f.event {
+        Event::Claim { agent_version, .. } => format!("== claimed by agent {agent_version}"),
+        Event::StageStarted { stage, attempt } => {
+            format!("== {}: attempt {attempt} started", stage_name(t, *stage))
+        }
+        Event::Log { stage, text, .. } => format!("[{}] {text}", stage_name(t, *stage)),
+        Event::StageFinished {
+            stage,
+            outcome,
+            exit_code,
+            duration_ms,
+            detail,
+            ..
+        } => {
+            let code = exit_code.map(|c| format!(", exit {c}")).unwrap_or_default();
+            let detail = if detail.is_empty() {
+                String::new()
+            } else {
+                format!(": {detail}")
+            };
+            format!(
+                "== {}: {outcome} after {}{code}{detail}",
+                stage_name(t, *stage),
+                fmt_ms(*duration_ms)
+            )
+        }
+        Event::Part {
+            stage,
+            name,
+            outcome,
+            detail,
+            ..
+        } => format!("== {} / {name}: {outcome} {detail}", stage_name(t, *stage)),
+        Event::RunFinished { outcome } => format!("== run finished: {outcome}"),
+        _ => return None,
+    })
+}

@@ -1,0 +1,201 @@
+//! `import BUNDLE`: whole-bundle checks, idempotence, and the same status as online.
+use kiln_protocol::{BUNDLE_MAGIC, Event, Outcome, ResultRecord, Sha256};
+use std::path::Path;
+
+use super::*;
+use crate::common::{Coordinator, kc};
+
+/// A bundle's parts, to assemble whole or tampered.
+struct Parts {
+    ticket: kiln_protocol::SignedTicket,
+    batches: Vec<Vec<u8>>,
+    blobs: Vec<Vec<u8>>,
+}
+
+impl Parts {
+    fn bytes(&self) -> Vec<u8> {
+        let mut out = BUNDLE_MAGIC.to_vec();
+        out.extend(ResultRecord::Ticket(self.ticket.clone()).encode());
+        for b in &self.blobs {
+            out.extend(ResultRecord::Blob(b.clone()).encode());
+        }
+        for b in &self.batches {
+            out.extend(ResultRecord::Batch(b.clone()).encode());
+        }
+        out
+    }
+}
+
+const BLOB: &[u8] = b"junit xml or a core dump";
+
+/// The events of a whole run, with one artifact, split into three batches.
+fn run_events(r: &mut Reporter) -> Vec<Vec<kiln_protocol::Frame>> {
+    let claim = r.claim();
+    let mut events = full_run(Outcome::Failed);
+    events.insert(
+        4,
+        Event::Artifact {
+            stage: 0,
+            name: "report.xml".into(),
+            sha256: Sha256::of(BLOB),
+            size: BLOB.len() as u64,
+        },
+    );
+    let mut all = r.frames([vec![claim], events].concat());
+    let tail = all.split_off(6);
+    let mid = all.split_off(2);
+    vec![all, mid, tail]
+}
+
+fn parts(state: &Path, run: RunId) -> Parts {
+    let t = ticket(
+        run,
+        "nightly",
+        vec![stage("build", &[]), stage("test", &[])],
+        now_s(),
+    );
+    let ticket = SignedTicket::sign(&t, &state_key(state));
+    let mut r = Reporter::new(run);
+    let batches = run_events(&mut r).into_iter().map(|f| r.seal(f)).collect();
+    Parts {
+        ticket,
+        batches,
+        blobs: vec![BLOB.to_vec()],
+    }
+}
+
+fn import(state: &Path, dir: &Path, name: &str, bytes: &[u8]) -> crate::common::Out {
+    let p = dir.join(name);
+    std::fs::write(&p, bytes).unwrap();
+    kc(state, &["import", p.to_str().unwrap()])
+}
+
+/// Every file under `dir` with its bytes, sorted (the `lock` file aside).
+fn snapshot(dir: &Path) -> Vec<(String, Vec<u8>)> {
+    let mut out = Vec::new();
+    let mut stack = vec![dir.to_path_buf()];
+    while let Some(d) = stack.pop() {
+        for e in std::fs::read_dir(&d).into_iter().flatten().flatten() {
+            let p = e.path();
+            if p.is_dir() {
+                stack.push(p);
+            } else if p.file_name().is_some_and(|n| n != "lock") {
+                out.push((p.display().to_string(), std::fs::read(&p).unwrap()));
+            }
+        }
+    }
+    out.sort();
+    out
+}
+
+#[test]
+fn tampered_bundles_are_refused_whole() {
+    let (d, state) = keyed_state();
+    let run = new_run_id();
+    let good = parts(&state, run);
+    let before = snapshot(&state);
+    let mut cases: Vec<(&str, Vec<u8>)> = Vec::new();
+    let mut p = parts(&state, run);
+    let last = p.batches.len() - 1;
+    let n = p.batches[last].len();
+    p.batches[last][n - 1] ^= 1;
+    cases.push(("bad signature on the last batch", p.bytes()));
+    let mut p = parts(&state, run);
+    p.blobs.clear();
+    cases.push(("artifact missing", p.bytes()));
+    let mut p = parts(&state, run);
+    p.blobs.push(b"stowaway".to_vec());
+    cases.push(("blob nobody names", p.bytes()));
+    let mut p = parts(&state, run);
+    p.batches.remove(1);
+    cases.push(("a batch left out (gap)", p.bytes()));
+    let mut p = parts(&state, run);
+    p.ticket.body[3] ^= 1;
+    cases.push(("ticket altered", p.bytes()));
+    let mut torn = good.bytes();
+    torn.truncate(torn.len() - 5);
+    cases.push(("torn tail", torn));
+    let mut magic = good.bytes();
+    magic[0] = b'X';
+    cases.push(("bad magic", magic));
+    let mut mixed = parts(&state, run);
+    mixed.batches[2] = Reporter::new(run).seal(vec![]);
+    cases.push(("a batch by another key", mixed.bytes()));
+    for (what, bytes) in &cases {
+        let o = import(&state, d.path(), "bad.kres", bytes);
+        assert_ne!(o.code, 0, "{what}: accepted");
+        assert_eq!(o.stderr.trim().lines().count(), 1, "{what}: {}", o.stderr);
+        assert_eq!(snapshot(&state), before, "{what}: the state folder changed");
+    }
+}
+
+#[test]
+fn import_twice_changes_nothing_and_matches_online() {
+    let (d, state) = keyed_state();
+    let offline = new_run_id();
+    let bundle = parts(&state, offline).bytes();
+    let o = import(&state, d.path(), "run.kres", &bundle);
+    assert_eq!(o.code, 0, "{}", o.stderr);
+    let once = snapshot(&state);
+    assert!(
+        state
+            .join("cas")
+            .join(Sha256::of(BLOB).to_string())
+            .is_file()
+    );
+    let o = import(&state, d.path(), "run.kres", &bundle);
+    assert_eq!(o.code, 0, "{}", o.stderr);
+    assert_eq!(snapshot(&state), once, "a second import changed the state");
+
+    // The same frames, sent online to another run, fold to the same status.
+    let online = new_run_id();
+    let t = ticket(
+        online,
+        "nightly",
+        vec![stage("build", &[]), stage("test", &[])],
+        now_s(),
+    );
+    write_ticket(&state, &t);
+    let c = Coordinator::start(&state);
+    let mut r = Reporter::new(online);
+    for f in run_events(&mut r) {
+        ack(&c.url, &online, &r.seal(f));
+    }
+    let show = |run: &RunId| {
+        let o = kc(&state, &["report", &run.to_string(), "--format", "json"]);
+        assert_eq!(o.code, 0, "{}", o.stderr);
+        let mut v: serde_json::Value = serde_json::from_str(&o.stdout).unwrap();
+        strip(&mut v);
+        v
+    };
+    assert_eq!(show(&offline), show(&online));
+    assert_eq!(show(&offline)["state"], "finished");
+    assert_eq!(show(&offline)["outcome"], "failed");
+
+    let o = kc(
+        &state,
+        &["report", &offline.to_string(), "--format", "junit"],
+    );
+    assert!(
+        o.stdout.contains("<testcase name=\"build\""),
+        "{}",
+        o.stdout
+    );
+    assert!(
+        o.stdout
+            .contains("<failure message=\"failed: 1 test failed\"")
+    );
+    assert!(o.stdout.contains("failures=\"1\""));
+}
+
+/// Drops the run id and every clock field (`*_ms`, `*_at`).
+fn strip(v: &mut serde_json::Value) {
+    match v {
+        serde_json::Value::Object(m) => {
+            m.retain(|k, _| k != "run" && !k.ends_with("_ms") && !k.ends_with("_at"));
+            m.values_mut().for_each(strip);
+        }
+        serde_json::Value::Array(a) => a.iter_mut().for_each(strip),
+        _ => {}
+    }
+}
