@@ -85,7 +85,8 @@ pub fn judge_exit(code: i32) -> Option<(Outcome, &'static str)> {
 
 /// Runs the stage.
 pub async fn run(ctx: &StageCtx, spec: &CpuStressSpec) -> StageResult {
-    let yaml = ctx.dir.join("stress-ng.yaml");
+    // Absolute: stress-ng runs in the stage folder, which may be given relative.
+    let yaml = std::path::absolute(ctx.dir.join("stress-ng.yaml")).unwrap_or_default();
     let argv = vec![
         "stress-ng".to_string(),
         "--cpu".into(),
