@@ -187,7 +187,7 @@ pub fn transport(name: &str, real: &str) -> String {
     } else if real.contains("/usb") {
         "usb"
     } else if real.contains("/ata") {
-        "sata"
+        "ata"
     } else if real.contains("/virtio") {
         "virtio"
     } else if real.contains("/end_device-") || real.contains("/sas_") {

@@ -133,7 +133,7 @@ fn collects_the_qemu_tree() {
             sda.model.as_str(),
             sda.transport.as_str()
         ),
-        ("ATA-SER-1", "KilnDisk", "sata")
+        ("ATA-SER-1", "KilnDisk", "ata")
     );
     assert!(sda.rotational);
     assert_eq!(inv.nics.len(), 1);

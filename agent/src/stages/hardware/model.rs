@@ -107,7 +107,7 @@ pub struct Disk {
     pub size_bytes: u64,
     /// Spinning disk.
     pub rotational: bool,
-    /// `nvme`, `sata`, `sas`, `usb`, `virtio`, `mmc`, `scsi`.
+    /// `nvme`, `ata` (SATA or PATA), `sas`, `usb`, `virtio`, `mmc`, `scsi`.
     pub transport: String,
     /// Removable media.
     pub removable: bool,
