@@ -5,25 +5,28 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 BIN=${KILN_BIN:-target/release}
-K="$BIN/kiln-coordinator --state ${KILN_STATE:-/tmp/kiln-demo}"
-A="$BIN/kiln-agent"
+STATE=${KILN_STATE:-/tmp/kiln-demo}
+WORK=${KILN_WORK:-/tmp/kiln-demo-work}
+ADDR_FILE=${KILN_ADDR_FILE:-/tmp/kiln-demo.addr}
 LISTEN=${KILN_LISTEN:-127.0.0.1:7373}
+K="$BIN/kiln-coordinator --state $STATE"
+A="$BIN/kiln-agent"
 URL="http://$LISTEN"
 [ -x "$BIN/kiln-agent" ] || { echo "build first: cargo build --release" >&2; exit 2; }
 
-# This machine's first network interface names it for the ticket's host binding.
-MAC=$(cat "$(ls -d /sys/class/net/*/ | grep -v /lo/ | head -1)address")
+# This machine's first real MAC names it for the ticket's host binding.
+MAC=$(cat /sys/class/net/*/address | grep -v '^00:00:00:00:00:00$' | sort | head -1)
 
 $K init
 $K host add "$(hostname)" --mac "$MAC"
-$K serve --listen "$LISTEN" --addr-file /tmp/kiln-demo.addr &
+rm -f "$ADDR_FILE"
+$K serve --listen "$LISTEN" --addr-file "$ADDR_FILE" &
 SERVER=$!
 trap 'kill $SERVER 2>/dev/null' EXIT
-while [ ! -s /tmp/kiln-demo.addr ]; do sleep 0.1; done
+while [ ! -s "$ADDR_FILE" ]; do sleep 0.1; done   # written once the server listens
 
 RUN=$($K ticket issue --plan examples/plans/smoke.toml --host "$(hostname)" --url "$URL")
-$A run --ticket "$URL/v1/runs/$RUN/ticket" --trust "${KILN_STATE:-/tmp/kiln-demo}/key/coordinator.pub" \
-  --work "/tmp/kiln-demo-work/$RUN" || true
+$A run --ticket "$URL/v1/runs/$RUN/ticket" --trust "$STATE/key/coordinator.pub" --work "$WORK/$RUN"
 $K run show "$RUN"
 echo
 echo "result page: $URL/runs/$RUN"

@@ -3,11 +3,23 @@
 #![forbid(unsafe_code)]
 #![warn(missing_docs)]
 
+pub mod attempts;
 pub mod boot;
+pub mod bundle;
 pub mod cli;
+pub mod client;
 pub mod hostinfo;
 pub mod logger;
+pub mod progress;
 pub mod reporter;
+pub mod resume;
 pub mod runner;
+pub mod secrets;
+pub mod session;
+pub mod spool;
 pub mod stages;
+pub mod store;
 pub mod verify;
+
+#[cfg(test)]
+mod runner_tests;

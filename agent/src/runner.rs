@@ -1,9 +1,21 @@
 //! The run loop: claim, stages in order with timeouts and retries, fail_fast, outcome.
-use kiln_protocol::{Outcome, PublicKey};
+use kiln_protocol::{Outcome, PublicKey, RunId, SecretKey};
 use std::collections::BTreeMap;
-use std::path::PathBuf;
+use std::io::Write;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::time::Duration;
 
 use crate::cli::RunCmd;
+use crate::client::Client;
+use crate::hostinfo::HostInfo;
+use crate::reporter::{Control, Mode, Reporter};
+use crate::resume::Resume;
+use crate::session::Session;
+use crate::verify::{check_ticket, load_trust, now_s};
+
+/// How long the agent keeps trying to get its claim and its final frame acked.
+pub const ACK_LIMIT: Duration = Duration::from_secs(300);
 
 /// Everything a run needs; built by `run` from flags and by `boot` from the kernel
 /// command line.
@@ -54,15 +66,174 @@ impl RunEnd {
     }
 }
 
+/// Loads the claim key kept in the work folder, or makes and keeps a new one (0600),
+/// so a restarted agent resumes under the same key.
+pub fn claim_key(work: &Path) -> Result<SecretKey, String> {
+    let path = work.join("claim.key");
+    match std::fs::read_to_string(&path) {
+        Ok(text) => {
+            return SecretKey::from_line(&text).map_err(|e| format!("{}: {e}", path.display()));
+        }
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
+        Err(e) => return Err(format!("{}: {e}", path.display())),
+    }
+    let mut seed = [0u8; 32];
+    getrandom::getrandom(&mut seed).map_err(|e| format!("random key seed: {e}"))?;
+    let key = SecretKey::from_seed(seed);
+    use std::os::unix::fs::OpenOptionsExt;
+    let tmp = work.join("claim.key.tmp");
+    std::fs::OpenOptions::new()
+        .write(true)
+        .create(true)
+        .truncate(true)
+        .mode(0o600)
+        .open(&tmp)
+        .and_then(|mut f| {
+            f.write_all(format!("{}\n", key.to_line()).as_bytes())?;
+            f.sync_all()
+        })
+        .map_err(|e| format!("{}: {e}", tmp.display()))?;
+    std::fs::rename(&tmp, &path).map_err(|e| format!("{}: {e}", path.display()))?;
+    Ok(key)
+}
+
+/// Ties the work folder to one run, so a folder is never resumed by another ticket.
+fn bind_work(work: &Path, run: &RunId) -> Result<(), String> {
+    std::fs::create_dir_all(work).map_err(|e| format!("work folder {}: {e}", work.display()))?;
+    let p = work.join("run");
+    match std::fs::read_to_string(&p) {
+        Ok(s) if s.trim() == run.to_string() => Ok(()),
+        Ok(s) => Err(format!(
+            "work folder {} belongs to run {}, not {run}",
+            work.display(),
+            s.trim()
+        )),
+        Err(_) => std::fs::write(&p, format!("{run}\n"))
+            .map_err(|e| format!("work folder {}: {e}", work.display())),
+    }
+}
+
 /// Verifies the ticket, claims the run, runs the stages, reports; blocking.
 pub fn run_ticket(opts: RunOptions) -> RunEnd {
-    let _ = opts;
-    RunEnd::Infra("run is not implemented yet".into())
+    let host = HostInfo::detect();
+    let (signed, ticket) = match check_ticket(&opts.ticket_bytes, &opts.trusted, now_s(), &host) {
+        Ok(t) => t,
+        Err(reason) => return RunEnd::Refused(reason),
+    };
+    let run = ticket.run;
+    let url = opts.url.clone().or(ticket.coordinator.clone());
+    let offline_out = match (&opts.out, &url) {
+        (Some(out), _) => Some(out.clone()),
+        (None, None) => Some(PathBuf::from(format!("kiln-result-{run}.kiln"))),
+        (None, Some(_)) => None,
+    };
+    let work = opts
+        .work
+        .clone()
+        .unwrap_or_else(|| Path::new("kiln-work").join(run.to_string()));
+    if let Err(e) = bind_work(&work, &run) {
+        return RunEnd::Infra(e);
+    }
+    let key = match claim_key(&work) {
+        Ok(k) => k,
+        Err(e) => return RunEnd::Infra(e),
+    };
+    let mode = match (&offline_out, &url) {
+        (Some(_), _) => Mode::Offline {
+            cas_dir: opts.cas_dir.clone().or_else(|| {
+                opts.ticket_path.as_ref().map(|p| {
+                    let mut s = p.clone().into_os_string();
+                    s.push(".cas");
+                    PathBuf::from(s)
+                })
+            }),
+        },
+        (None, Some(u)) => Mode::Online(Client::new(u)),
+        (None, None) => unreachable!("no url means offline"),
+    };
+    let control = Arc::new(Control::default());
+    let (reporter, old) =
+        match Reporter::open(run, key.clone(), &work, mode.clone(), control.clone()) {
+            Ok(r) => r,
+            Err(e) => {
+                return RunEnd::Infra(format!("opening the spool in {}: {e}", work.display()));
+            }
+        };
+    let resume = Resume::fold(&old, &ticket.plan);
+    if old.is_empty() {
+        log::info!(
+            "run {run}: plan {:?}, {} stage(s)",
+            ticket.plan.name,
+            ticket.plan.stages.len()
+        );
+    } else {
+        log::info!(
+            "run {run}: resuming from the spool ({} frames, {} acked)",
+            old.len(),
+            reporter.acked()
+        );
+    }
+    let session = Session {
+        ticket: &ticket,
+        signed: &signed,
+        work: &work,
+        reporter: reporter.clone(),
+        control: &control,
+        resume: &resume,
+        mode: &mode,
+        out: offline_out.as_deref(),
+    };
+    let claim_seq = session.announce(&key, &host, old.is_empty());
+    let sender = reporter.start_sender();
+    let end = match session.body(&opts.secrets, claim_seq) {
+        Ok(outcome) => session.finish(outcome),
+        Err(e) => RunEnd::Infra(e),
+    };
+    reporter.close();
+    if let Some(h) = sender {
+        let _ = h.join();
+    }
+    end
 }
 
 /// `run`: returns the exit status.
 pub fn cmd_run(c: &RunCmd) -> i32 {
-    let _ = c;
-    eprintln!("kiln-agent: run is not implemented yet");
-    crate::cli::EXIT_INFRA
+    let opts = match options(c) {
+        Ok(o) => o,
+        Err(e) => {
+            eprintln!("{e}");
+            return crate::cli::EXIT_REFUSED;
+        }
+    };
+    let end = run_ticket(opts);
+    match &end {
+        RunEnd::Refused(r) => eprintln!("{r}"),
+        RunEnd::Infra(r) => eprintln!("kiln-agent: {r}"),
+        RunEnd::Finished { .. } => {}
+    }
+    end.exit_status()
+}
+
+/// Builds run options from the flags (reads the ticket, trusted keys and secrets).
+fn options(c: &RunCmd) -> Result<RunOptions, String> {
+    let trusted = load_trust(&c.trust)?;
+    let (ticket_bytes, ticket_path) =
+        if c.ticket.starts_with("http://") || c.ticket.starts_with("https://") {
+            (crate::client::fetch_url(&c.ticket)?, None)
+        } else {
+            let p = PathBuf::from(&c.ticket);
+            let bytes =
+                std::fs::read(&p).map_err(|e| format!("cannot read ticket {}: {e}", c.ticket))?;
+            (bytes, Some(p))
+        };
+    Ok(RunOptions {
+        ticket_bytes,
+        ticket_path,
+        trusted,
+        url: c.url.clone(),
+        out: c.out.clone(),
+        work: c.work.clone(),
+        cas_dir: c.cas.clone(),
+        secrets: crate::secrets::from_flags(&c.secret)?,
+    })
 }

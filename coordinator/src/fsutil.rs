@@ -8,7 +8,11 @@ use std::path::Path;
 /// Writes `bytes` to `path` atomically with `mode`: readers see the old file or the
 /// whole new one, never a half-written one.
 pub fn write_atomic(path: &Path, bytes: &[u8], mode: u32) -> Result<()> {
-    let dir = path.parent().context("path has no parent folder")?;
+    // A bare file name has an empty parent: that is the current folder.
+    let dir = match path.parent().context("path has no parent folder")? {
+        p if p.as_os_str().is_empty() => Path::new("."),
+        p => p,
+    };
     fs::create_dir_all(dir).with_context(|| format!("creating {}", dir.display()))?;
     let tmp = dir.join(format!(
         ".{}.tmp{}",

@@ -1,4 +1,5 @@
 //! `ticket show`: a ticket file for people (or `--json` for scripts).
+use crate::report::fmt_unix;
 use anyhow::{Context, Result, anyhow};
 use kiln_protocol::{ImageRef, SignedTicket, StageKind, TestBundle, Ticket};
 use serde_json::{Value, json};
@@ -64,13 +65,13 @@ fn human(t: &Ticket, fingerprint: &str, now: u64) -> String {
         bind.push(format!("serial {s:?}"));
     }
     push_line!(o, "host         {} ({})", t.host.name, bind.join(", "));
-    push_line!(o, "issued       {}", utc(t.issued_at));
+    push_line!(o, "issued       {}", fmt_unix(t.issued_at));
     let left = if now > t.not_after {
         format!("EXPIRED {} ago", span(now - t.not_after))
     } else {
         format!("in {}", span(t.not_after - now))
     };
-    push_line!(o, "expires      {} ({left})", utc(t.not_after));
+    push_line!(o, "expires      {} ({left})", fmt_unix(t.not_after));
     push_line!(
         o,
         "coordinator  {}",
@@ -207,28 +208,6 @@ fn settings(kind: &StageKind) -> Value {
     v
 }
 
-/// Unix seconds as `YYYY-MM-DD HH:MM:SS UTC`.
-pub fn utc(secs: u64) -> String {
-    let days = (secs / 86_400) as i64;
-    let rem = secs % 86_400;
-    // Howard Hinnant's civil_from_days.
-    let z = days + 719_468;
-    let era = z.div_euclid(146_097);
-    let doe = z.rem_euclid(146_097);
-    let yoe = (doe - doe / 1460 + doe / 36_524 - doe / 146_096) / 365;
-    let doy = doe - (365 * yoe + yoe / 4 - yoe / 100);
-    let mp = (5 * doy + 2) / 153;
-    let d = doy - (153 * mp + 2) / 5 + 1;
-    let m = if mp < 10 { mp + 3 } else { mp - 9 };
-    let y = yoe + era * 400 + i64::from(m <= 2);
-    format!(
-        "{y:04}-{m:02}-{d:02} {:02}:{:02}:{:02} UTC",
-        rem / 3600,
-        rem / 60 % 60,
-        rem % 60
-    )
-}
-
 /// Seconds as `1d2h`, `3h20m`, `5m10s` or `42s`.
 pub fn span(s: u64) -> String {
     let (d, h, m, sec) = (s / 86_400, s / 3600 % 24, s / 60 % 60, s % 60);
@@ -248,9 +227,9 @@ mod tests {
 
     #[test]
     fn utc_dates() {
-        assert_eq!(utc(0), "1970-01-01 00:00:00 UTC");
-        assert_eq!(utc(951_782_400), "2000-02-29 00:00:00 UTC");
-        assert_eq!(utc(1_700_000_000), "2023-11-14 22:13:20 UTC");
+        assert_eq!(fmt_unix(0), "1970-01-01 00:00:00 UTC");
+        assert_eq!(fmt_unix(951_782_400), "2000-02-29 00:00:00 UTC");
+        assert_eq!(fmt_unix(1_700_000_000), "2023-11-14 22:13:20 UTC");
     }
 
     #[test]

@@ -10,6 +10,7 @@ mod crash;
 mod hardware;
 mod netboot;
 mod offline;
+mod quickstart;
 mod runs;
 mod server;
 mod ssh;

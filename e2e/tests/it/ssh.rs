@@ -86,7 +86,6 @@ impl Fx {
 }
 
 #[test]
-#[ignore = "needs `kiln-agent run` (the run path), not on main yet: enable once it lands"]
 fn plan_secret_ticket_serve_and_agent_run_over_loopback_sshd() {
     let Some(f) = fx() else { return };
     let (run, ticket) = f.issue(
@@ -125,7 +124,6 @@ fn plan_secret_ticket_serve_and_agent_run_over_loopback_sshd() {
 }
 
 #[test]
-#[ignore = "needs `kiln-agent run` (the run path), not on main yet: enable once it lands"]
 fn wrong_host_key_in_the_plan_is_an_infrastructure_error() {
     let Some(f) = fx() else { return };
     let (_, impostor) = sshd::keygen(f.tmp.path(), "impostor");

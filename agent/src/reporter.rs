@@ -1,1 +1,0 @@
-//! The reporter: bounded queue, on-disk spool, batching, resend with backoff, acks; or an offline bundle.

@@ -1,0 +1,292 @@
+//! Online runs against a tiny HTTP stub standing in for the coordinator: 5xx
+//! retries, 422 resends, aborts in acks, resumes from the spool.
+use kiln_protocol::{Ack, Batch, Command, Event, Frame, Outcome};
+use std::io::{BufRead, BufReader, Read, Write};
+use std::net::TcpListener;
+use std::sync::{Arc, Mutex};
+
+use super::{exec, finals, opts, ticket};
+use crate::runner::{RunEnd, run_ticket};
+
+/// What the stub coordinator does with the next batches.
+#[derive(Default)]
+struct Stub {
+    stored: Vec<Frame>,
+    /// Answer the next N batches with 503.
+    fail_next: usize,
+    /// Answer with Abort once this many frames are stored.
+    abort_after: Option<usize>,
+    batches: usize,
+}
+
+/// A minimal HTTP/1.1 server for `POST /v1/runs/*/events`: dedupes by seq, refuses
+/// gaps with 422 and `Kiln-Expected-Seq`, acks with postcard(Ack).
+fn serve_stub(stub: Arc<Mutex<Stub>>) -> String {
+    let l = TcpListener::bind("127.0.0.1:0").unwrap();
+    let addr = l.local_addr().unwrap();
+    std::thread::spawn(move || {
+        for conn in l.incoming() {
+            let Ok(conn) = conn else { continue };
+            let stub = stub.clone();
+            std::thread::spawn(move || {
+                let mut r = BufReader::new(conn.try_clone().unwrap());
+                let mut w = conn;
+                loop {
+                    let mut line = String::new();
+                    if r.read_line(&mut line).unwrap_or(0) == 0 {
+                        return;
+                    }
+                    let mut len = 0;
+                    loop {
+                        let mut h = String::new();
+                        r.read_line(&mut h).unwrap();
+                        if h.trim().is_empty() {
+                            break;
+                        }
+                        if let Some(v) = h.to_ascii_lowercase().strip_prefix("content-length:") {
+                            len = v.trim().parse().unwrap();
+                        }
+                    }
+                    let mut body = vec![0; len];
+                    r.read_exact(&mut body).unwrap();
+                    let (status, extra, reply) = answer(&stub, &body);
+                    let head = format!(
+                        "HTTP/1.1 {status}\r\nContent-Length: {}\r\n{extra}\r\n",
+                        reply.len()
+                    );
+                    w.write_all(head.as_bytes()).unwrap();
+                    w.write_all(&reply).unwrap();
+                }
+            });
+        }
+    });
+    format!("http://{addr}")
+}
+
+fn answer(stub: &Mutex<Stub>, body: &[u8]) -> (&'static str, String, Vec<u8>) {
+    let mut s = stub.lock().unwrap();
+    s.batches += 1;
+    if s.fail_next > 0 {
+        s.fail_next -= 1;
+        return ("503 Service Unavailable", String::new(), b"busy".to_vec());
+    }
+    let (batch, _) = Batch::open_unverified(body).unwrap();
+    for f in batch.frames {
+        let next = s.stored.len() as u64 + 1;
+        if f.seq < next {
+            continue;
+        }
+        if f.seq > next {
+            let extra = format!("Kiln-Expected-Seq: {next}\r\n");
+            return ("422 Unprocessable Entity", extra, b"gap".to_vec());
+        }
+        s.stored.push(f);
+    }
+    let command = match s.abort_after {
+        Some(n) if s.stored.len() >= n => Command::Abort {
+            reason: "stop it".into(),
+        },
+        _ => Command::Continue,
+    };
+    let ack = Ack {
+        upto: s.stored.len() as u64,
+        command,
+    };
+    (
+        "200 OK",
+        String::new(),
+        postcard::to_allocvec(&ack).unwrap(),
+    )
+}
+
+#[test]
+fn online_run_survives_5xx_and_stores_every_frame_once() {
+    let stub = Arc::new(Mutex::new(Stub {
+        fail_next: 2,
+        ..Default::default()
+    }));
+    let url = serve_stub(stub.clone());
+    let d = tempfile::tempdir().unwrap();
+    let Some((bytes, key, _)) = ticket(vec![exec("many", "seq 1 3000")], Some(url)) else {
+        return;
+    };
+    let end = run_ticket(opts(bytes, &key, &d.path().join("work"), None));
+    assert_eq!(
+        end,
+        RunEnd::Finished {
+            outcome: Outcome::Passed,
+            shutdown: false
+        }
+    );
+    let s = stub.lock().unwrap();
+    let lines: Vec<&str> = s
+        .stored
+        .iter()
+        .filter_map(|f| match &f.event {
+            Event::Log { text, .. } => Some(text.as_str()),
+            _ => None,
+        })
+        .collect();
+    let want: Vec<String> = (1..=3000).map(|i| i.to_string()).collect();
+    assert_eq!(lines, want);
+    assert!(s.batches >= 3, "{}", s.batches);
+}
+
+#[test]
+fn abort_in_an_ack_stops_the_running_stage() {
+    let stub = Arc::new(Mutex::new(Stub {
+        abort_after: Some(3),
+        ..Default::default()
+    }));
+    let url = serve_stub(stub.clone());
+    let d = tempfile::tempdir().unwrap();
+    let stages = vec![exec("long", "sleep 60"), exec("never", "true")];
+    let Some((bytes, key, _)) = ticket(stages, Some(url)) else {
+        return;
+    };
+    let end = run_ticket(opts(bytes, &key, &d.path().join("work"), None));
+    assert_eq!(
+        end,
+        RunEnd::Finished {
+            outcome: Outcome::Aborted,
+            shutdown: false
+        }
+    );
+    let s = stub.lock().unwrap();
+    assert_eq!(finals(&s.stored), [(0, 1, Outcome::Aborted)]);
+}
+
+#[test]
+fn a_restart_resumes_from_the_spool_without_rerunning_finished_stages() {
+    resume_case(3);
+}
+
+#[test]
+fn a_coordinator_behind_the_acked_mark_gets_the_gap_resent_after_422() {
+    // The spool says 3 are acked, the coordinator has 1: it answers 422 and the
+    // agent resends from seq 2.
+    resume_case(1);
+}
+
+fn resume_case(coordinator_has: usize) {
+    let d = tempfile::tempdir().unwrap();
+    let work = d.path().join("work");
+    let marker = d.path().join("ran-first");
+    let stages = vec![
+        exec("first", &format!("touch {}", marker.display())),
+        exec("second", "echo again"),
+    ];
+    let stub = Arc::new(Mutex::new(Stub::default()));
+    let url = serve_stub(stub.clone());
+    let Some((bytes, key, run)) = ticket(stages, Some(url)) else {
+        return;
+    };
+    // What a previous start left: stage 0 done, stage 1 interrupted, 3 frames acked.
+    std::fs::create_dir_all(&work).unwrap();
+    std::fs::write(work.join("run"), format!("{run}\n")).unwrap();
+    let claim = crate::runner::claim_key(&work).unwrap();
+    let (mut spool, _) = crate::spool::Spool::open(&work).unwrap();
+    let events = [
+        Event::Claim {
+            agent_key: claim.public(),
+            agent_version: "old".into(),
+            boot_id: "old".into(),
+        },
+        Event::StageStarted {
+            stage: 0,
+            attempt: 1,
+        },
+        Event::StageFinished {
+            stage: 0,
+            attempt: 1,
+            outcome: Outcome::Passed,
+            exit_code: Some(0),
+            duration_ms: 1,
+            detail: "exit 0".into(),
+        },
+        Event::StageStarted {
+            stage: 1,
+            attempt: 1,
+        },
+    ];
+    for (i, event) in events.into_iter().enumerate() {
+        let f = Frame {
+            seq: i as u64 + 1,
+            at_ms: 1,
+            event,
+        };
+        spool.append(&f).unwrap();
+        if i < coordinator_has {
+            stub.lock().unwrap().stored.push(f);
+        }
+    }
+    spool.store_acked(3).unwrap();
+    drop(spool);
+
+    let end = run_ticket(opts(bytes, &key, &work, None));
+    assert_eq!(
+        end,
+        RunEnd::Finished {
+            outcome: Outcome::Passed,
+            shutdown: false
+        }
+    );
+    assert!(!marker.exists(), "the finished stage ran again");
+    let s = stub.lock().unwrap();
+    let seqs: Vec<u64> = s.stored.iter().map(|f| f.seq).collect();
+    assert_eq!(seqs, (1..=s.stored.len() as u64).collect::<Vec<_>>());
+    assert_eq!(
+        finals(&s.stored),
+        [
+            (0, 1, Outcome::Passed),
+            (1, 1, Outcome::Error),
+            (1, 2, Outcome::Passed)
+        ]
+    );
+    // The resumed start claims again under the same key.
+    let claims: Vec<_> = s
+        .stored
+        .iter()
+        .filter_map(|f| match &f.event {
+            Event::Claim { agent_key, .. } => Some(*agent_key),
+            _ => None,
+        })
+        .collect();
+    assert_eq!(claims, [claim.public(), claim.public()]);
+}
+
+#[test]
+fn a_restart_after_the_run_finished_only_resends_what_was_not_acked() {
+    let d = tempfile::tempdir().unwrap();
+    let work = d.path().join("work");
+    let stub = Arc::new(Mutex::new(Stub::default()));
+    let url = serve_stub(stub.clone());
+    let Some((bytes, key, _)) = ticket(vec![exec("a", "echo a")], Some(url)) else {
+        return;
+    };
+    // A first start runs it all and is acked; then the spool forgets the acks, as
+    // if the agent died before storing the mark.
+    let end = run_ticket(opts(bytes.clone(), &key, &work, None));
+    assert!(matches!(
+        end,
+        RunEnd::Finished {
+            outcome: Outcome::Passed,
+            ..
+        }
+    ));
+    let first = stub.lock().unwrap().stored.clone();
+    std::fs::write(work.join(crate::spool::ACKED_FILE), "0\n").unwrap();
+    let end = run_ticket(opts(bytes, &key, &work, None));
+    assert!(matches!(
+        end,
+        RunEnd::Finished {
+            outcome: Outcome::Passed,
+            ..
+        }
+    ));
+    assert_eq!(
+        stub.lock().unwrap().stored,
+        first,
+        "frames were added after RunFinished"
+    );
+}

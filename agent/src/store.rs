@@ -1,0 +1,177 @@
+//! Files in and out of a run: artifact uploads (online) or kept blobs (offline),
+//! CAS downloads into the work folder's cache, or a local CAS folder (offline);
+//! every object is checked against its sha256.
+use kiln_protocol::{RunId, Sha256};
+use sha2::Digest;
+use std::fs;
+use std::io::{self, Read, Write};
+use std::path::{Path, PathBuf};
+use std::time::{Duration, Instant};
+
+use crate::client::{Backoff, Client, Fail};
+
+/// How long uploads and downloads keep retrying transient failures.
+pub const TRANSFER_LIMIT: Duration = Duration::from_secs(120);
+
+fn other(msg: String) -> io::Error {
+    io::Error::other(msg)
+}
+
+/// Reads a file and its digest.
+fn read_with_sha(path: &Path) -> io::Result<(Vec<u8>, Sha256)> {
+    let bytes = fs::read(path)?;
+    let sha = Sha256::of(&bytes);
+    Ok((bytes, sha))
+}
+
+/// The digest of a file's bytes, streamed.
+pub fn sha_of_file(path: &Path) -> io::Result<Sha256> {
+    let mut f = fs::File::open(path)?;
+    let mut h = sha2::Sha256::new();
+    let mut buf = vec![0u8; 64 * 1024];
+    loop {
+        let n = f.read(&mut buf)?;
+        if n == 0 {
+            break;
+        }
+        h.update(&buf[..n]);
+    }
+    Ok(Sha256(h.finalize().into()))
+}
+
+/// Uploads a file as an artifact of `run`, retrying transient failures.
+pub fn upload_artifact(c: &Client, run: &RunId, path: &Path) -> io::Result<(Sha256, u64)> {
+    let (bytes, sha) = read_with_sha(path)?;
+    let deadline = Instant::now() + TRANSFER_LIMIT;
+    let mut backoff = Backoff::default();
+    loop {
+        match c.put_artifact(run, &sha, &bytes) {
+            Ok(()) => return Ok((sha, bytes.len() as u64)),
+            Err(Fail::Refused(refused)) => {
+                return Err(other(format!("artifact {sha} refused: {refused}")));
+            }
+            Err(Fail::Transient(why)) if Instant::now() < deadline => {
+                log::warn!("uploading artifact {sha}: {why} (retrying)");
+                std::thread::sleep(backoff.next_delay());
+            }
+            Err(Fail::Transient(why)) => {
+                return Err(other(format!("uploading artifact {sha}: {why}")));
+            }
+        }
+    }
+}
+
+/// Offline: keeps a copy of the file in `work/blobs/<sha>` for the bundle.
+pub fn keep_blob(work: &Path, path: &Path) -> io::Result<(Sha256, u64)> {
+    let (bytes, sha) = read_with_sha(path)?;
+    let dir = work.join("blobs");
+    fs::create_dir_all(&dir)?;
+    let dest = dir.join(sha.to_string());
+    if !dest.exists() {
+        let tmp = dir.join(format!("{sha}.tmp"));
+        let mut f = fs::File::create(&tmp)?;
+        f.write_all(&bytes)?;
+        f.sync_all()?;
+        fs::rename(&tmp, &dest)?;
+    }
+    Ok((sha, bytes.len() as u64))
+}
+
+/// The kept blob of an offline run.
+pub fn blob_path(work: &Path, sha: &Sha256) -> PathBuf {
+    work.join("blobs").join(sha.to_string())
+}
+
+/// Online: a CAS object in the work folder's cache, downloaded and checked if needed.
+pub fn download_cas(c: &Client, work: &Path, sha: &Sha256) -> io::Result<PathBuf> {
+    let dir = work.join("cas");
+    fs::create_dir_all(&dir)?;
+    let dest = dir.join(sha.to_string());
+    if dest.is_file() {
+        return Ok(dest);
+    }
+    let tmp = dir.join(format!("{sha}.part"));
+    let deadline = Instant::now() + TRANSFER_LIMIT;
+    let mut backoff = Backoff::default();
+    loop {
+        let mut f = fs::File::create(&tmp)?;
+        match c.get_cas(sha, &mut f) {
+            Ok(_) => {
+                f.sync_all()?;
+                drop(f);
+                let got = sha_of_file(&tmp)?;
+                if got != *sha {
+                    let _ = fs::remove_file(&tmp);
+                    return Err(io::Error::new(
+                        io::ErrorKind::InvalidData,
+                        format!("cas object {sha}: downloaded bytes hash to {got}"),
+                    ));
+                }
+                fs::rename(&tmp, &dest)?;
+                return Ok(dest);
+            }
+            Err(Fail::Refused(refused)) => {
+                let _ = fs::remove_file(&tmp);
+                return Err(io::Error::new(
+                    io::ErrorKind::NotFound,
+                    format!("cas object {sha}: {refused}"),
+                ));
+            }
+            Err(Fail::Transient(why)) if Instant::now() < deadline => {
+                log::warn!("downloading cas object {sha}: {why} (retrying)");
+                std::thread::sleep(backoff.next_delay());
+            }
+            Err(Fail::Transient(why)) => {
+                let _ = fs::remove_file(&tmp);
+                return Err(other(format!("downloading cas object {sha}: {why}")));
+            }
+        }
+    }
+}
+
+/// Offline: a CAS object in a local folder, checked against its digest.
+pub fn local_cas(cas_dir: Option<&Path>, sha: &Sha256) -> io::Result<PathBuf> {
+    let Some(dir) = cas_dir else {
+        return Err(io::Error::new(
+            io::ErrorKind::NotFound,
+            format!("cas object {sha}: no CAS folder for this offline run (pass --cas DIR)"),
+        ));
+    };
+    let p = dir.join(sha.to_string());
+    let got = sha_of_file(&p)
+        .map_err(|e| io::Error::new(e.kind(), format!("cas object {}: {e}", p.display())))?;
+    if got != *sha {
+        return Err(io::Error::new(
+            io::ErrorKind::InvalidData,
+            format!("cas object {}: bytes hash to {got}", p.display()),
+        ));
+    }
+    Ok(p)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn local_cas_checks_the_digest() {
+        let d = tempfile::tempdir().unwrap();
+        let sha = Sha256::of(b"hello");
+        fs::write(d.path().join(sha.to_string()), b"hello").unwrap();
+        assert!(local_cas(Some(d.path()), &sha).is_ok());
+        fs::write(d.path().join(sha.to_string()), b"hellO").unwrap();
+        let e = local_cas(Some(d.path()), &sha).unwrap_err();
+        assert_eq!(e.kind(), io::ErrorKind::InvalidData);
+        assert!(local_cas(None, &sha).is_err());
+    }
+
+    #[test]
+    fn kept_blobs_are_named_by_digest() {
+        let d = tempfile::tempdir().unwrap();
+        let f = d.path().join("a.txt");
+        fs::write(&f, b"artifact").unwrap();
+        let (sha, size) = keep_blob(d.path(), &f).unwrap();
+        assert_eq!(size, 8);
+        assert_eq!(fs::read(blob_path(d.path(), &sha)).unwrap(), b"artifact");
+    }
+}
