@@ -83,9 +83,12 @@ esac"#;
     assert_eq!(r.outcome, Outcome::Failed, "{r:?}");
     assert!(took < Duration::from_secs(120), "fail_fast took {took:?}");
 
-    assert_eq!(
-        part(&sink, &format!("{IMAGE_A} ROLE=quick")).1,
-        Outcome::Passed
+    // The passing quick cell exits at once, but on a loaded machine its container may
+    // still be starting when the failure lands: then fail_fast rightly aborts it.
+    let quick_a = part(&sink, &format!("{IMAGE_A} ROLE=quick")).1;
+    assert!(
+        matches!(quick_a, Outcome::Passed | Outcome::Aborted),
+        "{quick_a:?}"
     );
     assert_eq!(
         part(&sink, &format!("{IMAGE_B} ROLE=quick")).1,

@@ -1,10 +1,225 @@
-//! The `gpu` stage.
-use kiln_protocol::GpuSpec;
+//! The `gpu` stage: query every NVIDIA GPU with nvidia-smi (name, memory, temperature,
+//! power, uncorrected ECC errors, SM clock); optionally load them with `gpu_burn`
+//! while sampling. No driver or no GPU: `skipped` with the reason.
+use kiln_protocol::{GpuSpec, Outcome};
+use smol::future::FutureExt;
+use std::time::Duration;
 
+use super::nvsmi::{self, GpuReading};
+use super::tools::{Tool, ToolError, find};
 use crate::stages::{StageCtx, StageResult};
+
+/// How often GPUs are sampled during the load test.
+const SAMPLE_EVERY: Duration = Duration::from_secs(5);
+
+/// One query: the readings, or how the stage ends.
+async fn query(ctx: &StageCtx) -> Result<(Vec<GpuReading>, String), StageResult> {
+    let c = match Tool::new(nvsmi::query_argv(), 60).run(ctx).await {
+        Ok(c) => c,
+        Err(ToolError::Missing(_)) => {
+            return Err(StageResult::new(
+                Outcome::Skipped,
+                "nvidia-smi not found: no NVIDIA driver installed",
+            ));
+        }
+        Err(e) => return Err(e.result(ctx)),
+    };
+    let text = c.text();
+    if c.code != 0 {
+        let all = format!("{text}\n{}", c.stderr.join("\n"));
+        let (outcome, detail) = nvsmi::judge_failure(c.code, &all);
+        return Err(StageResult::new(outcome, detail));
+    }
+    match nvsmi::parse(&text) {
+        Ok(g) if g.is_empty() => Err(StageResult::new(Outcome::Skipped, "no NVIDIA GPU found")),
+        Ok(g) => Ok((g, text)),
+        Err(e) => Err(StageResult::error(e)),
+    }
+}
+
+fn report(ctx: &StageCtx, g: &GpuReading, suffix: &str) {
+    let p = format!("gpu{}.", g.index);
+    let put = |name: &str, v: Option<f64>, unit: &str| {
+        if let Some(v) = v {
+            ctx.measure(&format!("{p}{name}{suffix}"), v, unit);
+        }
+    };
+    put("temperature", g.temperature_c, "C");
+    put("power", g.power_w, "W");
+    put("clock_sm", g.clock_sm_mhz, "MHz");
+    if suffix.is_empty() {
+        put("memory_total", g.memory_mib.map(|m| m as f64), "MiB");
+        put(
+            "ecc_uncorrected",
+            g.ecc_uncorrected.map(|e| e as f64),
+            "count",
+        );
+    }
+}
+
+fn show(v: Option<impl std::fmt::Display>, unit: &str) -> String {
+    v.map(|v| format!("{v}{unit}"))
+        .unwrap_or_else(|| "n/a".into())
+}
+
+/// Problems in one reading against the spec: (failing?, text).
+fn problems(spec: &GpuSpec, g: &GpuReading) -> Vec<String> {
+    let mut out = Vec::new();
+    if let Some(e) = g.ecc_uncorrected.filter(|e| *e > 0) {
+        out.push(format!("{e} uncorrected ECC errors"));
+    }
+    if let (Some(max), Some(t)) = (spec.max_temperature_c, g.temperature_c)
+        && t > max as f64
+    {
+        out.push(format!("temperature {t} °C above {max} °C"));
+    }
+    out
+}
+
+/// Runs `gpu_burn` for the spec's duration, sampling every GPU meanwhile; returns
+/// the hottest reading per GPU and the load tool's verdict lines.
+async fn load(
+    ctx: &StageCtx,
+    spec: &GpuSpec,
+    first: &[GpuReading],
+) -> Result<Vec<GpuReading>, StageResult> {
+    let Some(burn) = find("gpu_burn") else {
+        return Err(StageResult::error(
+            "gpu_burn not found on PATH (needed for the load test)",
+        ));
+    };
+    ctx.note(&format!("load: gpu_burn for {}s", spec.duration_s));
+    let mut peak: Vec<GpuReading> = first.to_vec();
+    let mut tool = Tool::new(
+        [
+            burn.to_string_lossy().into_owned(),
+            spec.duration_s.to_string(),
+        ],
+        spec.duration_s + 120,
+    )
+    .streamed();
+    // gpu_burn reads compare.ptx from its working folder: run it where it lives.
+    tool.cwd = burn
+        .canonicalize()
+        .ok()
+        .and_then(|p| p.parent().map(|d| d.to_path_buf()));
+    let sampler = async {
+        loop {
+            smol::Timer::after(SAMPLE_EVERY).await;
+            if let Ok((now, _)) = query(ctx).await {
+                for r in now {
+                    if let Some(p) = peak.iter_mut().find(|p| p.index == r.index) {
+                        p.temperature_c = max(p.temperature_c, r.temperature_c);
+                        p.power_w = max(p.power_w, r.power_w);
+                        p.clock_sm_mhz = max(p.clock_sm_mhz, r.clock_sm_mhz);
+                        p.ecc_uncorrected = r.ecc_uncorrected.or(p.ecc_uncorrected);
+                    }
+                }
+            }
+        }
+    };
+    let out = async { tool.run(ctx).await }.or(async {
+        sampler.await;
+        unreachable!("the sampler loops forever")
+    });
+    let c = out.await.map_err(|e| e.result(ctx))?;
+    let text = c.text();
+    let faulty: Vec<&str> = text.lines().filter(|l| l.contains("FAULTY")).collect();
+    if c.code != 0 || !faulty.is_empty() {
+        let why = faulty.first().copied().unwrap_or("gpu_burn failed");
+        return Err(StageResult::new(
+            Outcome::Failed,
+            format!("load test: {why} (exit {})", c.code),
+        ));
+    }
+    Ok(peak)
+}
+
+fn max(a: Option<f64>, b: Option<f64>) -> Option<f64> {
+    match (a, b) {
+        (Some(a), Some(b)) => Some(a.max(b)),
+        (a, b) => a.or(b),
+    }
+}
 
 /// Runs the stage.
 pub async fn run(ctx: &StageCtx, spec: &GpuSpec) -> StageResult {
-    let _ = (ctx, spec);
-    StageResult::error("the gpu stage is not implemented yet")
+    let (gpus, raw) = match query(ctx).await {
+        Ok(r) => r,
+        Err(r) => {
+            ctx.note(&r.detail);
+            return r;
+        }
+    };
+    let path = ctx.dir.join("nvidia-smi.csv");
+    if std::fs::write(&path, &raw).is_ok() {
+        let _ = ctx.artifact(&path, "nvidia-smi.csv").await;
+    }
+    let mut bad = Vec::new();
+    for g in &gpus {
+        ctx.note(&format!(
+            "gpu{} {} {}: {} MiB, {}, {}, sm {}, ecc uncorrected {}",
+            g.index,
+            g.bus_id,
+            g.name,
+            show(g.memory_mib, ""),
+            show(g.temperature_c, " °C"),
+            show(g.power_w, " W"),
+            show(g.clock_sm_mhz, " MHz"),
+            show(g.ecc_uncorrected, "")
+        ));
+        report(ctx, g, "");
+    }
+    let peaks = if spec.duration_s > 0 {
+        match load(ctx, spec, &gpus).await {
+            Ok(p) => {
+                for g in &p {
+                    report(ctx, g, "_max");
+                }
+                p
+            }
+            Err(r) => return r,
+        }
+    } else {
+        gpus.clone()
+    };
+    for g in &peaks {
+        let p = problems(spec, g);
+        let name = format!("gpu{} {}", g.index, g.bus_id);
+        if p.is_empty() {
+            ctx.part(&name, Outcome::Passed, &g.name, vec![]);
+        } else {
+            let detail = format!("{}: {}", g.name, p.join(", "));
+            ctx.note(&format!("{name}: {detail}"));
+            ctx.part(&name, Outcome::Failed, &detail, vec![]);
+            bad.push(format!("gpu{} {}", g.index, p.join(", ")));
+        }
+    }
+    if bad.is_empty() {
+        StageResult::new(Outcome::Passed, format!("{} GPUs healthy", gpus.len()))
+    } else {
+        StageResult::new(Outcome::Failed, bad.join("; "))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn ecc_and_heat_are_problems() {
+        let spec = GpuSpec {
+            duration_s: 0,
+            max_temperature_c: Some(80),
+        };
+        let mut g = GpuReading {
+            temperature_c: Some(85.0),
+            ecc_uncorrected: Some(2),
+            ..Default::default()
+        };
+        assert_eq!(problems(&spec, &g).len(), 2);
+        g.temperature_c = Some(40.0);
+        g.ecc_uncorrected = Some(0);
+        assert!(problems(&spec, &g).is_empty());
+    }
 }

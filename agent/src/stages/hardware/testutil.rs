@@ -1,0 +1,150 @@
+//! Test helpers: a stage context on a memory sink, and readers for its events.
+use kiln_protocol::{Event, Outcome, Stage, StageKind};
+use std::sync::Arc;
+
+use crate::stages::{MemorySink, StageCtx};
+
+/// A stage of `kind` with defaults.
+pub fn stage(kind: StageKind) -> Stage {
+    Stage {
+        name: "hw".into(),
+        kind,
+        timeout_s: 0,
+        retries: 0,
+        destructive: false,
+        continue_on_failure: false,
+        tests: None,
+        env: vec![],
+        secrets: vec![],
+    }
+}
+
+/// A context for an exec stage in a fresh folder.
+pub fn ctx() -> (StageCtx, Arc<MemorySink>, tempfile::TempDir) {
+    ctx_for(StageKind::Exec { command: vec![] })
+}
+
+/// A context for a stage of `kind` in a fresh folder.
+pub fn ctx_for(kind: StageKind) -> (StageCtx, Arc<MemorySink>, tempfile::TempDir) {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let (c, s) = StageCtx::for_test(stage(kind), dir.path().to_path_buf());
+    (c, s, dir)
+}
+
+/// Every measurement: (name, value, unit).
+pub fn measures(sink: &MemorySink) -> Vec<(String, f64, String)> {
+    sink.events
+        .lock()
+        .expect("sink lock")
+        .iter()
+        .filter_map(|e| match e {
+            Event::Measure {
+                name, value, unit, ..
+            } => Some((name.clone(), *value, unit.clone())),
+            _ => None,
+        })
+        .collect()
+}
+
+/// The value of the measurement `name`, if reported.
+pub fn measure(sink: &MemorySink, name: &str) -> Option<f64> {
+    measures(sink)
+        .into_iter()
+        .find(|(n, _, _)| n == name)
+        .map(|(_, v, _)| v)
+}
+
+/// Every part: (name, outcome, detail).
+pub fn parts(sink: &MemorySink) -> Vec<(String, Outcome, String)> {
+    sink.events
+        .lock()
+        .expect("sink lock")
+        .iter()
+        .filter_map(|e| match e {
+            Event::Part {
+                name,
+                outcome,
+                detail,
+                ..
+            } => Some((name.clone(), *outcome, detail.clone())),
+            _ => None,
+        })
+        .collect()
+}
+
+/// Whether `tool` is on PATH. Missing: a failure under `KILN_CI=1`, else the test
+/// skips loudly (the caller returns).
+pub fn have(tool: &str) -> bool {
+    if super::tools::find(tool).is_some() {
+        return true;
+    }
+    if std::env::var("KILN_CI").is_ok_and(|v| v == "1") {
+        panic!("{tool} is required in CI (KILN_CI=1) but is not installed");
+    }
+    eprintln!("SKIPPED: {tool} is not installed (this test would fail in CI)");
+    false
+}
+
+/// Runs a command that must succeed; returns stdout.
+pub fn sh(argv: &[&str]) -> String {
+    let o = std::process::Command::new(argv[0])
+        .args(&argv[1..])
+        .output()
+        .unwrap_or_else(|e| panic!("{}: {e}", argv[0]));
+    assert!(
+        o.status.success(),
+        "{argv:?} failed: {}",
+        String::from_utf8_lossy(&o.stderr)
+    );
+    String::from_utf8_lossy(&o.stdout).into_owned()
+}
+
+/// A loop device over a sparse file; detached on drop.
+pub struct Loop {
+    /// `/dev/loopN`.
+    pub dev: String,
+}
+
+impl Loop {
+    /// A loop device over `file` (created `size` bytes long if missing). `None` (a
+    /// loud skip; a failure under `KILN_CI=1`) where loop devices are unavailable.
+    pub fn new(file: &std::path::Path, size: u64) -> Option<Loop> {
+        if !file.exists() {
+            std::fs::File::create(file)
+                .and_then(|f| f.set_len(size))
+                .expect("backing file");
+        }
+        let o = std::process::Command::new("losetup")
+            .args(["-f", "--show"])
+            .arg(file)
+            .output();
+        match o {
+            Ok(o) if o.status.success() => Some(Loop {
+                dev: String::from_utf8_lossy(&o.stdout).trim().to_string(),
+            }),
+            other => {
+                let why = format!("loop devices unavailable: {other:?}");
+                if std::env::var("KILN_CI").is_ok_and(|v| v == "1") {
+                    panic!("{why}");
+                }
+                eprintln!("SKIPPED: {why}");
+                None
+            }
+        }
+    }
+
+    /// sha256 hex of the device's whole contents.
+    pub fn hash(&self) -> String {
+        use sha2::Digest;
+        let bytes = std::fs::read(&self.dev).expect("read loop device");
+        format!("{:x}", sha2::Sha256::digest(&bytes))
+    }
+}
+
+impl Drop for Loop {
+    fn drop(&mut self) {
+        let _ = std::process::Command::new("losetup")
+            .args(["-d", &self.dev])
+            .status();
+    }
+}

@@ -1,0 +1,287 @@
+//! Running a hardware tool: looked up on PATH first (a missing tool is an error that
+//! names it), own process group, stdout captured, stderr streamed as `Log` lines, and
+//! the whole group killed on its timeout or when the stage is stopped.
+use kiln_protocol::Stream;
+use nix::sys::signal::{Signal, killpg};
+use nix::unistd::Pid;
+use smol::future::FutureExt;
+use smol::io::AsyncReadExt;
+use std::os::unix::process::{CommandExt, ExitStatusExt};
+use std::path::PathBuf;
+use std::process::Stdio;
+use std::time::Duration;
+
+use crate::stages::{StageCtx, StageResult, Stop};
+
+/// Most stdout bytes kept from one tool run; the rest is dropped.
+pub const MAX_STDOUT: usize = 32 * 1024 * 1024;
+
+/// What a tool run printed and how it exited.
+#[derive(Debug, Clone)]
+pub struct Captured {
+    /// Exit code, or 128 + signal when killed by a signal we did not send.
+    pub code: i32,
+    /// All of stdout (up to [`MAX_STDOUT`]).
+    pub stdout: Vec<u8>,
+    /// The last lines of stderr.
+    pub stderr: Vec<String>,
+}
+
+impl Captured {
+    /// stdout as text (lossy).
+    pub fn text(&self) -> String {
+        String::from_utf8_lossy(&self.stdout).into_owned()
+    }
+}
+
+/// Why a tool run produced no output to judge.
+#[derive(Debug, Clone, PartialEq)]
+pub enum ToolError {
+    /// The tool is not on PATH.
+    Missing(String),
+    /// It could not be started.
+    Spawn(String, String),
+    /// It ran past its own time limit and was killed.
+    TimedOut(String, u64),
+    /// The stage was stopped (timeout or abort) while it ran.
+    Stopped(Stop),
+}
+
+impl std::fmt::Display for ToolError {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            ToolError::Missing(t) => write!(f, "{t} not found on PATH"),
+            ToolError::Spawn(t, e) => write!(f, "could not start {t}: {e}"),
+            ToolError::TimedOut(t, s) => write!(f, "{t} did not finish within {s}s"),
+            ToolError::Stopped(s) => write!(f, "stopped: {s:?}"),
+        }
+    }
+}
+
+impl ToolError {
+    /// The stage result for a tool that could not do its job: `error` (never the
+    /// machine's fault), or the stop's own outcome.
+    pub fn result(&self, ctx: &StageCtx) -> StageResult {
+        match self {
+            ToolError::Stopped(s) => StageResult::new(s.outcome(), s.detail(ctx.stage.timeout_s)),
+            other => StageResult::error(other.to_string()),
+        }
+    }
+}
+
+/// The full path of `tool` on PATH, if it is there and executable.
+pub fn find(tool: &str) -> Option<PathBuf> {
+    use std::os::unix::fs::PermissionsExt;
+    if tool.contains('/') {
+        return Some(PathBuf::from(tool));
+    }
+    let path = std::env::var_os("PATH").unwrap_or_else(|| "/usr/sbin:/usr/bin:/sbin:/bin".into());
+    std::env::split_paths(&path)
+        .map(|d| d.join(tool))
+        .find(|p| {
+            p.metadata()
+                .map(|m| m.is_file() && m.permissions().mode() & 0o111 != 0)
+                .unwrap_or(false)
+        })
+}
+
+/// Options of one tool run.
+#[derive(Debug, Clone)]
+pub struct Tool {
+    /// argv; `argv[0]` is looked up on PATH.
+    pub argv: Vec<String>,
+    /// Kill the tool after this long.
+    pub timeout: Duration,
+    /// Also log stdout lines as they arrive (long runs with human output).
+    pub stream_stdout: bool,
+    /// Working folder (default: the stage's folder).
+    pub cwd: Option<PathBuf>,
+}
+
+impl Tool {
+    /// A run of `argv` limited to `timeout_s` seconds, stdout captured silently.
+    pub fn new<S: Into<String>>(argv: impl IntoIterator<Item = S>, timeout_s: u64) -> Tool {
+        Tool {
+            argv: argv.into_iter().map(Into::into).collect(),
+            timeout: Duration::from_secs(timeout_s),
+            stream_stdout: false,
+            cwd: None,
+        }
+    }
+
+    /// Logs stdout lines too.
+    pub fn streamed(mut self) -> Tool {
+        self.stream_stdout = true;
+        self
+    }
+
+    /// The tool's name (`argv[0]`).
+    pub fn name(&self) -> &str {
+        self.argv.first().map(String::as_str).unwrap_or("")
+    }
+
+    /// Runs the tool to its end, its timeout, or the stage's stop.
+    pub async fn run(&self, ctx: &StageCtx) -> Result<Captured, ToolError> {
+        let name = self.name().to_string();
+        let Some(program) = find(&name) else {
+            return Err(ToolError::Missing(name));
+        };
+        let mut cmd = std::process::Command::new(&program);
+        cmd.args(&self.argv[1..])
+            .current_dir(self.cwd.as_ref().unwrap_or(&ctx.dir))
+            .env("LC_ALL", "C")
+            .process_group(0);
+        let mut cmd = async_process::Command::from(cmd);
+        cmd.stdin(Stdio::null())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped());
+        let mut child = cmd
+            .spawn()
+            .map_err(|e| ToolError::Spawn(name.clone(), e.to_string()))?;
+        let pgid = child.id() as i32;
+        let stdout = child.stdout.take();
+        let stderr = child.stderr.take();
+        enum End {
+            Done(i32, Vec<u8>, Vec<String>),
+            Timeout,
+            Stop(Stop),
+        }
+        let work = async {
+            let out = read_lines(ctx, stdout, Stream::Stdout, self.stream_stdout, true);
+            let err = read_lines(ctx, stderr, Stream::Stderr, true, false);
+            let ((out, _), (_, err)) = smol::future::zip(out, err).await;
+            let code = match child.status().await {
+                Ok(s) => s.code().unwrap_or_else(|| 128 + s.signal().unwrap_or(0)),
+                Err(_) => -1,
+            };
+            End::Done(code, out, err)
+        };
+        let timer = async {
+            smol::Timer::after(self.timeout).await;
+            End::Timeout
+        };
+        let stop = async { End::Stop(ctx.stopped().await) };
+        let end = work.or(timer).or(stop).await;
+        // Sweep the group either way: a finished tool may have left helpers behind.
+        let _ = killpg(Pid::from_raw(pgid), Signal::SIGKILL);
+        match end {
+            End::Done(code, stdout, stderr) => Ok(Captured {
+                code,
+                stdout,
+                stderr,
+            }),
+            End::Timeout => {
+                let _ = child.status().await;
+                Err(ToolError::TimedOut(name, self.timeout.as_secs()))
+            }
+            End::Stop(s) => {
+                let _ = child.status().await;
+                Err(ToolError::Stopped(s))
+            }
+        }
+    }
+}
+
+/// Reads a pipe to its end; logs complete lines when `log`; keeps the raw bytes when
+/// `keep`, else the last 50 lines.
+async fn read_lines(
+    ctx: &StageCtx,
+    reader: Option<impl smol::io::AsyncRead + Unpin>,
+    stream: Stream,
+    log: bool,
+    keep: bool,
+) -> (Vec<u8>, Vec<String>) {
+    let mut raw = Vec::new();
+    let mut tail: Vec<String> = Vec::new();
+    let Some(mut reader) = reader else {
+        return (raw, tail);
+    };
+    let mut pending: Vec<u8> = Vec::new();
+    let mut buf = vec![0u8; 16 * 1024];
+    let emit = |line: &[u8], tail: &mut Vec<String>| {
+        let text = String::from_utf8_lossy(line.strip_suffix(b"\r").unwrap_or(line)).into_owned();
+        if log {
+            ctx.log(stream, &text);
+        }
+        if !keep {
+            if tail.len() == 50 {
+                tail.remove(0);
+            }
+            tail.push(text);
+        }
+    };
+    loop {
+        let n = match reader.read(&mut buf).await {
+            Ok(0) | Err(_) => break,
+            Ok(n) => n,
+        };
+        if keep && raw.len() < MAX_STDOUT {
+            let room = MAX_STDOUT - raw.len();
+            raw.extend_from_slice(&buf[..n.min(room)]);
+        }
+        if log || !keep {
+            pending.extend_from_slice(&buf[..n]);
+            let mut start = 0;
+            while let Some(pos) = pending[start..].iter().position(|&b| b == b'\n') {
+                emit(&pending[start..start + pos], &mut tail);
+                start += pos + 1;
+            }
+            pending.drain(..start);
+            if pending.len() > 16 * 1024 {
+                emit(&pending, &mut tail);
+                pending.clear();
+            }
+        }
+    }
+    if !pending.is_empty() {
+        emit(&pending, &mut tail);
+    }
+    (raw, tail)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::stages::hardware::testutil::ctx;
+
+    #[test]
+    fn captures_stdout_and_logs_stderr() {
+        let (c, sink, _d) = ctx();
+        let t = Tool::new(["sh", "-c", "echo out; echo err >&2; exit 3"], 10);
+        let r = smol::block_on(t.run(&c)).expect("runs");
+        assert_eq!(r.code, 3);
+        assert_eq!(r.text(), "out\n");
+        assert_eq!(r.stderr, ["err"]);
+        assert_eq!(sink.lines(), ["err"]);
+    }
+
+    #[test]
+    fn missing_tool_is_named() {
+        let (c, _s, _d) = ctx();
+        let e = smol::block_on(Tool::new(["kiln-no-such-tool"], 5).run(&c)).unwrap_err();
+        assert_eq!(e, ToolError::Missing("kiln-no-such-tool".into()));
+        let r = e.result(&c);
+        assert_eq!(r.outcome, kiln_protocol::Outcome::Error);
+        assert!(r.detail.contains("kiln-no-such-tool"), "{}", r.detail);
+    }
+
+    #[test]
+    fn timeout_kills_the_group() {
+        let (c, _s, _d) = ctx();
+        let start = std::time::Instant::now();
+        let mut t = Tool::new(["sh", "-c", "sleep 30 & sleep 30"], 0);
+        t.timeout = Duration::from_millis(200);
+        let e = smol::block_on(t.run(&c)).unwrap_err();
+        assert!(matches!(e, ToolError::TimedOut(..)), "{e:?}");
+        assert!(start.elapsed() < Duration::from_secs(20));
+    }
+
+    #[test]
+    fn stop_ends_the_run() {
+        let (c, _s, _d) = ctx();
+        c.stop.fire(Stop::Abort("test".into()));
+        let e = smol::block_on(Tool::new(["sleep", "30"], 60).run(&c)).unwrap_err();
+        assert_eq!(e, ToolError::Stopped(Stop::Abort("test".into())));
+        assert_eq!(e.result(&c).outcome, kiln_protocol::Outcome::Aborted);
+    }
+}
