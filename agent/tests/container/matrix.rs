@@ -64,7 +64,7 @@ fn fail_fast_kills_running_siblings_and_removes_their_containers() {
     .unwrap();
     let script = r#". /etc/os-release
 case "$ROLE" in
-slow) touch /sync/$ID; echo "slow cell running"; sleep 300 ;;
+slow) echo "slow cell running"; touch /sync/$ID; sleep 300 ;;
 quick) [ "$ID" = kiln-a ] && exit 0
        while [ ! -e /sync/kiln-a ] || [ ! -e /sync/kiln-b ]; do sleep 0.05; done
        exit 1 ;;
@@ -98,14 +98,12 @@ esac"#;
         let p = part(&sink, &format!("{image} ROLE=slow"));
         assert_eq!(p.1, Outcome::Aborted, "{p:?}");
         assert!(p.2.contains("fail_fast"), "{p:?}");
-        assert!(p.3.contains(&"slow cell running".to_string()), "{p:?}");
     }
-    assert!(
-        sink.lines()
-            .contains(&format!("[{IMAGE_A} ROLE=slow] slow cell running")),
-        "{:?}",
-        sink.lines()
-    );
+    // Both slow cells were running when the failure stopped them. (Their output
+    // may still be in podman's pipes when they are killed, so the markers prove it.)
+    for id in ["kiln-a", "kiln-b"] {
+        assert!(sync.path().join(id).exists(), "slow cell {id} never ran");
+    }
     assert!(
         containers_of("matrix-ff").is_empty(),
         "{:?}",
