@@ -87,6 +87,8 @@ pub fn cmd_host_add(state: &State, c: &HostAddCmd) -> Result<i32> {
     };
     if let Some(image) = &c.image {
         check_name(image, "image")?;
+        // A host bound to an image that does not exist could never netboot.
+        crate::images::require(state, image)?;
     }
     let mut hosts = state.hosts()?;
     for mac in &macs {

@@ -55,12 +55,28 @@ fn host_add_validates_and_normalizes() {
         hosts.contains("\"52:54:00:ab:cd:ef\"") && hosts.contains("\"52:54:00:ab:cd:01\""),
         "{hosts}"
     );
+    let bind = [
+        "host", "add", "rack1", "--serial", "SN 1", "--image", "agent",
+    ];
+    let o = kc(&state, &bind);
+    assert_eq!(o.code, 2, "an unknown image must be refused: {}", o.stdout);
+    assert!(o.stderr.contains("no image \"agent\""), "{}", o.stderr);
+    let kernel = write(&state, "k.bin", "kernel");
+    let initrd = write(&state, "i.bin", "initrd");
     let o = kc(
         &state,
         &[
-            "host", "add", "rack1", "--serial", "SN 1", "--image", "agent",
+            "image",
+            "add",
+            "agent",
+            "--kernel",
+            &kernel.to_string_lossy(),
+            "--initrd",
+            &initrd.to_string_lossy(),
         ],
     );
+    assert_eq!(o.code, 0, "image add: {}", o.stderr);
+    let o = kc(&state, &bind);
     assert_eq!(o.code, 0, "update: {}", o.stderr);
     let list = kc(&state, &["host", "list"]);
     assert!(
