@@ -50,17 +50,7 @@ fn timed(args: &[&str]) -> Duration {
 
 fn stage_once(image: &str, i: usize) -> Duration {
     let dir = tempfile::tempdir().expect("tempdir");
-    let stage = Stage {
-        name: format!("bench{i}"),
-        kind: StageKind::Container(spec(image)),
-        timeout_s: 0,
-        retries: 0,
-        destructive: false,
-        continue_on_failure: false,
-        tests: None,
-        env: vec![],
-        secrets: vec![],
-    };
+    let stage = Stage::new(format!("bench{i}"), StageKind::Container(spec(image)));
     let (ctx, sink) = StageCtx::for_test(stage, dir.path().join("stage"));
     let t0 = Instant::now();
     let r = smol::block_on(container::run(&ctx, &spec(image)));
@@ -91,17 +81,7 @@ fn stop_latency(image: &str, i: usize) -> Duration {
     let dir = tempfile::tempdir().expect("tempdir");
     let mut sp = spec(image);
     sp.command = vec!["sh".into(), "-c".into(), "echo ready; sleep 300".into()];
-    let stage = Stage {
-        name: format!("bench-stop{i}"),
-        kind: StageKind::Container(sp.clone()),
-        timeout_s: 0,
-        retries: 0,
-        destructive: false,
-        continue_on_failure: false,
-        tests: None,
-        env: vec![],
-        secrets: vec![],
-    };
+    let stage = Stage::new(format!("bench-stop{i}"), StageKind::Container(sp.clone()));
     let (ctx, sink) = StageCtx::for_test(stage, dir.path().join("stage"));
     let fired = std::cell::Cell::new(None);
     let r = smol::block_on(container::run(&ctx, &sp).or(async {

@@ -62,15 +62,8 @@ fn main() {
             base_dir: Some(remote.display().to_string()),
         };
         let stage = Stage {
-            name: "bench".into(),
-            kind: StageKind::Ssh(spec.clone()),
             timeout_s: 60,
-            retries: 0,
-            destructive: false,
-            continue_on_failure: false,
-            tests: None,
-            env: vec![],
-            secrets: vec![],
+            ..Stage::new("bench", StageKind::Ssh(spec.clone()))
         };
         let dir = work.path().join(format!("stage{i}"));
         std::fs::create_dir(&dir).expect("stage dir");

@@ -92,15 +92,8 @@ mod tests {
             name: "p".into(),
             stages: (0..n)
                 .map(|i| Stage {
-                    name: format!("s{i}"),
-                    kind: StageKind::Exec { command: vec![] },
-                    timeout_s: 0,
                     retries: 1,
-                    destructive: false,
-                    continue_on_failure: false,
-                    tests: None,
-                    env: vec![],
-                    secrets: vec![],
+                    ..Stage::new(format!("s{i}"), StageKind::Exec { command: vec![] })
                 })
                 .collect(),
             fail_fast: false,

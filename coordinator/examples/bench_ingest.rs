@@ -48,19 +48,12 @@ fn ticket(state: &State, key: &SecretKey) -> RunId {
         coordinator: None,
         plan: Plan {
             name: "bench".into(),
-            stages: vec![Stage {
-                name: "load".into(),
-                kind: StageKind::Exec {
+            stages: vec![Stage::new(
+                "load",
+                StageKind::Exec {
                     command: vec!["true".into()],
                 },
-                timeout_s: 0,
-                retries: 0,
-                destructive: false,
-                continue_on_failure: false,
-                tests: None,
-                env: vec![],
-                secrets: vec![],
-            }],
+            )],
             fail_fast: true,
             timeout_s: 0,
         },

@@ -19,17 +19,15 @@ fn ticket() -> Ticket {
             name: "bench".into(),
             stages: (0..8)
                 .map(|i| Stage {
-                    name: format!("stage-{i}"),
-                    kind: StageKind::Exec {
-                        command: vec!["sh".into(), "-c".into(), "./run.sh".into()],
-                    },
                     timeout_s: 600,
                     retries: 1,
-                    destructive: false,
-                    continue_on_failure: false,
-                    tests: None,
                     env: vec![("LEVEL".into(), "2".into())],
-                    secrets: vec![],
+                    ..Stage::new(
+                        format!("stage-{i}"),
+                        StageKind::Exec {
+                            command: vec!["sh".into(), "-c".into(), "./run.sh".into()],
+                        },
+                    )
                 })
                 .collect(),
             fail_fast: true,

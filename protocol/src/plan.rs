@@ -45,6 +45,24 @@ pub struct Stage {
     pub secrets: Vec<String>,
 }
 
+impl Stage {
+    /// A stage with defaults: no timeout, no retries, not destructive, stops the run
+    /// on failure, no tests, env or secrets.
+    pub fn new(name: impl Into<String>, kind: StageKind) -> Self {
+        Stage {
+            name: name.into(),
+            kind,
+            timeout_s: 0,
+            retries: 0,
+            destructive: false,
+            continue_on_failure: false,
+            tests: None,
+            env: Vec::new(),
+            secrets: Vec::new(),
+        }
+    }
+}
+
 /// A test folder shipped as a deterministic tar in the CAS.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct TestBundle {

@@ -13,19 +13,12 @@ use crate::runner::{RunEnd, RunOptions, run_ticket};
 mod online;
 
 fn exec(name: &str, script: &str) -> Stage {
-    Stage {
-        name: name.into(),
-        kind: StageKind::Exec {
+    Stage::new(
+        name,
+        StageKind::Exec {
             command: vec!["sh".into(), "-c".into(), script.into()],
         },
-        timeout_s: 0,
-        retries: 0,
-        destructive: false,
-        continue_on_failure: false,
-        tests: None,
-        env: vec![],
-        secrets: vec![],
-    }
+    )
 }
 
 /// A ticket for this machine (bound to its first MAC), or `None` without one.

@@ -110,15 +110,8 @@ mod tests {
         let dir = d.path().join("0-s").join("1");
         std::fs::create_dir_all(&dir).unwrap();
         let stage = Stage {
-            name: "s".into(),
-            kind: StageKind::Exec { command: vec![] },
-            timeout_s: 0,
-            retries: 0,
-            destructive: false,
-            continue_on_failure: false,
-            tests: None,
-            env: vec![],
             secrets: vec!["api-token".into()],
+            ..Stage::new("s", StageKind::Exec { command: vec![] })
         };
         let (mut ctx, sink) = StageCtx::for_test(stage, dir);
         ctx.secrets

@@ -229,17 +229,7 @@ mod tests {
         tempfile::TempDir,
     ) {
         let dir = tempfile::tempdir().expect("tempdir");
-        let stage = Stage {
-            name: "t".into(),
-            kind: StageKind::Exec { command: vec![] },
-            timeout_s: 0,
-            retries: 0,
-            destructive: false,
-            continue_on_failure: false,
-            tests: None,
-            env: vec![],
-            secrets: vec![],
-        };
+        let stage = Stage::new("t", StageKind::Exec { command: vec![] });
         let (c, s) = StageCtx::for_test(stage, dir.path().to_path_buf());
         (c, s, dir)
     }

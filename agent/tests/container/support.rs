@@ -78,15 +78,8 @@ pub fn spec(images: &[&str], script: &str) -> ContainerSpec {
 pub fn ctx(name: &str, spec: ContainerSpec) -> (StageCtx, Arc<MemorySink>, tempfile::TempDir) {
     let dir = tempfile::tempdir().expect("tempdir");
     let stage = Stage {
-        name: name.into(),
-        kind: StageKind::Container(spec),
         timeout_s: 60,
-        retries: 0,
-        destructive: false,
-        continue_on_failure: false,
-        tests: None,
-        env: vec![],
-        secrets: vec![],
+        ..Stage::new(name, StageKind::Container(spec))
     };
     let (c, s) = StageCtx::for_test(stage, dir.path().join("stage"));
     std::fs::create_dir_all(&c.dir).expect("stage dir");

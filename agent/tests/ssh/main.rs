@@ -36,15 +36,10 @@ fn spec(s: &Sshd, base: &Path) -> SshSpec {
 /// A stage context over `tests` with the client key as secret `ssh-test`.
 fn ctx(s: &Sshd, spec: SshSpec, tests: &Path, work: &Path) -> (StageCtx, Arc<MemorySink>) {
     let stage = Stage {
-        name: "remote smoke".into(),
-        kind: StageKind::Ssh(spec),
         timeout_s: 60,
-        retries: 0,
-        destructive: false,
-        continue_on_failure: false,
-        tests: None,
         env: vec![("LEVEL".into(), "it's 2".into())],
         secrets: vec!["ssh-test".into()],
+        ..Stage::new("remote smoke", StageKind::Ssh(spec))
     };
     let dir = work.join("stage");
     std::fs::create_dir_all(&dir).expect("stage dir");

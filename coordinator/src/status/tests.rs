@@ -6,15 +6,8 @@ const NOW: u64 = 1_700_000_000_000;
 
 fn ticket() -> Ticket {
     let stage = |name: &str| Stage {
-        name: name.into(),
-        kind: StageKind::Inventory,
-        timeout_s: 0,
         retries: 1,
-        destructive: false,
-        continue_on_failure: false,
-        tests: None,
-        env: vec![],
-        secrets: vec![],
+        ..Stage::new(name, StageKind::Inventory)
     };
     Ticket {
         version: VERSION,

@@ -28,17 +28,15 @@ pub fn sample_ticket() -> Ticket {
         plan: Plan {
             name: "smoke".into(),
             stages: vec![Stage {
-                name: "hello".into(),
-                kind: StageKind::Exec {
-                    command: vec!["true".into()],
-                },
                 timeout_s: 60,
                 retries: 1,
-                destructive: false,
-                continue_on_failure: false,
-                tests: None,
                 env: vec![("A".into(), "1".into())],
-                secrets: vec![],
+                ..Stage::new(
+                    "hello",
+                    StageKind::Exec {
+                        command: vec!["true".into()],
+                    },
+                )
             }],
             fail_fast: true,
             timeout_s: 0,

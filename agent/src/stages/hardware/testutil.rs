@@ -6,17 +6,7 @@ use crate::stages::{MemorySink, StageCtx};
 
 /// A stage of `kind` with defaults.
 pub fn stage(kind: StageKind) -> Stage {
-    Stage {
-        name: "hw".into(),
-        kind,
-        timeout_s: 0,
-        retries: 0,
-        destructive: false,
-        continue_on_failure: false,
-        tests: None,
-        env: vec![],
-        secrets: vec![],
-    }
+    Stage::new("hw", kind)
 }
 
 /// A context for an exec stage in a fresh folder.
