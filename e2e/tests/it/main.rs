@@ -8,6 +8,7 @@ mod common;
 mod container;
 mod crash;
 mod hardware;
+mod image;
 mod netboot;
 mod offline;
 mod qemu;

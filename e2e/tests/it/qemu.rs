@@ -32,6 +32,18 @@ pub enum Bus {
     },
     /// ATA on the machine's PIIX IDE controller (`/dev/sdX`, ata_piix).
     Ide,
+    /// virtio-blk with this serial (`/dev/vdX`; lsblk and the spec diff see it).
+    VirtioSerial {
+        /// The disk's serial number.
+        serial: &'static str,
+    },
+    /// ATA on PIIX IDE with this serial and model (`/dev/sdX`; smartctl reports both).
+    Ata {
+        /// The disk's serial number.
+        serial: &'static str,
+        /// The disk's model string.
+        model: &'static str,
+    },
 }
 
 /// Builds a qemu command line.
@@ -164,6 +176,12 @@ impl QemuBuilder {
                 Bus::Virtio => format!("virtio-blk-pci,drive={id}"),
                 Bus::Nvme { serial } => format!("nvme,drive={id},serial={serial}"),
                 Bus::Ide => format!("ide-hd,drive={id}"),
+                Bus::VirtioSerial { serial } => {
+                    format!("virtio-blk-pci,drive={id},serial={serial}")
+                }
+                Bus::Ata { serial, model } => {
+                    format!("ide-hd,drive={id},serial={serial},model={model}")
+                }
             };
             a.extend(["-device".into(), dev]);
         }

@@ -1,13 +1,14 @@
-//! Hardware stages in a qemu guest (TCG): the netboot image from
-//! `image/build-local` boots with `-kernel/-initrd` and the run on its command line,
-//! against a real coordinator. The guest has an SMBIOS serial, an emulated NVMe and an
-//! ATA disk, and three virtio disks for the storage gates (two blank, one ext4); an
-//! iperf3 server runs on the host. What it shows: the serial binds the ticket and is
-//! reported; the spec diff's severities; smartctl figures from NVMe and ATA; the
-//! destructive storage stage writes only the blank expected disk; stress-ng and
-//! iperf3 figures arrive.
-use super::{measure, part, repo, s, stage};
+//! Hardware stages in a qemu guest (TCG) netbooted through Debian's iPXE ROM from a
+//! real coordinator into the shared image (`crate::image`). The guest has an SMBIOS
+//! serial, an emulated NVMe and an ATA disk, and three virtio disks for the storage
+//! gates (two blank, one ext4); an iperf3 server runs on the host. What it shows: the
+//! serial binds the ticket and is reported; the spec diff's severities; smartctl
+//! figures from NVMe and ATA; the destructive storage stage writes only the blank
+//! expected disk; stress-ng and iperf3 figures arrive.
+use super::{measure, part, s, stage};
 use crate::common::*;
+use crate::image::{image, register, trusted_state};
+use crate::qemu::{Bus, Qemu, guest_url};
 use serde_json::Value;
 use std::io::{BufRead, BufReader};
 use std::path::{Path, PathBuf};
@@ -15,52 +16,10 @@ use std::process::{Child, Command, Stdio};
 use std::time::Duration;
 
 const SERIAL: &str = "KILN-E2E-0001";
-
-/// Every tool the test and the image builder need, or a loud skip (a CI failure).
-fn require_all() -> bool {
-    let tools = [
-        "qemu-system-x86_64",
-        "mkfs.ext4",
-        "iperf3",
-        "apt-get",
-        "dpkg-deb",
-        "zstd",
-        "cpio",
-        "busybox",
-    ];
-    if !tools.iter().all(|t| require_tool(t)) {
-        return false;
-    }
-    if !repo().join("image/build-local").is_file() {
-        assert!(!in_ci(), "image/build-local is missing");
-        eprintln!("SKIPPED: image/build-local is missing (the netboot image builder)");
-        return false;
-    }
-    true
-}
-
-/// Builds the netboot image trusting `state`'s key into `out`.
-fn build_image(state: &Path, out: &Path) {
-    let target = bin("kiln-agent")
-        .parent()
-        .unwrap()
-        .parent()
-        .unwrap()
-        .to_path_buf();
-    let cache = std::env::var_os("KILN_IMAGE_CACHE")
-        .map(PathBuf::from)
-        .unwrap_or_else(|| target.join("kiln-image-cache"));
-    let o = Command::new(repo().join("image/build-local"))
-        .arg(out)
-        .args(["--trust", s(&state.join("key/coordinator.pub"))])
-        .args(["--agent", s(&bin("kiln-agent"))])
-        .env("KILN_IMAGE_CACHE", cache)
-        .output()
-        .expect("running image/build-local");
-    let err = String::from_utf8_lossy(&o.stderr);
-    assert!(o.status.success(), "image/build-local failed: {err}");
-    eprintln!("{}", String::from_utf8_lossy(&o.stdout).trim());
-}
+/// The NIC's MAC: iPXE fetches `/ipxe/<mac>` for the host's pending run.
+const VM_MAC: &str = "52:54:00:6b:00:02";
+/// TCG is slow, and other tests share the CPUs: generous limits, never timed asserts.
+const BOOT_LIMIT: Duration = Duration::from_secs(600);
 
 /// An `iperf3 -s` on a free loopback port (the guest reaches it as 10.0.2.2).
 struct Iperf(Child, u16);
@@ -134,73 +93,19 @@ fn sha(p: &Path) -> String {
     text.split_whitespace().next().unwrap_or("").to_string()
 }
 
-/// Boots the image with `run` on the command line; returns the console text once
-/// the guest powers off (the agent does when the run ends), or once the console
-/// shows `until` (then the guest is killed: a refused agent idles).
-fn boot(
-    img: &Path,
-    url_port: u16,
-    run: &str,
-    serial: &str,
-    disks: &[(PathBuf, &str)],
-    until: Option<&str>,
-) -> String {
-    let console = img.join(format!("console-{run}.log"));
-    let append =
-        format!("console=ttyS0 panic=-1 kiln.url=http://10.0.2.2:{url_port} kiln.run={run}");
-    let mut cmd = Command::new("qemu-system-x86_64");
-    cmd.args([
-        "-accel",
-        "tcg",
-        "-m",
-        "1024",
-        "-smp",
-        "2",
-        "-nographic",
-        "-no-reboot",
-    ])
-    .args([
-        "-kernel",
-        s(&img.join("kernel")),
-        "-initrd",
-        s(&img.join("initrd")),
-    ])
-    .args(["-append", &append])
-    .args(["-smbios", &format!("type=1,serial={serial}")])
-    .args([
-        "-netdev",
-        "user,id=n0",
-        "-device",
-        "virtio-net-pci,netdev=n0",
-    ]);
-    for (i, (path, dev)) in disks.iter().enumerate() {
-        let drive = format!("file={},if=none,id=d{i},format=raw", s(path));
-        cmd.args(["-drive", &drive, "-device", &format!("{dev},drive=d{i}")]);
+/// Netboots a guest (1 GiB, 2 CPUs) with the host's MAC, this SMBIOS serial and disks;
+/// iPXE chains to the coordinator's script for the host's oldest pending run.
+fn boot(server: &Coordinator, name: &str, serial: &str, disks: &[(PathBuf, Bus)]) -> Qemu {
+    let mut b = Qemu::builder(name)
+        .netboot(&format!("{}/boot.ipxe", guest_url(&server.url)))
+        .mac(VM_MAC)
+        .smbios_serial(serial)
+        .memory_mib(1024)
+        .cpus(2);
+    for (path, bus) in disks {
+        b = b.disk(path, bus.clone());
     }
-    let log = std::fs::File::create(&console).expect("console log");
-    let mut child = cmd
-        .stdin(Stdio::null())
-        .stdout(log.try_clone().expect("dup"))
-        .stderr(log)
-        .spawn()
-        .expect("starting qemu");
-    let mut status = None;
-    let limit = Duration::from_secs(600);
-    let waited = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
-        wait_until(limit, "the guest to power off", || {
-            status = child.try_wait().expect("try_wait");
-            status.is_some()
-                || until
-                    .is_some_and(|u| std::fs::read_to_string(&console).is_ok_and(|t| t.contains(u)))
-        })
-    }));
-    if status.is_none() {
-        let _ = child.kill();
-        let _ = child.wait();
-    }
-    let text = std::fs::read_to_string(&console).unwrap_or_default();
-    assert!(waited.is_ok(), "guest did not power off; console:\n{text}");
-    text
+    b.spawn()
 }
 
 const HOST_SPEC: &str = r#"
@@ -265,27 +170,30 @@ kind = "gpu"
 
 #[test]
 fn hardware_stages_in_a_qemu_guest() {
-    if !require_all() {
+    if !require_tool("iperf3") {
         return;
     }
-    let (tmp, state) = fresh_state();
+    let Some((kernel, initrd)) = image() else {
+        return;
+    };
+    let tmp = tempfile::tempdir().unwrap();
     let dir = tmp.path();
-    let o = kc(&state, &["host", "add", "vm", "--serial", SERIAL]);
+    let state = trusted_state(dir);
+    register(&state, &kernel, &initrd);
+    // Bound by MAC (for iPXE's per-MAC script) and SMBIOS serial (what the agent checks).
+    let o = kc(
+        &state,
+        &[
+            "host", "add", "vm", "--mac", VM_MAC, "--serial", SERIAL, "--image", "kiln",
+        ],
+    );
     assert_eq!(o.code, 0, "host add: {}", o.stderr);
     let hosts = state.join("hosts.toml");
     let mut text = std::fs::read_to_string(&hosts).expect("hosts.toml");
     text.push_str(HOST_SPEC);
     std::fs::write(&hosts, text).expect("hosts.toml");
-    let img = dir.join("image");
-    build_image(&state, &img);
     let iperf = Iperf::start();
     let server = Coordinator::start(&state);
-    let port: u16 = server
-        .url
-        .rsplit(':')
-        .next()
-        .and_then(|p| p.parse().ok())
-        .expect("port");
     let p = write(dir, "plan.toml", &plan(iperf.1));
     let o = kc(
         &state,
@@ -293,28 +201,56 @@ fn hardware_stages_in_a_qemu_guest() {
     );
     assert_eq!(o.code, 0, "ticket issue: {}", o.stderr);
     let run = o.stdout.trim().to_string();
+    let ticket = state.join("runs").join(&run).join("ticket.kiln");
+    let o = kc(&state, &["ticket", "show", s(&ticket)]);
+    assert!(
+        o.stdout.contains(&format!("serial \"{SERIAL}\"")),
+        "the ticket binds the serial: {}{}",
+        o.stdout,
+        o.stderr
+    );
 
     let disks = [
-        (disk(dir, "nvme.img", 256, false), "nvme,serial=NVME-E2E-1"),
+        (
+            disk(dir, "nvme.img", 256, false),
+            Bus::Nvme {
+                serial: "NVME-E2E-1",
+            },
+        ),
         (
             disk(dir, "ata.img", 256, false),
-            "ide-hd,serial=ATA-E2E-1,model=KilnATA",
+            Bus::Ata {
+                serial: "ATA-E2E-1",
+                model: "KilnATA",
+            },
         ),
         (
             disk(dir, "blank-a.img", 64, false),
-            "virtio-blk-pci,serial=BLANK-A",
+            Bus::VirtioSerial { serial: "BLANK-A" },
         ),
         (
             disk(dir, "blank-b.img", 64, false),
-            "virtio-blk-pci,serial=BLANK-B",
+            Bus::VirtioSerial { serial: "BLANK-B" },
         ),
         (
             disk(dir, "ext4-c.img", 64, true),
-            "virtio-blk-pci,serial=EXT4-C",
+            Bus::VirtioSerial { serial: "EXT4-C" },
         ),
     ];
     let before: Vec<String> = disks.iter().map(|d| sha(&d.0)).collect();
-    let console = boot(&img, port, &run, SERIAL, &disks, None);
+    let mut vm = boot(&server, "vm", SERIAL, &disks);
+    let (t_agent, _) = vm.wait_for_line("kiln: agent", BOOT_LIMIT);
+    let (t_done, line) = vm.wait_for_line("kiln: run finished", BOOT_LIMIT);
+    let (status, t_off) = vm.wait_exit(Duration::from_secs(120));
+    eprintln!(
+        "hardware guest (TCG, netboot): qemu start -> agent {:.1}s, -> RunFinished {:.1}s, \
+         -> powered off {:.1}s ({line})",
+        t_agent.as_secs_f64(),
+        t_done.as_secs_f64(),
+        t_off.as_secs_f64()
+    );
+    let console = vm.console();
+    assert!(status.success(), "qemu exit {status}; console:\n{console}");
     let after: Vec<String> = disks.iter().map(|d| sha(&d.0)).collect();
 
     let o = kc(&state, &["run", "show", &run, "--json"]);
@@ -328,7 +264,7 @@ fn hardware_stages_in_a_qemu_guest() {
         "the spec diff fails the run: {ctx}"
     );
 
-    // The SMBIOS serial bound the ticket (the host has no MAC) and is reported.
+    // The SMBIOS serial is reported (and bound the ticket: the second boot below).
     assert!(logs.contains(&format!("serial \"{SERIAL}\"")), "{ctx}");
     let inv = stage(&show, "inventory");
     assert_eq!(inv["outcome"], "failed", "{ctx}");
@@ -409,15 +345,17 @@ fn hardware_stages_in_a_qemu_guest() {
     );
     assert_eq!(o.code, 0, "ticket issue: {}", o.stderr);
     let run2 = o.stdout.trim().to_string();
-    let console = boot(
-        &img,
-        port,
-        &run2,
-        "SOMEONE-ELSE",
-        &[],
-        Some("ticket refused"),
-    );
+    let mut vm = boot(&server, "someone-else", "SOMEONE-ELSE", &[]);
+    let (_, line) = vm.wait_for_line("kiln: ticket refused", BOOT_LIMIT);
+    let console = vm.console();
     assert!(console.contains("ticket refused"), "{console}");
+    assert!(
+        line.contains("serial is \"SOMEONE-ELSE\""),
+        "refused for the serial: {line}"
+    );
+    vm.wait_for_line("kiln: idle", Duration::from_secs(30));
+    assert!(vm.running(), "the refused machine stays on");
+    drop(vm);
     let o = kc(&state, &["run", "show", &run2, "--json"]);
     let show: Value = serde_json::from_str(&o.stdout).expect("run show JSON");
     assert_eq!(
