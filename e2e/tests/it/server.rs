@@ -53,17 +53,14 @@ pub const MAC: &str = "52:54:00:12:34:56";
 /// An exec stage named `name` that needs `secrets`.
 pub fn stage(name: &str, secrets: &[&str]) -> Stage {
     Stage {
-        name: name.into(),
-        kind: StageKind::Exec {
-            command: vec!["true".into()],
-        },
         timeout_s: 60,
-        retries: 0,
-        destructive: false,
-        continue_on_failure: false,
-        tests: None,
-        env: vec![],
         secrets: secrets.iter().map(|s| s.to_string()).collect(),
+        ..Stage::new(
+            name,
+            StageKind::Exec {
+                command: vec!["true".into()],
+            },
+        )
     }
 }
 
