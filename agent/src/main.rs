@@ -1,7 +1,7 @@
 //! `kiln-agent`: parse the command line, set up logging, hand over to the library.
 fn main() {
     kiln_agent::logger::init();
-    let cli: kiln_agent::cli::Cli = argh::from_env();
+    let cli = kiln_agent::cli::from_env();
     let code = kiln_agent::cli::run(cli);
     std::process::exit(code);
 }

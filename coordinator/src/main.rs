@@ -1,7 +1,7 @@
 //! `kiln-coordinator`: parse the command line, set up logging, hand over to the library.
 fn main() {
     kiln_coordinator::logger::init();
-    let cli: kiln_coordinator::cli::Cli = argh::from_env();
+    let cli = kiln_coordinator::cli::from_env();
     match kiln_coordinator::cli::run(cli) {
         Ok(code) => std::process::exit(code),
         Err(e) => {

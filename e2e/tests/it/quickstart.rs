@@ -57,3 +57,18 @@ fn ticket_out_accepts_a_bare_file_name() {
     assert!(tmp.path().join("t.kiln").is_file());
     assert!(tmp.path().join("t.kiln.cas").is_dir());
 }
+
+#[test]
+fn bad_arguments_exit_2_and_help_exits_0() {
+    let o = agent(&["verify"]);
+    assert_eq!(o.code, 2, "{o:?}");
+    assert!(o.stderr.contains("--ticket"), "{}", o.stderr);
+    let o = agent(&["run", "--ticket", "t", "--trust", "k", "--bogus"]);
+    assert_eq!(o.code, 2, "{o:?}");
+    assert_eq!(agent(&["--help"]).code, 0);
+    let tmp = tempfile::tempdir().expect("tempdir");
+    let o = kc(tmp.path(), &["no-such-command"]);
+    assert_eq!(o.code, 2, "{o:?}");
+    assert!(o.stderr.contains("no-such-command"), "{}", o.stderr);
+    assert_eq!(kc(tmp.path(), &["ticket", "--help"]).code, 0);
+}
