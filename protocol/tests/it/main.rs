@@ -1,4 +1,5 @@
 //! kiln-protocol's tests: golden bytes, ticket checks, record streams, tree bundles.
+mod garbage;
 mod golden;
 mod records;
 mod tickets;
