@@ -7,6 +7,7 @@ use kiln_protocol::{
 use std::path::{Path, PathBuf};
 
 mod cli;
+mod fuzz;
 mod import;
 mod ingest;
 mod routes;
