@@ -1,6 +1,7 @@
 //! The `ssh` stage against a real OpenSSH sshd on loopback (the remote host is this
 //! machine, so remote state can be checked directly).
 mod sshd;
+mod stale_lock;
 
 use kiln_agent::stages::{MemorySink, StageCtx, StageResult, Stop, ssh};
 use kiln_protocol::{Event, Os, Outcome, RunId, Sha256, SshSpec, Stage, StageKind};

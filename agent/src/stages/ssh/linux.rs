@@ -49,27 +49,39 @@ pub fn remote_command(script: &str) -> String {
     format!("sh -c {}", sh_quote(script))
 }
 
-/// Takes the lock, unpacks the bundle from stdin into a fresh run folder and starts
-/// `run.sh` detached. Prints one line: `kiln-started`, `kiln-resume` (this run
-/// already holds the lock for this folder), `kiln-busy <run>` or `kiln-error <why>`.
+/// Takes the lock (or takes over a stale one, see [`STALE`]), unpacks the bundle from
+/// stdin into a fresh run folder and starts `run.sh` detached. Prints
+/// `kiln-takeover <run>` first when it took over the stale lock of that run, then one
+/// line: `kiln-started`, `kiln-resume` (this run already holds the lock for this
+/// folder), `kiln-busy <run>` or `kiln-error <why>`.
 pub fn start(r: &RemoteRun) -> String {
     let mut env = String::new();
     for (k, v) in &r.env {
         env.push_str(&format!("export {k}={}\n", sh_quote(v)));
     }
     format!(
-        r#"{vars}fail() {{ echo "kiln-error $*"; exit 1; }}
+        r#"{vars}{ALIVE}{STALE}{MUTEX}fail() {{ echo "kiln-error $*"; exit 1; }}
+holder() {{ o=; i=0
+  while [ -z "$o" ] && [ $i -lt 50 ]; do o=$(cat "$B/lock/run" 2>/dev/null); [ -n "$o" ] || sleep 0.02; i=$((i+1)); done; }}
 mkdir -p "$B/runs" || fail "cannot create $B/runs"
 if ! mkdir "$B/lock" 2>/dev/null; then
-  o=; i=0
-  while [ -z "$o" ] && [ $i -lt 50 ]; do o=$(cat "$B/lock/run" 2>/dev/null); [ -n "$o" ] || sleep 0.02; i=$((i+1)); done
+  holder
   [ -d "$B/lock" ] || fail "lock vanished, try again"
-  [ "$o" = "$R" ] || {{ echo "kiln-busy ${{o:-unknown}}"; exit 0; }}
-  p=$(cat "$B/lock/dir" 2>/dev/null)
-  if [ "$p" = "$N" ] && [ -s "$M/pgid" ]; then printf '%s\n' "$T" > "$M/owner"; echo kiln-resume; exit 0; fi
-  if [ -n "$p" ] && [ -s "$B/runs/$p.kiln/pgid" ]; then kill -KILL -"$(cat "$B/runs/$p.kiln/pgid")" 2>/dev/null; fi
+  if [ "$o" != "$R" ]; then
+    [ -n "$o" ] && stale || {{ echo "kiln-busy ${{o:-unknown}}"; exit 0; }}
+    mx_take || {{ echo "kiln-busy $o"; exit 0; }}
+    if [ "$(cat "$B/lock/run" 2>/dev/null)" = "$o" ] && stale && mv "$B/lock" "$B/lock.stale.$T" && mkdir "$B/lock"; then
+      mx_drop; rm -rf "$B/lock.stale.$T"; echo "kiln-takeover $o"
+    else
+      mx_drop; holder; echo "kiln-busy ${{o:-unknown}}"; exit 0
+    fi
+  else
+    p=$(cat "$B/lock/dir" 2>/dev/null)
+    if [ "$p" = "$N" ] && [ -s "$M/pgid" ]; then printf '%s\n' "$T" > "$M/owner"; echo kiln-resume; exit 0; fi
+    if [ -n "$p" ] && [ -s "$B/runs/$p.kiln/pgid" ]; then kill -KILL -"$(cat "$B/runs/$p.kiln/pgid")" 2>/dev/null; fi
+  fi
 fi
-printf '%s\n' "$R" > "$B/lock/run" && printf '%s\n' "$N" > "$B/lock/dir" || fail "cannot write the lock"
+printf '%s\n' "$$" > "$B/lock/pid" && printf '%s\n' "$R" > "$B/lock/run" && printf '%s\n' "$N" > "$B/lock/dir" || fail "cannot write the lock"
 rm -rf "$D" "$M" && mkdir -p "$D" "$M" && : > "$M/out" && : > "$M/err" && printf '%s\n' "$T" > "$M/owner" || fail "cannot create $D"
 tar -xmof - -C "$D" || fail "unpacking the bundle failed"
 [ -f "$D/run.sh" ] || fail "the bundle has no run.sh"
@@ -82,6 +94,28 @@ echo kiln-started
         vars = vars(r)
     )
 }
+
+/// `stale`: whether the lock's holder (another run) is gone for good: its test's
+/// process group has no live member and either it wrote its exit status or it never
+/// started (no `pgid`, and the start script that took the lock, `lock/pid`, is gone);
+/// and no fetch session of it (`fetch`) is alive, which would still release the lock.
+/// A run whose group vanished without an exit status (killed) is not judged stale.
+const STALE: &str = r#"palive() { kill -0 "$1" 2>/dev/null || return 1; [ "$(sed 's/.*) //;s/ .*//' "/proc/$1/stat" 2>/dev/null)" != Z ]; }
+stale() { p=$(cat "$B/lock/dir" 2>/dev/null); H="$B/runs/$p.kiln"
+  [ -n "$p" ] || return 1
+  if [ -s "$H/pgid" ]; then alive "$(cat "$H/pgid")" && return 1; [ -e "$H/exit" ] || return 1
+  else s=$(cat "$B/lock/pid" 2>/dev/null); [ -n "$s" ] && palive "$s" && return 1; fi
+  f=$(cat "$H/fetch" 2>/dev/null); [ -n "$f" ] && palive "$f" && return 1
+  return 0; }
+"#;
+
+/// `mx_take`/`mx_drop`: a short-held mutex (`B/lock.mx`) around taking over and
+/// releasing the lock, so that a release never removes a lock just taken over. One
+/// older than a minute was left by a killed holder and is broken.
+const MUTEX: &str = r#"mx_take() { find "$B" -maxdepth 1 -name lock.mx -mmin +1 -exec rmdir {} \; 2>/dev/null; j=0
+  while ! mkdir "$B/lock.mx" 2>/dev/null; do [ $j -lt 150 ] || return 1; sleep 0.02; j=$((j+1)); done; }
+mx_drop() { rmdir "$B/lock.mx" 2>/dev/null; }
+"#;
 
 /// Streams the run's `out` and `err` from the start (stdout and stderr) until its
 /// `exit` file appears, then exits with the test's exit code. Exits 255 with a line
@@ -121,16 +155,20 @@ else kill -0 -"$1" 2>/dev/null; fi; }
 "#;
 
 /// Kills what is left of the run's process group (TERM, up to 2 s, KILL), removes
-/// the run folders unless kept, and releases the lock if this run holds it.
+/// the run folders unless kept, and releases the lock if this run holds it (under
+/// the mutex that a takeover holds; without it after 3 s, so a release is never lost).
 pub fn teardown(r: &RemoteRun) -> String {
     format!(
-        r#"{vars}{ALIVE}[ -d "$M" ] && : > "$M/stopped"
+        r#"{vars}{ALIVE}{MUTEX}[ -d "$M" ] && : > "$M/stopped"
 if [ -s "$M/pgid" ]; then g=$(cat "$M/pgid")
   if alive "$g"; then kill -TERM -"$g" 2>/dev/null; i=0
     while alive "$g" && [ $i -lt 40 ]; do sleep 0.05; i=$((i+1)); done
     kill -KILL -"$g" 2>/dev/null; fi
 fi
-{rm}[ "$(cat "$B/lock/run" 2>/dev/null)" = "$R" ] && rm -rf "$B/lock"
+{rm}if [ "$(cat "$B/lock/run" 2>/dev/null)" = "$R" ]; then
+  if mx_take; then [ "$(cat "$B/lock/run" 2>/dev/null)" = "$R" ] && rm -rf "$B/lock"; mx_drop
+  else [ "$(cat "$B/lock/run" 2>/dev/null)" = "$R" ] && rm -rf "$B/lock"; fi
+fi
 true
 "#,
         vars = vars(r),
@@ -138,7 +176,8 @@ true
     )
 }
 
-/// Waits until the run has an exit status, writes `artifacts/` of the run folder as
+/// Records its pid (`fetch`: a lock whose holder still fetches is not stale), waits
+/// until the run has an exit status, writes `artifacts/` of the run folder as
 /// a tar on stdout, waits (up to 10 s) for [`follow`] to have read everything, then
 /// tears down as [`teardown`] does. Runs beside `follow`, so its session is open
 /// before the test ends. Exits 3 if the run was stopped, 4 if another agent session
@@ -146,7 +185,7 @@ true
 /// fetch or clean up under the new one).
 pub fn fetch_when_done(r: &RemoteRun) -> String {
     format!(
-        r#"{vars}i=0
+        r#"{vars}[ -d "$M" ] && echo $$ > "$M/fetch"; i=0
 while [ ! -e "$M/exit" ]; do
   {{ [ -e "$M/stopped" ] || [ ! -d "$M" ]; }} && exit 3
   {POLL}

@@ -4,7 +4,7 @@ use std::time::Duration;
 
 use super::conn::{Captured, Conn, Out};
 use super::errors::{classify, last_line};
-use super::{CLEANUP_LIMIT, RemoteRun, exited, linux, reply_line, stopped, store_fetched};
+use super::{CLEANUP_LIMIT, RemoteRun, exited, linux, stopped, store_fetched};
 use crate::stages::proc::{ProcEnd, ProcSpec, run_streamed};
 use crate::stages::{StageCtx, StageResult};
 
@@ -21,6 +21,21 @@ async fn teardown(ctx: &StageCtx, conn: &Conn, r: &RemoteRun) {
         Captured::Failed(e) => ctx.note(&format!("remote cleanup failed: {e}")),
         Captured::Stopped(_) => {}
     }
+}
+
+/// Logs a takeover of a stale lock (`kiln-takeover <run>`) and returns the reply
+/// line that follows it.
+fn takeover_then_reply(ctx: &StageCtx, out: &[u8]) -> Option<String> {
+    let text = String::from_utf8_lossy(out);
+    let mut lines = text.lines().filter(|l| l.starts_with("kiln-"));
+    let mut line = lines.next()?;
+    if let Some(old) = line.strip_prefix("kiln-takeover ") {
+        ctx.note(&format!(
+            "taking over stale lock of run {old} (its test is no longer running)"
+        ));
+        line = lines.next()?;
+    }
+    Some(line.to_string())
 }
 
 /// Runs the Linux flow.
@@ -40,7 +55,7 @@ pub async fn run(ctx: &StageCtx, conn: &Conn, r: &RemoteRun, bundle: Vec<u8>) ->
             }
             return StageResult::error(why);
         }
-        Captured::Done(_, out, err) => match reply_line(&out).as_deref() {
+        Captured::Done(_, out, err) => match takeover_then_reply(ctx, &out).as_deref() {
             Some("kiln-started") => {}
             Some("kiln-resume") => ctx.note("this run already holds the host: reattaching"),
             Some(l) if l.starts_with("kiln-busy ") => {
