@@ -7,6 +7,9 @@
 //! folder first, then `& '<dir>\run.ps1'`. Unlike Linux runs, a Windows run is not
 //! detached: it streams over its own session and a stop kills its tree with
 //! `taskkill /T`.
+//!
+//! A stale lock (its agent died holding it) is not taken over on Windows, unlike
+//! Linux: it refuses other runs until `<base>\lock` is removed by hand.
 use base64::Engine;
 
 use super::RemoteRun;
