@@ -407,15 +407,7 @@ fn same_run_resuming_reattaches_instead_of_starting_over() {
         &e.work.path().join("a"),
     );
     // The agent "crashes": its stage future is dropped once the test is running.
-    let crashed = smol::block_on(
-        async { Some(ssh::run(&c1, ssh_spec(&c1)).await) }.or(async {
-            while !sink1.lines().iter().any(|l| l == "before-crash") {
-                smol::Timer::after(Duration::from_millis(20)).await;
-            }
-            None
-        }),
-    );
-    assert!(crashed.is_none());
+    crash_after(&c1, &sink1, "before-crash");
     drop(c1);
     // The same run (same stage and attempt) comes back.
     let (c2, sink2) = ctx(
@@ -461,6 +453,21 @@ fn same_run_resuming_reattaches_instead_of_starting_over() {
     assert!(
         matches!(code, Some(3 | 4)),
         "the stale session neither fetched nor cleaned: {code:?}"
+    );
+}
+
+/// Runs the stage until the test prints `line`, then drops its future: the agent
+/// "crashes" mid-run, leaving the remote test running and the host locked.
+fn crash_after(c: &StageCtx, sink: &MemorySink, line: &str) {
+    let crashed = smol::block_on(async { Some(ssh::run(c, ssh_spec(c)).await) }.or(async {
+        while !sink.lines().iter().any(|l| l == line) {
+            smol::Timer::after(Duration::from_millis(20)).await;
+        }
+        None
+    }));
+    assert!(
+        crashed.is_none(),
+        "the stage ended before the test printed {line:?}"
     );
 }
 

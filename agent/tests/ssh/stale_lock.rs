@@ -52,15 +52,7 @@ fn stale_lock_of_a_dead_agent_is_taken_over_by_another_run() {
         &e.work.path().join("a"),
     );
     // The agent dies holding the host: its stage future is dropped mid-run.
-    let crashed = smol::block_on(
-        async { Some(ssh::run(&c1, ssh_spec(&c1)).await) }.or(async {
-            while !sink1.lines().iter().any(|l| l == "before-crash") {
-                smol::Timer::after(Duration::from_millis(20)).await;
-            }
-            None
-        }),
-    );
-    assert!(crashed.is_none());
+    crash_after(&c1, &sink1, "before-crash");
     // The test finishes on its own; nobody fetches it or releases the lock.
     std::fs::write(&go, "").expect("go");
     let m = e.base.join(format!("runs/{}-remote_smoke-1.kiln", c1.run));
