@@ -1,8 +1,9 @@
-//! Wall time of a container stage against a raw `podman run` of the same command.
+//! Wall time of a container stage against a raw `podman run` (or `docker run`) of the
+//! same command.
 //!
-//! `cargo run --release -p kiln-agent --example bench_container -- [RUNS] [IMAGE]`
-//! (default 10 runs of `localhost/kiln-test-a:1`, built by `.ci/podman.sh`; export
-//! the CONTAINERS_CONF it writes). Runs are interleaved: raw, raw with the stage's
+//! `cargo run --release -p kiln-agent --example bench_container -- [RUNS] [IMAGE] [ENGINE]`
+//! (default 10 runs of `localhost/kiln-test-a:1`, built by `.ci/podman.sh`, on
+//! `podman`: export the CONTAINERS_CONF it writes; `docker` needs `.ci/docker.sh`). Runs are interleaved: raw, raw with the stage's
 //! hardening flags, stage. Target: stage ≤ raw × 1.05 + 50 ms. Prints figures; asserts
 //! nothing about time.
 use kiln_agent::stages::container::args::{self, EngineKind, Mounts};
@@ -14,9 +15,13 @@ use std::time::{Duration, Instant};
 const SCRIPT: &str =
     "echo hello from the bench; i=0; while [ $i -lt 100 ]; do echo line $i; i=$((i+1)); done";
 
-fn spec(image: &str) -> ContainerSpec {
+/// The engine benchmarked: its program, dialect and the plan's runtime for it.
+#[derive(Clone, Copy)]
+struct Eng(&'static str, EngineKind, Runtime);
+
+fn spec(e: Eng, image: &str) -> ContainerSpec {
     ContainerSpec {
-        runtime: Runtime::Podman,
+        runtime: e.2,
         images: vec![ImageRef::Registry(image.into())],
         axes: vec![],
         command: vec!["sh".into(), "-c".into(), SCRIPT.into()],
@@ -36,24 +41,24 @@ fn spec(image: &str) -> ContainerSpec {
     }
 }
 
-fn timed(args: &[&str]) -> Duration {
+fn timed(e: Eng, args: &[&str]) -> Duration {
     let t0 = Instant::now();
-    let st = Command::new("podman")
+    let st = Command::new(e.0)
         .args(args)
         .stdout(Stdio::null())
         .stderr(Stdio::inherit())
         .status()
-        .expect("running podman");
-    assert!(st.success(), "podman {args:?} failed");
+        .expect("running the engine");
+    assert!(st.success(), "{} {args:?} failed", e.0);
     t0.elapsed()
 }
 
-fn stage_once(image: &str, i: usize) -> Duration {
+fn stage_once(e: Eng, image: &str, i: usize) -> Duration {
     let dir = tempfile::tempdir().expect("tempdir");
-    let stage = Stage::new(format!("bench{i}"), StageKind::Container(spec(image)));
+    let stage = Stage::new(format!("bench{i}"), StageKind::Container(spec(e, image)));
     let (ctx, sink) = StageCtx::for_test(stage, dir.path().join("stage"));
     let t0 = Instant::now();
-    let r = smol::block_on(container::run(&ctx, &spec(image)));
+    let r = smol::block_on(container::run(&ctx, &spec(e, image)));
     let took = t0.elapsed();
     assert_eq!(r.outcome, Outcome::Passed, "{r:?}: {:?}", sink.lines());
     let stdout = sink
@@ -76,10 +81,10 @@ fn stage_once(image: &str, i: usize) -> Duration {
 }
 
 /// From a timeout firing on a running container to the stage's end (container removed).
-fn stop_latency(image: &str, i: usize) -> Duration {
+fn stop_latency(e: Eng, image: &str, i: usize) -> Duration {
     use smol::future::FutureExt;
     let dir = tempfile::tempdir().expect("tempdir");
-    let mut sp = spec(image);
+    let mut sp = spec(e, image);
     sp.command = vec!["sh".into(), "-c".into(), "echo ready; sleep 300".into()];
     let stage = Stage::new(format!("bench-stop{i}"), StageKind::Container(sp.clone()));
     let (ctx, sink) = StageCtx::for_test(stage, dir.path().join("stage"));
@@ -114,6 +119,12 @@ fn main() {
     let image = args
         .next()
         .unwrap_or_else(|| "localhost/kiln-test-a:1".into());
+    let e = match args.next().as_deref() {
+        None | Some("podman") => Eng("podman", EngineKind::Podman, Runtime::Podman),
+        Some("docker") => Eng("docker", EngineKind::Docker, Runtime::Docker),
+        Some(other) => panic!("ENGINE is podman or docker, not {other}"),
+    };
+    let engine = e.0;
     let hardened = [
         "--read-only",
         "--cap-drop",
@@ -133,9 +144,9 @@ fn main() {
         "--tmpfs",
         "/tmp:rw,nosuid,nodev,mode=1777,size=67108864",
     ];
-    // Warm up the image and podman's caches once each way.
-    timed(&["run", "--rm", &image, "sh", "-c", SCRIPT]);
-    stage_once(&image, usize::MAX);
+    // Warm up the image and the engine's caches once each way.
+    timed(e, &["run", "--rm", &image, "sh", "-c", SCRIPT]);
+    stage_once(e, &image, usize::MAX);
 
     // The exact argv the stage runs, with folders of its own.
     let own = tempfile::tempdir().expect("tempdir");
@@ -143,31 +154,25 @@ fn main() {
         workspace: own.path().to_string_lossy().into(),
         artifacts: own.path().to_string_lossy().into(),
     };
-    let spec = spec(&image);
+    let spec = spec(e, &image);
     let cell = &args::cells(&spec)[0];
-    let exact = args::run_args(
-        EngineKind::Podman,
-        &spec,
-        cell,
-        "kiln-bench-exact",
-        &mounts,
-        &[],
-        &[],
-    );
+    let exact = args::run_args(e.1, &spec, cell, "kiln-bench-exact", &mounts, &[], &[]);
     let exact: Vec<&str> = exact.iter().map(String::as_str).collect();
 
     let (mut raw, mut raw_hard, mut raw_exact, mut stage) = (vec![], vec![], vec![], vec![]);
     for i in 0..runs {
-        raw_exact.push(timed(&exact));
-        raw.push(timed(&["run", "--rm", &image, "sh", "-c", SCRIPT]));
+        raw_exact.push(timed(e, &exact));
+        raw.push(timed(e, &["run", "--rm", &image, "sh", "-c", SCRIPT]));
         let mut a = vec!["run", "--rm"];
         a.extend(hardened);
         a.extend([image.as_str(), "sh", "-c", SCRIPT]);
-        raw_hard.push(timed(&a));
-        stage.push(stage_once(&image, i));
+        raw_hard.push(timed(e, &a));
+        stage.push(stage_once(e, &image, i));
     }
-    let stops: Vec<Duration> = (0..runs.min(5)).map(|i| stop_latency(&image, i)).collect();
-    let (r, h, e, s) = (
+    let stops: Vec<Duration> = (0..runs.min(5))
+        .map(|i| stop_latency(e, &image, i))
+        .collect();
+    let (r, h, x, s) = (
         median(raw),
         median(raw_hard),
         median(raw_exact),
@@ -176,18 +181,18 @@ fn main() {
     println!(
         "container stage bench: {runs} runs of `sh -c` printing 101 lines in {image} (medians)"
     );
-    println!("  raw podman run --rm             {:8.1} ms", ms(r));
-    println!("  raw podman run --rm + hardening {:8.1} ms", ms(h));
-    println!("  raw podman run, the stage's argv {:7.1} ms", ms(e));
+    println!("  raw {engine:6} run --rm             {:8.1} ms", ms(r));
+    println!("  raw {engine:6} run --rm + hardening {:8.1} ms", ms(h));
+    println!("  raw {engine:6} run, the stage's argv {:7.1} ms", ms(x));
     println!("  kiln container stage            {:8.1} ms", ms(s));
     println!("  stage / raw                     {:8.3}", ms(s) / ms(r));
     println!("  stage / raw hardened            {:8.3}", ms(s) / ms(h));
-    println!("  stage / raw with stage's argv   {:8.3}", ms(s) / ms(e));
+    println!("  stage / raw with stage's argv   {:8.3}", ms(s) / ms(x));
     println!(
         "  timeout → container removed     {:8.1} ms",
         ms(median(stops))
     );
-    for (what, base) in [("raw", r), ("the stage's argv", e)] {
+    for (what, base) in [("raw", r), ("the stage's argv", x)] {
         let target = ms(base) * 1.05 + 50.0;
         let verdict = if ms(s) <= target { "within" } else { "over" };
         println!("  target: {what} × 1.05 + 50 ms = {target:.1} ms: {verdict}");

@@ -20,6 +20,7 @@ echo "PWD=$(pwd)"
 "#;
 
 fn probe(
+    e: Eng,
     name: &str,
     spec: kiln_protocol::ContainerSpec,
 ) -> std::collections::BTreeMap<String, String> {
@@ -27,7 +28,7 @@ fn probe(
     std::fs::write(c.dir.join("hello.txt"), "from the bundle").unwrap();
     let r = smol::block_on(run(&c));
     assert_eq!(r.outcome, Outcome::Passed, "{r:?}: {:?}", sink.lines());
-    assert!(containers_of(name).is_empty());
+    assert!(e.containers_of(name).is_empty());
     sink.lines()
         .iter()
         .filter_map(|l| l.split_once('='))
@@ -35,12 +36,8 @@ fn probe(
         .collect()
 }
 
-#[test]
-fn defaults_read_only_unprivileged_no_caps_no_network_limited() {
-    if !require_podman() {
-        return;
-    }
-    let p = probe("hard-default", spec(&[IMAGE_A], PROBE));
+fn defaults_read_only_unprivileged_no_caps_no_network_limited(e: Eng) {
+    let p = probe(e, "hard-default", e.spec(&[IMAGE_A], PROBE));
     assert_eq!(p["UID"], "65534 GID=65534", "{p:?}");
     assert_eq!(p["ROOTFS"], "ro");
     assert_eq!(p["WORKSPACE"], "ro");
@@ -56,18 +53,14 @@ fn defaults_read_only_unprivileged_no_caps_no_network_limited() {
     assert_eq!(p["PWD"], "/workspace");
 }
 
-#[test]
-fn relaxations_take_effect_only_when_asked() {
-    if !require_podman() {
-        return;
-    }
-    let mut s = spec(&[IMAGE_A], PROBE);
+fn relaxations_take_effect_only_when_asked(e: Eng) {
+    let mut s = e.spec(&[IMAGE_A], PROBE);
     s.read_only = false;
     s.user = Some("0:0".into());
     s.cap_add = vec!["CHOWN".into()];
     s.pids_limit = 0;
     s.workdir = Some("/tmp".into());
-    let p = probe("hard-relaxed", s);
+    let p = probe(e, "hard-relaxed", s);
     assert_eq!(p["UID"], "0 GID=0", "{p:?}");
     assert_eq!(p["ROOTFS"], "rw");
     // CAP_CHOWN is bit 0; nothing else came back.
@@ -76,3 +69,8 @@ fn relaxations_take_effect_only_when_asked() {
     assert_ne!(p["PIDS"], "128");
     assert_eq!(p["PWD"], "/tmp");
 }
+
+on_both_engines!(
+    defaults_read_only_unprivileged_no_caps_no_network_limited,
+    relaxations_take_effect_only_when_asked,
+);

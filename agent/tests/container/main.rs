@@ -1,5 +1,6 @@
-//! The container stage against real podman (with runc): matrix, hardening, lifecycle,
-//! artifacts and secrets. Needs the local test images from `.ci/podman.sh`.
+//! The container stage against real podman (with runc) and real docker (dockerd):
+//! matrix, hardening, lifecycle, artifacts and secrets, each test once per engine.
+//! Needs the local test images from `.ci/podman.sh` and `.ci/docker.sh`.
 mod support;
 
 mod hardening;

@@ -9,12 +9,8 @@ const TWO_DISTROS: &str = r#". /etc/os-release
 i=0; while [ $i -lt 250 ]; do echo "line $i from $ID"; i=$((i+1)); done
 [ "$ID" = kiln-a ] || { echo "$ID is not supported" >&2; exit 3; }"#;
 
-#[test]
-fn two_images_one_passes_one_fails_with_prefixed_lines_and_tails() {
-    if !require_podman() {
-        return;
-    }
-    let mut s = spec(&[IMAGE_A, IMAGE_B], TWO_DISTROS);
+fn two_images_one_passes_one_fails_with_prefixed_lines_and_tails(e: Eng) {
+    let mut s = e.spec(&[IMAGE_A, IMAGE_B], TWO_DISTROS);
     s.fail_fast = false;
     let (c, sink, _d) = ctx("matrix-two", s);
     let r = smol::block_on(run(&c));
@@ -45,14 +41,10 @@ fn two_images_one_passes_one_fails_with_prefixed_lines_and_tails() {
         assert_eq!(*mine[0], format!("[{image}] line 0 from {id}"));
     }
     assert!(lines.contains(&format!("[{IMAGE_B}] kiln-b is not supported")));
-    assert!(containers_of("matrix-two").is_empty());
+    assert!(e.containers_of("matrix-two").is_empty());
 }
 
-#[test]
-fn fail_fast_kills_running_siblings_and_removes_their_containers() {
-    if !require_podman() {
-        return;
-    }
+fn fail_fast_kills_running_siblings_and_removes_their_containers(e: Eng) {
     // Four cells: image × ROLE. The slow cells mark that they run (in a shared host
     // folder); the failing cell waits for both marks, so its failure hits running
     // containers. The passing quick cell ends at once.
@@ -69,7 +61,7 @@ quick) [ "$ID" = kiln-a ] && exit 0
        while [ ! -e /sync/kiln-a ] || [ ! -e /sync/kiln-b ]; do sleep 0.05; done
        exit 1 ;;
 esac"#;
-    let mut s = spec(&[IMAGE_A, IMAGE_B], script);
+    let mut s = e.spec(&[IMAGE_A, IMAGE_B], script);
     s.axes = vec![("ROLE".into(), vec!["quick".into(), "slow".into()])];
     s.mounts = vec![Mount {
         host: sync.path().to_string_lossy().into(),
@@ -100,23 +92,19 @@ esac"#;
         assert!(p.2.contains("fail_fast"), "{p:?}");
     }
     // Both slow cells were running when the failure stopped them. (Their output
-    // may still be in podman's pipes when they are killed, so the markers prove it.)
+    // may still be in the engine's pipes when they are killed, so the markers prove it.)
     for id in ["kiln-a", "kiln-b"] {
         assert!(sync.path().join(id).exists(), "slow cell {id} never ran");
     }
     assert!(
-        containers_of("matrix-ff").is_empty(),
+        e.containers_of("matrix-ff").is_empty(),
         "{:?}",
-        containers_of("matrix-ff")
+        e.containers_of("matrix-ff")
     );
 }
 
-#[test]
-fn fail_fast_keeps_waiting_cells_from_starting() {
-    if !require_podman() {
-        return;
-    }
-    let mut s = spec(
+fn fail_fast_keeps_waiting_cells_from_starting(e: Eng) {
+    let mut s = e.spec(
         &[IMAGE_B, IMAGE_A],
         r#". /etc/os-release; echo "ran $ID"; [ "$ID" = kiln-a ]"#,
     );
@@ -131,12 +119,8 @@ fn fail_fast_keeps_waiting_cells_from_starting() {
     assert!(sink.lines().contains(&format!("[{IMAGE_B}] ran kiln-b")));
 }
 
-#[test]
-fn exit_codes_map_to_outcomes_and_engine_failures_are_errors() {
-    if !require_podman() {
-        return;
-    }
-    let mut s = spec(&[IMAGE_A], "exit $CODE");
+fn exit_codes_map_to_outcomes_and_engine_failures_are_errors(e: Eng) {
+    let mut s = e.spec(&[IMAGE_A], "exit $CODE");
     s.axes = vec![(
         "CODE".into(),
         ["0", "42", "43", "1"].map(String::from).to_vec(),
@@ -159,12 +143,19 @@ fn exit_codes_map_to_outcomes_and_engine_failures_are_errors() {
         );
     }
 
-    // A command the container cannot start (podman exits 127): infrastructure.
-    let mut s = spec(&[IMAGE_A], "");
+    // A command the container cannot start (the engine exits 127): infrastructure.
+    let mut s = e.spec(&[IMAGE_A], "");
     s.command = vec!["/no/such/program".into()];
     let (c, _sink, _d) = ctx("matrix-127", s);
     let r = smol::block_on(run(&c));
     assert_eq!(r.outcome, Outcome::Error, "{r:?}");
     assert_eq!(r.exit_code, Some(127));
-    assert!(containers_of("matrix-127").is_empty());
+    assert!(e.containers_of("matrix-127").is_empty());
 }
+
+on_both_engines!(
+    two_images_one_passes_one_fails_with_prefixed_lines_and_tails,
+    fail_fast_kills_running_siblings_and_removes_their_containers,
+    fail_fast_keeps_waiting_cells_from_starting,
+    exit_codes_map_to_outcomes_and_engine_failures_are_errors,
+);

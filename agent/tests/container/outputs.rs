@@ -18,15 +18,11 @@ fn artifacts(sink: &kiln_agent::stages::MemorySink) -> Vec<(String, Sha256, u64)
         .collect()
 }
 
-#[test]
-fn files_in_artifacts_are_uploaded_with_their_digests() {
-    if !require_podman() {
-        return;
-    }
+fn files_in_artifacts_are_uploaded_with_their_digests(e: Eng) {
     let script = "echo report > /artifacts/report.txt; mkdir /artifacts/sub; \
                   seq 1 5000 > /artifacts/sub/data.txt; ln -s /etc/passwd /artifacts/link; \
                   exit 1";
-    let (c, sink, _d) = ctx("out-artifacts", spec(&[IMAGE_A], script));
+    let (c, sink, _d) = ctx("out-artifacts", e.spec(&[IMAGE_A], script));
     let r = smol::block_on(run(&c));
     // A failing test's artifacts still arrive.
     assert_eq!(r.outcome, Outcome::Failed, "{r:?}");
@@ -51,7 +47,7 @@ fn files_in_artifacts_are_uploaded_with_their_digests() {
 
     // In a matrix each cell's files sit under its own folder.
     let script = ". /etc/os-release; echo $ID > /artifacts/id";
-    let (c, sink, _d) = ctx("out-artifacts-matrix", spec(&[IMAGE_A, IMAGE_B], script));
+    let (c, sink, _d) = ctx("out-artifacts-matrix", e.spec(&[IMAGE_A, IMAGE_B], script));
     assert_eq!(smol::block_on(run(&c)).outcome, Outcome::Passed);
     let names: Vec<(String, Sha256)> = artifacts(&sink).into_iter().map(|a| (a.0, a.1)).collect();
     let mut names = names;
@@ -71,11 +67,7 @@ fn files_in_artifacts_are_uploaded_with_their_digests() {
     );
 }
 
-#[test]
-fn a_secret_reaches_the_container_but_never_the_events_or_the_command_line() {
-    if !require_podman() {
-        return;
-    }
+fn a_secret_reaches_the_container_but_never_the_events_or_the_command_line(e: Eng) {
     const VALUE: &str = "s3cr3t-token-4242";
     let script = r#"echo "token=$REGISTRY_TOKEN"; echo "$REGISTRY_TOKEN" >&2
 echo "$REGISTRY_TOKEN" > /artifacts/leak.txt
@@ -83,7 +75,7 @@ echo "waiting"; while [ ! -e /workspace/go ]; do sleep 0.05; done
 echo "cell=$KILN_CELL stage=$KILN_STAGE attempt=$KILN_ATTEMPT artifacts=$KILN_ARTIFACTS"
 # The expected value, built so that it is not in this script.
 [ "$REGISTRY_TOKEN" = "s3cr3t-token-$((4000 + 242))" ] && [ "$KILN_SECRET_REGISTRY_TOKEN" = "$REGISTRY_TOKEN" ]"#;
-    let mut s = spec(&[IMAGE_A], script);
+    let mut s = e.spec(&[IMAGE_A], script);
     s.fail_fast = false;
     let (mut c, sink, _d) = ctx("out-secret", s);
     c.secrets
@@ -112,3 +104,8 @@ echo "cell=$KILN_CELL stage=$KILN_STAGE attempt=$KILN_ATTEMPT artifacts=$KILN_AR
     // An artifact is the test's own output, uploaded as written (not an event).
     assert_eq!(artifacts(&sink).len(), 1);
 }
+
+on_both_engines!(
+    files_in_artifacts_are_uploaded_with_their_digests,
+    a_secret_reaches_the_container_but_never_the_events_or_the_command_line,
+);

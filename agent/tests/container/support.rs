@@ -17,61 +17,142 @@ fn in_ci() -> bool {
     std::env::var("KILN_CI").map(|v| v == "1").unwrap_or(false)
 }
 
-/// Whether podman and the test images are here; fails in CI, skips loudly elsewhere.
-pub fn require_podman() -> bool {
-    let have = |args: &[&str]| {
-        Command::new("podman")
-            .args(args)
-            .stdout(Stdio::null())
-            .stderr(Stdio::null())
-            .status()
-            .map(|s| s.success())
-            .unwrap_or(false)
-    };
-    let why = if !have(&["--version"]) {
-        "podman is not installed"
-    } else if !have(&["image", "exists", IMAGE_A]) || !have(&["image", "exists", IMAGE_B]) {
-        "the test images are missing (run `. .ci/podman.sh`)"
-    } else {
-        if std::env::var_os("CONTAINERS_CONF").is_none() {
-            eprintln!(
-                "note: CONTAINERS_CONF is unset; hosts like CI's need `. .ci/podman.sh`'s config"
-            );
-        }
-        return true;
-    };
-    if in_ci() {
-        panic!("{why}: required in CI (KILN_CI=1)");
-    }
-    eprintln!("SKIPPED: {why} (this test would fail in CI)");
-    false
+/// The engine a test runs against: each engine-independent test runs on both.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Eng {
+    /// podman with runc (`.ci/podman.sh`).
+    Podman,
+    /// docker: a dockerd holding the same images (`.ci/docker.sh`).
+    Docker,
 }
 
-/// A hardened single-image spec running `sh -c script`.
-pub fn spec(images: &[&str], script: &str) -> ContainerSpec {
-    ContainerSpec {
-        runtime: Runtime::Podman,
-        images: images
+impl Eng {
+    /// The engine's program.
+    pub fn program(self) -> &'static str {
+        match self {
+            Eng::Podman => "podman",
+            Eng::Docker => "docker",
+        }
+    }
+
+    /// Runs the engine; its output when it exits 0.
+    pub fn cmd(self, args: &[&str]) -> Result<String, String> {
+        let o = Command::new(self.program())
+            .args(args)
+            .stdin(Stdio::null())
+            .output()
+            .map_err(|e| format!("{}: {e}", self.program()))?;
+        if o.status.success() {
+            Ok(String::from_utf8_lossy(&o.stdout).into_owned())
+        } else {
+            Err(format!(
+                "{} {args:?}: {}",
+                self.program(),
+                String::from_utf8_lossy(&o.stderr).trim()
+            ))
+        }
+    }
+
+    /// Whether the engine and the test images are here; fails in CI, skips loudly
+    /// elsewhere.
+    pub fn require(self) -> bool {
+        let (probe, setup): (&[&str], _) = match self {
+            Eng::Podman => (&["--version"], "podman is not installed"),
+            Eng::Docker => (
+                &["info"],
+                "docker does not answer (install docker.io, run `. .ci/docker.sh`)",
+            ),
+        };
+        let images = [IMAGE_A, IMAGE_B]
             .iter()
-            .map(|i| ImageRef::Registry(i.to_string()))
-            .collect(),
-        axes: vec![],
-        command: vec!["sh".into(), "-c".into(), script.into()],
-        workdir: None,
-        concurrency: 4,
-        fail_fast: true,
-        read_only: true,
-        network: false,
-        user: None,
-        cap_add: vec![],
-        no_new_privileges: true,
-        memory_bytes: 256 << 20,
-        cpu_millis: 1000,
-        pids_limit: 128,
-        tmpfs_bytes: 16 << 20,
-        mounts: vec![],
+            .all(|i| self.cmd(&["image", "inspect", i]).is_ok());
+        let why = if self.cmd(probe).is_err() {
+            setup
+        } else if !images {
+            match self {
+                Eng::Podman => "the podman test images are missing (run `. .ci/podman.sh`)",
+                Eng::Docker => "the docker test images are missing (run `. .ci/docker.sh`)",
+            }
+        } else {
+            if self == Eng::Podman && std::env::var_os("CONTAINERS_CONF").is_none() {
+                eprintln!(
+                    "note: CONTAINERS_CONF is unset; hosts like CI's need `. .ci/podman.sh`'s config"
+                );
+            }
+            return true;
+        };
+        if in_ci() {
+            panic!("{why}: required in CI (KILN_CI=1)");
+        }
+        eprintln!("SKIPPED: {why} (this test would fail in CI)");
+        false
+    }
+
+    /// A hardened single-image spec running `sh -c script` on this engine.
+    pub fn spec(self, images: &[&str], script: &str) -> ContainerSpec {
+        ContainerSpec {
+            runtime: match self {
+                Eng::Podman => Runtime::Podman,
+                Eng::Docker => Runtime::Docker,
+            },
+            images: images
+                .iter()
+                .map(|i| ImageRef::Registry(i.to_string()))
+                .collect(),
+            axes: vec![],
+            command: vec!["sh".into(), "-c".into(), script.into()],
+            workdir: None,
+            concurrency: 4,
+            fail_fast: true,
+            read_only: true,
+            network: false,
+            user: None,
+            cap_add: vec![],
+            no_new_privileges: true,
+            memory_bytes: 256 << 20,
+            cpu_millis: 1000,
+            pids_limit: 128,
+            tmpfs_bytes: 16 << 20,
+            mounts: vec![],
+        }
+    }
+
+    /// Names of this engine's containers (any state) of stage `name` in
+    /// [`StageCtx::for_test`]'s run.
+    pub fn containers_of(self, name: &str) -> Vec<String> {
+        let out = self
+            .cmd(&["ps", "-a", "--format", "{{.Names}}"])
+            .expect("listing containers");
+        let prefix = format!("kiln-07070707-{name}-");
+        out.lines()
+            .filter(|l| l.starts_with(&prefix))
+            .map(str::to_string)
+            .collect()
     }
 }
+
+/// Defines, for each `fn name(e: Eng)` given, a module `name` with the tests
+/// `podman` and `docker` that run it on that engine (after [`Eng::require`]).
+macro_rules! on_both_engines {
+    ($($f:ident),* $(,)?) => {$(
+        mod $f {
+            use crate::support::Eng;
+            #[test]
+            fn podman() {
+                if Eng::Podman.require() {
+                    super::$f(Eng::Podman)
+                }
+            }
+            #[test]
+            fn docker() {
+                if Eng::Docker.require() {
+                    super::$f(Eng::Docker)
+                }
+            }
+        }
+    )*};
+}
+pub(crate) use on_both_engines;
 
 /// A stage context for `spec` (stage names must differ between tests: they name
 /// the containers), with its folder.
@@ -92,20 +173,6 @@ pub async fn run(ctx: &StageCtx) -> StageResult {
         panic!("not a container stage")
     };
     container::run(ctx, spec).await
-}
-
-/// Names of containers (any state) of stage `name` in [`StageCtx::for_test`]'s run.
-pub fn containers_of(name: &str) -> Vec<String> {
-    let out = Command::new("podman")
-        .args(["ps", "-a", "--format", "{{.Names}}"])
-        .output()
-        .expect("podman ps");
-    let prefix = format!("kiln-07070707-{name}-");
-    String::from_utf8_lossy(&out.stdout)
-        .lines()
-        .filter(|l| l.starts_with(&prefix))
-        .map(str::to_string)
-        .collect()
 }
 
 /// A reported part: name, outcome, detail, tail.

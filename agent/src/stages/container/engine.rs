@@ -99,21 +99,21 @@ impl Engine {
 
     /// Force-removes a container and its anonymous volumes; a missing one is fine.
     pub async fn remove(&self, name: &str) {
-        match self.kind {
-            EngineKind::Podman => {
-                self.quiet(&[
-                    "rm",
-                    "--force",
-                    "--ignore",
-                    "--volumes",
-                    "--time",
-                    "0",
-                    name,
-                ])
-                .await
-            }
-            EngineKind::Docker => self.quiet(&["rm", "--force", "--volumes", name]).await,
+        self.remove_all(&[name.to_string()]).await;
+    }
+
+    /// [`Engine::remove`] for many containers in one call.
+    pub async fn remove_all(&self, names: &[String]) {
+        if names.is_empty() {
+            return;
+        }
+        let mut args = match self.kind {
+            EngineKind::Podman => vec!["rm", "--force", "--ignore", "--volumes", "--time", "0"],
+            // docker has no --ignore: it reports missing names and removes the rest.
+            EngineKind::Docker => vec!["rm", "--force", "--volumes"],
         };
+        args.extend(names.iter().map(String::as_str));
+        self.quiet(&args).await;
     }
 
     /// Runs an engine command with its output streamed under `prefix`; `Ok(())` on

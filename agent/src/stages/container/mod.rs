@@ -4,7 +4,8 @@
 //! Each cell runs in its own container named `kiln-<run8>-<stage>-<attempt>-<i>-<cell>`,
 //! with the stage's folder read-only at `/workspace`, an empty `/artifacts` whose files
 //! are uploaded afterwards, and a tmpfs `/tmp`. The container is removed whatever
-//! happens (exit, timeout, abort, fail_fast).
+//! happens (exit, timeout, abort, fail_fast); a later attempt of the stage first
+//! removes what earlier attempts left, should the agent have died meanwhile.
 //!
 //! Inside, besides the plan's env and the cell's axes: `KILN_RUN`, `KILN_STAGE`,
 //! `KILN_ATTEMPT`, `KILN_CELL` (the cell's label) and `KILN_ARTIFACTS=/artifacts`.
@@ -31,6 +32,16 @@ pub async fn run(ctx: &StageCtx, spec: &ContainerSpec) -> StageResult {
     if cells.is_empty() {
         return StageResult::error("the stage names no image");
     }
+    // A retry, or a rerun after the agent died: containers of the stage's earlier
+    // attempts that a crash left running go first.
+    let earlier: Vec<String> = (1..ctx.attempt)
+        .flat_map(|a| {
+            cells
+                .iter()
+                .map(move |c| args::container_name(&ctx.run, &ctx.stage.name, a, c))
+        })
+        .collect();
+    engine.remove_all(&earlier).await;
     if let Err(e) = open_workspace(&ctx.dir) {
         return StageResult::error(format!("stage folder {}: {e}", ctx.dir.display()));
     }
