@@ -5,7 +5,7 @@
 # same images. Run as root, after `.ci/podman.sh`, with docker.io installed (it
 # installs nothing):
 #   . .ci/docker.sh      # sourced: KILN_DOCKERD_PID is set when it started dockerd
-#   sh .ci/docker.sh
+#   sh .ci/docker.sh     # prints the pid of the dockerd it started, if it did
 # Idempotent: loaded images are kept (KILN_PODMAN_REBUILD=1 reloads them).
 
 kiln_docker_setup() (
@@ -16,6 +16,7 @@ kiln_docker_setup() (
         log=${KILN_DOCKERD_LOG:-/tmp/kiln-dockerd.log}
         nohup dockerd --iptables=false --bridge=none --pidfile /run/kiln-dockerd.pid \
             </dev/null >"$log" 2>&1 &
+        echo $!
         i=0
         until docker info >/dev/null 2>&1; do
             i=$((i + 1))
@@ -39,9 +40,10 @@ kiln_docker_setup() (
     done
 )
 
-if kiln_docker_setup; then
-    [ -s /run/kiln-dockerd.pid ] && KILN_DOCKERD_PID=$(cat /run/kiln-dockerd.pid)
-    true
+if KILN_DOCKERD_PID=$(kiln_docker_setup); then
+    case "$0" in
+    *docker.sh) [ -z "$KILN_DOCKERD_PID" ] || echo "$KILN_DOCKERD_PID" ;;
+    esac
 else
     echo "docker.sh: setup failed" >&2
     case "$0" in
