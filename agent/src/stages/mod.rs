@@ -228,12 +228,15 @@ impl StageCtx {
         self.stop.fired().await
     }
 
-    /// Replaces every secret value in `text` with `[redacted:NAME]`.
+    /// Replaces every secret value in `text` with `[redacted:NAME]`; each line of a
+    /// multi-line secret (a key, a certificate) too, since output is logged a line at
+    /// a time.
     pub fn redact(&self, text: &str) -> String {
         let mut out = text.to_string();
         for (name, value) in &self.secrets {
             let v = String::from_utf8_lossy(value);
-            for candidate in [v.as_ref(), v.trim()] {
+            let whole = [v.as_ref(), v.trim()];
+            for candidate in whole.into_iter().chain(v.lines().map(str::trim)) {
                 if candidate.len() >= 4 && out.contains(candidate) {
                     out = out.replace(candidate, &format!("[redacted:{name}]"));
                 }
@@ -333,5 +336,33 @@ impl StageCtx {
             stop: StopSignal::default(),
         };
         (ctx, sink)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn redact_hides_whole_values_and_each_line_of_multi_line_ones() {
+        let (mut c, _) = StageCtx::for_test(
+            Stage::new("s", StageKind::Exec { command: vec![] }),
+            PathBuf::from("/nonexistent"),
+        );
+        c.secrets.insert("token".into(), b"tok-12345\n".to_vec());
+        c.secrets.insert(
+            "key".into(),
+            b"-----BEGIN KEY-----\nAAAAbase64line1\nBBBBbase64line2\n-----END KEY-----\n".to_vec(),
+        );
+        c.secrets.insert("pin".into(), b"123".to_vec());
+        assert_eq!(c.redact("t=tok-12345!"), "t=[redacted:token]!");
+        assert_eq!(c.redact("  BBBBbase64line2"), "  [redacted:key]");
+        assert_eq!(
+            c.redact("AAAAbase64line1\nBBBBbase64line2"),
+            "[redacted:key]\n[redacted:key]"
+        );
+        // Values under 4 characters are left: redacting them would shred the log.
+        assert_eq!(c.redact("pin 123"), "pin 123");
+        assert_eq!(c.redact("nothing secret"), "nothing secret");
     }
 }

@@ -1,5 +1,6 @@
 //! The `ssh` stage against a real OpenSSH sshd on loopback (the remote host is this
 //! machine, so remote state can be checked directly).
+mod secrets;
 mod sshd;
 mod stale_lock;
 

@@ -4,8 +4,9 @@
 //! Remote layout under the base folder `B`:
 //! `B/lock/` (created with `mkdir`, holding `run` and `dir`), `B/runs/<name>/` (the
 //! unpacked bundle, the test's working folder) and `B/runs/<name>.kiln/` (`pgid`,
-//! `out`, `err`, `exit`). The test runs under `setsid` so that it survives a lost
-//! connection (a resuming run reattaches) and its whole group can be killed.
+//! `out`, `err`, `exit`, and `secrets/` while the test runs). The test runs under
+//! `setsid` so that it survives a lost connection (a resuming run reattaches) and its
+//! whole group can be killed.
 use super::RemoteRun;
 
 /// Quotes `s` as one POSIX sh word.
@@ -59,6 +60,20 @@ pub fn start(r: &RemoteRun) -> String {
     for (k, v) in &r.env {
         env.push_str(&format!("export {k}={}\n", sh_quote(v)));
     }
+    if !r.secrets.is_empty() {
+        // Out of the run folder (and so out of its artifacts) before the test starts.
+        env.push_str(&format!(
+            "mv \"$D\"/{} \"$M/secrets\" || fail \"cannot move the secrets\"\n\
+             export KILN_SECRETS_DIR=\"$M/secrets\"\n",
+            super::SECRETS_DIR
+        ));
+        for (var, file) in &r.secrets {
+            env.push_str(&format!(
+                "export {var}=\"$(cat \"$M/secrets\"/{})\"\n",
+                sh_quote(file)
+            ));
+        }
+    }
     format!(
         r#"{vars}{ALIVE}{STALE}{MUTEX}fail() {{ echo "kiln-error $*"; exit 1; }}
 holder() {{ o=; i=0
@@ -86,7 +101,7 @@ rm -rf "$D" "$M" && mkdir -p "$D" "$M" && : > "$M/out" && : > "$M/err" && printf
 tar -xmof - -C "$D" || fail "unpacking the bundle failed"
 [ -f "$D/run.sh" ] || fail "the bundle has no run.sh"
 {env}setsid sh -c 'echo $$ > "$1/pgid.tmp" && mv "$1/pgid.tmp" "$1/pgid"; cd "$2" || exit 70
-sh ./run.sh > "$1/out" 2> "$1/err" < /dev/null; echo $? > "$1/exit.tmp"; mv "$1/exit.tmp" "$1/exit"' kiln "$M" "$D" > /dev/null 2>&1 < /dev/null &
+sh ./run.sh > "$1/out" 2> "$1/err" < /dev/null; c=$?; rm -rf "$1/secrets"; echo $c > "$1/exit.tmp"; mv "$1/exit.tmp" "$1/exit"' kiln "$M" "$D" > /dev/null 2>&1 < /dev/null &
 i=0; while [ ! -s "$M/pgid" ] && [ $i -lt 500 ]; do sleep 0.01; i=$((i+1)); done
 [ -s "$M/pgid" ] || fail "run.sh did not start (is setsid installed?)"
 echo kiln-started
@@ -155,7 +170,7 @@ else kill -0 -"$1" 2>/dev/null; fi; }
 "#;
 
 /// Kills what is left of the run's process group (TERM, up to 2 s, KILL), removes
-/// the run folders unless kept, and releases the lock if this run holds it (under
+/// the secrets, and the run folders unless kept, and releases the lock if this run holds it (under
 /// the mutex that a takeover holds; without it after 3 s, so a release is never lost).
 pub fn teardown(r: &RemoteRun) -> String {
     format!(
@@ -165,6 +180,7 @@ if [ -s "$M/pgid" ]; then g=$(cat "$M/pgid")
     while alive "$g" && [ $i -lt 40 ]; do sleep 0.05; i=$((i+1)); done
     kill -KILL -"$g" 2>/dev/null; fi
 fi
+rm -rf "$M/secrets"
 {rm}if [ "$(cat "$B/lock/run" 2>/dev/null)" = "$R" ]; then
   if mx_take; then [ "$(cat "$B/lock/run" 2>/dev/null)" = "$R" ] && rm -rf "$B/lock"; mx_drop
   else [ "$(cat "$B/lock/run" 2>/dev/null)" = "$R" ] && rm -rf "$B/lock"; fi

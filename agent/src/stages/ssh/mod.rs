@@ -4,6 +4,12 @@
 //!
 //! Connection, authentication, host key and upload problems end `error` with the
 //! reason; only the test's own exit code makes a stage `failed`.
+//!
+//! The stage's secrets reach the remote test as on the agent (exec): each as
+//! `KILN_SECRET_<NAME>` and as a file in `KILN_SECRETS_DIR`, removed when the test
+//! ends. They travel inside the upload (a [`SECRETS_DIR`] folder ahead of the bundle's
+//! entries, 0700 with 0600 files), never on a command line. The SSH key and the
+//! known_hosts secret never leave the agent.
 use kiln_protocol::{Os, Outcome, SshSpec};
 use std::time::Duration;
 
@@ -38,6 +44,74 @@ pub struct RemoteRun {
     pub env: Vec<(String, String)>,
     /// Random token of this agent session; the run's owner once started or reattached.
     pub token: String,
+    /// Forwarded secrets as (environment name, file name in the secrets folder).
+    pub secrets: Vec<(String, String)>,
+}
+
+/// The folder, at the top of the upload, that carries the forwarded secrets; the
+/// remote start moves it out of the run folder before the test starts.
+pub const SECRETS_DIR: &str = ".kiln-secrets";
+
+/// A secret's file name in the remote secrets folder: `[A-Za-z0-9._-]`, the rest `_`.
+pub fn secret_file(name: &str) -> String {
+    let f: String = name
+        .chars()
+        .map(|c| {
+            if c.is_ascii_alphanumeric() || "._-".contains(c) {
+                c
+            } else {
+                '_'
+            }
+        })
+        .collect();
+    match f.as_str() {
+        "" | "." | ".." => format!("_{f}"),
+        _ => f,
+    }
+}
+
+/// The secrets the remote test gets: the stage's, but the SSH key and the
+/// known_hosts secret, sorted by name.
+pub fn forwarded_secrets<'a>(ctx: &'a StageCtx, spec: &SshSpec) -> Vec<(&'a str, &'a [u8])> {
+    let mut v: Vec<(&str, &[u8])> = ctx
+        .secrets
+        .iter()
+        .filter(|(n, _)| **n != spec.key && Some(*n) != spec.known_hosts.as_ref())
+        .map(|(n, v)| (n.as_str(), v.as_slice()))
+        .collect();
+    v.sort();
+    v
+}
+
+/// The upload: the forwarded secrets (a 0700 [`SECRETS_DIR`] of 0600 files), then
+/// the bundle's own entries, as one tar stream.
+pub fn upload_stream(secrets: &[(&str, &[u8])], bundle: Vec<u8>) -> std::io::Result<Vec<u8>> {
+    if secrets.is_empty() {
+        return Ok(bundle);
+    }
+    let mut b = tar::Builder::new(Vec::new());
+    let mut h = tar::Header::new_gnu();
+    h.set_entry_type(tar::EntryType::Directory);
+    h.set_mode(0o700);
+    h.set_size(0);
+    b.append_data(&mut h, format!("{SECRETS_DIR}/"), std::io::empty())?;
+    for (name, value) in secrets {
+        let mut h = tar::Header::new_gnu();
+        h.set_entry_type(tar::EntryType::Regular);
+        h.set_mode(0o600);
+        h.set_size(value.len() as u64);
+        b.append_data(
+            &mut h,
+            format!("{SECRETS_DIR}/{}", secret_file(name)),
+            *value,
+        )?;
+    }
+    let mut out = b.into_inner()?;
+    // `into_inner` ends the archive with two zero blocks; the bundle's entries (and
+    // its own end) follow instead.
+    out.truncate(out.len() - 1024);
+    out.extend_from_slice(&bundle);
+    Ok(out)
 }
 
 impl RemoteRun {
@@ -80,6 +154,10 @@ impl RemoteRun {
             keep: spec.keep,
             env: ctx.env(),
             token: conn::random_hex(),
+            secrets: forwarded_secrets(ctx, spec)
+                .iter()
+                .map(|(n, _)| (super::exec::secret_var(n), secret_file(n)))
+                .collect(),
         })
     }
 }
@@ -93,6 +171,10 @@ pub async fn run(ctx: &StageCtx, spec: &SshSpec) -> StageResult {
     let bundle = match bundle_bytes(ctx).await {
         Ok(b) => b,
         Err(e) => return StageResult::error(format!("reading the test bundle: {e}")),
+    };
+    let bundle = match upload_stream(&forwarded_secrets(ctx, spec), bundle) {
+        Ok(b) => b,
+        Err(e) => return StageResult::error(format!("packing the secrets: {e}")),
     };
     let conn = match Conn::new(ctx, spec) {
         Ok(c) => c,

@@ -94,9 +94,10 @@ pub fn upload(dir: &str) -> String {
 }
 
 /// The entrypoint: records PowerShell's pid for a later `taskkill`, sets the
-/// plan's environment, changes to the run folder and runs `run.ps1` there, exiting
-/// with its exit code.
-pub fn entry(dir: &str, env: &[(String, String)]) -> String {
+/// plan's environment, moves the uploaded secrets (`secrets`: environment name, file
+/// name) out of the run folder and sets them, changes to the run folder and runs
+/// `run.ps1` there, removes the secrets and exits with its exit code.
+pub fn entry(dir: &str, env: &[(String, String)], secrets: &[(String, String)]) -> String {
     let mut pre = format!(
         "Set-Content -LiteralPath {} -Value $PID; ",
         ps_quote(&format!("{dir}.kiln\\pid"))
@@ -104,8 +105,24 @@ pub fn entry(dir: &str, env: &[(String, String)]) -> String {
     for (k, v) in env {
         pre.push_str(&format!("$env:{k} = {}; ", ps_quote(v)));
     }
+    let mut exit = "exit $LASTEXITCODE".to_string();
+    if !secrets.is_empty() {
+        let held = ps_quote(&format!("{dir}.kiln\\secrets"));
+        pre.push_str(&format!(
+            "Move-Item -LiteralPath {} -Destination {held}; $env:KILN_SECRETS_DIR = {held}; ",
+            ps_quote(&format!("{dir}\\{}", super::SECRETS_DIR)),
+        ));
+        for (var, file) in secrets {
+            pre.push_str(&format!(
+                "$env:{var} = (Get-Content -Raw -LiteralPath {}).TrimEnd([char]13, [char]10); ",
+                ps_quote(&format!("{dir}.kiln\\secrets\\{file}"))
+            ));
+        }
+        exit =
+            format!("$c = $LASTEXITCODE; Remove-Item -LiteralPath {held} -Recurse -Force; exit $c");
+    }
     format!(
-        "{POWERSHELL} -Command \"{pre}Set-Location -LiteralPath {d}; & {s}; exit $LASTEXITCODE\"",
+        "{POWERSHELL} -Command \"{pre}Set-Location -LiteralPath {d}; & {s}; {exit}\"",
         d = ps_quote(dir),
         s = ps_quote(&format!("{dir}\\run.ps1")),
     )
@@ -126,6 +143,7 @@ pub fn teardown(r: &RemoteRun, kill: bool) -> String {
             "$q = Get-Content -LiteralPath \"$M\\pid\"; if ($q) { taskkill /T /F /PID $q 2>&1 | Out-Null }\n",
         );
     }
+    s.push_str("Remove-Item -LiteralPath (Join-Path $M 'secrets') -Recurse -Force\n");
     if !r.keep {
         s.push_str("Remove-Item -LiteralPath $D, $M -Recurse -Force\n");
     }
@@ -145,7 +163,7 @@ mod tests {
     fn fake_windows_entry_sets_location_then_runs_with_quoted_paths() {
         let dir = r"C:\Users\ci user\.kiln\runs\0a1b-it's-1";
         assert_eq!(
-            entry(dir, &[]),
+            entry(dir, &[], &[]),
             "powershell -NoProfile -NonInteractive -ExecutionPolicy Bypass -Command \
              \"Set-Content -LiteralPath 'C:\\Users\\ci user\\.kiln\\runs\\0a1b-it''s-1.kiln\\pid' -Value $PID; \
              Set-Location -LiteralPath 'C:\\Users\\ci user\\.kiln\\runs\\0a1b-it''s-1'; \
@@ -155,10 +173,25 @@ mod tests {
 
     #[test]
     fn fake_windows_entry_sets_env_quoted() {
-        let line = entry(r"C:\k", &[("LEVEL".into(), "it's 2".into())]);
+        let line = entry(r"C:\k", &[("LEVEL".into(), "it's 2".into())], &[]);
         assert!(
             line.contains("$env:LEVEL = 'it''s 2'; Set-Location -LiteralPath 'C:\\k'; "),
             "{line}"
+        );
+    }
+
+    #[test]
+    fn fake_windows_entry_moves_sets_and_removes_secrets_by_file_never_by_value() {
+        let secrets = [("KILN_SECRET_API_TOKEN".to_string(), "api-token".to_string())];
+        assert_eq!(
+            entry(r"C:\a b\r", &[], &secrets),
+            "powershell -NoProfile -NonInteractive -ExecutionPolicy Bypass -Command \
+             \"Set-Content -LiteralPath 'C:\\a b\\r.kiln\\pid' -Value $PID; \
+             Move-Item -LiteralPath 'C:\\a b\\r\\.kiln-secrets' -Destination 'C:\\a b\\r.kiln\\secrets'; \
+             $env:KILN_SECRETS_DIR = 'C:\\a b\\r.kiln\\secrets'; \
+             $env:KILN_SECRET_API_TOKEN = (Get-Content -Raw -LiteralPath 'C:\\a b\\r.kiln\\secrets\\api-token').TrimEnd([char]13, [char]10); \
+             Set-Location -LiteralPath 'C:\\a b\\r'; & 'C:\\a b\\r\\run.ps1'; \
+             $c = $LASTEXITCODE; Remove-Item -LiteralPath 'C:\\a b\\r.kiln\\secrets' -Recurse -Force; exit $c\""
         );
     }
 

@@ -96,7 +96,7 @@ pub async fn run(ctx: &StageCtx, conn: &Conn, r: &RemoteRun, bundle: Vec<u8>) ->
     }
     let out = run_streamed(
         ctx,
-        &ProcSpec::new(conn.argv(&windows::entry(&dir, &r.env))),
+        &ProcSpec::new(conn.argv(&windows::entry(&dir, &r.env, &r.secrets))),
     )
     .await;
     let code = match out.end {
