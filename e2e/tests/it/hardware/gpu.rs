@@ -1,5 +1,7 @@
 //! The GPU stage through an offline agent run, with a fake `nvidia-smi` (no GPU
-//! here) printing captured query output: ECC errors fail a GPU, no driver skips.
+//! here) printing captured query output: ECC errors fail a GPU, no driver skips; and
+//! the load test with a fake `gpu_burn`: the GPUs are sampled while it runs, the
+//! hottest reading is judged, and a GPU it calls FAULTY fails the stage.
 use super::{measure, part, repo, s, stage};
 use crate::common::*;
 use serde_json::Value;
@@ -9,20 +11,31 @@ use std::process::Command;
 /// exits with `code`, first on PATH for an offline `kiln-agent run` of a gpu stage.
 /// Returns the imported run's `run show --json`.
 fn gpu_run_with_fake_nvidia_smi(fixture: &str, code: i32) -> Value {
-    let (tmp, state) = fresh_state();
-    let dir = tmp.path();
-    add_local_host(&state, "here");
     let fixtures = repo().join("agent/tests/fixtures/hardware/nvidia-smi");
-    let fake = dir.join("fake-bin");
     let script = format!(
         "#!/bin/sh\ncat '{}'\nexit {code}\n",
         s(&fixtures.join(fixture))
     );
-    let f = write(&fake, "nvidia-smi", &script);
-    use std::os::unix::fs::PermissionsExt;
-    std::fs::set_permissions(&f, std::fs::Permissions::from_mode(0o755)).expect("chmod");
-    let plan = "name = \"gpu\"\n[[stage]]\nname = \"gpu\"\nkind = \"gpu\"\nmax_temperature = 80\n";
-    let p = write(dir, "plan.toml", plan);
+    gpu_run_with_fakes(&[("nvidia-smi", &script)], "")
+}
+
+/// An offline `kiln-agent run` of a gpu stage (`max_temperature = 80`, plus `extra`
+/// plan lines) with the fake `tools` (name, sh script) first on PATH. Returns the
+/// imported run's `run show --json`.
+fn gpu_run_with_fakes(tools: &[(&str, &str)], extra: &str) -> Value {
+    let (tmp, state) = fresh_state();
+    let dir = tmp.path();
+    add_local_host(&state, "here");
+    let fake = dir.join("fake-bin");
+    for (name, script) in tools {
+        let f = write(&fake, name, &script.replace("@FAKE@", s(&fake)));
+        use std::os::unix::fs::PermissionsExt;
+        std::fs::set_permissions(&f, std::fs::Permissions::from_mode(0o755)).expect("chmod");
+    }
+    let plan = format!(
+        "name = \"gpu\"\n[[stage]]\nname = \"gpu\"\nkind = \"gpu\"\nmax_temperature = 80\n{extra}"
+    );
+    let p = write(dir, "plan.toml", &plan);
     let o = kc(
         &state,
         &["ticket", "issue", "--plan", s(&p), "--host", "here"],
@@ -78,4 +91,72 @@ fn gpu_stage_with_a_fake_nvidia_smi() {
         gpu["detail"].as_str().unwrap().contains("no NVIDIA driver"),
         "{gpu}"
     );
+}
+
+/// A fake `nvidia-smi`: one cool H100 on the first query, hot on every later one (the
+/// samples taken while the load runs).
+const HEATING_NVIDIA_SMI: &str = r#"#!/bin/sh
+n=$(cat @FAKE@/queries 2>/dev/null || echo 0); echo $((n + 1)) > @FAKE@/queries
+if [ "$n" = 0 ]; then t=35; p=70.5; else t=86; p=699.9; fi
+echo "0, 00000000:18:00.0, NVIDIA H100 80GB HBM3, 81559, $t, $p, 0, 1980"
+"#;
+
+/// A fake `gpu_burn DURATION` (the real one needs a GPU) that loads for a second
+/// longer than asked and ends with gpu_burn's verdict line for GPU 0 (`OK`/`FAULTY`).
+fn fake_gpu_burn(verdict: &str) -> String {
+    format!(
+        "#!/bin/sh\necho \"Burning for $1 seconds.\"\nsleep $(($1 + 1))\n\
+         echo \"100.0%  proc'd: 1234 (56789 Gflop/s)   errors: 0   temps: 86 C\"\n\
+         echo \"Tested 1 GPUs:\"\necho \"\tGPU 0: {verdict}\"\n"
+    )
+}
+
+#[test]
+fn gpu_load_test_samples_while_loaded_and_judges_the_peak() {
+    // Fakes, named as such: no GPU here. The load lasts past one sampling interval.
+    let show = gpu_run_with_fakes(
+        &[
+            ("nvidia-smi", HEATING_NVIDIA_SMI),
+            ("gpu_burn", &fake_gpu_burn("OK")),
+        ],
+        "duration = \"6s\"\n",
+    );
+    let gpu = stage(&show, "gpu");
+    assert_eq!(measure(gpu, "gpu0.temperature"), Some(35.0), "{gpu}");
+    assert_eq!(measure(gpu, "gpu0.temperature_max"), Some(86.0), "{gpu}");
+    assert_eq!(measure(gpu, "gpu0.power_max"), Some(699.9), "{gpu}");
+    assert_eq!(
+        gpu["outcome"], "failed",
+        "86 °C under load is above 80: {gpu}"
+    );
+    let p = part(gpu, "gpu0 0000:18:00.0");
+    assert!(
+        p["detail"]
+            .as_str()
+            .unwrap()
+            .contains("temperature 86 °C above 80 °C"),
+        "{p}"
+    );
+}
+
+#[test]
+fn gpu_load_test_fails_a_gpu_that_gpu_burn_calls_faulty() {
+    let cool =
+        "#!/bin/sh\necho '0, 00000000:18:00.0, NVIDIA H100 80GB HBM3, 81559, 40, 300, 0, 1980'\n";
+    let show = gpu_run_with_fakes(
+        &[("nvidia-smi", cool), ("gpu_burn", &fake_gpu_burn("FAULTY"))],
+        "duration = \"1s\"\n",
+    );
+    let gpu = stage(&show, "gpu");
+    assert_eq!(gpu["outcome"], "failed", "{gpu}");
+    assert!(
+        gpu["detail"].as_str().unwrap().contains("GPU 0: FAULTY"),
+        "{gpu}"
+    );
+    // The same load with every GPU OK passes.
+    let show = gpu_run_with_fakes(
+        &[("nvidia-smi", cool), ("gpu_burn", &fake_gpu_burn("OK"))],
+        "duration = \"1s\"\n",
+    );
+    assert_eq!(stage(&show, "gpu")["outcome"], "passed", "{show}");
 }
