@@ -88,3 +88,24 @@ fn without_secrets_the_upload_is_the_bundle_itself() {
     );
     assert!(out.path().join("run.sh").is_file());
 }
+
+#[test]
+fn secrets_of_a_run_that_never_started_are_removed_even_when_kept() {
+    let Some(e) = env() else { return };
+    // A bundle without the entrypoint: the start fails after unpacking the secrets.
+    let t = tests_folder("true");
+    std::fs::rename(t.path().join("run.sh"), t.path().join("other.sh")).expect("rename");
+    let mut sp = spec(&e.s, &e.base);
+    sp.keep = true;
+    let (mut c, sink) = ctx(&e.s, sp, t.path(), e.work.path());
+    c.stage.secrets.push("api-token".into());
+    c.secrets
+        .insert("api-token".into(), b"s3cr3t-unused".to_vec());
+    expect_error(&run(&c), &sink, "the bundle has no run.sh");
+    let kept = e.base.join(format!("runs/{}-remote_smoke-1", c.run));
+    assert!(
+        kept.join("other.sh").is_file(),
+        "keep = true keeps the folder"
+    );
+    assert!(!kept.join(".kiln-secrets").exists(), "secrets left behind");
+}

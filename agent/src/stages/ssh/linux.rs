@@ -180,7 +180,7 @@ if [ -s "$M/pgid" ]; then g=$(cat "$M/pgid")
     while alive "$g" && [ $i -lt 40 ]; do sleep 0.05; i=$((i+1)); done
     kill -KILL -"$g" 2>/dev/null; fi
 fi
-rm -rf "$M/secrets"
+rm -rf "$M/secrets" "$D/{sd}"
 {rm}if [ "$(cat "$B/lock/run" 2>/dev/null)" = "$R" ]; then
   if mx_take; then [ "$(cat "$B/lock/run" 2>/dev/null)" = "$R" ] && rm -rf "$B/lock"; mx_drop
   else [ "$(cat "$B/lock/run" 2>/dev/null)" = "$R" ] && rm -rf "$B/lock"; fi
@@ -188,6 +188,7 @@ fi
 true
 "#,
         vars = vars(r),
+        sd = super::SECRETS_DIR,
         rm = if r.keep { "" } else { "rm -rf \"$D\" \"$M\"\n" }
     )
 }

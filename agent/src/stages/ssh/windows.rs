@@ -143,7 +143,10 @@ pub fn teardown(r: &RemoteRun, kill: bool) -> String {
             "$q = Get-Content -LiteralPath \"$M\\pid\"; if ($q) { taskkill /T /F /PID $q 2>&1 | Out-Null }\n",
         );
     }
-    s.push_str("Remove-Item -LiteralPath (Join-Path $M 'secrets') -Recurse -Force\n");
+    s.push_str(&format!(
+        "Remove-Item -LiteralPath (Join-Path $M 'secrets'), (Join-Path $D '{}') -Recurse -Force\n",
+        super::SECRETS_DIR
+    ));
     if !r.keep {
         s.push_str("Remove-Item -LiteralPath $D, $M -Recurse -Force\n");
     }
