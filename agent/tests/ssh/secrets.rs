@@ -109,3 +109,42 @@ fn secrets_of_a_run_that_never_started_are_removed_even_when_kept() {
     );
     assert!(!kept.join(".kiln-secrets").exists(), "secrets left behind");
 }
+
+#[test]
+fn plan_env_named_like_the_remote_scripts_variables_reaches_only_the_test() {
+    let Some(e) = env() else { return };
+    let t = tests_folder(
+        r#"echo "M=$M D=$D B=$B PATH=$PATH"
+echo "secret=$(cat "$KILN_SECRETS_DIR/api-token")""#,
+    );
+    let decoy = e.work.path().join("decoy");
+    let (mut c, sink) = ctx(&e.s, spec(&e.s, &e.base), t.path(), e.work.path());
+    c.stage.env = vec![
+        ("M".into(), decoy.display().to_string()),
+        ("D".into(), decoy.display().to_string()),
+        ("B".into(), "/nonexistent".into()),
+        ("PATH".into(), "/usr/bin:/bin".into()),
+    ];
+    c.stage.secrets.push("api-token".into());
+    c.secrets
+        .insert("api-token".into(), b"s3cr3t-isolated".to_vec());
+    let r = run(&c);
+    assert_eq!(r.outcome, Outcome::Passed, "{r:?} {:?}", sink.lines());
+    let d = decoy.display();
+    let want = format!("M={d} D={d} B=/nonexistent PATH=/usr/bin:/bin");
+    assert!(sink.lines().contains(&want), "{:?}", sink.lines());
+    assert!(
+        sink.lines()
+            .contains(&"secret=[redacted:api-token]".to_string())
+    );
+    // The scripts kept to their own folders: nothing under the decoy, nothing left.
+    assert!(!decoy.exists(), "the plan's M/D bent the remote scripts");
+    assert!(!e.base.join("lock").exists(), "lock left behind");
+    assert_eq!(
+        std::fs::read_dir(e.base.join("runs"))
+            .expect("runs")
+            .count(),
+        0,
+        "run folders left behind"
+    );
+}

@@ -4,7 +4,8 @@
 //! Remote layout under the base folder `B`:
 //! `B/lock/` (created with `mkdir`, holding `run` and `dir`), `B/runs/<name>/` (the
 //! unpacked bundle, the test's working folder) and `B/runs/<name>.kiln/` (`pgid`,
-//! `out`, `err`, `exit`, and `secrets/` while the test runs). The test runs under
+//! `out`, `err`, `exit`, `env` — the test's environment, sourced only by the shell
+//! that becomes run.sh — and `secrets/` while the test runs). The test runs under
 //! `setsid` so that it survives a lost connection (a resuming run reattaches) and its
 //! whole group can be killed.
 use super::RemoteRun;
@@ -56,23 +57,35 @@ pub fn remote_command(script: &str) -> String {
 /// line: `kiln-started`, `kiln-resume` (this run already holds the lock for this
 /// folder), `kiln-busy <run>` or `kiln-error <why>`.
 pub fn start(r: &RemoteRun) -> String {
+    // The test's environment goes into `$M/env`, sourced only by the subshell that
+    // becomes run.sh: a plan variable named like one of these scripts' own (`M`,
+    // `PATH`, …) cannot bend them. Secrets are read from their files there.
+    let mut lines: Vec<String> = r
+        .env
+        .iter()
+        .map(|(k, v)| format!("export {k}={}", sh_quote(v)))
+        .collect();
     let mut env = String::new();
-    for (k, v) in &r.env {
-        env.push_str(&format!("export {k}={}\n", sh_quote(v)));
-    }
     if !r.secrets.is_empty() {
         // Out of the run folder (and so out of its artifacts) before the test starts.
         env.push_str(&format!(
-            "mv \"$D\"/{} \"$M/secrets\" || fail \"cannot move the secrets\"\n\
-             export KILN_SECRETS_DIR=\"$M/secrets\"\n",
+            "mv \"$D\"/{} \"$M/secrets\" || fail \"cannot move the secrets\"\n",
             super::SECRETS_DIR
         ));
+        lines.push("export KILN_SECRETS_DIR=\"$1/secrets\"".into());
         for (var, file) in &r.secrets {
-            env.push_str(&format!(
-                "export {var}=\"$(cat \"$M/secrets\"/{})\"\n",
+            lines.push(format!(
+                "export {var}=\"$(cat \"$1/secrets\"/{})\"",
                 sh_quote(file)
             ));
         }
+    }
+    env.push_str("(umask 077; : > \"$M/env\") || fail \"cannot write $M/env\"\n");
+    for l in &lines {
+        env.push_str(&format!(
+            "printf '%s\\n' {} >> \"$M/env\" || fail \"cannot write $M/env\"\n",
+            sh_quote(l)
+        ));
     }
     format!(
         r#"{vars}{ALIVE}{STALE}{MUTEX}fail() {{ echo "kiln-error $*"; exit 1; }}
@@ -101,7 +114,7 @@ rm -rf "$D" "$M" && mkdir -p "$D" "$M" && : > "$M/out" && : > "$M/err" && printf
 tar -xmof - -C "$D" || fail "unpacking the bundle failed"
 [ -f "$D/run.sh" ] || fail "the bundle has no run.sh"
 {env}setsid sh -c 'echo $$ > "$1/pgid.tmp" && mv "$1/pgid.tmp" "$1/pgid"; cd "$2" || exit 70
-sh ./run.sh > "$1/out" 2> "$1/err" < /dev/null; c=$?; rm -rf "$1/secrets"; echo $c > "$1/exit.tmp"; mv "$1/exit.tmp" "$1/exit"' kiln "$M" "$D" > /dev/null 2>&1 < /dev/null &
+(. "$1/env" && exec "$3" ./run.sh) > "$1/out" 2> "$1/err" < /dev/null; c=$?; rm -rf "$1/secrets"; echo $c > "$1/exit.tmp"; mv "$1/exit.tmp" "$1/exit"' kiln "$M" "$D" "$(command -v sh)" > /dev/null 2>&1 < /dev/null &
 i=0; while [ ! -s "$M/pgid" ] && [ $i -lt 500 ]; do sleep 0.01; i=$((i+1)); done
 [ -s "$M/pgid" ] || fail "run.sh did not start (is setsid installed?)"
 echo kiln-started

@@ -141,6 +141,17 @@ impl RemoteRun {
                 return Err(format!("environment name {k:?} is not a valid identifier"));
             }
         }
+        if spec.os == Os::Windows {
+            // The entrypoint is a cmd.exe line: inside its "…" a `"` ends the quoting
+            // and `%NAME%` expands, whatever PowerShell's quoting says.
+            for (k, v) in ctx.env() {
+                if let Some(c) = v.chars().find(|c| matches!(c, '"' | '%' | '\r' | '\n')) {
+                    return Err(format!(
+                        "environment value of {k} contains {c:?}, which a Windows command line cannot carry"
+                    ));
+                }
+            }
+        }
         let base = spec.base_dir.clone().filter(|b| !b.is_empty());
         if spec.os == Os::Windows
             && let Some(b) = &base
@@ -252,4 +263,61 @@ fn reply_line(stdout: &[u8]) -> Option<String> {
         .lines()
         .find(|l| l.starts_with("kiln-"))
         .map(str::to_string)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use kiln_protocol::{Stage, StageKind};
+
+    fn spec(os: Os) -> SshSpec {
+        SshSpec {
+            host: "h".into(),
+            port: 22,
+            user: "u".into(),
+            os,
+            key: "k".into(),
+            host_key: None,
+            known_hosts: Some("kh".into()),
+            keep: false,
+            base_dir: None,
+        }
+    }
+
+    #[test]
+    fn windows_refuses_env_values_its_command_line_cannot_carry() {
+        for (value, ok) in [
+            ("plain 'quoted' & <ok>", true),
+            ("a\"b", false),
+            ("%PATH%", false),
+        ] {
+            let stage = Stage {
+                env: vec![("V".into(), value.into())],
+                ..Stage::new("s", StageKind::Ssh(spec(Os::Windows)))
+            };
+            let (ctx, _) = StageCtx::for_test(stage, "/nonexistent".into());
+            let r = RemoteRun::new(&ctx, &spec(Os::Windows));
+            assert_eq!(r.is_ok(), ok, "{value}: {r:?}");
+            // Linux quotes anything.
+            assert!(RemoteRun::new(&ctx, &spec(Os::Linux)).is_ok());
+        }
+    }
+
+    #[test]
+    fn forwarded_secrets_leave_out_the_key_and_known_hosts() {
+        let (mut ctx, _) = StageCtx::for_test(
+            Stage::new("s", StageKind::Ssh(spec(Os::Linux))),
+            "/nonexistent".into(),
+        );
+        for n in ["k", "kh", "b-token", "a/token"] {
+            ctx.secrets.insert(n.into(), n.as_bytes().to_vec());
+        }
+        let names: Vec<&str> = forwarded_secrets(&ctx, &spec(Os::Linux))
+            .iter()
+            .map(|(n, _)| *n)
+            .collect();
+        assert_eq!(names, ["a/token", "b-token"]);
+        assert_eq!(secret_file("a/token"), "a_token");
+        assert_eq!(secret_file(".."), "_..");
+    }
 }
