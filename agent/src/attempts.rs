@@ -149,6 +149,7 @@ impl Attempts<'_> {
             sink: self.reporter.clone() as Arc<dyn Sink>,
             stop: stop.clone(),
         };
+        scrub_secrets(&base);
         if let Err(e) = fresh_dir(&dir) {
             return StageResult::error(format!("stage folder {}: {e}", dir.display()));
         }
@@ -204,6 +205,28 @@ impl Attempts<'_> {
 }
 
 /// An empty folder at `dir` (a leftover from an interrupted start is removed).
+/// Removes the secret material earlier attempts of a stage may have left in `base`
+/// (an agent killed mid-stage never cleans up): exec's `.secrets-*` folders and the
+/// ssh stage's `.kiln-ssh-*` key folders inside attempt folders. Best effort.
+fn scrub_secrets(base: &Path) {
+    let Ok(entries) = std::fs::read_dir(base) else {
+        return;
+    };
+    for e in entries.flatten() {
+        let name = e.file_name();
+        let name = name.to_string_lossy();
+        if name.starts_with(".secrets-") {
+            let _ = std::fs::remove_dir_all(e.path());
+        } else if let Ok(inner) = std::fs::read_dir(e.path()) {
+            for i in inner.flatten() {
+                if i.file_name().to_string_lossy().starts_with(".kiln-ssh-") {
+                    let _ = std::fs::remove_dir_all(i.path());
+                }
+            }
+        }
+    }
+}
+
 fn fresh_dir(dir: &Path) -> std::io::Result<()> {
     if dir.exists() {
         std::fs::remove_dir_all(dir)?;
@@ -234,4 +257,28 @@ async fn prepare_tests(ctx: &StageCtx, tests: &TestBundle) -> Result<PathBuf, St
     })
     .await?;
     Ok(tar)
+}
+
+#[cfg(test)]
+mod tests {
+    #[test]
+    fn scrub_removes_secret_folders_of_earlier_attempts_only() {
+        let d = tempfile::tempdir().expect("tempdir");
+        let b = d.path();
+        for p in [
+            ".secrets-1/tok",
+            "1/.kiln-ssh-ab/id",
+            "1/artifacts/a",
+            "1/run.sh",
+        ] {
+            let f = b.join(p);
+            std::fs::create_dir_all(f.parent().unwrap()).unwrap();
+            std::fs::write(&f, "x").unwrap();
+        }
+        super::scrub_secrets(b);
+        assert!(!b.join(".secrets-1").exists());
+        assert!(!b.join("1/.kiln-ssh-ab").exists());
+        assert!(b.join("1/artifacts/a").exists() && b.join("1/run.sh").exists());
+        super::scrub_secrets(&b.join("missing"));
+    }
 }
