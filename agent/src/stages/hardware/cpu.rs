@@ -125,7 +125,10 @@ pub async fn run(ctx: &StageCtx, spec: &CpuStressSpec) -> StageResult {
         let _ = ctx.artifact(&yaml, "stress-ng.yaml").await;
     }
     let mut problems: Vec<(Outcome, String)> = Vec::new();
-    if let Some((o, why)) = judge_exit(c.code) {
+    if let Some(sig) = c.signal {
+        // stress-ng itself died: its exit statuses say nothing here.
+        problems.push((Outcome::Error, format!("stress-ng killed by signal {sig}")));
+    } else if let Some((o, why)) = judge_exit(c.code) {
         problems.push((o, format!("stress-ng exit {}: {why}", c.code)));
     }
     let metrics = parse_yaml(&std::fs::read_to_string(&yaml).unwrap_or_default());
@@ -186,7 +189,7 @@ pub async fn run(ctx: &StageCtx, spec: &CpuStressSpec) -> StageResult {
     };
     StageResult {
         outcome,
-        exit_code: Some(c.code),
+        exit_code: c.signal.is_none().then_some(c.code),
         detail,
     }
 }

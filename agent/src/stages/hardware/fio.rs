@@ -74,7 +74,22 @@ pub fn parse(text: &str) -> Result<FioRun, String> {
     Ok(run)
 }
 
+/// How many blocks fio verifies at a time while the write job runs. The write is
+/// capped by time, and fio skips its after-write verify pass when the cap ends the
+/// job: verifying as it goes is what makes a capped write checked at all.
+pub const VERIFY_BACKLOG: u32 = 256;
+
 impl FioResult {
+    /// The measurement name below `storage.<dev>.`: the job, and for the write job
+    /// its direction (`seqwrite.write`, `seqwrite.verify` for the verify reads).
+    pub fn key(&self) -> String {
+        match (self.job.as_str(), self.dir) {
+            ("seqwrite", "write") => "seqwrite.write".into(),
+            ("seqwrite", _) => "seqwrite.verify".into(),
+            (job, _) => job.to_string(),
+        }
+    }
+
     /// The completion latency at percentile `p` (e.g. 99.0), µs.
     pub fn percentile(&self, p: f64) -> Option<f64> {
         self.clat_us
@@ -84,7 +99,26 @@ impl FioResult {
     }
 }
 
-/// The fio argv for `dev`: a sequential and a random read, both `--readonly`; with
+/// Why the write job does not count as checked: it wrote but verified nothing.
+pub fn unverified(run: &FioRun) -> Option<String> {
+    let bytes = |dir: &str| {
+        run.results
+            .iter()
+            .filter(|r| r.job == "seqwrite" && r.dir == dir)
+            .map(|r| r.io_bytes)
+            .sum::<u64>()
+    };
+    let (written, verified) = (bytes("write"), bytes("read"));
+    (written > 0 && verified == 0).then(|| {
+        format!(
+            "seqwrite wrote {:.1} MiB but verified none: the written data was never checked",
+            written as f64 / (1 << 20) as f64
+        )
+    })
+}
+
+/// The fio argv for `dev` (the canonical device node:`:` in it is escaped, as fio
+/// splits `--filename` on it): a sequential and a random read, both `--readonly`; with
 /// `write`, a verified sequential write first (the gates have passed by then).
 pub fn argv(dev: &str, duration_s: u64, size_bytes: u64, write: bool) -> Vec<String> {
     let d = duration_s.max(2);
@@ -97,20 +131,23 @@ pub fn argv(dev: &str, duration_s: u64, size_bytes: u64, write: bool) -> Vec<Str
     ]
     .map(String::from)
     .to_vec();
-    a.push(format!("--filename={dev}"));
+    a.push(format!("--filename={}", dev.replace(':', "\\:")));
     if size_bytes > 0 {
         a.push(format!("--size={size_bytes}"));
     }
     if write {
-        // Bounded by size, capped by time; verify reads every block back.
+        // Bounded by size, capped by time; every block written is read back and
+        // checked while writing (the backlog), so the time cap cannot skip it.
         let w = [
             "--name=seqwrite",
             "--rw=write",
             "--bs=1M",
             "--verify=crc32c",
             "--do_verify=1",
+            "--verify_state_save=0",
         ];
         a.extend(w.map(String::from));
+        a.push(format!("--verify_backlog={VERIFY_BACKLOG}"));
         a.push(format!("--runtime={}", (d / 2).max(1)));
     } else {
         a.push("--readonly".into());
@@ -197,5 +234,32 @@ mod tests {
         assert!(!badblocks_argv("/dev/sdb", 0, false).contains(&"-w".to_string()));
         assert_eq!(badblocks_argv("/dev/sdb", 8192, true).last().unwrap(), "1");
         assert_eq!(bad_blocks("12\n\n40\nChecking\n"), [12, 40]);
+    }
+
+    #[test]
+    fn the_capped_write_verifies_as_it_goes() {
+        let w = argv("/dev/sdb", 10, 1 << 30, true);
+        assert!(
+            w.contains(&format!("--verify_backlog={VERIFY_BACKLOG}")),
+            "{w:?}"
+        );
+        assert!(argv("/x/a:b", 10, 0, false).contains(&"--filename=/x/a\\:b".to_string()));
+    }
+
+    /// fio 3.33 on a loop device, the write job cut by `--runtime=1` (`--rate=50m` to
+    /// make it slow): without a backlog it wrote 51 MiB and verified nothing.
+    #[test]
+    fn a_cut_write_without_verify_is_flagged() {
+        let cut = parse(&fixture("loop-seqwrite-cut-unverified.json")).unwrap();
+        assert!(cut.errors.is_empty());
+        let why = unverified(&cut).expect("flagged");
+        assert!(why.contains("verified none"), "{why}");
+        let keys: Vec<String> = cut.results.iter().map(FioResult::key).collect();
+        assert_eq!(keys, ["seqwrite.write"]);
+        let ok = parse(&fixture("loop-seqwrite-cut-backlog.json")).unwrap();
+        assert_eq!(unverified(&ok), None);
+        let keys: Vec<String> = ok.results.iter().map(FioResult::key).collect();
+        assert_eq!(keys, ["seqwrite.verify", "seqwrite.write"]);
+        assert!(ok.results[0].io_bytes > 0);
     }
 }

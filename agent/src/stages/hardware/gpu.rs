@@ -12,9 +12,22 @@ use crate::stages::{StageCtx, StageResult};
 /// How often GPUs are sampled during the load test.
 const SAMPLE_EVERY: Duration = Duration::from_secs(5);
 
+/// The programs the stage runs, and its sampling period (tests pass fakes' paths).
+#[derive(Debug, Clone)]
+pub(crate) struct Programs<'a> {
+    /// nvidia-smi.
+    pub nvidia_smi: &'a str,
+    /// gpu_burn.
+    pub gpu_burn: &'a str,
+    /// How often GPUs are sampled during the load test.
+    pub sample_every: Duration,
+}
+
 /// One query: the readings, or how the stage ends.
-async fn query(ctx: &StageCtx) -> Result<(Vec<GpuReading>, String), StageResult> {
-    let c = match Tool::new(nvsmi::query_argv(), 60).run(ctx).await {
+async fn query(ctx: &StageCtx, smi: &str) -> Result<(Vec<GpuReading>, String), StageResult> {
+    let mut argv = nvsmi::query_argv();
+    argv[0] = smi.to_string();
+    let c = match Tool::new(argv, 60).run(ctx).await {
         Ok(c) => c,
         Err(ToolError::Missing(_)) => {
             return Err(StageResult::new(
@@ -25,6 +38,11 @@ async fn query(ctx: &StageCtx) -> Result<(Vec<GpuReading>, String), StageResult>
         Err(e) => return Err(e.result(ctx)),
     };
     let text = c.text();
+    if let Some(sig) = c.signal {
+        return Err(StageResult::error(format!(
+            "nvidia-smi killed by signal {sig}"
+        )));
+    }
     if c.code != 0 {
         let all = format!("{text}\n{}", c.stderr.join("\n"));
         let (outcome, detail) = nvsmi::judge_failure(c.code, &all);
@@ -64,7 +82,11 @@ fn show(v: Option<impl std::fmt::Display>, unit: &str) -> String {
 
 /// Problems in one reading against the spec: (failing?, text).
 fn problems(spec: &GpuSpec, g: &GpuReading) -> Vec<String> {
-    let mut out = Vec::new();
+    let mut out: Vec<String> = g
+        .faults
+        .iter()
+        .map(|f| format!("nvidia-smi reports {f}"))
+        .collect();
     if let Some(e) = g.ecc_uncorrected.filter(|e| *e > 0) {
         out.push(format!("{e} uncorrected ECC errors"));
     }
@@ -82,8 +104,9 @@ async fn load(
     ctx: &StageCtx,
     spec: &GpuSpec,
     first: &[GpuReading],
+    progs: &Programs<'_>,
 ) -> Result<Vec<GpuReading>, StageResult> {
-    let Some(burn) = find("gpu_burn") else {
+    let Some(burn) = find(progs.gpu_burn) else {
         return Err(StageResult::error(
             "gpu_burn not found on PATH (needed for the load test)",
         ));
@@ -103,18 +126,35 @@ async fn load(
         .canonicalize()
         .ok()
         .and_then(|p| p.parent().map(|d| d.to_path_buf()));
+    // The first failure nvidia-smi reports while loaded (a GPU off the bus, no GPUs
+    // left); a query that merely could not run is noted and sampling goes on.
+    let mut lost: Option<String> = None;
     let sampler = async {
         loop {
-            smol::Timer::after(SAMPLE_EVERY).await;
-            if let Ok((now, _)) = query(ctx).await {
-                for r in now {
-                    if let Some(p) = peak.iter_mut().find(|p| p.index == r.index) {
-                        p.temperature_c = max(p.temperature_c, r.temperature_c);
-                        p.power_w = max(p.power_w, r.power_w);
-                        p.clock_sm_mhz = max(p.clock_sm_mhz, r.clock_sm_mhz);
-                        p.ecc_uncorrected = r.ecc_uncorrected.or(p.ecc_uncorrected);
+            smol::Timer::after(progs.sample_every).await;
+            match query(ctx, progs.nvidia_smi).await {
+                Ok((now, _)) => {
+                    for r in now {
+                        if let Some(p) = peak.iter_mut().find(|p| p.index == r.index) {
+                            p.temperature_c = max(p.temperature_c, r.temperature_c);
+                            p.power_w = max(p.power_w, r.power_w);
+                            p.clock_sm_mhz = max(p.clock_sm_mhz, r.clock_sm_mhz);
+                            p.ecc_uncorrected = r.ecc_uncorrected.or(p.ecc_uncorrected);
+                            for f in r.faults {
+                                if !p.faults.contains(&f) {
+                                    p.faults.push(f);
+                                }
+                            }
+                        }
                     }
                 }
+                Err(r) if matches!(r.outcome, Outcome::Failed | Outcome::Skipped) => {
+                    if lost.is_none() {
+                        ctx.note(&format!("load: nvidia-smi: {}", r.detail));
+                        lost = Some(r.detail);
+                    }
+                }
+                Err(r) => ctx.note(&format!("load: sample failed: {}", r.detail)),
             }
         }
     };
@@ -123,13 +163,19 @@ async fn load(
         unreachable!("the sampler loops forever")
     });
     let c = out.await.map_err(|e| e.result(ctx))?;
+    if let Some(why) = lost {
+        return Err(StageResult::new(
+            Outcome::Failed,
+            format!("load test: nvidia-smi during load: {why}"),
+        ));
+    }
     let text = c.text();
     let faulty: Vec<&str> = text.lines().filter(|l| l.contains("FAULTY")).collect();
     if c.code != 0 || !faulty.is_empty() {
         let why = faulty.first().copied().unwrap_or("gpu_burn failed");
         return Err(StageResult::new(
             Outcome::Failed,
-            format!("load test: {why} (exit {})", c.code),
+            format!("load test: {why} ({})", c.status()),
         ));
     }
     Ok(peak)
@@ -144,7 +190,17 @@ fn max(a: Option<f64>, b: Option<f64>) -> Option<f64> {
 
 /// Runs the stage.
 pub async fn run(ctx: &StageCtx, spec: &GpuSpec) -> StageResult {
-    let (gpus, raw) = match query(ctx).await {
+    let progs = Programs {
+        nvidia_smi: "nvidia-smi",
+        gpu_burn: "gpu_burn",
+        sample_every: SAMPLE_EVERY,
+    };
+    run_with(ctx, spec, &progs).await
+}
+
+/// Runs the stage with `progs`.
+pub(crate) async fn run_with(ctx: &StageCtx, spec: &GpuSpec, progs: &Programs<'_>) -> StageResult {
+    let (gpus, raw) = match query(ctx, progs.nvidia_smi).await {
         Ok(r) => r,
         Err(r) => {
             ctx.note(&r.detail);
@@ -171,7 +227,7 @@ pub async fn run(ctx: &StageCtx, spec: &GpuSpec) -> StageResult {
         report(ctx, g, "");
     }
     let peaks = if spec.duration_s > 0 {
-        match load(ctx, spec, &gpus).await {
+        match load(ctx, spec, &gpus, progs).await {
             Ok(p) => {
                 for g in &p {
                     report(ctx, g, "_max");
@@ -205,6 +261,81 @@ pub async fn run(ctx: &StageCtx, spec: &GpuSpec) -> StageResult {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::stages::hardware::testutil::{ctx_for, fake_tool};
+    use kiln_protocol::StageKind;
+
+    /// Runs a 60 s load test with a FAKE nvidia-smi (no GPU here) that answers the
+    /// first query with two healthy H100s and every later one with `then`, and a FAKE
+    /// gpu_burn that ends, healthy, once the sampler has queried three times (so the
+    /// second query's answer has been judged).
+    fn load_with_later_query(then: &str) -> StageResult {
+        let d = tempfile::tempdir().unwrap();
+        let fx = std::path::Path::new(env!("CARGO_MANIFEST_DIR"))
+            .join("tests/fixtures/hardware/nvidia-smi");
+        let n = d.path().join("n");
+        let smi = fake_tool(
+            d.path(),
+            "nvidia-smi",
+            &format!(
+                "n=$(($(cat '{n}' 2>/dev/null || echo 0) + 1)); echo $n > '{n}'\n\
+                 if [ $n -eq 1 ]; then cat '{h100}'; exit 0; fi\n{then}",
+                n = n.display(),
+                h100 = fx.join("h100x2.csv").display(),
+            ),
+        );
+        let burn = fake_tool(
+            d.path(),
+            "gpu_burn",
+            &format!(
+                "while [ \"$(cat '{}' 2>/dev/null || echo 0)\" -lt 3 ]; do sleep 0.05; done\n\
+                 echo 'GPU 0: OK'; echo 'GPU 1: OK'",
+                n.display()
+            ),
+        );
+        let spec = GpuSpec {
+            duration_s: 60,
+            max_temperature_c: None,
+        };
+        let (c, _sink, _w) = ctx_for(StageKind::Gpu(spec.clone()));
+        let progs = Programs {
+            nvidia_smi: &smi,
+            gpu_burn: &burn,
+            sample_every: Duration::from_millis(50),
+        };
+        smol::block_on(run_with(&c, &spec, &progs))
+    }
+
+    #[test]
+    fn a_gpu_off_the_bus_during_load_fails() {
+        let fx = std::path::Path::new(env!("CARGO_MANIFEST_DIR"))
+            .join("tests/fixtures/hardware/nvidia-smi/fallen-off-bus.txt");
+        let r = load_with_later_query(&format!("cat '{}'\nexit 15", fx.display()));
+        assert_eq!(r.outcome, Outcome::Failed, "{r:?}");
+        assert!(r.detail.contains("during load"), "{}", r.detail);
+        assert!(r.detail.contains("fallen off the bus"), "{}", r.detail);
+    }
+
+    #[test]
+    fn a_lost_gpu_field_during_load_fails() {
+        let fx = std::path::Path::new(env!("CARGO_MANIFEST_DIR"))
+            .join("tests/fixtures/hardware/nvidia-smi/gpu-lost-fields.txt");
+        let r = load_with_later_query(&format!("cat '{}'", fx.display()));
+        assert_eq!(r.outcome, Outcome::Failed, "{r:?}");
+        assert!(r.detail.contains("gpu1"), "{}", r.detail);
+        assert!(r.detail.contains("[GPU is lost]"), "{}", r.detail);
+        assert!(!r.detail.contains("gpu0"), "{}", r.detail);
+    }
+
+    /// The same samples throughout: the load test passes, and only the capture's own
+    /// ECC errors on gpu1 are judged.
+    #[test]
+    fn a_steady_load_is_judged_on_its_readings_only() {
+        let fx = std::path::Path::new(env!("CARGO_MANIFEST_DIR"))
+            .join("tests/fixtures/hardware/nvidia-smi/h100x2.csv");
+        let r = load_with_later_query(&format!("cat '{}'", fx.display()));
+        assert_eq!(r.outcome, Outcome::Failed, "{r:?}");
+        assert_eq!(r.detail, "gpu1 2 uncorrected ECC errors");
+    }
 
     #[test]
     fn ecc_and_heat_are_problems() {

@@ -4,6 +4,7 @@ pub mod collect;
 pub mod cpu;
 pub mod dmidecode;
 pub mod fio;
+pub mod gate;
 pub mod gpu;
 pub mod inventory;
 pub mod model;
@@ -29,6 +30,9 @@ mod wipe_tests;
 
 #[cfg(test)]
 mod storage_tests;
+
+#[cfg(test)]
+mod gate_tests;
 
 #[cfg(test)]
 mod host_tests;

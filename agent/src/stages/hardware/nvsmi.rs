@@ -27,6 +27,31 @@ pub struct GpuReading {
     pub ecc_uncorrected: Option<u64>,
     /// SM clock, MHz.
     pub clock_sm_mhz: Option<f64>,
+    /// Fields nvidia-smi answered with an error such as `[GPU is lost]` or `[Unknown
+    /// Error]` (`field: value`): the GPU is in trouble, not merely without a sensor.
+    pub faults: Vec<String>,
+}
+
+/// The names of the [`QUERY`] fields, in order.
+const FIELDS: [&str; 8] = [
+    "index",
+    "pci.bus_id",
+    "name",
+    "memory.total",
+    "temperature.gpu",
+    "power.draw",
+    "ecc.errors.uncorrected.volatile.total",
+    "clocks.sm",
+];
+
+/// Whether a field is nvidia-smi reporting a fault (`[GPU is lost]`, `[Unknown
+/// Error]`, `[GPU requires reset]`) rather than a missing sensor (`[N/A]`).
+fn is_fault(s: &str) -> bool {
+    let s = s.trim().to_ascii_lowercase();
+    s.starts_with('[')
+        && ["lost", "error", "reset", "fallen"]
+            .iter()
+            .any(|w| s.contains(w))
 }
 
 /// nvidia-smi's 8-digit-domain bus id (`00000000:17:00.0`) as sysfs writes it.
@@ -62,6 +87,20 @@ pub fn parse(text: &str) -> Result<Vec<GpuReading>, String> {
         }
         // A comma inside the name shifts the tail: take the tail from the end.
         let n = f.len();
+        let faults = f
+            .iter()
+            .enumerate()
+            .filter(|(_, v)| is_fault(v))
+            .map(|(i, v)| {
+                // The tail counts from the end: the name may hold commas.
+                let k = match i {
+                    0 | 1 => i,
+                    _ if i < n - 5 => 2,
+                    _ => FIELDS.len() - (n - i),
+                };
+                format!("{}: {}", FIELDS[k], v.trim())
+            })
+            .collect();
         out.push(GpuReading {
             index: num(f[0]).ok_or_else(|| format!("bad gpu index in {line:?}"))?,
             bus_id: normalize_bus_id(f[1]),
@@ -71,6 +110,7 @@ pub fn parse(text: &str) -> Result<Vec<GpuReading>, String> {
             power_w: num(f[n - 3]),
             ecc_uncorrected: num(f[n - 2]),
             clock_sm_mhz: num(f[n - 1]),
+            faults,
         });
     }
     Ok(out)
@@ -212,6 +252,21 @@ mod tests {
         let t = std::fs::read_to_string(fixtures().join("fallen-off-bus.txt")).unwrap();
         assert_eq!(judge_failure(15, &t).0, Outcome::Failed);
         assert_eq!(judge_failure(255, "weird").0, Outcome::Error);
+    }
+
+    /// Hand-written: gpu1 answers every field with `[GPU is lost]`, gpu0 is fine.
+    #[test]
+    fn lost_fields_are_faults_not_na() {
+        let text = std::fs::read_to_string(fixtures().join("gpu-lost-fields.txt")).unwrap();
+        let g = parse(&text).unwrap();
+        assert!(g[0].faults.is_empty(), "{:?}", g[0]);
+        assert_eq!(g[1].faults.len(), 6, "{:?}", g[1]);
+        assert_eq!(g[1].faults[0], "name: [GPU is lost]");
+        assert_eq!(g[1].faults[5], "clocks.sm: [GPU is lost]");
+        let t4 = std::fs::read_to_string(fixtures().join("t4-na-power.csv")).unwrap();
+        assert!(parse(&t4).unwrap().iter().all(|g| g.faults.is_empty()));
+        let e = parse("0, 0000:01:00.0, X, 1, [Unknown Error], 2, 0, 3").unwrap();
+        assert_eq!(e[0].faults, ["temperature.gpu: [Unknown Error]"]);
     }
 
     #[test]

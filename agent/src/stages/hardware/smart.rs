@@ -8,7 +8,7 @@ use std::time::{Duration, Instant};
 
 use super::collect::{self, Roots};
 use super::smartparse::{self, SelfTest, SmartReport};
-use super::tools::{Tool, ToolError, find};
+use super::tools::{Captured, Tool, ToolError, find};
 use crate::stages::{StageCtx, StageResult};
 
 /// How often a running self-test is polled.
@@ -22,26 +22,32 @@ fn base(dev: &str) -> String {
     dev.rsplit('/').next().unwrap_or(dev).to_string()
 }
 
-/// Runs smartctl with `args` on `dev`: (exit code, stdout).
-async fn smartctl(ctx: &StageCtx, args: &[&str], dev: &str) -> Result<(i32, String), ToolError> {
-    let mut argv = vec!["smartctl", "-j"];
+/// Runs smartctl (`prog`) with `args` on `dev`.
+async fn smartctl(
+    ctx: &StageCtx,
+    prog: &str,
+    args: &[&str],
+    dev: &str,
+) -> Result<Captured, ToolError> {
+    let mut argv = vec![prog, "-j"];
     argv.extend_from_slice(args);
     argv.push(dev);
-    let c = Tool::new(argv, SMARTCTL_S).run(ctx).await?;
-    Ok((c.code, c.text()))
+    Tool::new(argv, SMARTCTL_S).run(ctx).await
 }
 
 /// Starts short self-tests on every device and polls them to their end; returns each
 /// device's final state.
 async fn self_tests(
     ctx: &StageCtx,
+    prog: &str,
     devices: &[String],
 ) -> Result<BTreeMap<String, SelfTest>, ToolError> {
     let mut state = BTreeMap::new();
     for dev in devices {
-        let (code, _) = smartctl(ctx, &["-t", "short"], dev).await?;
+        let c = smartctl(ctx, prog, &["-t", "short"], dev).await?;
         ctx.note(&format!(
-            "{dev}: short self-test requested (smartctl exit {code})"
+            "{dev}: short self-test requested (smartctl {})",
+            c.status()
         ));
         state.insert(dev.clone(), SelfTest::Running(None));
     }
@@ -52,7 +58,9 @@ async fn self_tests(
             if !matches!(state[dev], SelfTest::Running(_)) {
                 continue;
             }
-            let (_, text) = smartctl(ctx, &["-c", "-l", "selftest"], dev).await?;
+            let text = smartctl(ctx, prog, &["-c", "-l", "selftest"], dev)
+                .await?
+                .text();
             if let Ok(doc) = serde_json::from_str::<serde_json::Value>(&text)
                 && let Some(m) =
                     doc["ata_smart_data"]["self_test"]["polling_minutes"]["short"].as_u64()
@@ -73,7 +81,7 @@ async fn self_tests(
     }
     for (dev, s) in &state {
         if matches!(s, SelfTest::Running(_)) {
-            let _ = smartctl(ctx, &["-X"], dev).await;
+            let _ = smartctl(ctx, prog, &["-X"], dev).await;
         }
     }
     Ok(state)
@@ -99,11 +107,20 @@ fn measures(ctx: &StageCtx, dev: &str, r: &SmartReport) {
 /// Checks one disk and reports its part; returns its outcome.
 async fn check(
     ctx: &StageCtx,
+    prog: &str,
     spec: &SmartSpec,
     dev: &str,
     test: Option<&SelfTest>,
 ) -> Result<Outcome, ToolError> {
-    let (code, text) = smartctl(ctx, &["-a"], dev).await?;
+    let c = smartctl(ctx, prog, &["-a"], dev).await?;
+    if let Some(sig) = c.signal {
+        // A crash says nothing about the disk: no exit bits to decode, output cut short.
+        let detail = format!("smartctl killed by signal {sig}");
+        ctx.note(&format!("{dev}: {detail}"));
+        ctx.part(dev, Outcome::Error, &detail, vec![]);
+        return Ok(Outcome::Error);
+    }
+    let (code, text) = (c.code, c.text());
     let mut problems: Vec<(Outcome, String)> = smartparse::decode_exit(code)
         .into_iter()
         .map(|(bit, what, o)| (o, format!("smartctl exit bit {bit}: {what}")))
@@ -174,7 +191,12 @@ fn opt(v: Option<u64>) -> String {
 
 /// Runs the stage.
 pub async fn run(ctx: &StageCtx, spec: &SmartSpec) -> StageResult {
-    if find("smartctl").is_none() {
+    run_with(ctx, spec, "smartctl").await
+}
+
+/// Runs the stage with `prog` as smartctl (tests pass a fake's path).
+pub(crate) async fn run_with(ctx: &StageCtx, spec: &SmartSpec, prog: &str) -> StageResult {
+    if find(prog).is_none() {
         return StageResult::error("smartctl not found on PATH (install smartmontools)");
     }
     let devices: Vec<String> = if spec.devices.is_empty() {
@@ -189,7 +211,7 @@ pub async fn run(ctx: &StageCtx, spec: &SmartSpec) -> StageResult {
         return StageResult::new(Outcome::Skipped, "no disks found");
     }
     let tests = if spec.self_test {
-        match self_tests(ctx, &devices).await {
+        match self_tests(ctx, prog, &devices).await {
             Ok(t) => t,
             Err(e) => return e.result(ctx),
         }
@@ -199,7 +221,7 @@ pub async fn run(ctx: &StageCtx, spec: &SmartSpec) -> StageResult {
     let mut worst = Outcome::Passed;
     let mut bad = Vec::new();
     for dev in &devices {
-        match check(ctx, spec, dev, tests.get(dev)).await {
+        match check(ctx, prog, spec, dev, tests.get(dev)).await {
             Ok(o) => {
                 if o != Outcome::Passed {
                     bad.push(format!("{dev} {o}"));
@@ -220,4 +242,39 @@ pub async fn run(ctx: &StageCtx, spec: &SmartSpec) -> StageResult {
         bad.join(", ")
     };
     StageResult::new(worst, detail)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::stages::hardware::testutil::{ctx_for, fake_tool, parts};
+    use kiln_protocol::StageKind;
+
+    /// A FAKE smartctl that prints a healthy report, then dies of SIGFPE: exit status
+    /// 136 would decode as bits 3 and 7 (DISK FAILING, self-test log errors).
+    #[test]
+    fn a_crashed_smartctl_is_an_error_not_a_failing_disk() {
+        let d = tempfile::tempdir().unwrap();
+        let report = std::path::Path::new(env!("CARGO_MANIFEST_DIR"))
+            .join("tests/fixtures/hardware/smartctl/qemu-ata-a.json");
+        let fake = fake_tool(
+            d.path(),
+            "smartctl",
+            &format!("cat '{}'\nkill -FPE $$", report.display()),
+        );
+        let s = SmartSpec {
+            devices: vec!["/dev/sdz".into()],
+            ..Default::default()
+        };
+        let (c, sink, _w) = ctx_for(StageKind::Smart(s.clone()));
+        let r = smol::block_on(run_with(&c, &s, &fake));
+        assert_eq!(r.outcome, Outcome::Error, "{r:?}");
+        let p = parts(&sink);
+        assert_eq!(p[0].1, Outcome::Error, "{p:?}");
+        assert_eq!(
+            p[0].2,
+            format!("smartctl killed by signal {}", libc::SIGFPE)
+        );
+        assert!(!p[0].2.contains("FAILING"), "{p:?}");
+    }
 }

@@ -1,90 +1,19 @@
 //! The `storage` stage: fio (or badblocks) per disk, read-only by default. With
-//! `destructive = true` a disk is written only when it is one of the host's expected
-//! disks, the wipe probe finds no signature, and nothing uses it (held open with
-//! `O_EXCL` meanwhile); otherwise its part ends `held` and it is not touched.
+//! `destructive = true` a disk is written only when it passes every gate (`gate.rs`:
+//! expected, unused, blank, wipefs clean; held open with `O_EXCL` meanwhile);
+//! otherwise its part ends `held` and it is not touched. The tools get the canonical
+//! device node; parts and measurements keep the path the plan gave.
 use kiln_protocol::{Outcome, StorageSpec, StorageTool};
-use std::fs::File;
+use std::path::Path;
 
 use super::collect::{self, Roots};
 use super::fio;
+use super::gate;
 use super::tools::{Tool, ToolError, find};
-use super::usage;
-use super::wipe::{self, Ends};
 use crate::stages::{StageCtx, StageResult};
 
 fn base(dev: &str) -> String {
     dev.rsplit('/').next().unwrap_or(dev).to_string()
-}
-
-/// Whether `dev` is one of the host's expected disks, by path or serial.
-fn expected(ctx: &StageCtx, roots: &Roots, dev: &usage::BlockDev) -> Result<(), String> {
-    let serial = collect::disk(&roots.sys, &dev.name).serial;
-    let hit = ctx.host.spec.disks.iter().any(|d| {
-        let by_path = d.path.as_ref().is_some_and(|p| {
-            *p == dev.given || std::fs::canonicalize(p).is_ok_and(|n| n == dev.node)
-        });
-        let by_serial = !serial.is_empty() && d.serial.as_deref() == Some(serial.as_str());
-        by_path || by_serial
-    });
-    if hit {
-        Ok(())
-    } else if ctx.host.spec.disks.is_empty() {
-        Err("the host's spec lists no expected disks".into())
-    } else {
-        Err(format!(
-            "not among the host's expected disks (path {}, serial {serial:?})",
-            dev.given
-        ))
-    }
-}
-
-/// Every gate for writing to `dev`; the exclusive handle when all pass.
-async fn gate(ctx: &StageCtx, roots: &Roots, dev: &str) -> Result<File, Vec<String>> {
-    let bd =
-        usage::resolve(&roots.sys, dev).map_err(|e| vec![format!("cannot resolve {dev}: {e}")])?;
-    let mut why = Vec::new();
-    if let Err(e) = expected(ctx, roots, &bd) {
-        why.push(e);
-    }
-    why.extend(usage::in_use(&roots.sys, &roots.proc, &bd));
-    let node = bd.node.clone();
-    match smol::unblock(move || Ends::read(&node)).await {
-        Ok(ends) => {
-            let sigs = wipe::probe(&ends);
-            if !sigs.is_empty() {
-                let s: Vec<String> = sigs
-                    .iter()
-                    .map(|s| format!("{} at byte {}", s.kind, s.offset))
-                    .collect();
-                why.push(format!("wipe probe found {}", s.join(", ")));
-            }
-            if !ends.blank() && sigs.is_empty() {
-                ctx.note(&format!(
-                    "{dev}: no signature, but the first/last MiB hold data"
-                ));
-            }
-        }
-        Err(e) => why.push(format!("wipe probe could not read the device: {e}")),
-    }
-    if find("wipefs").is_some() {
-        let node = bd.node.to_string_lossy().into_owned();
-        match Tool::new(["wipefs", "--no-act", "--json", node.as_str()], 60)
-            .run(ctx)
-            .await
-        {
-            Ok(c) => {
-                let found = wipe::parse_wipefs(&c.text());
-                if !found.is_empty() {
-                    why.push(format!("wipefs found {}", found.join(", ")));
-                }
-            }
-            Err(e) => why.push(format!("wipefs: {e}")),
-        }
-    }
-    if !why.is_empty() {
-        return Err(why);
-    }
-    usage::claim(&bd.node).map_err(|e| vec![format!("cannot open exclusively (in use?): {e}")])
 }
 
 /// Tests one disk and reports its part.
@@ -93,12 +22,16 @@ async fn disk(
     spec: &StorageSpec,
     roots: &Roots,
     dev: &str,
+    wipefs: &str,
 ) -> Result<Outcome, ToolError> {
     let write = ctx.stage.destructive;
     // Held for the whole write test: nothing else can mount or claim the disk meanwhile.
-    let _claim = if write {
-        match gate(ctx, roots, dev).await {
-            Ok(f) => Some(f),
+    let (_claim, node) = if write {
+        match gate::gate(ctx, roots, dev, wipefs).await? {
+            Ok(c) => {
+                let node = c.node.clone();
+                (Some(c), node)
+            }
             Err(why) => {
                 let detail = format!("not written: {}", why.join("; "));
                 ctx.note(&format!("{dev}: held: {detail}"));
@@ -107,37 +40,55 @@ async fn disk(
             }
         }
     } else {
-        None
+        match std::fs::canonicalize(dev) {
+            Ok(node) => (None, node),
+            Err(e) => {
+                let detail = format!("cannot resolve {dev}: {e}");
+                ctx.part(dev, Outcome::Error, &detail, vec![]);
+                return Ok(Outcome::Error);
+            }
+        }
     };
     let mode = if write { "write+read" } else { "read-only" };
-    ctx.note(&format!("{dev}: {mode} test with {}", tool_name(spec.tool)));
+    ctx.note(&format!(
+        "{dev}: {mode} test of {} with {}",
+        node.display(),
+        tool_name(spec.tool)
+    ));
     let (outcome, detail) = match spec.tool {
-        StorageTool::Fio => run_fio(ctx, spec, dev, write).await?,
-        StorageTool::Badblocks => run_badblocks(ctx, spec, dev, write).await?,
+        StorageTool::Fio => run_fio(ctx, spec, dev, &node, write).await?,
+        StorageTool::Badblocks => run_badblocks(ctx, spec, dev, &node, write).await?,
     };
     ctx.part(dev, outcome, &detail, vec![]);
     Ok(outcome)
 }
 
+/// fio on `node`; parts and measurements are named after `dev`, the plan's path.
 async fn run_fio(
     ctx: &StageCtx,
     spec: &StorageSpec,
     dev: &str,
+    node: &Path,
     write: bool,
 ) -> Result<(Outcome, String), ToolError> {
-    let argv = fio::argv(dev, spec.duration_s, spec.size_bytes, write);
+    let argv = fio::argv(
+        &node.to_string_lossy(),
+        spec.duration_s,
+        spec.size_bytes,
+        write,
+    );
     let c = Tool::new(argv, spec.duration_s * 2 + 300).run(ctx).await?;
     let run = match fio::parse(&c.text()) {
         Ok(r) => r,
         Err(e) => {
             let tail = c.stderr.last().cloned().unwrap_or_default();
-            return Ok((Outcome::Error, format!("fio exit {}: {e} {tail}", c.code)));
+            return Ok((Outcome::Error, format!("fio {}: {e} {tail}", c.status())));
         }
     };
     let p = format!("storage.{}.", base(dev));
     let mut summary = Vec::new();
     for r in &run.results {
-        let k = format!("{p}{}.", r.job);
+        let k = format!("{p}{}.", r.key());
         ctx.measure(&format!("{k}bw"), r.bw_mib_s, "MiB/s");
         ctx.measure(&format!("{k}iops"), r.iops, "ops/s");
         ctx.measure(&format!("{k}lat_mean"), r.lat_mean_us, "us");
@@ -147,9 +98,8 @@ async fn run_fio(
             }
         }
         let line = format!(
-            "{} {}: {:.1} MiB/s, {:.0} IOPS, p99 {:.0} µs",
-            r.job,
-            r.dir,
+            "{}: {:.1} MiB/s, {:.0} IOPS, p99 {:.0} µs",
+            r.key(),
             r.bw_mib_s,
             r.iops,
             r.percentile(99.0).unwrap_or(0.0)
@@ -173,15 +123,20 @@ async fn run_fio(
         return Ok((o, format!("fio errors: {}", errs.join(", "))));
     }
     if c.code != 0 {
-        return Ok((Outcome::Error, format!("fio exited {}", c.code)));
+        return Ok((Outcome::Error, format!("fio {}", c.status())));
+    }
+    if let Some(why) = fio::unverified(&run) {
+        return Ok((Outcome::Failed, why));
     }
     Ok((Outcome::Passed, summary.join("; ")))
 }
 
+/// badblocks on `node`; the measurement is named after `dev`, the plan's path.
 async fn run_badblocks(
     ctx: &StageCtx,
     spec: &StorageSpec,
     dev: &str,
+    node: &Path,
     write: bool,
 ) -> Result<(Outcome, String), ToolError> {
     let limit = if spec.duration_s > 0 {
@@ -189,9 +144,12 @@ async fn run_badblocks(
     } else {
         7 * 24 * 3600
     };
-    let c = match Tool::new(fio::badblocks_argv(dev, spec.size_bytes, write), limit)
-        .run(ctx)
-        .await
+    let c = match Tool::new(
+        fio::badblocks_argv(&node.to_string_lossy(), spec.size_bytes, write),
+        limit,
+    )
+    .run(ctx)
+    .await
     {
         Ok(c) => c,
         Err(ToolError::TimedOut(..)) => {
@@ -216,10 +174,7 @@ async fn run_badblocks(
     }
     if c.code != 0 {
         let tail = c.stderr.last().cloned().unwrap_or_default();
-        return Ok((
-            Outcome::Error,
-            format!("badblocks exited {}: {tail}", c.code),
-        ));
+        return Ok((Outcome::Error, format!("badblocks {}: {tail}", c.status())));
     }
     Ok((Outcome::Passed, "no bad blocks".into()))
 }
@@ -233,6 +188,12 @@ fn tool_name(t: StorageTool) -> &'static str {
 
 /// Runs the stage.
 pub async fn run(ctx: &StageCtx, spec: &StorageSpec) -> StageResult {
+    run_with(ctx, spec, "wipefs").await
+}
+
+/// Runs the stage with `wipefs` as the wipefs program (tests pass a fake's path or a
+/// missing name).
+pub(crate) async fn run_with(ctx: &StageCtx, spec: &StorageSpec, wipefs: &str) -> StageResult {
     let tool = tool_name(spec.tool);
     if find(tool).is_none() {
         return StageResult::error(format!("{tool} not found on PATH"));
@@ -252,7 +213,7 @@ pub async fn run(ctx: &StageCtx, spec: &StorageSpec) -> StageResult {
     let mut worst = Outcome::Passed;
     let mut notes = Vec::new();
     for dev in &devices {
-        let o = match disk(ctx, spec, &roots, dev).await {
+        let o = match disk(ctx, spec, &roots, dev, wipefs).await {
             Ok(o) => o,
             Err(e @ ToolError::Stopped(_)) => return e.result(ctx),
             Err(e) => {

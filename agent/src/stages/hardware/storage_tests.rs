@@ -89,7 +89,20 @@ fn destructive_writes_only_blank_expected_disks() {
         "an unexpected disk was touched"
     );
     assert_eq!(ext4.hash(), h_ext4, "the ext4 disk was touched");
-    assert!(measure(&sink, &format!("storage.{}.seqwrite.bw", base(&blank.dev))).is_some());
+    assert!(
+        measure(
+            &sink,
+            &format!("storage.{}.seqwrite.write.bw", base(&blank.dev))
+        )
+        .is_some()
+    );
+    assert!(
+        measure(
+            &sink,
+            &format!("storage.{}.seqwrite.verify.bw", base(&blank.dev))
+        )
+        .is_some()
+    );
 }
 
 #[test]

@@ -138,3 +138,18 @@ impl Drop for Loop {
             .status();
     }
 }
+
+/// A FAKE tool: an executable `sh` script named `name` in `dir`, for cases the real
+/// tool cannot show here (a crash, a failed probe). Returns its path, which a stage's
+/// `run_with` takes in place of the tool's name, so PATH is left alone.
+pub fn fake_tool(dir: &std::path::Path, name: &str, script: &str) -> String {
+    use std::os::unix::fs::PermissionsExt;
+    let p = dir.join(name);
+    std::fs::write(
+        &p,
+        format!("#!/bin/sh\n# FAKE {name} for a kiln test\n{script}\n"),
+    )
+    .expect("write fake tool");
+    std::fs::set_permissions(&p, std::fs::Permissions::from_mode(0o755)).expect("chmod fake");
+    p.to_string_lossy().into_owned()
+}

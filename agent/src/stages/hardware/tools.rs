@@ -19,8 +19,11 @@ pub const MAX_STDOUT: usize = 32 * 1024 * 1024;
 /// What a tool run printed and how it exited.
 #[derive(Debug, Clone)]
 pub struct Captured {
-    /// Exit code, or 128 + signal when killed by a signal we did not send.
+    /// Exit code; 128 + signal (as a shell reports it) when killed by a signal we did
+    /// not send. Judges of a tool's own exit status check [`Captured::signal`] first.
     pub code: i32,
+    /// The signal that killed the tool, if one did (then `code` is no exit status).
+    pub signal: Option<i32>,
     /// All of stdout (up to [`MAX_STDOUT`]).
     pub stdout: Vec<u8>,
     /// The last lines of stderr.
@@ -31,6 +34,14 @@ impl Captured {
     /// stdout as text (lossy).
     pub fn text(&self) -> String {
         String::from_utf8_lossy(&self.stdout).into_owned()
+    }
+
+    /// How it ended, for details: `exit N` or `killed by signal N`.
+    pub fn status(&self) -> String {
+        match self.signal {
+            Some(s) => format!("killed by signal {s}"),
+            None => format!("exit {}", self.code),
+        }
     }
 }
 
@@ -142,7 +153,7 @@ impl Tool {
         let stdout = child.stdout.take();
         let stderr = child.stderr.take();
         enum End {
-            Done(i32, Vec<u8>, Vec<String>),
+            Done(i32, Option<i32>, Vec<u8>, Vec<String>),
             Timeout,
             Stop(Stop),
         }
@@ -150,11 +161,14 @@ impl Tool {
             let out = read_lines(ctx, stdout, Stream::Stdout, self.stream_stdout, true);
             let err = read_lines(ctx, stderr, Stream::Stderr, true, false);
             let ((out, _), (_, err)) = smol::future::zip(out, err).await;
-            let code = match child.status().await {
-                Ok(s) => s.code().unwrap_or_else(|| 128 + s.signal().unwrap_or(0)),
-                Err(_) => -1,
+            let (code, signal) = match child.status().await {
+                Ok(s) => match (s.code(), s.signal()) {
+                    (Some(c), _) => (c, None),
+                    (None, sig) => (128 + sig.unwrap_or(0), sig),
+                },
+                Err(_) => (-1, None),
             };
-            End::Done(code, out, err)
+            End::Done(code, signal, out, err)
         };
         let timer = async {
             smol::Timer::after(self.timeout).await;
@@ -165,8 +179,9 @@ impl Tool {
         // Sweep the group either way: a finished tool may have left helpers behind.
         let _ = killpg(Pid::from_raw(pgid), Signal::SIGKILL);
         match end {
-            End::Done(code, stdout, stderr) => Ok(Captured {
+            End::Done(code, signal, stdout, stderr) => Ok(Captured {
                 code,
+                signal,
                 stdout,
                 stderr,
             }),
@@ -249,10 +264,20 @@ mod tests {
         let (c, sink, _d) = ctx();
         let t = Tool::new(["sh", "-c", "echo out; echo err >&2; exit 3"], 10);
         let r = smol::block_on(t.run(&c)).expect("runs");
-        assert_eq!(r.code, 3);
+        assert_eq!((r.code, r.signal), (3, None));
+        assert_eq!(r.status(), "exit 3");
         assert_eq!(r.text(), "out\n");
         assert_eq!(r.stderr, ["err"]);
         assert_eq!(sink.lines(), ["err"]);
+    }
+
+    #[test]
+    fn a_signal_is_not_an_exit_status() {
+        let (c, _s, _d) = ctx();
+        let t = Tool::new(["sh", "-c", "kill -FPE $$"], 10);
+        let r = smol::block_on(t.run(&c)).expect("runs");
+        assert_eq!(r.signal, Some(libc::SIGFPE), "{r:?}");
+        assert_eq!(r.status(), format!("killed by signal {}", libc::SIGFPE));
     }
 
     #[test]

@@ -67,7 +67,8 @@ impl Ends {
         self.at(offset, magic.len()) == Some(magic)
     }
 
-    /// Whether every byte read is zero.
+    /// Whether every byte read is zero (an unknown filesystem looks like non-zero bytes
+    /// without a signature, so only zeros count as blank).
     pub fn blank(&self) -> bool {
         self.head.iter().chain(&self.tail).all(|b| *b == 0)
     }
@@ -150,21 +151,24 @@ pub fn probe(e: &Ends) -> Vec<Signature> {
     out
 }
 
-/// `wipefs -n -J` output: the signature types libblkid found.
-pub fn parse_wipefs(text: &str) -> Vec<String> {
-    let Ok(v) = serde_json::from_str::<serde_json::Value>(text) else {
-        return vec![];
-    };
-    v["signatures"]
+/// `wipefs -n -J` output: the signature types libblkid found. Empty output is "none
+/// found" (wipefs prints nothing then); anything else that is not wipefs's JSON is an
+/// error, never "none".
+pub fn parse_wipefs(text: &str) -> Result<Vec<String>, String> {
+    let text = text.trim();
+    if text.is_empty() {
+        return Ok(vec![]);
+    }
+    let v: serde_json::Value =
+        serde_json::from_str(text).map_err(|e| format!("output is not JSON ({e})"))?;
+    let a = v["signatures"]
         .as_array()
-        .map(|a| {
-            a.iter()
-                .map(|s| {
-                    let t = s["type"].as_str().unwrap_or("?");
-                    let o = s["offset"].as_str().unwrap_or("?");
-                    format!("{t} at {o}")
-                })
-                .collect()
+        .ok_or("JSON without a signatures list")?;
+    Ok(a.iter()
+        .map(|s| {
+            let t = s["type"].as_str().unwrap_or("?");
+            let o = s["offset"].as_str().unwrap_or("?");
+            format!("{t} at {o}")
         })
-        .unwrap_or_default()
+        .collect())
 }

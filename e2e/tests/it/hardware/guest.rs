@@ -322,7 +322,11 @@ fn hardware_stages_in_a_qemu_guest() {
         &before[..2],
         "smart and inventory wrote nothing"
     );
-    let bw = measure(st, "storage.vda.seqwrite.bw").expect("write bandwidth");
+    let bw = measure(st, "storage.vda.seqwrite.write.bw").expect("write bandwidth");
+    assert!(
+        measure(st, "storage.vda.seqwrite.verify.bw").is_some(),
+        "the write was not verified: {st}"
+    );
 
     let cpu = stage(&show, "cpu");
     assert_eq!(cpu["outcome"], "passed", "{ctx}");
