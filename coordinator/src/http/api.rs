@@ -38,8 +38,8 @@ pub fn list_runs(ctx: &Ctx) -> Reply {
 /// `GET /v1/runs/{run}`: the run's status, JSON.
 pub fn show_run(ctx: &Ctx, run: &RunId) -> Reply {
     let rd = existing(ctx, run)?;
-    let l = crate::status::load(&rd, ctx.ingest.key()).map_err(internal)?;
-    Ok(text(200, crate::status::to_json(&l.status), JSON))
+    let s = crate::status::current(&rd, ctx.ingest.key()).map_err(internal)?;
+    Ok(text(200, crate::status::to_json(&s), JSON))
 }
 
 /// `GET /v1/runs/{run}/ticket`: the ticket file.

@@ -175,3 +175,52 @@ fn check_frames(fresh: &[Frame], key: &PublicKey, c: &Cached) -> Result<(), Refu
     }
     Ok(())
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use kiln_protocol::SecretKey;
+
+    fn run_with_log(len: u64, key: &SecretKey) -> Cached {
+        Cached {
+            len,
+            upto: 1,
+            claim: Some(key.public()),
+            finished: false,
+            stages: 1,
+            not_after: u64::MAX,
+        }
+    }
+
+    #[test]
+    fn a_batch_that_would_pass_the_events_log_cap_is_refused() {
+        let key = SecretKey::from_seed([7; 32]);
+        let run = RunId([1; 16]);
+        let log = |seq| Frame {
+            seq,
+            at_ms: 0,
+            event: Event::Log {
+                stage: 0,
+                stream: kiln_protocol::Stream::Stdout,
+                text: "x".repeat(1000),
+            },
+        };
+        let body = Batch {
+            run,
+            frames: vec![log(2)],
+        }
+        .seal(&key);
+        let near = run_with_log(MAX_EVENTS_LOG_BYTES - 500, &key);
+        let r = validate(&run, &body, &near, Mode::Online, 0).unwrap_err();
+        assert_eq!(r.status, 413, "{r}");
+        assert!(r.reason.contains("cap"), "{r}");
+        let roomy = run_with_log(MAX_EVENTS_LOG_BYTES - 5000, &key);
+        let v = validate(&run, &body, &roomy, Mode::Online, 0).unwrap();
+        assert_eq!(v.upto, 2);
+        // A resend of what is stored adds nothing, so it is acked even at the cap.
+        let mut full = run_with_log(MAX_EVENTS_LOG_BYTES, &key);
+        full.upto = 2;
+        let v = validate(&run, &body, &full, Mode::Online, 0).unwrap();
+        assert!(v.records.is_empty());
+    }
+}
