@@ -94,4 +94,28 @@ impl Cas {
     pub fn get(&self, sha: &Sha256) -> Result<Vec<u8>> {
         fs::read(self.path(sha)).with_context(|| format!("reading cas object {sha}"))
     }
+
+    /// Removes upload temp files (`.in-*`) that a killed writer left behind and that
+    /// nobody has written for `idle` (another process may be storing right now).
+    /// Returns how many went.
+    pub fn sweep_temp(&self, idle: std::time::Duration) -> usize {
+        let Ok(dir) = fs::read_dir(&self.dir) else {
+            return 0;
+        };
+        let before = std::time::SystemTime::now() - idle;
+        let mut n = 0;
+        for e in dir.flatten() {
+            let old = e
+                .metadata()
+                .and_then(|m| m.modified())
+                .is_ok_and(|t| t < before);
+            if old && e.file_name().to_string_lossy().starts_with(".in-") {
+                match fs::remove_file(e.path()) {
+                    Ok(()) => n += 1,
+                    Err(err) => log::warn!("removing {}: {err}", e.path().display()),
+                }
+            }
+        }
+        n
+    }
 }

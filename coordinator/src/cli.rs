@@ -53,6 +53,10 @@ pub struct ServeCmd {
     /// write the bound address to this file once listening (for scripts and tests)
     #[argh(option)]
     pub addr_file: Option<PathBuf>,
+    /// most bytes all artifact uploads of one run may take (default 4G, or
+    /// KILN_RUN_ARTIFACT_QUOTA)
+    #[argh(option)]
+    pub upload_quota: Option<String>,
 }
 
 /// Print the public key and its fingerprint.

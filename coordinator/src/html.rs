@@ -2,12 +2,12 @@
 //!
 //! Plain HTML with a little CSS, no scripts; every piece of text goes through
 //! [`escape`]. Live pages refresh themselves every 2 s.
-use kiln_protocol::{Event, Sha256};
+use kiln_protocol::Sha256;
 use std::fmt::Write;
 
 use crate::report::{fmt_ms, fmt_unix};
 use crate::state::Hosts;
-use crate::status::{Loaded, RunStatus};
+use crate::status::RunStatus;
 
 /// Log lines per stage shown on a run's page.
 pub const LOG_TAIL: usize = 50;
@@ -116,8 +116,8 @@ pub fn index(runs: &[RunStatus], hosts: &Hosts) -> String {
 
 /// One run's report: summary, stage table, then each stage's measurements,
 /// artifacts (linked to /cas, marked when missing), parts and log tail.
-pub fn run_page(l: &Loaded, in_cas: &dyn Fn(&Sha256) -> bool) -> String {
-    let s = &l.status;
+/// `tails` holds each stage's last log lines (see [`crate::status::Folder::tails`]).
+pub fn run_page(s: &RunStatus, tails: &[Vec<String>], in_cas: &dyn Fn(&Sha256) -> bool) -> String {
     let mut out = String::new();
     head(
         &mut out,
@@ -236,33 +236,25 @@ pub fn run_page(l: &Loaded, in_cas: &dyn Fn(&Sha256) -> bool) -> String {
                 let _ = writeln!(out, "<pre>{}</pre>", escape(&p.tail.join("\n")));
             }
         }
-        log_tail(&mut out, l, st.index, st.log_lines, &s.run, &st.name);
+        let tail = tails.get(st.index as usize).map_or(&[][..], Vec::as_slice);
+        log_tail(&mut out, tail, st.log_lines, &s.run, &st.name);
     }
     out.push_str("</body></html>\n");
     out
 }
 
-fn log_tail(out: &mut String, l: &Loaded, stage: u16, total: u64, run: &str, name: &str) {
+fn log_tail(out: &mut String, tail: &[String], total: u64, run: &str, name: &str) {
     if total == 0 {
         return;
     }
-    let lines: Vec<&str> = l
-        .frames
-        .iter()
-        .filter_map(|f| match &f.event {
-            Event::Log { stage: s, text, .. } if *s == stage => Some(text.as_str()),
-            _ => None,
-        })
-        .collect();
-    let skip = lines.len().saturating_sub(LOG_TAIL);
-    if skip > 0 {
+    if total > tail.len() as u64 {
         let _ = writeln!(
             out,
-            "<p>last {LOG_TAIL} of {} lines; all: <code>kiln-coordinator run logs {} --stage {}</code></p>",
-            lines.len(),
+            "<p>last {} of {total} lines; all: <code>kiln-coordinator run logs {} --stage {}</code></p>",
+            tail.len(),
             escape(run),
             escape(name)
         );
     }
-    let _ = writeln!(out, "<pre>{}</pre>", escape(&lines[skip..].join("\n")));
+    let _ = writeln!(out, "<pre>{}</pre>", escape(&tail.join("\n")));
 }

@@ -19,6 +19,7 @@ use crate::ingest::{Ingester, Refusal};
 use crate::state::State;
 
 mod api;
+mod artifacts;
 mod cas;
 mod pages;
 
@@ -26,6 +27,26 @@ mod pages;
 pub const WORKERS: usize = 16;
 /// Default cap on one artifact upload (`KILN_ARTIFACT_CAP` overrides, e.g. `64M`).
 pub const DEFAULT_ARTIFACT_CAP: u64 = 1 << 30;
+pub use artifacts::DEFAULT_RUN_QUOTA;
+
+/// Upload limits.
+#[derive(Debug, Clone, Copy)]
+pub struct Limits {
+    /// Largest single upload, bytes.
+    pub artifact_cap: u64,
+    /// Most bytes all uploads of one run may take.
+    pub run_quota: u64,
+}
+
+impl Limits {
+    /// `KILN_ARTIFACT_CAP` and `KILN_RUN_ARTIFACT_QUOTA`, else the defaults.
+    pub fn from_env() -> Result<Limits> {
+        Ok(Limits {
+            artifact_cap: size_env("KILN_ARTIFACT_CAP", DEFAULT_ARTIFACT_CAP)?,
+            run_quota: size_env("KILN_RUN_ARTIFACT_QUOTA", DEFAULT_RUN_QUOTA)?,
+        })
+    }
+}
 
 /// What every handler needs.
 #[derive(Debug)]
@@ -36,6 +57,10 @@ pub struct Ctx {
     pub ingest: Ingester,
     /// Largest artifact upload, bytes.
     pub artifact_cap: u64,
+    /// Most bytes all uploads of one run may take.
+    pub run_quota: u64,
+    /// Upload bytes in flight per run (reserved against the quota).
+    pub uploads: artifacts::InFlight,
     /// The bound address (for URLs when a request names no Host).
     pub addr: SocketAddr,
 }
@@ -51,14 +76,28 @@ pub struct Server {
 }
 
 impl Server {
-    /// Binds `listen` and starts `workers` threads on `state`.
+    /// Binds `listen` and starts `workers` threads on `state`, with upload limits
+    /// from the environment.
     pub fn start(state: &State, listen: &str, workers: usize) -> Result<Server> {
-        let artifact_cap = match std::env::var("KILN_ARTIFACT_CAP") {
-            Ok(v) => crate::units::parse_size(&v)
-                .map_err(|e| anyhow::anyhow!("KILN_ARTIFACT_CAP: {e}"))?,
-            Err(_) => DEFAULT_ARTIFACT_CAP,
-        };
+        Self::start_with(state, listen, workers, Limits::from_env()?)
+    }
+
+    /// [`Server::start`] with explicit upload limits.
+    pub fn start_with(
+        state: &State,
+        listen: &str,
+        workers: usize,
+        limits: Limits,
+    ) -> Result<Server> {
+        let Limits {
+            artifact_cap,
+            run_quota,
+        } = limits;
         let ingest = Ingester::new(state)?;
+        let swept = state.cas().sweep_temp(std::time::Duration::from_secs(60));
+        if swept > 0 {
+            log::info!("removed {swept} leftover upload temp file(s) from cas/");
+        }
         let http = tiny_http::Server::http(listen)
             .map_err(|e| anyhow::anyhow!("listening on {listen}: {e}"))?;
         let addr = http
@@ -69,6 +108,8 @@ impl Server {
             state: state.clone(),
             ingest,
             artifact_cap,
+            run_quota,
+            uploads: Default::default(),
             addr,
         });
         let http = Arc::new(http);
@@ -114,11 +155,24 @@ impl Server {
     }
 }
 
+/// A size from the environment variable `name` (`64M`, `4G`), else `default`.
+fn size_env(name: &str, default: u64) -> Result<u64> {
+    match std::env::var(name) {
+        Ok(v) => crate::units::parse_size(&v).map_err(|e| anyhow::anyhow!("{name}: {e}")),
+        Err(_) => Ok(default),
+    }
+}
+
 /// `serve`: bind, write the address file, answer requests until killed.
 pub fn cmd_serve(state: &State, c: &ServeCmd) -> Result<i32> {
     // Started before the workers; its guard kills it when this process ends.
     let _iperf = if c.iperf { Some(spawn_iperf()?) } else { None };
-    let server = Server::start(state, &c.listen, WORKERS)?;
+    let mut limits = Limits::from_env()?;
+    if let Some(q) = &c.upload_quota {
+        limits.run_quota =
+            crate::units::parse_size(q).map_err(|e| anyhow::anyhow!("--upload-quota: {e}"))?;
+    }
+    let server = Server::start_with(state, &c.listen, WORKERS, limits)?;
     log::info!(
         "serving {} on http://{}",
         state.root.display(),
@@ -213,7 +267,7 @@ fn route(ctx: &Ctx, rq: &mut Request, method: &Method, path: &str) -> Reply {
         ["v1", "runs", run, "secrets"] => only(*method == Method::Post, "POST")
             .and_then(|_| api::post_secrets(ctx, rq, &parse_run(run)?)),
         ["v1", "runs", run, "artifacts", sha] => only(*method == Method::Put, "PUT")
-            .and_then(|_| api::put_artifact(ctx, rq, &parse_run(run)?, &parse_sha(sha)?)),
+            .and_then(|_| artifacts::put(ctx, rq, &parse_run(run)?, &parse_sha(sha)?)),
         ["v1", "hosts", mac, "ticket"] => {
             only(get(method), "GET").and_then(|_| api::host_ticket(ctx, mac))
         }

@@ -71,8 +71,8 @@ pub fn statuses(state: &State, key: &PublicKey) -> Result<Vec<RunStatus>> {
         if !rd.exists() {
             continue;
         }
-        match load(&rd, key) {
-            Ok(l) => out.push(l.status),
+        match crate::status::current(&rd, key) {
+            Ok(s) => out.push(s),
             Err(e) => log::warn!("{e:#}"),
         }
     }
@@ -245,7 +245,12 @@ pub fn cmd_report(state: &State, c: &ReportCmd) -> Result<i32> {
         "json" => format!("{}\n", crate::status::to_json(&l.status)),
         "html" => {
             let cas = state.cas();
-            crate::html::run_page(&l, &|sha| cas.has(sha))
+            let tails = crate::status::with_folded(
+                &RunDir::new(state, id),
+                &state.public_key()?,
+                |_, f| f.tails(),
+            )?;
+            crate::html::run_page(&l.status, &tails, &|sha| cas.has(sha))
         }
         "junit" => junit::render(&l),
         other => bail!("unknown report format {other:?} (json, html or junit)"),

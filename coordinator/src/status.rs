@@ -175,32 +175,77 @@ pub struct Inputs<'a> {
 
 /// Folds ticket and frames into a status.
 pub fn fold(i: Inputs<'_>) -> RunStatus {
-    let t = i.ticket;
-    let mut stages: Vec<StageStatus> = t
-        .plan
-        .stages
-        .iter()
-        .enumerate()
-        .map(|(n, s)| StageStatus {
-            index: n as u16,
-            name: s.name.clone(),
-            kind: s.kind.name(),
-            outcome: "not_run".into(),
-            attempts: 0,
-            exit_code: None,
-            duration_ms: None,
-            detail: String::new(),
-            measurements: Vec::new(),
-            artifacts: Vec::new(),
-            parts: Vec::new(),
-            log_lines: 0,
-            started_at_ms: None,
-        })
-        .collect();
-    let (mut claimed, mut finished, mut outcome, mut started_any) = (None, None, None, false);
-    let (mut agent_version, mut hostname) = (None, None);
-    for f in i.frames {
-        let stage = f.event.stage().and_then(|s| stages.get_mut(s as usize));
+    let mut f = Folder::new(i.ticket);
+    i.frames.iter().for_each(|fr| f.push(fr));
+    f.status(i.ticket, i.last_seen_ms, i.abort, i.now_ms)
+}
+
+/// The fold over frames, one frame at a time, so a cache can feed it only the frames
+/// appended since it last looked; the clock-dependent part comes at the end.
+#[derive(Debug, Clone)]
+pub struct Folder {
+    stages: Vec<StageStatus>,
+    /// Per stage, the last [`crate::html::LOG_TAIL`] log lines.
+    tails: Vec<std::collections::VecDeque<String>>,
+    claimed: Option<u64>,
+    finished: Option<u64>,
+    outcome: Option<Outcome>,
+    started_any: bool,
+    agent_version: Option<String>,
+    hostname: Option<String>,
+    last_seq: u64,
+}
+
+impl Folder {
+    /// The fold of a run with no frames.
+    pub fn new(t: &Ticket) -> Self {
+        let stages: Vec<StageStatus> = t
+            .plan
+            .stages
+            .iter()
+            .enumerate()
+            .map(|(n, s)| StageStatus {
+                index: n as u16,
+                name: s.name.clone(),
+                kind: s.kind.name(),
+                outcome: "not_run".into(),
+                attempts: 0,
+                exit_code: None,
+                duration_ms: None,
+                detail: String::new(),
+                measurements: Vec::new(),
+                artifacts: Vec::new(),
+                parts: Vec::new(),
+                log_lines: 0,
+                started_at_ms: None,
+            })
+            .collect();
+        Folder {
+            tails: vec![Default::default(); stages.len()],
+            stages,
+            claimed: None,
+            finished: None,
+            outcome: None,
+            started_any: false,
+            agent_version: None,
+            hostname: None,
+            last_seq: 0,
+        }
+    }
+
+    /// Per stage, the last log lines (at most [`crate::html::LOG_TAIL`]).
+    pub fn tails(&self) -> Vec<Vec<String>> {
+        self.tails
+            .iter()
+            .map(|t| t.iter().cloned().collect())
+            .collect()
+    }
+
+    /// Folds in the next frame.
+    pub fn push(&mut self, f: &Frame) {
+        self.last_seq = f.seq;
+        let idx = f.event.stage().map(usize::from);
+        let stage = idx.and_then(|s| self.stages.get_mut(s));
         match (&f.event, stage) {
             (
                 Event::Claim {
@@ -208,20 +253,28 @@ pub fn fold(i: Inputs<'_>) -> RunStatus {
                 },
                 _,
             ) => {
-                claimed.get_or_insert(f.at_ms);
-                agent_version = Some(v.clone());
+                self.claimed.get_or_insert(f.at_ms);
+                self.agent_version = Some(v.clone());
             }
-            (Event::Hello { hostname: h, .. }, _) => hostname = Some(h.clone()),
+            (Event::Hello { hostname: h, .. }, _) => self.hostname = Some(h.clone()),
             (Event::RunFinished { outcome: o }, _) => {
-                outcome = Some(*o);
-                finished = Some(f.at_ms);
+                self.outcome = Some(*o);
+                self.finished = Some(f.at_ms);
             }
             (Event::StageStarted { .. }, Some(s)) => {
-                started_any = true;
+                self.started_any = true;
                 s.outcome = "running".into();
                 s.started_at_ms = Some(f.at_ms);
             }
-            (Event::Log { .. }, Some(s)) => s.log_lines += 1,
+            (Event::Log { text, .. }, Some(s)) => {
+                s.log_lines += 1;
+                if let Some(t) = idx.and_then(|i| self.tails.get_mut(i)) {
+                    if t.len() == crate::html::LOG_TAIL {
+                        t.pop_front();
+                    }
+                    t.push_back(text.clone());
+                }
+            }
             (
                 Event::Measure {
                     name, value, unit, ..
@@ -272,52 +325,62 @@ pub fn fold(i: Inputs<'_>) -> RunStatus {
             _ => {}
         }
     }
-    let state = match (outcome, claimed) {
-        (Some(Outcome::Aborted), _) => RunState::Aborted,
-        (Some(_), _) => RunState::Finished,
-        (None, None) if i.abort.is_some() => RunState::Aborted,
-        (None, None) if i.now_ms / 1000 > t.not_after => RunState::Expired,
-        (None, None) => RunState::Pending,
-        (None, Some(_)) => {
-            let quiet = i
-                .last_seen_ms
-                .is_some_and(|s| i.now_ms.saturating_sub(s) > STALE_AFTER_MS);
-            match (quiet, started_any) {
-                (true, _) => RunState::Stale,
-                (false, true) => RunState::Running,
-                (false, false) => RunState::Claimed,
+
+    /// The status now: the folded frames plus last-seen, abort request and clock.
+    pub fn status(
+        &self,
+        t: &Ticket,
+        last_seen_ms: Option<u64>,
+        abort: Option<&str>,
+        now_ms: u64,
+    ) -> RunStatus {
+        let mut stages = self.stages.clone();
+        let (outcome, claimed) = (self.outcome, self.claimed);
+        let state = match (outcome, claimed) {
+            (Some(Outcome::Aborted), _) => RunState::Aborted,
+            (Some(_), _) => RunState::Finished,
+            (None, None) if abort.is_some() => RunState::Aborted,
+            (None, None) if now_ms / 1000 > t.not_after => RunState::Expired,
+            (None, None) => RunState::Pending,
+            (None, Some(_)) => {
+                let quiet = last_seen_ms.is_some_and(|s| now_ms.saturating_sub(s) > STALE_AFTER_MS);
+                match (quiet, self.started_any) {
+                    (true, _) => RunState::Stale,
+                    (false, true) => RunState::Running,
+                    (false, false) => RunState::Claimed,
+                }
+            }
+        };
+        if !state.is_live() {
+            for s in stages.iter_mut().filter(|s| s.outcome == "running") {
+                s.outcome = "lost".into();
             }
         }
-    };
-    if !state.is_live() {
-        for s in stages.iter_mut().filter(|s| s.outcome == "running") {
-            s.outcome = "lost".into();
+        let exit_status = match state {
+            RunState::Finished | RunState::Aborted => {
+                Some(outcome.unwrap_or(Outcome::Aborted).exit_status())
+            }
+            RunState::Expired => Some(3),
+            _ => None,
+        };
+        RunStatus {
+            run: t.run.to_string(),
+            plan: t.plan.name.clone(),
+            host: t.host.name.clone(),
+            state,
+            outcome: outcome.map(Outcome::as_str),
+            exit_status,
+            abort_requested: abort.map(str::to_string),
+            agent_version: self.agent_version.clone(),
+            hostname: self.hostname.clone(),
+            frames: self.last_seq,
+            issued_at: t.issued_at,
+            expires_at: t.not_after,
+            claimed_at_ms: claimed,
+            finished_at_ms: self.finished,
+            last_seen_ms,
+            stages,
         }
-    }
-    let exit_status = match state {
-        RunState::Finished | RunState::Aborted => {
-            Some(outcome.unwrap_or(Outcome::Aborted).exit_status())
-        }
-        RunState::Expired => Some(3),
-        _ => None,
-    };
-    RunStatus {
-        run: t.run.to_string(),
-        plan: t.plan.name.clone(),
-        host: t.host.name.clone(),
-        state,
-        outcome: outcome.map(Outcome::as_str),
-        exit_status,
-        abort_requested: i.abort.map(str::to_string),
-        agent_version,
-        hostname,
-        frames: i.frames.last().map_or(0, |f| f.seq),
-        issued_at: t.issued_at,
-        expires_at: t.not_after,
-        claimed_at_ms: claimed,
-        finished_at_ms: finished,
-        last_seen_ms: i.last_seen_ms,
-        stages,
     }
 }
 
@@ -359,10 +422,32 @@ pub fn load(rd: &RunDir, key: &PublicKey) -> Result<Loaded> {
     })
 }
 
+/// A run's status from the per-process fold cache (only new frames are decoded).
+pub fn current(rd: &RunDir, key: &PublicKey) -> Result<RunStatus> {
+    let (last_seen, abort) = (rd.last_seen_ms(), rd.abort_request());
+    with_folded(rd, key, |t, f| {
+        f.status(t, last_seen, abort.as_deref(), now_ms())
+    })
+}
+
+/// A run's status and per-stage log tails, from the fold cache (for the HTML page).
+pub fn current_with_tails(rd: &RunDir, key: &PublicKey) -> Result<(RunStatus, Vec<Vec<String>>)> {
+    let (last_seen, abort) = (rd.last_seen_ms(), rd.abort_request());
+    with_folded(rd, key, |t, f| {
+        (
+            f.status(t, last_seen, abort.as_deref(), now_ms()),
+            f.tails(),
+        )
+    })
+}
+
 /// Pretty JSON of a status (one shape for the CLI, the API and reports).
 pub fn to_json(s: &RunStatus) -> String {
     serde_json::to_string_pretty(s).expect("statuses always encode")
 }
 
+mod cache;
 #[cfg(test)]
 mod tests;
+
+pub use cache::with_folded;

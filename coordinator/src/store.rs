@@ -3,7 +3,8 @@
 //! `runs/<run>/` holds `ticket.kiln` (the signed ticket), `events.log` (COBS records
 //! of postcard frames, fsynced before each ack), `claim.pub` (the bound agent key),
 //! `seen` (coordinator clock of the last batch, unix ms), `abort` (an operator's abort
-//! reason) and `lock` (flock'ed by every writer).
+//! reason), `uploads` (the artifacts the agent uploaded, for its quota) and `lock`
+//! (flock'ed by every writer).
 use anyhow::{Context, Result, bail};
 use kiln_protocol::{Event, Frame, Mac, PublicKey, RecordReader, RunId, SignedTicket, Ticket};
 use std::fs;
@@ -27,6 +28,8 @@ pub mod files {
     pub const ABORT: &str = "abort";
     /// Lock file every writer holds with flock.
     pub const LOCK: &str = "lock";
+    /// Agent uploads stored for the run: `<sha256> <bytes>` lines (the quota ledger).
+    pub const UPLOADS: &str = "uploads";
 }
 
 /// A run folder in a state folder.

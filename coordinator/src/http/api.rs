@@ -1,13 +1,12 @@
-//! `/v1` routes: tickets, event batches, artifact uploads, secrets, run JSON.
-use kiln_protocol::{MAX_BATCH_BYTES, Mac, RunId, SecretsRequest, Sha256};
+//! `/v1` routes: tickets, event batches, secrets, run JSON (uploads: `artifacts.rs`).
+use kiln_protocol::{MAX_BATCH_BYTES, Mac, RunId, SecretsRequest};
 use std::collections::BTreeSet;
-use std::io::{self, Read};
 use tiny_http::Request;
 
 use super::{Ctx, Reply, hdr, read_body, text};
 use crate::fsutil::now_ms;
 use crate::ingest::{Mode, Refusal};
-use crate::store::{RunDir, files, is_finished};
+use crate::store::{RunDir, files};
 
 const OCTETS: &str = "application/octet-stream";
 const JSON: &str = "application/json";
@@ -39,8 +38,8 @@ pub fn list_runs(ctx: &Ctx) -> Reply {
 /// `GET /v1/runs/{run}`: the run's status, JSON.
 pub fn show_run(ctx: &Ctx, run: &RunId) -> Reply {
     let rd = existing(ctx, run)?;
-    let l = crate::status::load(&rd, ctx.ingest.key()).map_err(internal)?;
-    Ok(text(200, crate::status::to_json(&l.status), JSON))
+    let s = crate::status::current(&rd, ctx.ingest.key()).map_err(internal)?;
+    Ok(text(200, crate::status::to_json(&s), JSON))
 }
 
 /// `GET /v1/runs/{run}/ticket`: the ticket file.
@@ -70,78 +69,28 @@ pub fn host_ticket(ctx: &Ctx, mac: &str) -> Reply {
 
 /// `POST /v1/runs/{run}/events`: a sealed batch → postcard(Ack).
 pub fn post_events(ctx: &Ctx, rq: &mut Request, run: &RunId) -> Reply {
+    // 404 for an unknown run, 409 for a broken ticket, before any body byte is read.
+    ctx.ingest.view(run)?;
     let body = read_body(rq, MAX_BATCH_BYTES)?;
     let ack = ctx.ingest.ingest(run, &body, Mode::Online)?;
     let bytes = postcard::to_allocvec(&ack).expect("acks always encode");
     Ok(text(200, bytes, OCTETS))
 }
 
-/// Counts bytes through and stops past the cap, remembering why a read failed.
-struct Capped<'a> {
-    inner: &'a mut dyn Read,
-    left: u64,
-    over: bool,
-    failed: bool,
-}
-
-impl Read for Capped<'_> {
-    fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
-        let n = self.inner.read(buf).inspect_err(|_| self.failed = true)?;
-        if n as u64 > self.left {
-            self.over = true;
-            return Err(io::Error::other("upload exceeds the cap"));
-        }
-        self.left -= n as u64;
-        Ok(n)
-    }
-}
-
-/// `PUT /v1/runs/{run}/artifacts/{sha}`: stores the body in the CAS if it hashes to `sha`.
-pub fn put_artifact(ctx: &Ctx, rq: &mut Request, run: &RunId, sha: &Sha256) -> Reply {
-    let rd = existing(ctx, run)?;
-    if rd.claim_key().map_err(internal)?.is_none() {
-        return Err(Refusal::new(409, format!("run {run} is not claimed")));
-    }
-    let cap = ctx.artifact_cap;
-    let too_big = || Refusal::new(413, format!("artifact exceeds the {cap}-byte cap"));
-    if rq.body_length().is_some_and(|n| n as u64 > cap) {
-        return Err(too_big());
-    }
-    let cas = ctx.state.cas();
-    if cas.has(sha) {
-        return Ok(text(200, format!("{sha} already stored\n"), "text/plain"));
-    }
-    let mut capped = Capped {
-        inner: rq.as_reader(),
-        left: cap,
-        over: false,
-        failed: false,
-    };
-    match cas.put_stream(&mut capped, u64::MAX, Some(sha)) {
-        Ok((_, size)) => Ok(text(
-            201,
-            format!("stored {sha} ({size} bytes)\n"),
-            "text/plain",
-        )),
-        Err(_) if capped.over => Err(too_big()),
-        Err(e) if capped.failed => Err(Refusal::new(400, format!("reading the upload: {e}"))),
-        Err(e) if e.downcast_ref::<io::Error>().is_some() => Err(internal(e)),
-        Err(e) => Err(Refusal::new(422, format!("{e}"))),
-    }
-}
-
 /// `POST /v1/runs/{run}/secrets`: a request signed by the run's claim key →
 /// postcard(Vec<(name, value)>), for names the run's plan lists.
 pub fn post_secrets(ctx: &Ctx, rq: &mut Request, run: &RunId) -> Reply {
-    let body = read_body(rq, MAX_SECRETS_REQUEST)?;
+    // Every check that needs no body comes before the body is read.
+    let view = ctx.ingest.view(run)?;
     let rd = existing(ctx, run)?;
     let (_, ticket) = rd.ticket(ctx.ingest.key()).map_err(internal)?;
-    let Some(bound) = rd.claim_key().map_err(internal)? else {
+    let Some(bound) = view.claim else {
         return Err(Refusal::new(409, format!("run {run} is not claimed")));
     };
-    if is_finished(&rd.frames().map_err(internal)?) {
+    if view.finished {
         return Err(Refusal::new(409, format!("run {run} has finished")));
     }
+    let body = read_body(rq, MAX_SECRETS_REQUEST)?;
     let req = SecretsRequest::open(&body, &bound).map_err(|e| match e {
         kiln_protocol::Error::BadSignature => Refusal::new(403, "bad request signature"),
         e => Refusal::new(400, format!("malformed secrets request: {e}")),

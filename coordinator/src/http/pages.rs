@@ -24,9 +24,9 @@ pub fn run(ctx: &Ctx, run: &RunId) -> Reply {
     if !rd.exists() {
         return Err(Refusal::new(404, format!("no run {run}")));
     }
-    let l = crate::status::load(&rd, ctx.ingest.key())
+    let (status, tails) = crate::status::current_with_tails(&rd, ctx.ingest.key())
         .map_err(|e| Refusal::new(500, format!("{e:#}")))?;
     let cas = ctx.state.cas();
-    let page = crate::html::run_page(&l, &|sha| cas.has(sha));
+    let page = crate::html::run_page(&status, &tails, &|sha| cas.has(sha));
     Ok(text(200, page, HTML))
 }

@@ -29,6 +29,10 @@ pub struct Issued {
     pub cas: Vec<Sha256>,
 }
 
+/// Longest `--ttl`: a year. A ticket is a bearer of trust until `not_after`; one that
+/// never expires cannot be taken back.
+pub const MAX_TTL_S: u64 = 365 * 24 * 3600;
+
 /// Signs a ticket for `host` running the plan at `plan` and records it under
 /// `runs/<run>/ticket.kiln`.
 pub fn issue(
@@ -40,6 +44,9 @@ pub fn issue(
 ) -> Result<Issued> {
     if ttl_s == 0 {
         bail!("--ttl must be longer than 0s");
+    }
+    if ttl_s > MAX_TTL_S {
+        bail!("--ttl must be at most 365 days ({MAX_TTL_S}s)");
     }
     let coordinator = url.map(check_url).transpose()?;
     let hosts = state.hosts()?;

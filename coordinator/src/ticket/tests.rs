@@ -73,6 +73,8 @@ fn refusals() {
     assert!(e(issue(&state, &plan, "loose", 60, None)).contains("neither a MAC nor a serial"));
     assert!(e(issue(&state, &plan, "ghost", 60, None)).contains("no host named \"ghost\""));
     assert!(e(issue(&state, &plan, "box", 0, None)).contains("--ttl"));
+    assert!(e(issue(&state, &plan, "box", MAX_TTL_S + 1, None)).contains("at most 365 days"));
+    assert!(e(issue(&state, &plan, "box", u64::MAX, None)).contains("at most 365 days"));
     assert!(e(issue(&state, &plan, "box", 60, Some("ftp://x"))).contains("not an http"));
     assert!(
         state.run_ids().expect("runs").is_empty(),

@@ -10,6 +10,7 @@ mod cli;
 mod fuzz;
 mod import;
 mod ingest;
+mod limits;
 mod routes;
 
 /// A state folder with a coordinator key, made without `init` (another part's

@@ -1,5 +1,5 @@
 //! `import BUNDLE`: whole-bundle checks, idempotence, and the same status as online.
-use kiln_protocol::{BUNDLE_MAGIC, Event, Outcome, ResultRecord, Sha256};
+use kiln_protocol::{BUNDLE_MAGIC, Event, Outcome, ResultRecord, Sha256, SignedTicket};
 use std::path::Path;
 
 use super::*;
@@ -186,6 +186,162 @@ fn import_twice_changes_nothing_and_matches_online() {
             .contains("<failure message=\"failed: 1 test failed\"")
     );
     assert!(o.stdout.contains("failures=\"1\""));
+}
+
+/// A bundle of `batches` (frame lists), sealed by one fresh key, no blobs.
+fn crafted(
+    state: &Path,
+    run: RunId,
+    batches: Vec<Vec<kiln_protocol::Frame>>,
+    r: &Reporter,
+) -> Vec<u8> {
+    let t = ticket(
+        run,
+        "nightly",
+        vec![stage("build", &[]), stage("test", &[])],
+        now_s(),
+    );
+    Parts {
+        ticket: SignedTicket::sign(&t, &state_key(state)),
+        batches: batches.into_iter().map(|f| r.seal(f)).collect(),
+        blobs: vec![],
+    }
+    .bytes()
+}
+
+fn hello() -> Event {
+    Event::Hello {
+        hostname: "node1".into(),
+        macs: vec![],
+        serial: None,
+    }
+}
+
+fn frame(seq: u64, event: Event) -> kiln_protocol::Frame {
+    kiln_protocol::Frame {
+        seq,
+        at_ms: 1_700_000_000_000 + seq,
+        event,
+    }
+}
+
+#[test]
+fn a_bad_later_batch_stores_nothing_and_a_good_bundle_still_imports() {
+    let (d, state) = keyed_state();
+    let run = new_run_id();
+    let before = snapshot(&state);
+    let mut cases: Vec<(&str, Vec<u8>)> = Vec::new();
+    let r = Reporter::new(run);
+    let started = Event::StageStarted {
+        stage: 0,
+        attempt: 1,
+    };
+    cases.push((
+        "a later batch with seqs out of order",
+        crafted(
+            &state,
+            run,
+            vec![
+                vec![frame(1, r.claim()), frame(2, hello())],
+                vec![frame(3, started.clone()), frame(2, hello())],
+            ],
+            &r,
+        ),
+    ));
+    cases.push((
+        "a later batch over MAX_BATCH_BYTES",
+        crafted(
+            &state,
+            run,
+            vec![
+                vec![frame(1, r.claim()), frame(2, hello())],
+                vec![frame(
+                    3,
+                    log(0, &"x".repeat(kiln_protocol::MAX_BATCH_BYTES + 1)),
+                )],
+            ],
+            &r,
+        ),
+    ));
+    cases.push((
+        "a later batch that starts at a seq already stored, then skips",
+        crafted(
+            &state,
+            run,
+            vec![
+                vec![frame(1, r.claim()), frame(2, hello())],
+                vec![frame(2, hello()), frame(3, started.clone())],
+                vec![frame(5, started.clone())],
+            ],
+            &r,
+        ),
+    ));
+    cases.push((
+        "a later batch naming a stage the plan lacks",
+        crafted(
+            &state,
+            run,
+            vec![
+                vec![frame(1, r.claim())],
+                vec![frame(
+                    2,
+                    Event::StageStarted {
+                        stage: 9,
+                        attempt: 1,
+                    },
+                )],
+            ],
+            &r,
+        ),
+    ));
+    for (what, bytes) in &cases {
+        let o = import(&state, d.path(), "bad.kres", bytes);
+        assert_eq!(o.code, 2, "{what}: {}{}", o.stdout, o.stderr);
+        assert_eq!(o.stderr.trim().lines().count(), 1, "{what}: {}", o.stderr);
+        assert!(
+            o.stderr.contains("nothing imported"),
+            "{what}: {}",
+            o.stderr
+        );
+        assert_eq!(snapshot(&state), before, "{what}: the state folder changed");
+    }
+    // Nothing was bound, so a good bundle from another agent key imports.
+    let good = parts(&state, run).bytes();
+    let o = import(&state, d.path(), "good.kres", &good);
+    assert_eq!(o.code, 0, "{}", o.stderr);
+    let show = kc(&state, &["report", &run.to_string(), "--format", "json"]);
+    let v: serde_json::Value = serde_json::from_str(&show.stdout).unwrap();
+    assert_eq!(v["state"], "finished", "{}", show.stdout);
+}
+
+/// A bundle's later batches are checked against what an earlier import stored.
+#[test]
+fn a_bundle_that_would_refork_a_stored_run_is_refused_whole() {
+    let (d, state) = keyed_state();
+    let run = new_run_id();
+    let r = Reporter::new(run);
+    let first = crafted(
+        &state,
+        run,
+        vec![vec![frame(1, r.claim()), frame(2, hello())]],
+        &r,
+    );
+    let o = import(&state, d.path(), "first.kres", &first);
+    assert_eq!(o.code, 0, "{}", o.stderr);
+    let once = snapshot(&state);
+    // Same key, a batch that restarts at seq 1 with different frames and runs on.
+    let fork = crafted(
+        &state,
+        run,
+        vec![
+            vec![frame(1, r.claim()), frame(2, hello()), frame(3, hello())],
+            vec![frame(4, hello()), frame(3, hello())],
+        ],
+        &r,
+    );
+    let o = import(&state, d.path(), "fork.kres", &fork);
+    assert_ne!(o.code, 0, "{}", o.stdout);
+    assert_eq!(snapshot(&state), once, "a refused bundle changed the run");
 }
 
 /// Drops the run id and every clock field (`*_ms`, `*_at`).

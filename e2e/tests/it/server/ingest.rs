@@ -123,9 +123,13 @@ fn refusals_name_a_reason_and_the_server_keeps_serving() {
     let a = post_batch(url, &run, b"\xff\xfe definitely not a batch");
     assert_eq!(a.status, 400, "{}", a.text());
     assert!(a.text().starts_with("malformed batch"), "{}", a.text());
+    let neighbour = issue(&state);
+    let a = post_batch(url, &neighbour, &r.seal(good.clone()));
+    assert_eq!(a.status, 400, "{}", a.text());
+    assert!(a.text().starts_with("batch is for run"), "{}", a.text());
     let elsewhere = new_run_id();
     let a = post_batch(url, &elsewhere, &r.seal(good.clone()));
-    assert_eq!(a.status, 400, "{}", a.text());
+    assert_eq!(a.status, 404, "{}", a.text());
     let mut stranger = Reporter::new(elsewhere);
     let sclaim = stranger.claim();
     let sframes = stranger.frames(vec![sclaim]);

@@ -1,0 +1,226 @@
+//! The checks every batch passes before any of it is stored, online or imported.
+use kiln_protocol::{Batch, Event, Frame, MAX_BATCH_BYTES, PublicKey, RunId};
+
+use super::{Cached, MAX_EVENTS_LOG_BYTES, Mode, Refusal};
+
+/// A batch that passed every check against a run's state: what storing it changes.
+#[derive(Debug)]
+pub(super) struct Verdict {
+    /// The key that signed the batch.
+    pub key: PublicKey,
+    /// Whether this batch binds `key` as the run's claim.
+    pub bind: bool,
+    /// The new frames as COBS records, ready to append (empty for a resend).
+    pub records: Vec<u8>,
+    /// Seq of the last new frame (0 when there is none).
+    pub upto: u64,
+    /// Whether the new frames end the run.
+    pub finished: bool,
+}
+
+impl Cached {
+    /// The state after `v` is stored.
+    pub(super) fn advance(&mut self, v: &Verdict) {
+        if v.bind {
+            self.claim = Some(v.key);
+        }
+        if !v.records.is_empty() {
+            self.len += v.records.len() as u64;
+            self.upto = v.upto;
+            self.finished |= v.finished;
+        }
+    }
+}
+
+/// Checks one sealed batch for `run` against what the run holds (`c`): size, run,
+/// seq shape, signature and claim, continuity with the stored seqs, stages, and the
+/// events.log cap. Pure: nothing is read or written.
+pub(super) fn validate(
+    run: &RunId,
+    body: &[u8],
+    c: &Cached,
+    mode: Mode,
+    now_s: u64,
+) -> Result<Verdict, Refusal> {
+    if body.len() > MAX_BATCH_BYTES {
+        return Err(Refusal::new(
+            413,
+            format!("batch exceeds {MAX_BATCH_BYTES} bytes"),
+        ));
+    }
+    let (batch, check) = Batch::open_unverified(body)
+        .map_err(|e| Refusal::new(400, format!("malformed batch: {e}")))?;
+    if batch.run != *run {
+        return Err(Refusal::new(
+            400,
+            format!("batch is for run {}, not {run}", batch.run),
+        ));
+    }
+    check_shape(&batch.frames)?;
+    // Which key must have signed this batch, and whether it is bound now.
+    let (key, bind) = match c.claim {
+        Some(bound) => {
+            if check.verify(&bound).is_err() {
+                let other = batch.claim_key();
+                if other.is_some_and(|k| k != bound && check.verify(&k).is_ok()) {
+                    return Err(claimed_by_other());
+                }
+                return Err(Refusal::new(403, "bad batch signature"));
+            }
+            (bound, false)
+        }
+        None => {
+            let Some(first) = batch.frames.first() else {
+                return Err(Refusal::new(
+                    409,
+                    format!("run {run} is not claimed yet: send its Claim frame first"),
+                ));
+            };
+            if first.seq != 1 {
+                return Err(Refusal::gap(1));
+            }
+            let Event::Claim { agent_key, .. } = first.event else {
+                return Err(Refusal::new(
+                    422,
+                    "the first frame of a run must be a Claim",
+                ));
+            };
+            if check.verify(&agent_key).is_err() {
+                return Err(Refusal::new(403, "bad batch signature"));
+            }
+            if mode == Mode::Online && now_s > c.not_after {
+                return Err(Refusal::new(
+                    409,
+                    format!("the ticket of run {run} has expired"),
+                ));
+            }
+            (agent_key, true)
+        }
+    };
+    let fresh: &[Frame] = match batch.frames.iter().position(|f| f.seq > c.upto) {
+        Some(i) => &batch.frames[i..],
+        None => &[],
+    };
+    check_frames(fresh, &key, c)?;
+    let mut records = Vec::new();
+    for f in fresh {
+        let payload = postcard::to_allocvec(f).expect("frames always encode");
+        records.extend(kiln_protocol::encode_record(&payload));
+    }
+    if c.len.saturating_add(records.len() as u64) > MAX_EVENTS_LOG_BYTES {
+        return Err(Refusal::new(
+            413,
+            format!("events.log of run {run} would exceed its {MAX_EVENTS_LOG_BYTES}-byte cap"),
+        ));
+    }
+    Ok(Verdict {
+        key,
+        bind,
+        records,
+        upto: fresh.last().map_or(0, |f| f.seq),
+        finished: fresh
+            .iter()
+            .any(|f| matches!(f.event, Event::RunFinished { .. })),
+    })
+}
+
+fn claimed_by_other() -> Refusal {
+    Refusal::new(409, "run already claimed by another agent key")
+}
+
+/// Seqs start at 1 and run without gaps inside a batch.
+fn check_shape(frames: &[Frame]) -> Result<(), Refusal> {
+    if frames.first().is_some_and(|f| f.seq == 0) {
+        return Err(Refusal::new(400, "frame seqs start at 1"));
+    }
+    if frames
+        .windows(2)
+        .any(|w| w[1].seq != w[0].seq.wrapping_add(1))
+    {
+        return Err(Refusal::new(
+            400,
+            "frames of a batch must have consecutive seqs",
+        ));
+    }
+    Ok(())
+}
+
+/// Checks the new frames against what is stored: no gap, nothing after the end,
+/// stages that exist, no claim for another key.
+fn check_frames(fresh: &[Frame], key: &PublicKey, c: &Cached) -> Result<(), Refusal> {
+    let Some(first) = fresh.first() else {
+        return Ok(());
+    };
+    if first.seq != c.upto + 1 {
+        return Err(Refusal::gap(c.upto + 1));
+    }
+    if c.finished {
+        return Err(Refusal::new(409, "run already finished"));
+    }
+    for (i, f) in fresh.iter().enumerate() {
+        match &f.event {
+            Event::Claim { agent_key, .. } if agent_key != key => return Err(claimed_by_other()),
+            Event::RunFinished { .. } if i + 1 != fresh.len() => {
+                return Err(Refusal::new(409, "frames after RunFinished"));
+            }
+            e => {
+                if let Some(s) = e.stage().filter(|s| *s as usize >= c.stages) {
+                    return Err(Refusal::new(
+                        422,
+                        format!("frame {} names stage {s}; the plan has {}", f.seq, c.stages),
+                    ));
+                }
+            }
+        }
+    }
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use kiln_protocol::SecretKey;
+
+    fn run_with_log(len: u64, key: &SecretKey) -> Cached {
+        Cached {
+            len,
+            upto: 1,
+            claim: Some(key.public()),
+            finished: false,
+            stages: 1,
+            not_after: u64::MAX,
+        }
+    }
+
+    #[test]
+    fn a_batch_that_would_pass_the_events_log_cap_is_refused() {
+        let key = SecretKey::from_seed([7; 32]);
+        let run = RunId([1; 16]);
+        let log = |seq| Frame {
+            seq,
+            at_ms: 0,
+            event: Event::Log {
+                stage: 0,
+                stream: kiln_protocol::Stream::Stdout,
+                text: "x".repeat(1000),
+            },
+        };
+        let body = Batch {
+            run,
+            frames: vec![log(2)],
+        }
+        .seal(&key);
+        let near = run_with_log(MAX_EVENTS_LOG_BYTES - 500, &key);
+        let r = validate(&run, &body, &near, Mode::Online, 0).unwrap_err();
+        assert_eq!(r.status, 413, "{r}");
+        assert!(r.reason.contains("cap"), "{r}");
+        let roomy = run_with_log(MAX_EVENTS_LOG_BYTES - 5000, &key);
+        let v = validate(&run, &body, &roomy, Mode::Online, 0).unwrap();
+        assert_eq!(v.upto, 2);
+        // A resend of what is stored adds nothing, so it is acked even at the cap.
+        let mut full = run_with_log(MAX_EVENTS_LOG_BYTES, &key);
+        full.upto = 2;
+        let v = validate(&run, &body, &full, Mode::Online, 0).unwrap();
+        assert!(v.records.is_empty());
+    }
+}

@@ -1,0 +1,132 @@
+//! A run's stored state as the writer sees it, and appending checked batches.
+use anyhow::Result;
+use kiln_protocol::{Event, Frame, PublicKey, Ticket};
+use std::fs;
+use std::io::Write;
+
+use super::Refusal;
+use super::check::Verdict;
+use crate::fsutil::sync_dir;
+use crate::store::{RunDir, files};
+
+/// What the writer knows about a run, valid while events.log keeps its length.
+#[derive(Debug, Clone)]
+pub(crate) struct Cached {
+    /// Bytes of events.log.
+    pub len: u64,
+    /// Last stored seq.
+    pub upto: u64,
+    /// The bound claim key.
+    pub claim: Option<PublicKey>,
+    /// Whether a RunFinished is stored.
+    pub finished: bool,
+    /// Stages in the plan.
+    pub stages: usize,
+    /// The ticket's expiry, unix s.
+    pub not_after: u64,
+}
+
+impl Cached {
+    /// A run with a ticket and nothing else yet.
+    pub(super) fn empty(t: &Ticket) -> Self {
+        Cached {
+            len: 0,
+            upto: 0,
+            claim: None,
+            finished: false,
+            stages: t.plan.stages.len(),
+            not_after: t.not_after,
+        }
+    }
+}
+
+/// Stores a checked batch: binds the claim, appends and fsyncs the new frames
+/// (cut back on a failed write), then updates the cache.
+pub(super) fn store(rd: &RunDir, c: &mut Cached, v: &Verdict) -> Result<()> {
+    if v.bind {
+        rd.bind_claim(&v.key)?;
+    }
+    if !v.records.is_empty() {
+        let path = rd.path(files::EVENTS);
+        let created = !path.exists();
+        let mut file = fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(&path)?;
+        if let Err(e) = file.write_all(&v.records).and_then(|_| file.sync_data()) {
+            // Cut a partial write back so the log never holds half a batch.
+            let _ = file.set_len(c.len);
+            return Err(e.into());
+        }
+        if created {
+            sync_dir(&rd.dir)?;
+        }
+    }
+    c.advance(v);
+    Ok(())
+}
+
+/// Rebuilds the cache from the folder when events.log changed under it (another
+/// writer, or first use); cuts a torn tail left by a crash.
+pub(super) fn refresh<'a>(
+    rd: &RunDir,
+    key: &PublicKey,
+    slot: &'a mut Option<Cached>,
+) -> Result<&'a mut Cached, Refusal> {
+    let path = rd.path(files::EVENTS);
+    let len = fs::metadata(&path).map(|m| m.len()).unwrap_or(0);
+    if slot.as_ref().is_some_and(|c| c.len == len) {
+        return Ok(slot.as_mut().expect("checked above"));
+    }
+    let (_, ticket) = rd
+        .ticket(key)
+        .map_err(|e| Refusal::new(409, format!("{e:#}")))?;
+    let bytes = match fs::read(&path) {
+        Ok(b) => b,
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => Vec::new(),
+        Err(e) => return Err(Refusal::internal(e.into())),
+    };
+    let mut reader = kiln_protocol::RecordReader::new(&bytes);
+    let (mut upto, mut finished, mut first_claim) = (0, false, None);
+    for r in reader.by_ref() {
+        let frame = r
+            .and_then(|p| postcard::from_bytes::<Frame>(&p).map_err(Into::into))
+            .map_err(|e: kiln_protocol::Error| {
+                Refusal::internal(anyhow::anyhow!("run {}: events.log: {e}", rd.id))
+            })?;
+        upto = frame.seq;
+        match frame.event {
+            Event::RunFinished { .. } => finished = true,
+            Event::Claim { agent_key, .. } if first_claim.is_none() => {
+                first_claim = Some(agent_key)
+            }
+            _ => {}
+        }
+    }
+    let mut len = bytes.len() as u64;
+    if reader.torn_tail() > 0 {
+        let cut = reader.consumed() as u64;
+        log::warn!(
+            "run {}: cutting a torn tail of {} bytes off events.log",
+            rd.id,
+            len - cut
+        );
+        let f = fs::OpenOptions::new()
+            .write(true)
+            .open(&path)
+            .map_err(|e| Refusal::internal(e.into()))?;
+        f.set_len(cut)
+            .and_then(|_| f.sync_all())
+            .map_err(|e| Refusal::internal(e.into()))?;
+        len = cut;
+    }
+    let claim = rd.claim_key().map_err(Refusal::internal)?.or(first_claim);
+    *slot = Some(Cached {
+        len,
+        upto,
+        claim,
+        finished,
+        ..Cached::empty(&ticket)
+    });
+    Ok(slot.as_mut().expect("just set"))
+}

@@ -1,0 +1,231 @@
+//! What bounds what one client can make the server store or wait for: the upload
+//! quota, closed uploads after the end, cheap refusals before a body is read.
+use kiln_protocol::{Event, Outcome, Sha256};
+use std::io::{Read, Write};
+use std::time::Duration;
+
+use super::*;
+use crate::common::Coordinator;
+
+fn claimed(url: &str, run: &RunId) -> Reporter {
+    let mut r = Reporter::new(*run);
+    let claim = r.claim();
+    let f = r.frames(vec![claim]);
+    ack(url, run, &r.seal(f));
+    r
+}
+
+fn put(url: &str, run: &RunId, body: &[u8]) -> Answer {
+    let sha = Sha256::of(body);
+    call(
+        ureq::put(&format!("{url}/v1/runs/{run}/artifacts/{sha}")),
+        Some(body),
+    )
+}
+
+fn in_cas(state: &Path, body: &[u8]) -> bool {
+    state
+        .join("cas")
+        .join(Sha256::of(body).to_string())
+        .is_file()
+}
+
+/// Sends `head` (a request line and headers announcing a body) and no body, then
+/// reads the status line: the server must answer without waiting for the body.
+fn status_without_body(url: &str, head: &str) -> String {
+    let addr = url.trim_start_matches("http://");
+    let mut s = std::net::TcpStream::connect(addr).unwrap();
+    s.set_read_timeout(Some(Duration::from_secs(20))).unwrap();
+    write!(s, "{head}Host: {addr}\r\n\r\n").unwrap();
+    let mut line = [0u8; 12];
+    s.read_exact(&mut line)
+        .unwrap_or_else(|e| panic!("no answer before the body ({e}): {head}"));
+    String::from_utf8_lossy(&line).into_owned()
+}
+
+#[test]
+fn uploads_are_capped_per_run_and_closed_once_the_run_finished() {
+    let (_d, state) = keyed_state();
+    let run = issue(&state);
+    let c = Coordinator::start_with(&state, &["--upload-quota", "40"]);
+    claimed(&c.url, &run);
+    let (a, b, z) = (&[b'a'; 16][..], &[b'b'; 16][..], &[b'z'; 16][..]);
+    assert_eq!(put(&c.url, &run, a).status, 201);
+    assert_eq!(put(&c.url, &run, b).status, 201);
+    let over = put(&c.url, &run, z);
+    assert_eq!(over.status, 413, "{}", over.text());
+    assert!(over.text().contains("quota"), "{}", over.text());
+    assert!(!in_cas(&state, z), "a refused upload was stored");
+    assert_eq!(put(&c.url, &run, a).status, 200, "stored already: no cost");
+
+    // A chunked upload does not say its size up front.
+    let sha = Sha256::of(z);
+    let chunked = status_without_body(
+        &c.url,
+        &format!("PUT /v1/runs/{run}/artifacts/{sha} HTTP/1.1\r\nTransfer-Encoding: chunked\r\n"),
+    );
+    assert_eq!(chunked, "HTTP/1.1 411");
+
+    // A restart does not reset the quota, and sweeps temp files a killed upload left.
+    let cas = state.join("cas");
+    let old = cas.join(".in-0000000000000000");
+    let fresh = cas.join(".in-1111111111111111");
+    std::fs::write(&old, b"half an upload").unwrap();
+    std::fs::File::options()
+        .write(true)
+        .open(&old)
+        .unwrap()
+        .set_modified(std::time::SystemTime::now() - Duration::from_secs(3600))
+        .unwrap();
+    std::fs::write(&fresh, b"someone is writing this").unwrap();
+    drop(c);
+    let c = Coordinator::start_with(&state, &["--upload-quota", "40"]);
+    assert!(
+        !old.exists(),
+        "a leftover upload temp file survived a restart"
+    );
+    assert!(fresh.exists(), "a temp file written just now was swept");
+    assert_eq!(put(&c.url, &run, z).status, 413, "quota reset by a restart");
+
+    // Another run has its own quota; once it finished it takes no uploads.
+    let other = issue(&state);
+    let mut r = claimed(&c.url, &other);
+    assert_eq!(put(&c.url, &other, z).status, 201);
+    let f = r.frames(vec![Event::RunFinished {
+        outcome: Outcome::Passed,
+    }]);
+    ack(&c.url, &other, &r.seal(f));
+    let late = &[b'l'; 8][..];
+    let a = put(&c.url, &other, late);
+    assert_eq!(a.status, 409, "{}", a.text());
+    assert!(a.text().contains("finished"), "{}", a.text());
+    assert!(!in_cas(&state, late));
+}
+
+#[test]
+fn refusals_that_need_no_body_come_before_reading_it() {
+    let (_d, state) = keyed_state();
+    let unclaimed = issue(&state);
+    let done = issue(&state);
+    let c = Coordinator::start(&state);
+    let mut r = claimed(&c.url, &done);
+    let f = r.frames(vec![Event::RunFinished {
+        outcome: Outcome::Passed,
+    }]);
+    ack(&c.url, &done, &r.seal(f));
+    let nobody = new_run_id();
+    let sha = Sha256::of(b"x");
+    // Over 1 KiB: tiny_http reads smaller bodies itself before the handler runs.
+    let len = "Content-Length: 100000\r\n";
+    let cases = [
+        (
+            format!("POST /v1/runs/{nobody}/events HTTP/1.1\r\n{len}"),
+            "404",
+        ),
+        (
+            format!("POST /v1/runs/{nobody}/secrets HTTP/1.1\r\n{len}"),
+            "404",
+        ),
+        (
+            format!("POST /v1/runs/{unclaimed}/secrets HTTP/1.1\r\n{len}"),
+            "409",
+        ),
+        (
+            format!("POST /v1/runs/{done}/secrets HTTP/1.1\r\n{len}"),
+            "409",
+        ),
+        (
+            format!("PUT /v1/runs/{nobody}/artifacts/{sha} HTTP/1.1\r\n{len}"),
+            "404",
+        ),
+        (
+            format!("PUT /v1/runs/{unclaimed}/artifacts/{sha} HTTP/1.1\r\n{len}"),
+            "409",
+        ),
+        (
+            format!("PUT /v1/runs/{done}/artifacts/{sha} HTTP/1.1\r\n{len}"),
+            "409",
+        ),
+    ];
+    for (head, want) in &cases {
+        let got = status_without_body(&c.url, head);
+        assert_eq!(got, format!("HTTP/1.1 {want}"), "{head}");
+    }
+    // Still serving.
+    assert_eq!(get(&c.url, "/v1/runs").status, 200);
+}
+
+/// The server's peak resident memory, KiB (`VmHWM`).
+fn peak_rss_kib(pid: u32) -> u64 {
+    let s = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap();
+    s.lines()
+        .find_map(|l| l.strip_prefix("VmHWM:"))
+        .and_then(|v| v.trim().trim_end_matches("kB").trim().parse().ok())
+        .expect("VmHWM in /proc/PID/status")
+}
+
+#[test]
+fn listings_fold_a_big_events_log_once_and_in_pieces() {
+    let (_d, state) = keyed_state();
+    let run = issue(&state);
+    // 32 MiB of log frames, written straight into the run folder.
+    let mut r = Reporter::new(run);
+    let claim = r.claim();
+    let line = "x".repeat(1024);
+    let mut events = vec![claim];
+    events.extend((0..32 * 1024).map(|_| log(0, &line)));
+    let mut bytes = Vec::new();
+    for f in r.frames(events) {
+        bytes.extend(kiln_protocol::encode_record(
+            &postcard::to_allocvec(&f).unwrap(),
+        ));
+    }
+    let log_len = bytes.len() as u64;
+    std::fs::write(
+        state.join("runs").join(run.to_string()).join("events.log"),
+        &bytes,
+    )
+    .unwrap();
+    drop(bytes);
+    let c = Coordinator::start(&state);
+    let before = peak_rss_kib(c.child.id());
+    let url = c.url.clone();
+    let workers: Vec<_> = (0..8)
+        .map(|i| {
+            let url = url.clone();
+            std::thread::spawn(move || {
+                let path = [
+                    "/",
+                    "/v1/runs",
+                    &format!("/v1/runs/{run}"),
+                    &format!("/runs/{run}"),
+                ][i % 4]
+                    .to_string();
+                get(&url, &path)
+            })
+        })
+        .collect();
+    for w in workers {
+        let a = w.join().unwrap();
+        assert_eq!(a.status, 200, "{}", a.text());
+    }
+    let show: serde_json::Value =
+        serde_json::from_slice(&get(&c.url, &format!("/v1/runs/{run}")).body).unwrap();
+    assert_eq!(show["frames"], 32 * 1024 + 1);
+    assert_eq!(show["stages"][0]["log_lines"], 32 * 1024);
+    let page = get(&c.url, &format!("/runs/{run}")).text();
+    assert!(
+        page.contains("last 50 of 32768 lines"),
+        "the page shows a tail"
+    );
+    let grown = peak_rss_kib(c.child.id()).saturating_sub(before);
+    eprintln!(
+        "events.log {log_len} bytes; server peak RSS grew by {grown} KiB over 8 parallel reads"
+    );
+    // Decoding the whole log per request would take several times its size; the
+    // fold cache reads it once, a MiB at a time.
+    assert!(
+        grown * 1024 < log_len / 2,
+        "peak RSS grew by {grown} KiB for a {log_len}-byte events.log"
+    );
+}
