@@ -134,6 +134,12 @@ pub fn run_ticket(opts: RunOptions) -> RunEnd {
     if let Err(e) = bind_work(&work, &run) {
         return RunEnd::Infra(e);
     }
+    // Stages hand the folder to other programs (podman reads a relative path as a
+    // volume name): absolute from here on.
+    let work = match std::path::absolute(&work) {
+        Ok(w) => w,
+        Err(e) => return RunEnd::Infra(format!("work folder {}: {e}", work.display())),
+    };
     let key = match claim_key(&work) {
         Ok(k) => k,
         Err(e) => return RunEnd::Infra(e),

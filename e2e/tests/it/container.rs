@@ -77,13 +77,15 @@ impl Fx {
         o.stdout.trim().to_string()
     }
 
-    /// `kiln-agent run` for `run`, as a child.
+    /// `kiln-agent run` for `run`, as a child, with a relative work folder (as a user
+    /// typing `--work work` would: the container stage must not mind).
     fn agent(&self, run: &str) -> Child {
         let ticket = self.state.join("runs").join(run).join("ticket.kiln");
         let trust = self.state.join("key/coordinator.pub");
         Command::new(bin("kiln-agent"))
             .args(["run", "--ticket", s(&ticket), "--trust", s(&trust)])
-            .args(["--work", s(&self.dir.join("work"))])
+            .args(["--work", "work"])
+            .current_dir(&self.dir)
             .stdout(Stdio::null())
             .stderr(Stdio::inherit())
             .spawn()
