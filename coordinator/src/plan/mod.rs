@@ -193,6 +193,24 @@ impl Ctx<'_> {
                 }
             }
         }
+        let env = self.env(name, st)?;
+        if let StageKind::Ssh(ssh) = &spec
+            && ssh.os == kiln_protocol::Os::Windows
+            && let (Some(span), Some((k, c))) = (
+                st.env.as_ref().map(|e| e.span()),
+                env.iter().find_map(|(k, v)| {
+                    v.chars()
+                        .find(|c| matches!(c, '"' | '%' | '\r' | '\n'))
+                        .map(|c| (k, c))
+                }),
+            )
+        {
+            // The entrypoint on Windows is a cmd.exe line (see the agent's ssh stage).
+            return Err(self.err(
+                span,
+                format!("stage {name:?}: env {k} contains {c:?}, which a Windows command line cannot carry"),
+            ));
+        }
         Ok(Stage {
             name: name.to_string(),
             kind: spec,
@@ -207,7 +225,7 @@ impl Ctx<'_> {
                 .as_ref()
                 .is_some_and(|c| *c.get_ref()),
             tests: tests.map(|(b, _)| b),
-            env: self.env(name, st)?,
+            env,
             secrets,
         })
     }
@@ -334,12 +352,23 @@ impl StageAt<'_> {
 }
 
 /// A duration given as `"10m"` or a number of seconds.
+/// The longest duration a plan may give (a year): longer is a typo, and would
+/// overflow the agent's clocks.
+const MAX_DURATION_S: u64 = 365 * 86400;
+
 fn duration(v: &Value, key: &str) -> Result<u64, String> {
     match v {
         Value::String(s) => parse_duration(s),
         Value::Integer(n) if *n >= 0 => Ok(*n as u64),
         _ => Err("must be a duration such as \"90s\", \"10m\", \"2h\"".into()),
     }
+    .and_then(|d| {
+        if d > MAX_DURATION_S {
+            Err(format!("{d}s is longer than a year"))
+        } else {
+            Ok(d)
+        }
+    })
     .map_err(|e| format!("`{key}`: {e}"))
 }
 

@@ -261,6 +261,16 @@ fn ssh_needs_entrypoint_and_pinned_host_key() {
         8,
         "not linux or windows",
     );
+    // Windows entrypoints are cmd.exe lines: `"` and `%` cannot travel in env values.
+    f.file("win/run.ps1", "echo hi\n");
+    let win = |v: &str| {
+        ssh(&format!(
+            "tests = \"win\"\nos = \"windows\"\n{pin}env = {{ V = '{v}' }}\n"
+        ))
+    };
+    assert!(f.load(&win("plain & <fine>")).is_ok());
+    f.fails(&win("50%"), 10, "Windows command line cannot carry");
+    f.fails(&win("a\"b"), 10, "Windows command line cannot carry");
 }
 
 #[test]
@@ -330,6 +340,16 @@ fn errors_name_the_line() {
         "secret \"unset\" is not set",
     );
     f.fails(&format!("{EXEC}command = 5\n"), 5, "duplicate key");
+    f.fails(
+        &format!("{EXEC}timeout = 9223372036854775807\n"),
+        5,
+        "longer than a year",
+    );
+    f.fails(
+        &format!("{EXEC}timeout = \"400d\"\n"),
+        5,
+        "longer than a year",
+    );
     f.fails(
         "[[stage]]\nname = \"a\"\nkind = \"exec\"\ncommand = []\n",
         4,
