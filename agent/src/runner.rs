@@ -291,10 +291,13 @@ pub fn fetch_ticket(url: &str) -> Result<Vec<u8>, (i32, String)> {
         }
         Err(ureq::Error::Transport(t)) => {
             // The transport error's own text repeats the URL: kind and message only.
-            let why = match t.message() {
-                Some(m) => format!("{}: {m}", t.kind()),
-                None => t.kind().to_string(),
-            };
+            let mut why = t.kind().to_string();
+            if let Some(m) = t.message() {
+                why = format!("{why}: {m}");
+            }
+            if let Some(src) = std::error::Error::source(&t) {
+                why = format!("{why} ({src})");
+            }
             return Err(infra(why));
         }
     };
