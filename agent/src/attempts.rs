@@ -193,8 +193,10 @@ impl Attempts<'_> {
 
     /// When this attempt must stop, and whether that is the run's deadline.
     fn limit(&self, stage: &Stage) -> (Option<Instant>, bool) {
-        let own =
-            (stage.timeout_s > 0).then(|| Instant::now() + Duration::from_secs(stage.timeout_s));
+        // A timeout too large for the clock is no limit (never a panic).
+        let own = (stage.timeout_s > 0)
+            .then(|| Instant::now().checked_add(Duration::from_secs(stage.timeout_s)))
+            .flatten();
         match (own, self.deadline) {
             (Some(a), Some(d)) if d < a => (Some(d), true),
             (Some(a), _) => (Some(a), false),

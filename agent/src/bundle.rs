@@ -33,8 +33,26 @@ pub fn write_bundle(
     let mut from = 1;
     loop {
         let frames = batch(from)?;
-        let Some(last) = frames.last() else { break };
-        from = last.seq + 1;
+        if frames.is_empty() {
+            break;
+        }
+        // Frames must go on from `from`, one seq at a time: anything else (two
+        // writers in one spool) would repeat or skip frames, or never end.
+        if let Some((i, f)) = frames
+            .iter()
+            .enumerate()
+            .find(|(i, f)| f.seq != from + *i as u64)
+        {
+            return Err(io::Error::new(
+                io::ErrorKind::InvalidData,
+                format!(
+                    "spool frame {} where seq {} belongs",
+                    f.seq,
+                    from + i as u64
+                ),
+            ));
+        }
+        from += frames.len() as u64;
         for f in &frames {
             if let Event::Artifact { sha256, .. } = &f.event
                 && written.insert(*sha256)
@@ -103,5 +121,40 @@ mod tests {
             panic!("third record is not a batch")
         };
         assert_eq!(Batch::open(sealed, &key.public()).unwrap().frames, frames);
+    }
+
+    #[test]
+    fn frames_out_of_order_are_refused_never_looped() {
+        let d = tempfile::tempdir().unwrap();
+        let key = SecretKey::from_seed([3; 32]);
+        let ticket = SignedTicket {
+            key_id: key.public().key_id(),
+            body: vec![],
+            sig: kiln_protocol::Sig([0; 64]),
+        };
+        let frame = |seq| Frame {
+            seq,
+            at_ms: 0,
+            event: Event::RunFinished {
+                outcome: kiln_protocol::Outcome::Passed,
+            },
+        };
+        let out = d.path().join("r.kiln");
+        // A spool that keeps answering with the same frame whatever is asked.
+        let mut calls = 0;
+        let e = write_bundle(&out, &ticket, RunId([1; 16]), &key, d.path(), |_| {
+            calls += 1;
+            assert!(calls < 10, "write_bundle loops");
+            Ok(vec![frame(1)])
+        })
+        .unwrap_err();
+        assert_eq!(e.kind(), io::ErrorKind::InvalidData, "{e}");
+        // A gap inside a batch.
+        let e = write_bundle(&out, &ticket, RunId([1; 16]), &key, d.path(), |_| {
+            Ok(vec![frame(1), frame(3)])
+        })
+        .unwrap_err();
+        assert_eq!(e.kind(), io::ErrorKind::InvalidData, "{e}");
+        assert!(!out.exists());
     }
 }

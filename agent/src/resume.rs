@@ -10,10 +10,21 @@ pub struct StageProgress {
     pub last_attempt: u32,
     /// An attempt that started and never finished (the agent died during it).
     pub open: Option<u32>,
-    /// Attempts that finished (they count against `retries`).
+    /// Attempts that finished (they count against `retries`); closes written by a
+    /// restart are not counted.
     pub finished: u32,
     /// Outcome of the last finished attempt.
     pub last_outcome: Option<Outcome>,
+}
+
+/// The detail of the `error` close a restarted agent writes for the attempt it was
+/// in when it died. Such a close ends the attempt but is no real finish: it neither
+/// counts against `retries` nor decides the stage's outcome.
+pub const INTERRUPTED: &str = "interrupted: the agent restarted";
+
+/// Whether a `StageFinished` is the close a restart wrote (see [`INTERRUPTED`]).
+pub fn is_restart_close(outcome: Outcome, exit_code: Option<i32>, detail: &str) -> bool {
+    outcome == Outcome::Error && exit_code.is_none() && detail == INTERRUPTED
 }
 
 /// Outcomes after which a stage gets another attempt, while retries last.
@@ -63,12 +74,17 @@ impl Resume {
                     stage,
                     attempt,
                     outcome,
+                    exit_code,
+                    detail,
                     ..
                 } => {
                     if let Some(s) = r.stages.get_mut(*stage as usize) {
                         s.last_attempt = s.last_attempt.max(*attempt);
                         if s.open == Some(*attempt) {
                             s.open = None;
+                        }
+                        if is_restart_close(*outcome, *exit_code, detail) {
+                            continue;
                         }
                         s.finished += 1;
                         s.last_outcome = Some(*outcome);
@@ -160,5 +176,60 @@ mod tests {
         assert_eq!(r.stages[2].final_outcome(1), None);
         assert_eq!(r.stages[3], StageProgress::default());
         assert_eq!(r.run_finished, None);
+    }
+
+    fn started(seq: u64, stage: u16, attempt: u32) -> Frame {
+        f(seq, Event::StageStarted { stage, attempt })
+    }
+
+    fn restart_close(seq: u64, stage: u16, attempt: u32) -> Frame {
+        f(
+            seq,
+            Event::StageFinished {
+                stage,
+                attempt,
+                outcome: Outcome::Error,
+                exit_code: None,
+                duration_ms: 0,
+                detail: INTERRUPTED.into(),
+            },
+        )
+    }
+
+    #[test]
+    fn a_restart_close_ends_the_attempt_but_is_no_finish() {
+        // Killed in attempt 1; the restart closed it and died before attempt 2 began.
+        let frames = vec![started(1, 0, 1), restart_close(2, 0, 1)];
+        let r = Resume::fold(&frames, &plan(1));
+        let s = &r.stages[0];
+        assert_eq!((s.open, s.finished, s.last_outcome), (None, 0, None));
+        assert_eq!(s.last_attempt, 1);
+        assert_eq!(s.final_outcome(0), None, "the stage must run again");
+    }
+
+    #[test]
+    fn restart_closes_consume_no_retry() {
+        // Attempt 1 failed, attempt 2 was interrupted twice over: one retry is left.
+        let frames = vec![
+            started(1, 0, 1),
+            fin(2, 0, 1, Outcome::Failed),
+            started(3, 0, 2),
+            restart_close(4, 0, 2),
+            started(5, 0, 3),
+            restart_close(6, 0, 3),
+        ];
+        let r = Resume::fold(&frames, &plan(1));
+        let s = &r.stages[0];
+        assert_eq!((s.finished, s.last_outcome), (1, Some(Outcome::Failed)));
+        assert_eq!(s.last_attempt, 3);
+        assert_eq!(s.final_outcome(1), None);
+        assert_eq!(s.final_outcome(0), Some(Outcome::Failed));
+        // A real `error` with the same detail but an exit code is a finish.
+        let mut real = restart_close(7, 0, 4);
+        if let Event::StageFinished { exit_code, .. } = &mut real.event {
+            *exit_code = Some(1);
+        }
+        let r = Resume::fold(&[started(1, 0, 4), real], &plan(1));
+        assert_eq!(r.stages[0].finished, 1);
     }
 }

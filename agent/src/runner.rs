@@ -1,10 +1,13 @@
 //! The run loop: claim, stages in order with timeouts and retries, fail_fast, outcome.
 use kiln_protocol::{Outcome, PublicKey, RunId, SecretKey};
 use std::collections::BTreeMap;
-use std::io::Write;
+use std::io::{Read, Write};
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::Duration;
+
+use nix::errno::Errno;
+use nix::fcntl::{Flock, FlockArg};
 
 use crate::cli::RunCmd;
 use crate::client::Client;
@@ -97,18 +100,61 @@ pub fn claim_key(work: &Path) -> Result<SecretKey, String> {
     Ok(key)
 }
 
-/// Ties the work folder to one run, so a folder is never resumed by another ticket.
-fn bind_work(work: &Path, run: &RunId) -> Result<(), String> {
+/// File name of the work folder's lock (holds the owner's pid).
+pub const LOCK_FILE: &str = "lock";
+
+/// An exclusive `flock` on the work folder's lock file, held for the whole run:
+/// two agents on one folder would hand out the same seqs into one spool.
+pub struct WorkLock {
+    _lock: Flock<std::fs::File>,
+}
+
+/// Takes the work folder's lock, or says which process holds it.
+pub fn lock_work(work: &Path) -> Result<WorkLock, String> {
+    let p = work.join(LOCK_FILE);
+    let file = std::fs::OpenOptions::new()
+        .read(true)
+        .write(true)
+        .create(true)
+        .truncate(false)
+        .open(&p)
+        .map_err(|e| format!("work folder lock {}: {e}", p.display()))?;
+    match Flock::lock(file, FlockArg::LockExclusiveNonblock) {
+        Ok(mut lock) => {
+            let written = lock
+                .set_len(0)
+                .and_then(|()| lock.write_all(format!("{}\n", std::process::id()).as_bytes()));
+            written.map_err(|e| format!("work folder lock {}: {e}", p.display()))?;
+            Ok(WorkLock { _lock: lock })
+        }
+        Err((mut file, Errno::EWOULDBLOCK)) => {
+            let mut text = String::new();
+            let _ = std::io::Read::read_to_string(&mut file, &mut text);
+            let pid = match text.trim() {
+                "" => "pid unknown".to_string(),
+                t => format!("pid {t}"),
+            };
+            Err(format!("work folder {} is in use ({pid})", work.display()))
+        }
+        Err((_, e)) => Err(format!("work folder lock {}: {e}", p.display())),
+    }
+}
+
+/// Ties the work folder to one run, so a folder is never resumed by another ticket,
+/// and locks it for this agent.
+fn bind_work(work: &Path, run: &RunId) -> Result<WorkLock, String> {
     std::fs::create_dir_all(work).map_err(|e| format!("work folder {}: {e}", work.display()))?;
+    let lock = lock_work(work)?;
     let p = work.join("run");
     match std::fs::read_to_string(&p) {
-        Ok(s) if s.trim() == run.to_string() => Ok(()),
+        Ok(s) if s.trim() == run.to_string() => Ok(lock),
         Ok(s) => Err(format!(
             "work folder {} belongs to run {}, not {run}",
             work.display(),
             s.trim()
         )),
         Err(_) => std::fs::write(&p, format!("{run}\n"))
+            .map(|()| lock)
             .map_err(|e| format!("work folder {}: {e}", work.display())),
     }
 }
@@ -131,9 +177,11 @@ pub fn run_ticket(opts: RunOptions) -> RunEnd {
         .work
         .clone()
         .unwrap_or_else(|| Path::new("kiln-work").join(run.to_string()));
-    if let Err(e) = bind_work(&work, &run) {
-        return RunEnd::Infra(e);
-    }
+    // Held until the run returns.
+    let _lock = match bind_work(&work, &run) {
+        Ok(l) => l,
+        Err(e) => return RunEnd::Infra(e),
+    };
     // Stages hand the folder to other programs (podman reads a relative path as a
     // volume name): absolute from here on.
     let work = match std::path::absolute(&work) {
@@ -206,9 +254,9 @@ pub fn run_ticket(opts: RunOptions) -> RunEnd {
 pub fn cmd_run(c: &RunCmd) -> i32 {
     let opts = match options(c) {
         Ok(o) => o,
-        Err(e) => {
-            eprintln!("{e}");
-            return crate::cli::EXIT_REFUSED;
+        Err((code, e)) => {
+            eprintln!("kiln-agent: {e}");
+            return code;
         }
     };
     let end = run_ticket(opts);
@@ -220,16 +268,59 @@ pub fn cmd_run(c: &RunCmd) -> i32 {
     end.exit_status()
 }
 
-/// Builds run options from the flags (reads the ticket, trusted keys and secrets).
-fn options(c: &RunCmd) -> Result<RunOptions, String> {
-    let trusted = load_trust(&c.trust)?;
+/// GETs a ticket from a URL, once. A 4xx is a bad argument (exit 2); no answer, a
+/// 5xx or 429 is an infrastructure error (exit 3). One line naming the URL once.
+pub fn fetch_ticket(url: &str) -> Result<Vec<u8>, (i32, String)> {
+    use crate::cli::{EXIT_INFRA, EXIT_REFUSED};
+    let agent = ureq::AgentBuilder::new()
+        .timeout_connect(Duration::from_secs(5))
+        .timeout(Duration::from_secs(30))
+        .build();
+    let infra = |why: String| (EXIT_INFRA, format!("fetching ticket {url}: {why}"));
+    let r = match agent.get(url).call() {
+        Ok(r) => r,
+        Err(ureq::Error::Status(code, r)) => {
+            let line = r.into_string().unwrap_or_default();
+            let line = line.lines().next().unwrap_or("").trim().to_string();
+            let why = format!("{code} {line}").trim().to_string();
+            return Err(if code >= 500 || code == 429 {
+                infra(why)
+            } else {
+                (EXIT_REFUSED, format!("fetching ticket {url}: {why}"))
+            });
+        }
+        Err(ureq::Error::Transport(t)) => {
+            // The transport error's own text repeats the URL: kind and message only.
+            let mut why = t.kind().to_string();
+            if let Some(m) = t.message() {
+                why = format!("{why}: {m}");
+            }
+            if let Some(src) = std::error::Error::source(&t) {
+                why = format!("{why} ({src})");
+            }
+            return Err(infra(why));
+        }
+    };
+    let mut out = Vec::new();
+    r.into_reader()
+        .take(kiln_protocol::MAX_TICKET_BYTES as u64 + 1)
+        .read_to_end(&mut out)
+        .map_err(|e| infra(e.to_string()))?;
+    Ok(out)
+}
+
+/// Builds run options from the flags (reads the ticket, trusted keys and secrets);
+/// `Err` carries the exit status and a one-line reason.
+fn options(c: &RunCmd) -> Result<RunOptions, (i32, String)> {
+    let refused = |e: String| (crate::cli::EXIT_REFUSED, e);
+    let trusted = load_trust(&c.trust).map_err(refused)?;
     let (ticket_bytes, ticket_path) =
         if c.ticket.starts_with("http://") || c.ticket.starts_with("https://") {
-            (crate::client::fetch_url(&c.ticket)?, None)
+            (fetch_ticket(&c.ticket)?, None)
         } else {
             let p = PathBuf::from(&c.ticket);
-            let bytes =
-                std::fs::read(&p).map_err(|e| format!("cannot read ticket {}: {e}", c.ticket))?;
+            let bytes = std::fs::read(&p)
+                .map_err(|e| refused(format!("cannot read ticket {}: {e}", c.ticket)))?;
             (bytes, Some(p))
         };
     Ok(RunOptions {
@@ -240,6 +331,6 @@ fn options(c: &RunCmd) -> Result<RunOptions, String> {
         out: c.out.clone(),
         work: c.work.clone(),
         cas_dir: c.cas.clone(),
-        secrets: crate::secrets::from_flags(&c.secret)?,
+        secrets: crate::secrets::from_flags(&c.secret).map_err(refused)?,
     })
 }

@@ -62,7 +62,7 @@ impl Session<'_> {
                     outcome: Outcome::Error,
                     exit_code: None,
                     duration_ms: 0,
-                    detail: "interrupted: the agent restarted".into(),
+                    detail: crate::resume::INTERRUPTED.into(),
                 });
             }
         }
@@ -96,14 +96,20 @@ impl Session<'_> {
                 }
             }
         };
-        let deadline = (t.plan.timeout_s > 0).then(|| {
-            let since_start = self
-                .resume
-                .first_at_ms
-                .map(|at| Duration::from_millis((now_s() * 1000).saturating_sub(at)))
-                .unwrap_or_default();
-            Instant::now() + Duration::from_secs(t.plan.timeout_s).saturating_sub(since_start)
-        });
+        // A timeout too large for the clock is no deadline (never a panic).
+        let deadline = (t.plan.timeout_s > 0)
+            .then(|| {
+                let since_start = self
+                    .resume
+                    .first_at_ms
+                    .map(|at| {
+                        Duration::from_millis(now_s().saturating_mul(1000).saturating_sub(at))
+                    })
+                    .unwrap_or_default();
+                Instant::now()
+                    .checked_add(Duration::from_secs(t.plan.timeout_s).saturating_sub(since_start))
+            })
+            .flatten();
         let attempts = Attempts {
             run: t.run,
             plan: &t.plan,
@@ -121,12 +127,13 @@ impl Session<'_> {
     /// Reports the end and waits for it to be acked (online) or writes the bundle.
     pub fn finish(&self, outcome: Outcome) -> RunEnd {
         let r = &self.reporter;
-        let last = if self.resume.run_finished.is_some() {
-            r.last_seq()
-        } else {
-            r.emit_seq(Event::RunFinished { outcome })
-        };
-        if let Some(f) = r.failure() {
+        if self.resume.run_finished.is_none() {
+            r.emit_seq(Event::RunFinished { outcome });
+        }
+        // What was spooled (after a spool failure the last emits may be missing):
+        // that much is delivered even when the run ends as an infrastructure error.
+        let last = r.last_seq();
+        if let Some(f) = r.refused() {
             return RunEnd::Infra(f);
         }
         match self.out {
@@ -146,6 +153,9 @@ impl Session<'_> {
                     return RunEnd::Infra(e);
                 }
             }
+        }
+        if let Some(f) = r.failure() {
+            return RunEnd::Infra(f);
         }
         eprintln!("run {outcome}");
         RunEnd::Finished {

@@ -17,6 +17,9 @@ pub struct Spool {
     acked_path: PathBuf,
     /// `offsets[i]` is where the record of seq `i + 1` starts; the last entry is the end.
     offsets: Vec<u64>,
+    /// A failed append could not be undone: the file's tail is unknown, so nothing
+    /// more is appended.
+    broken: bool,
 }
 
 impl Spool {
@@ -54,6 +57,7 @@ impl Spool {
             file,
             acked_path: work.join(ACKED_FILE),
             offsets,
+            broken: false,
         };
         Ok((spool, frames))
     }
@@ -64,14 +68,29 @@ impl Spool {
     }
 
     /// Appends the next frame (its seq must be `last_seq() + 1`); returns the
-    /// record's size in bytes.
+    /// record's size in bytes. A failed or short write (a full disk) is cut back off,
+    /// so the seq is not used and the log stays whole; if even that fails, every
+    /// later append fails too.
     pub fn append(&mut self, frame: &Frame) -> io::Result<usize> {
         debug_assert_eq!(frame.seq, self.last_seq() + 1);
+        if self.broken {
+            return Err(io::Error::other("spool tail unknown after a failed write"));
+        }
         let rec = encode_record(&postcard::to_allocvec(frame).expect("frames always encode"));
+        let good = *self.offsets.last().expect("offsets starts with 0");
         // One write per record: a SIGKILL leaves whole records (the page cache keeps
         // them); a power cut leaves at most a torn tail, cut on the next open.
-        self.file.write_all(&rec)?;
-        let end = self.offsets.last().expect("offsets starts with 0") + rec.len() as u64;
+        if let Err(e) = self.file.write_all(&rec) {
+            if let Err(t) = self.file.set_len(good) {
+                self.broken = true;
+                return Err(io::Error::new(
+                    e.kind(),
+                    format!("{e} (and cutting the partial record failed: {t})"),
+                ));
+            }
+            return Err(e);
+        }
+        let end = good + rec.len() as u64;
         self.offsets.push(end);
         Ok(rec.len())
     }
@@ -92,13 +111,29 @@ impl Spool {
         let mut f = &self.file;
         f.seek(SeekFrom::Start(start))?;
         f.read_exact(&mut buf)?;
-        RecordReader::new(&buf)
-            .map(|r| {
-                let payload = r.map_err(|e| io::Error::new(io::ErrorKind::InvalidData, e))?;
-                postcard::from_bytes(&payload)
-                    .map_err(|e| io::Error::new(io::ErrorKind::InvalidData, e))
-            })
-            .collect()
+        let bad = |e: String| io::Error::new(io::ErrorKind::InvalidData, e);
+        let mut frames = Vec::new();
+        for r in RecordReader::new(&buf) {
+            let payload = r.map_err(|e| bad(e.to_string()))?;
+            let f: Frame = postcard::from_bytes(&payload).map_err(|e| bad(e.to_string()))?;
+            let want = from + frames.len() as u64;
+            if f.seq != want {
+                // Someone else wrote into this file (the index no longer fits it).
+                return Err(bad(format!(
+                    "spool holds seq {} where {want} belongs",
+                    f.seq
+                )));
+            }
+            frames.push(f);
+        }
+        if frames.len() as u64 != end_seq - from + 1 {
+            return Err(bad(format!(
+                "spool holds {} records where {} belong",
+                frames.len(),
+                end_seq - from + 1
+            )));
+        }
+        Ok(frames)
     }
 
     /// Flushes the log to disk.
@@ -120,6 +155,49 @@ impl Spool {
         let tmp = self.acked_path.with_extension("tmp");
         fs::write(&tmp, format!("{upto}\n"))?;
         fs::rename(&tmp, &self.acked_path)
+    }
+}
+
+/// A small tmpfs for tests of a full disk (needs root to mount).
+#[cfg(test)]
+pub(crate) mod smallfs {
+    use std::path::Path;
+    use std::process::Command;
+
+    /// A tmpfs of `size` mounted on a fresh temp folder; unmounted on drop.
+    pub struct SmallFs {
+        pub dir: tempfile::TempDir,
+    }
+
+    impl SmallFs {
+        /// Mounts one, or `None` (a loud skip; a failure under `KILN_CI=1`).
+        pub fn mount(size: &str) -> Option<SmallFs> {
+            let dir = tempfile::tempdir().unwrap();
+            let ok = Command::new("mount")
+                .args(["-t", "tmpfs", "-o", &format!("size={size}"), "tmpfs"])
+                .arg(dir.path())
+                .status()
+                .is_ok_and(|s| s.success());
+            if ok {
+                return Some(SmallFs { dir });
+            }
+            if std::env::var("KILN_CI").is_ok_and(|v| v == "1") {
+                panic!("mounting a tmpfs is required in CI (KILN_CI=1; run as root)");
+            }
+            eprintln!("SKIPPED: cannot mount a tmpfs (not root?)");
+            None
+        }
+
+        /// The mount point.
+        pub fn path(&self) -> &Path {
+            self.dir.path()
+        }
+    }
+
+    impl Drop for SmallFs {
+        fn drop(&mut self) {
+            let _ = Command::new("umount").arg(self.dir.path()).status();
+        }
     }
 }
 
@@ -179,5 +257,59 @@ mod tests {
         assert_eq!(got[0].seq, 10);
         assert_eq!(s.read_from(10, 1).unwrap().len(), 1);
         assert!(s.read_from(101, 1000).unwrap().is_empty());
+    }
+
+    #[test]
+    fn a_write_on_a_full_disk_is_cut_off_and_its_seq_reused() {
+        let Some(fs) = smallfs::SmallFs::mount("64k") else {
+            return;
+        };
+        let (mut s, _) = Spool::open(fs.path()).unwrap();
+        // Fill the disk with a file we can remove later, then with frames.
+        let filler = fs.path().join("filler");
+        let _ = std::fs::write(&filler, vec![0u8; 48 << 10]);
+        let mut seq = 1;
+        let err = loop {
+            match s.append(&frame(seq, &"x".repeat(3000))) {
+                Ok(_) => seq += 1,
+                Err(e) => break e,
+            }
+            assert!(seq < 100, "the tmpfs never filled up");
+        };
+        assert!(seq > 1, "no frame fit: {err}");
+        assert_eq!(
+            s.last_seq(),
+            seq - 1,
+            "a failed append must not use its seq"
+        );
+        let len = std::fs::metadata(fs.path().join(SPOOL_FILE)).unwrap().len();
+        assert_eq!(
+            len,
+            s.offsets[seq as usize - 1],
+            "partial record left behind"
+        );
+        // Space again: the same seq goes in and reads back, also after a reopen.
+        std::fs::remove_file(&filler).unwrap();
+        s.append(&frame(seq, "after")).unwrap();
+        assert_eq!(s.read_from(seq, 1 << 20).unwrap(), [frame(seq, "after")]);
+        drop(s);
+        let (_, old) = Spool::open(fs.path()).unwrap();
+        assert_eq!(old.len() as u64, seq);
+        assert_eq!(old.last(), Some(&frame(seq, "after")));
+    }
+
+    #[test]
+    fn records_from_a_second_writer_are_refused_not_misread() {
+        let d = tempfile::tempdir().unwrap();
+        let (mut a, _) = Spool::open(d.path()).unwrap();
+        let (mut b, _) = Spool::open(d.path()).unwrap();
+        for i in 1..=3 {
+            a.append(&frame(i, "a")).unwrap();
+            b.append(&frame(i, "b")).unwrap();
+        }
+        let e = a.read_from(1, 1 << 20).unwrap_err();
+        assert_eq!(e.kind(), io::ErrorKind::InvalidData, "{e}");
+        let e = b.read_from(2, 1 << 20).unwrap_err();
+        assert_eq!(e.kind(), io::ErrorKind::InvalidData, "{e}");
     }
 }

@@ -17,8 +17,11 @@ use crate::spool::Spool;
 use crate::stages::Sink;
 use crate::store;
 
+mod cap;
 mod control;
 mod sender;
+
+pub use cap::{FRAME_CAP, TRUNCATED, cap_event};
 
 pub use control::Control;
 
@@ -110,8 +113,10 @@ impl Reporter {
         self.inner.lock().expect("reporter lock poisoned")
     }
 
-    /// Emits an event and returns its seq.
+    /// Emits an event (cut to [`FRAME_CAP`] if larger) and returns its seq; on a
+    /// spool failure the frame is lost and the seq is handed out again.
     pub fn emit_seq(&self, event: Event) -> u64 {
+        let event = cap_event(event);
         let mut g = self.lock();
         let frame = Frame {
             seq: g.spool.last_seq() + 1,
@@ -167,6 +172,11 @@ impl Reporter {
     pub fn failure(&self) -> Option<String> {
         let g = self.lock();
         g.refused.clone().or_else(|| g.io_error.clone())
+    }
+
+    /// The coordinator's refusal of our batches, if it refused them.
+    pub fn refused(&self) -> Option<String> {
+        self.lock().refused.clone()
     }
 
     /// Waits until every frame up to `seq` is acked; `Err` with a reason on a

@@ -10,6 +10,7 @@ use std::path::Path;
 use crate::hostinfo::HostInfo;
 use crate::runner::{RunEnd, RunOptions, run_ticket};
 
+mod guards;
 mod online;
 
 fn exec(name: &str, script: &str) -> Stage {
@@ -192,14 +193,20 @@ fn offline(plan: Plan) -> Option<(RunEnd, Vec<Frame>)> {
     let (bytes, key, _) = ticket_for(plan, None)?;
     let out = d.path().join("r.kiln");
     let end = run_ticket(opts(bytes, &key, &d.path().join("work"), Some(&out)));
-    let bundle = std::fs::read(&out).unwrap();
+    Some((end, bundle_frames(&out)))
+}
+
+/// The frames of a bundle file, in order.
+fn bundle_frames(out: &Path) -> Vec<Frame> {
+    let bundle = std::fs::read(out).unwrap();
+    assert_eq!(&bundle[..8], BUNDLE_MAGIC);
     let mut frames = Vec::new();
     for rec in RecordReader::new(&bundle[8..]) {
         if let ResultRecord::Batch(b) = ResultRecord::decode(&rec.unwrap()).unwrap() {
             frames.extend(Batch::open_unverified(&b).unwrap().0.frames);
         }
     }
-    Some((end, frames))
+    frames
 }
 
 fn details(frames: &[Frame]) -> Vec<String> {

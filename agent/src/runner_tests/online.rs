@@ -66,6 +66,14 @@ fn serve_stub(stub: Arc<Mutex<Stub>>) -> String {
 fn answer(stub: &Mutex<Stub>, body: &[u8]) -> (&'static str, String, Vec<u8>) {
     let mut s = stub.lock().unwrap();
     s.batches += 1;
+    if body.len() > kiln_protocol::MAX_BATCH_BYTES {
+        // As the coordinator does (its body cap).
+        return (
+            "413 Payload Too Large",
+            String::new(),
+            b"too large".to_vec(),
+        );
+    }
     if s.fail_next > 0 {
         s.fail_next -= 1;
         return ("503 Service Unavailable", String::new(), b"busy".to_vec());
@@ -288,5 +296,53 @@ fn a_restart_after_the_run_finished_only_resends_what_was_not_acked() {
         stub.lock().unwrap().stored,
         first,
         "frames were added after RunFinished"
+    );
+}
+
+#[test]
+fn a_frame_over_the_batch_cap_is_cut_and_the_run_goes_on() {
+    let stub = Arc::new(Mutex::new(Stub::default()));
+    let url = serve_stub(stub.clone());
+    let d = tempfile::tempdir().unwrap();
+    let control = Arc::new(crate::reporter::Control::default());
+    let (r, _) = crate::reporter::Reporter::open(
+        kiln_protocol::RunId([5; 16]),
+        kiln_protocol::SecretKey::from_seed([5; 32]),
+        d.path(),
+        crate::reporter::Mode::Online(crate::client::Client::new(&url)),
+        control.clone(),
+    )
+    .unwrap();
+    let sender = r.start_sender().unwrap();
+    let tail: Vec<String> = (0..200)
+        .map(|i| format!("{i:03}{}", "x".repeat(6000)))
+        .collect();
+    r.emit_seq(Event::Part {
+        stage: 0,
+        name: "debian:12".into(),
+        outcome: Outcome::Failed,
+        detail: "exit 1".into(),
+        tail,
+    });
+    let last = r.emit_seq(Event::RunFinished {
+        outcome: Outcome::Failed,
+    });
+    let acked = r.wait_acked(last, std::time::Duration::from_secs(30));
+    r.close();
+    sender.join().unwrap();
+    assert_eq!(acked, Ok(()));
+    assert_eq!(control.aborted(), None);
+    let s = stub.lock().unwrap();
+    let Event::Part { tail, .. } = &s.stored[0].event else {
+        panic!("first frame is not the part")
+    };
+    assert!(
+        tail[0].starts_with(crate::reporter::TRUNCATED),
+        "{}",
+        &tail[0][..30]
+    );
+    assert!(
+        tail.last().unwrap().starts_with("199"),
+        "the newest line is kept"
     );
 }
