@@ -16,6 +16,7 @@ pub mod resume;
 pub mod runner;
 pub mod secrets;
 pub mod session;
+pub mod signals;
 pub mod spool;
 pub mod stages;
 pub mod store;
