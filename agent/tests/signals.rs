@@ -43,7 +43,8 @@ fn child_body(name: &str, script: &str, dir: &Path) {
             .chain([(BLOCKED_ENV.to_string(), "1".to_string())])
             .map(|(k, v)| CString::new(format!("{k}={v}")).unwrap())
             .collect();
-        nix::unistd::execve(&exe, &args, &env).unwrap();
+        let Err(e) = nix::unistd::execve(&exe, &args, &env);
+        panic!("re-exec: {e}");
     }
     kiln_agent::signals::install_stop_signals();
     let stage = Stage::new(
