@@ -86,6 +86,8 @@ fn say(line: &str) {
 
 /// `boot`: returns the exit status (when it does not power off or idle).
 pub fn cmd_boot(c: &BootCmd) -> i32 {
+    // As PID 1 the agent runs as a child of a reaper (this never returns as PID 1).
+    crate::reaper::supervise_if_init();
     say(&format!("agent {} booting", env!("CARGO_PKG_VERSION")));
     match boot(c) {
         Ok((end, offline)) => {

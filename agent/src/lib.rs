@@ -11,6 +11,7 @@ pub mod client;
 pub mod hostinfo;
 pub mod logger;
 pub mod progress;
+pub mod reaper;
 pub mod reporter;
 pub mod resume;
 pub mod runner;
