@@ -187,11 +187,11 @@ mod tests {
         assert_eq!(fs::read(blob_path(d.path(), &sha)).unwrap(), b"artifact");
     }
 
+    type Handler = Box<dyn FnOnce(&str, &mut std::net::TcpStream) + Send>;
+
     /// A tiny HTTP server: each connection is answered by the next handler (given
     /// the request head and the stream); the request heads come back in order.
-    fn serve(
-        handlers: Vec<Box<dyn FnOnce(&str, &mut std::net::TcpStream) + Send>>,
-    ) -> (String, std::sync::mpsc::Receiver<String>) {
+    fn serve(handlers: Vec<Handler>) -> (String, std::sync::mpsc::Receiver<String>) {
         let l = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
         let url = format!("http://{}", l.local_addr().unwrap());
         let (tx, rx) = std::sync::mpsc::channel();

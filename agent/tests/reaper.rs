@@ -74,6 +74,7 @@ fn boot_as_pid_1_runs_the_agent_as_a_child_and_stays_up() {
 }
 
 #[test]
+#[allow(clippy::zombie_processes)] // reap_all waits for it
 fn orphans_of_the_agent_are_reaped_as_pid_1() {
     if std::env::var_os(CHILD_ENV).is_some() {
         assert_eq!(std::process::id(), 1);
