@@ -28,26 +28,29 @@ pub fn supervise_if_init() {
             return;
         }
     };
-    let status = reap_all(agent);
-    eprintln!("kiln: agent ended ({status}); idle, the machine stays on");
     loop {
-        reap_all(agent);
+        // Other children (udhcpc, started by the image's init) may outlive the agent:
+        // say it is idle when the agent ends, not when the last child does.
+        reap_all(agent, |status| {
+            eprintln!("kiln: idle; the machine stays on (the agent ended: {status})")
+        });
         std::thread::sleep(Duration::from_secs(1));
     }
 }
 
 /// Waits for children (our own and those re-parented to us) until none is left;
-/// returns how `agent` ended ("exit N", "signal S", or "not seen").
-pub fn reap_all(agent: Pid) -> String {
-    let mut seen = "not seen".to_string();
+/// calls `agent_ended` with how `agent` ended ("exit N" or "signal S") when it does.
+pub fn reap_all(agent: Pid, mut agent_ended: impl FnMut(&str)) {
     loop {
         match waitpid(None::<Pid>, None) {
-            Ok(WaitStatus::Exited(pid, code)) if pid == agent => seen = format!("exit {code}"),
+            Ok(WaitStatus::Exited(pid, code)) if pid == agent => {
+                agent_ended(&format!("exit {code}"))
+            }
             Ok(WaitStatus::Signaled(pid, sig, _)) if pid == agent => {
-                seen = format!("signal {}", sig.as_str())
+                agent_ended(&format!("signal {}", sig.as_str()))
             }
             Ok(_) | Err(Errno::EINTR) => {}
-            Err(_) => return seen,
+            Err(_) => return,
         }
     }
 }

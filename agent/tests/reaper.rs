@@ -59,7 +59,11 @@ fn boot_as_pid_1_runs_the_agent_as_a_child_and_stays_up() {
     let mut seen = vec![];
     while let Ok(line) = rx.recv_timeout(Duration::from_secs(30)) {
         seen.push(line);
-        if seen.last().unwrap().contains("idle, the machine stays on") {
+        if seen
+            .last()
+            .unwrap()
+            .contains("kiln: idle; the machine stays on")
+        {
             break;
         }
     }
@@ -69,7 +73,7 @@ fn boot_as_pid_1_runs_the_agent_as_a_child_and_stays_up() {
     let _ = init.wait();
     let text = seen.join("\n");
     assert!(text.contains("no kiln.url="), "{text}");
-    assert!(text.contains("kiln: agent ended (exit 2)"), "{text}");
+    assert!(text.contains("(the agent ended: exit 2)"), "{text}");
     assert!(still_up, "{text}");
 }
 
@@ -83,7 +87,9 @@ fn orphans_of_the_agent_are_reaped_as_pid_1() {
             .args(["-c", "sleep 0.3 & sleep 0.5 & exit 7"])
             .spawn()
             .unwrap();
-        let status = kiln_agent::reaper::reap_all(nix::unistd::Pid::from_raw(agent.id() as i32));
+        let mut status = String::new();
+        let pid = nix::unistd::Pid::from_raw(agent.id() as i32);
+        kiln_agent::reaper::reap_all(pid, |s| status = s.to_string());
         assert_eq!(status, "exit 7");
         let z = zombies();
         assert!(z.is_empty(), "zombies left: {z:?}");
