@@ -86,6 +86,8 @@ fn say(line: &str) {
 
 /// `boot`: returns the exit status (when it does not power off or idle).
 pub fn cmd_boot(c: &BootCmd) -> i32 {
+    // As PID 1 the agent runs as a child of a reaper (this never returns as PID 1).
+    crate::reaper::supervise_if_init();
     say(&format!("agent {} booting", env!("CARGO_PKG_VERSION")));
     match boot(c) {
         Ok((end, offline)) => {
@@ -181,8 +183,8 @@ fn finish(c: &BootCmd, end: RunEnd) -> i32 {
 }
 
 /// GETs `url` until the coordinator answers: connection errors (no link, no DHCP
-/// lease yet, coordinator restarting) are retried with backoff, forever; an HTTP
-/// refusal is final.
+/// lease yet, coordinator restarting), 5xx and 429 are retried with backoff,
+/// forever; any other 4xx is final.
 fn fetch_with_retries(url: &str) -> Result<Vec<u8>, String> {
     let agent = ureq::AgentBuilder::new()
         .timeout_connect(Duration::from_secs(5))
@@ -210,9 +212,18 @@ fn fetch_with_retries(url: &str) -> Result<Vec<u8>, String> {
             Err(ureq::Error::Status(code, resp)) => {
                 let body = resp.into_string().unwrap_or_default();
                 let line = body.lines().next().unwrap_or("").trim();
-                return Err(format!(
-                    "coordinator refused the ticket request ({code}): {line}"
-                ));
+                if !(code >= 500 || code == 429) {
+                    return Err(format!(
+                        "coordinator refused the ticket request ({code}): {line}"
+                    ));
+                }
+                // Busy or restarting: as a connection error, try again.
+                if start.elapsed() >= next_note {
+                    say(&format!(
+                        "coordinator answered {code} (try {attempt}): {line}"
+                    ));
+                    next_note = start.elapsed() + Duration::from_secs(10);
+                }
             }
             Err(e) => {
                 if start.elapsed() >= next_note {
@@ -303,5 +314,54 @@ mod tests {
                 .bootif,
             None
         );
+    }
+
+    /// Answers each connection with the next canned response; returns the URL and
+    /// how many requests came.
+    fn serve(answers: Vec<String>) -> (String, std::sync::Arc<std::sync::atomic::AtomicUsize>) {
+        use std::io::Write;
+        let l = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        let url = format!("http://{}/v1/hosts/x/ticket", l.local_addr().unwrap());
+        let n = std::sync::Arc::new(std::sync::atomic::AtomicUsize::new(0));
+        let seen = n.clone();
+        std::thread::spawn(move || {
+            for a in answers {
+                let (mut s, _) = l.accept().unwrap();
+                let mut head = Vec::new();
+                let mut b = [0u8; 1];
+                while !head.ends_with(b"\r\n\r\n") && s.read(&mut b).unwrap_or(0) == 1 {
+                    head.push(b[0]);
+                }
+                seen.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+                let _ = s.write_all(a.as_bytes());
+            }
+        });
+        (url, n)
+    }
+
+    fn answer(status: &str, body: &str) -> String {
+        format!(
+            "HTTP/1.1 {status}\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{body}",
+            body.len()
+        )
+    }
+
+    #[test]
+    fn a_busy_coordinator_is_asked_again_and_a_refusal_is_final() {
+        let (url, n) = serve(vec![
+            answer("503 Service Unavailable", "busy"),
+            answer("429 Too Many Requests", "slow down"),
+            answer("200 OK", "TICKET"),
+        ]);
+        assert_eq!(fetch_with_retries(&url).unwrap(), b"TICKET");
+        assert_eq!(n.load(std::sync::atomic::Ordering::SeqCst), 3);
+
+        let (url, n) = serve(vec![answer(
+            "404 Not Found",
+            "no pending run for this host",
+        )]);
+        let e = fetch_with_retries(&url).unwrap_err();
+        assert!(e.contains("(404): no pending run"), "{e}");
+        assert_eq!(n.load(std::sync::atomic::Ordering::SeqCst), 1);
     }
 }

@@ -37,11 +37,45 @@ fn fail(e: ureq::Error) -> Fail {
     }
 }
 
+/// How long requests may take.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Timeouts {
+    /// Connecting, for every request.
+    pub connect: Duration,
+    /// The whole of a small API call (batch, secrets), body included.
+    pub api: Duration,
+    /// CAS downloads and artifact uploads: the longest wait for the next bytes,
+    /// read or written. No total bound: a big transfer over a slow link takes what it
+    /// takes as long as bytes keep moving.
+    pub transfer_idle: Duration,
+}
+
+impl Default for Timeouts {
+    fn default() -> Self {
+        Timeouts {
+            connect: Duration::from_secs(3),
+            api: Duration::from_secs(30),
+            transfer_idle: Duration::from_secs(30),
+        }
+    }
+}
+
 /// A coordinator at a base URL.
 #[derive(Clone)]
 pub struct Client {
     base: String,
     agent: ureq::Agent,
+    bulk: ureq::Agent,
+}
+
+/// How a CAS download into a `.part` file ended.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Fetched {
+    /// The whole object was written from byte 0.
+    Whole,
+    /// The bytes already in the file were kept and the rest appended (206), or the
+    /// server said there is nothing after them (416).
+    Resumed,
 }
 
 impl std::fmt::Debug for Client {
@@ -66,11 +100,21 @@ fn reason(r: ureq::Response) -> String {
 impl Client {
     /// A client for `base` (`http://host:port`, trailing slash optional).
     pub fn new(base: &str) -> Client {
+        Self::with_timeouts(base, Timeouts::default())
+    }
+
+    /// A client with other timeouts (tests use short ones).
+    pub fn with_timeouts(base: &str, t: Timeouts) -> Client {
         Client {
             base: base.trim_end_matches('/').to_string(),
             agent: ureq::AgentBuilder::new()
-                .timeout_connect(Duration::from_secs(3))
-                .timeout(Duration::from_secs(30))
+                .timeout_connect(t.connect)
+                .timeout(t.api)
+                .build(),
+            bulk: ureq::AgentBuilder::new()
+                .timeout_connect(t.connect)
+                .timeout_read(t.transfer_idle)
+                .timeout_write(t.transfer_idle)
                 .build(),
         }
     }
@@ -111,7 +155,7 @@ impl Client {
     /// PUT `/v1/runs/{run}/artifacts/{sha}`.
     pub fn put_artifact(&self, run: &RunId, sha: &Sha256, bytes: &[u8]) -> Result<(), Fail> {
         let url = format!("{}/v1/runs/{run}/artifacts/{sha}", self.base);
-        self.agent
+        self.bulk
             .put(&url)
             .set("Content-Type", "application/octet-stream")
             .send_bytes(bytes)
@@ -119,11 +163,45 @@ impl Client {
             .map_err(fail)
     }
 
-    /// GET `/cas/{sha}` into `w`; returns the byte count.
-    pub fn get_cas(&self, sha: &Sha256, w: &mut impl io::Write) -> Result<u64, Fail> {
+    /// GET `/cas/{sha}` into `part`, resuming after the bytes it already holds with
+    /// `Range: bytes=N-`: a 206 appends, a 200 (no range support) starts the file
+    /// over, a 416 means nothing follows them. Bytes received before a failure stay
+    /// in the file for the next try.
+    pub fn get_cas(&self, sha: &Sha256, part: &mut std::fs::File) -> Result<Fetched, Fail> {
+        use std::io::{Seek, SeekFrom};
+        let io = |e: io::Error| Fail::Transient(e.to_string());
         let url = format!("{}/cas/{sha}", self.base);
-        let r = self.agent.get(&url).call().map_err(fail)?;
-        io::copy(&mut r.into_reader(), w).map_err(|e| Fail::Transient(e.to_string()))
+        let have = part.metadata().map_err(io)?.len();
+        let mut rq = self.bulk.get(&url);
+        if have > 0 {
+            rq = rq.set("Range", &format!("bytes={have}-"));
+        }
+        let r = match rq.call() {
+            Err(ureq::Error::Status(416, _)) if have > 0 => return Ok(Fetched::Resumed),
+            r => r.map_err(fail)?,
+        };
+        let how = if have > 0 && r.status() == 206 {
+            let start = r
+                .header("Content-Range")
+                .and_then(|v| v.trim().strip_prefix("bytes "))
+                .and_then(|v| v.split('-').next())
+                .and_then(|v| v.trim().parse::<u64>().ok());
+            if start != Some(have) {
+                part.set_len(0).map_err(io)?;
+                return Err(Fail::Transient(format!(
+                    "asked for bytes {have}- and got Content-Range {:?}",
+                    r.header("Content-Range")
+                )));
+            }
+            part.seek(SeekFrom::End(0)).map_err(io)?;
+            Fetched::Resumed
+        } else {
+            part.set_len(0).map_err(io)?;
+            part.seek(SeekFrom::Start(0)).map_err(io)?;
+            Fetched::Whole
+        };
+        io::copy(&mut r.into_reader(), part).map_err(io)?;
+        Ok(how)
     }
 
     /// POST `/v1/runs/{run}/secrets` with a sealed request; the reply's name/value pairs.

@@ -8,7 +8,7 @@ use std::io::{self, Read, Write};
 use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 
-use crate::client::{Backoff, Client, Fail};
+use crate::client::{Backoff, Client, Fail, Fetched};
 
 /// How long uploads and downloads keep retrying transient failures.
 pub const TRANSFER_LIMIT: Duration = Duration::from_secs(120);
@@ -94,14 +94,27 @@ pub fn download_cas(c: &Client, work: &Path, sha: &Sha256) -> io::Result<PathBuf
     let deadline = Instant::now() + TRANSFER_LIMIT;
     let mut backoff = Backoff::default();
     loop {
-        let mut f = fs::File::create(&tmp)?;
+        // Keep what an earlier try (or an earlier start of the agent) received.
+        let mut f = fs::OpenOptions::new()
+            .create(true)
+            .truncate(false)
+            .read(true)
+            .write(true)
+            .open(&tmp)?;
         match c.get_cas(sha, &mut f) {
-            Ok(_) => {
+            Ok(how) => {
                 f.sync_all()?;
                 drop(f);
                 let got = sha_of_file(&tmp)?;
                 if got != *sha {
                     let _ = fs::remove_file(&tmp);
+                    if how == Fetched::Resumed {
+                        // The kept bytes may be stale: once more from byte 0.
+                        log::warn!(
+                            "cas object {sha}: resumed download hashes to {got}; starting over"
+                        );
+                        continue;
+                    }
                     return Err(io::Error::new(
                         io::ErrorKind::InvalidData,
                         format!("cas object {sha}: downloaded bytes hash to {got}"),
@@ -122,7 +135,6 @@ pub fn download_cas(c: &Client, work: &Path, sha: &Sha256) -> io::Result<PathBuf
                 std::thread::sleep(backoff.next_delay());
             }
             Err(Fail::Transient(why)) => {
-                let _ = fs::remove_file(&tmp);
                 return Err(other(format!("downloading cas object {sha}: {why}")));
             }
         }
@@ -173,5 +185,106 @@ mod tests {
         let (sha, size) = keep_blob(d.path(), &f).unwrap();
         assert_eq!(size, 8);
         assert_eq!(fs::read(blob_path(d.path(), &sha)).unwrap(), b"artifact");
+    }
+
+    type Handler = Box<dyn FnOnce(&str, &mut std::net::TcpStream) + Send>;
+
+    /// A tiny HTTP server: each connection is answered by the next handler (given
+    /// the request head and the stream); the request heads come back in order.
+    fn serve(handlers: Vec<Handler>) -> (String, std::sync::mpsc::Receiver<String>) {
+        let l = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        let url = format!("http://{}", l.local_addr().unwrap());
+        let (tx, rx) = std::sync::mpsc::channel();
+        std::thread::spawn(move || {
+            for h in handlers {
+                let (mut s, _) = l.accept().unwrap();
+                let mut head = Vec::new();
+                let mut b = [0u8; 1];
+                while !head.ends_with(b"\r\n\r\n") && s.read(&mut b).unwrap_or(0) == 1 {
+                    head.push(b[0]);
+                }
+                let head = String::from_utf8_lossy(&head).to_lowercase();
+                h(&head, &mut s);
+                let _ = tx.send(head);
+            }
+        });
+        (url, rx)
+    }
+
+    fn body() -> Vec<u8> {
+        (0..60_000u32).map(|i| (i % 251) as u8).collect()
+    }
+
+    fn quick(url: &str) -> Client {
+        Client::with_timeouts(
+            url,
+            crate::client::Timeouts {
+                connect: Duration::from_secs(2),
+                api: Duration::from_secs(1),
+                transfer_idle: Duration::from_secs(1),
+            },
+        )
+    }
+
+    #[test]
+    fn a_slow_download_succeeds_while_bytes_keep_coming() {
+        let data = body();
+        let sha = Sha256::of(&data);
+        let d2 = data.clone();
+        // 3 s in all, a chunk every 100 ms: over the 1 s API bound, never idle 1 s.
+        let (url, _rx) = serve(vec![Box::new(move |_h, s| {
+            write!(s, "HTTP/1.1 200 OK\r\nContent-Length: {}\r\n\r\n", d2.len()).unwrap();
+            for c in d2.chunks(2_000) {
+                s.write_all(c).unwrap();
+                std::thread::sleep(Duration::from_millis(100));
+            }
+        })]);
+        let work = tempfile::tempdir().unwrap();
+        let p = download_cas(&quick(&url), work.path(), &sha).unwrap();
+        assert_eq!(fs::read(p).unwrap(), data);
+    }
+
+    #[test]
+    fn a_broken_download_resumes_with_range_and_a_200_restarts_cleanly() {
+        let data = body();
+        let sha = Sha256::of(&data);
+        let (a, b) = (data.clone(), data.clone());
+        let c2 = data.clone();
+        let (url, rx) = serve(vec![
+            // Half the body, then the connection drops.
+            Box::new(move |_h, s| {
+                write!(s, "HTTP/1.1 200 OK\r\nContent-Length: {}\r\n\r\n", a.len()).unwrap();
+                s.write_all(&a[..25_000]).unwrap();
+            }),
+            // The rest, as the coordinator answers a range.
+            Box::new(move |_h, s| {
+                let n = b.len();
+                write!(
+                    s,
+                    "HTTP/1.1 206 Partial Content\r\nContent-Range: bytes 25000-{}/{n}\r\nContent-Length: {}\r\n\r\n",
+                    n - 1,
+                    n - 25_000
+                )
+                .unwrap();
+                s.write_all(&b[25_000..]).unwrap();
+            }),
+        ]);
+        let work = tempfile::tempdir().unwrap();
+        let p = download_cas(&quick(&url), work.path(), &sha).unwrap();
+        assert_eq!(fs::read(p).unwrap(), data);
+        assert!(!rx.recv().unwrap().contains("range:"));
+        assert!(rx.recv().unwrap().contains("range: bytes=25000-"));
+
+        // A server that ignores Range: the kept bytes are dropped, not duplicated.
+        let work = tempfile::tempdir().unwrap();
+        fs::create_dir_all(work.path().join("cas")).unwrap();
+        fs::write(work.path().join(format!("cas/{sha}.part")), &data[..10_000]).unwrap();
+        let (url, rx) = serve(vec![Box::new(move |_h, s| {
+            write!(s, "HTTP/1.1 200 OK\r\nContent-Length: {}\r\n\r\n", c2.len()).unwrap();
+            s.write_all(&c2).unwrap();
+        })]);
+        let p = download_cas(&quick(&url), work.path(), &sha).unwrap();
+        assert_eq!(fs::read(p).unwrap(), data);
+        assert!(rx.recv().unwrap().contains("range: bytes=10000-"));
     }
 }

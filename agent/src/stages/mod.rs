@@ -9,10 +9,11 @@ use kiln_protocol::{Event, HostBinding, Outcome, RunId, Sha256, Stage, StageKind
 use std::collections::BTreeMap;
 use std::io;
 use std::path::{Path, PathBuf};
-use std::sync::{Arc, Mutex};
+use std::sync::{Arc, Mutex, Weak};
 
 pub mod container;
 pub mod exec;
+pub mod groups;
 pub mod hardware;
 pub mod proc;
 pub mod ssh;
@@ -86,41 +87,75 @@ pub trait Sink: Send + Sync {
 
 /// A stop signal shared by a stage and the runner.
 #[derive(Clone, Debug)]
-pub struct StopSignal {
-    reason: Arc<Mutex<Option<Stop>>>,
+pub struct StopSignal(Arc<StopInner>);
+
+#[derive(Debug)]
+struct StopInner {
+    reason: Mutex<Option<Stop>>,
     tx: smol::channel::Sender<()>,
     rx: smol::channel::Receiver<()>,
 }
 
+/// Every stop signal still held somewhere, so [`stop_all`] reaches the running stages.
+static LIVE: Mutex<Vec<Weak<StopInner>>> = Mutex::new(Vec::new());
+/// Set by [`stop_all`]: signals made afterwards are born fired.
+static STOPPING: Mutex<Option<Stop>> = Mutex::new(None);
+
 impl Default for StopSignal {
     fn default() -> Self {
         let (tx, rx) = smol::channel::bounded(1);
-        StopSignal {
-            reason: Arc::new(Mutex::new(None)),
+        let s = StopSignal(Arc::new(StopInner {
+            reason: Mutex::new(None),
             tx,
             rx,
+        }));
+        let stopping = STOPPING.lock().expect("stop lock poisoned").clone();
+        if let Some(why) = stopping {
+            s.fire(why);
         }
+        let mut live = LIVE.lock().expect("stop lock poisoned");
+        live.retain(|w| w.strong_count() > 0);
+        live.push(Arc::downgrade(&s.0));
+        s
+    }
+}
+
+/// Fires every stop signal, those of running stages and any made from now on (the
+/// agent itself is stopping: SIGTERM, SIGINT, SIGHUP).
+pub fn stop_all(why: Stop) {
+    STOPPING
+        .lock()
+        .expect("stop lock poisoned")
+        .get_or_insert(why.clone());
+    let live: Vec<_> = LIVE
+        .lock()
+        .expect("stop lock poisoned")
+        .iter()
+        .filter_map(Weak::upgrade)
+        .collect();
+    for s in live {
+        StopSignal(s).fire(why.clone());
     }
 }
 
 impl StopSignal {
     /// Fires the signal (the first reason wins).
     pub fn fire(&self, why: Stop) {
-        let mut r = self.reason.lock().expect("stop lock poisoned");
+        let mut r = self.0.reason.lock().expect("stop lock poisoned");
         if r.is_none() {
             *r = Some(why);
         }
-        self.tx.close();
+        self.0.tx.close();
     }
 
     /// The reason, once fired.
     pub fn reason(&self) -> Option<Stop> {
-        self.reason.lock().expect("stop lock poisoned").clone()
+        self.0.reason.lock().expect("stop lock poisoned").clone()
     }
 
     /// Resolves once the signal fires.
     pub async fn fired(&self) -> Stop {
-        let _ = self.rx.recv().await;
+        let _ = self.0.rx.recv().await;
         self.reason().unwrap_or(Stop::Abort("stopped".into()))
     }
 }
@@ -181,7 +216,11 @@ impl StageCtx {
             name: name.into(),
             outcome,
             detail: self.redact(detail),
-            tail: tail.iter().map(|l| self.redact(l)).collect(),
+            tail: proc::cap_tail(
+                tail.iter().map(|l| self.redact(l)).collect(),
+                proc::MAX_TAIL_BYTES,
+                proc::MAX_TAIL_LINE,
+            ),
         });
     }
 
@@ -342,6 +381,26 @@ impl StageCtx {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_part_keeps_at_most_a_capped_tail() {
+        let (c, sink) = StageCtx::for_test(
+            Stage::new("s", StageKind::Exec { command: vec![] }),
+            PathBuf::from("/nonexistent"),
+        );
+        let tail: Vec<String> = (0..200)
+            .map(|i| format!("{i} {}", "x".repeat(16 * 1024)))
+            .collect();
+        c.part("debian:12", Outcome::Failed, "exit 1", tail);
+        let events = sink.events.lock().unwrap();
+        let Some(Event::Part { tail, .. }) = events.last() else {
+            panic!("no part: {events:?}");
+        };
+        assert!(tail.iter().map(String::len).sum::<usize>() <= proc::MAX_TAIL_BYTES);
+        assert!(tail.last().unwrap().starts_with("199 "));
+        let frame = postcard::to_allocvec(events.last().unwrap()).unwrap();
+        assert!(frame.len() < 128 * 1024, "{}", frame.len());
+    }
 
     #[test]
     fn redact_hides_whole_values_and_each_line_of_multi_line_ones() {

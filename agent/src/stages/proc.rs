@@ -13,6 +13,7 @@ use std::path::PathBuf;
 use std::process::Stdio;
 use std::time::Duration;
 
+use super::groups::Group;
 use super::{StageCtx, Stop};
 
 /// Longest line sent as one `Log` frame; longer output is split.
@@ -109,6 +110,7 @@ pub async fn run_streamed(ctx: &StageCtx, spec: &ProcSpec) -> ProcOutput {
         }
     };
     let pgid = child.id() as i32;
+    let group = Group::track(pgid, &ctx.dir);
     let stdout = child.stdout.take();
     let stderr = child.stderr.take();
     let stdin = child.stdin.take();
@@ -164,10 +166,41 @@ pub async fn run_streamed(ctx: &StageCtx, spec: &ProcSpec) -> ProcOutput {
         end
     };
     let ((), end) = smol::future::zip(pumps, waiter).await;
+    group.ended();
     ProcOutput {
         end,
         tail: tail.into_inner().into_iter().collect(),
     }
+}
+
+/// Largest tail a report part keeps, all lines together: a Part is one frame, and a
+/// batch of frames must stay under the coordinator's 1 MiB cap.
+pub const MAX_TAIL_BYTES: usize = 64 * 1024;
+/// Longest tail line kept whole; longer ones keep their start and a marker.
+pub const MAX_TAIL_LINE: usize = 4 * 1024;
+
+/// The last lines of `lines` that fit in `max_total` bytes, each line longer than
+/// `max_line` cut (at a character boundary) with a `… [cut N bytes]` marker.
+pub fn cap_tail(lines: Vec<String>, max_total: usize, max_line: usize) -> Vec<String> {
+    let mut kept = VecDeque::new();
+    let mut total = 0;
+    for mut line in lines.into_iter().rev() {
+        if line.len() > max_line {
+            let mut end = max_line;
+            while !line.is_char_boundary(end) {
+                end -= 1;
+            }
+            let cut = line.len() - end;
+            line.truncate(end);
+            line.push_str(&format!("… [cut {cut} bytes]"));
+        }
+        if total + line.len() > max_total {
+            break;
+        }
+        total += line.len();
+        kept.push_front(line);
+    }
+    kept.into()
 }
 
 async fn pump(
@@ -284,6 +317,61 @@ mod tests {
             std::thread::sleep(Duration::from_millis(10));
         }
         assert!(!alive(), "background process {pid} survived the stop");
+    }
+
+    #[test]
+    fn tails_are_capped_to_the_last_lines_with_long_ones_cut() {
+        // 200 lines of 16 KiB (what a container cell may keep) is 3.2 MB: too big.
+        let lines: Vec<String> = (0..200)
+            .map(|i| format!("{i:03}{}", "é".repeat(8 * 1024)))
+            .collect();
+        let t = cap_tail(lines, MAX_TAIL_BYTES, MAX_TAIL_LINE);
+        let total: usize = t.iter().map(String::len).sum();
+        assert!(total <= MAX_TAIL_BYTES, "{total}");
+        assert!(t.len() >= 10, "{}", t.len());
+        assert!(t.last().unwrap().starts_with("199"));
+        assert!(
+            t[0].ends_with(&format!("[cut {} bytes]", 3 + 16 * 1024 - 4096 + 1)),
+            "{}",
+            &t[0][4000..]
+        );
+        let short = vec!["a".to_string(), "b".to_string()];
+        assert_eq!(
+            cap_tail(short.clone(), MAX_TAIL_BYTES, MAX_TAIL_LINE),
+            short
+        );
+        assert_eq!(cap_tail(short, 1, 10), ["b"]);
+    }
+
+    #[test]
+    fn a_running_group_is_recorded_in_the_attempt_folder_and_removed_after() {
+        let (c, _sink, d) = ctx();
+        let spec = ProcSpec::new(["sh", "-c", "sleep 300"]);
+        let stop = c.stop.clone();
+        let dir = d.path().to_path_buf();
+        let records = move || -> Vec<String> {
+            std::fs::read_dir(&dir)
+                .unwrap()
+                .flatten()
+                .map(|e| e.file_name().to_string_lossy().into_owned())
+                .filter(|n| n.starts_with(crate::stages::groups::RECORD_PREFIX))
+                .collect()
+        };
+        let seen = RefCell::new(vec![]);
+        let out = smol::block_on(async {
+            let fire = async {
+                while records().is_empty() {
+                    smol::Timer::after(Duration::from_millis(20)).await;
+                }
+                *seen.borrow_mut() = records();
+                stop.fire(Stop::Abort("test".into()));
+                std::future::pending::<ProcOutput>().await
+            };
+            run_streamed(&c, &spec).or(fire).await
+        });
+        assert_eq!(out.end, ProcEnd::Stopped(Stop::Abort("test".into())));
+        assert_eq!(seen.borrow().len(), 1);
+        assert!(records().is_empty(), "record left after the stage ended");
     }
 
     #[test]

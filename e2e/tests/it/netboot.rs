@@ -243,7 +243,9 @@ fn ticket_signature_mismatch_is_refused_on_the_console() {
     let (_, line) = vm.wait_for_line("kiln: ticket refused", BOOT_LIMIT);
     assert!(line.contains("untrusted key"), "{line}");
     eprintln!("forged ticket, console: {line}");
-    vm.wait_for_line("kiln: idle", Duration::from_secs(30));
+    // The agent runs under a reaper (PID 1), which stays up after it exits.
+    let (_, idle) = vm.wait_for_line("kiln: idle", Duration::from_secs(30));
+    assert!(idle.contains("the agent ended: exit 2"), "{idle}");
     assert!(vm.running(), "the refused machine stays on");
     assert!(!vm.saw("run finished") && !vm.saw("powering off"));
 
