@@ -149,6 +149,7 @@ impl Attempts<'_> {
             sink: self.reporter.clone() as Arc<dyn Sink>,
             stop: stop.clone(),
         };
+        crate::stages::groups::kill_leftover_groups(&base);
         scrub_secrets(&base);
         if let Err(e) = fresh_dir(&dir) {
             return StageResult::error(format!("stage folder {}: {e}", dir.display()));
