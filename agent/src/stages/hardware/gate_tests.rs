@@ -1,25 +1,10 @@
 //! The storage write gate on loop devices: a wipefs that cannot probe, data with no
 //! known signature, and a spec serial that cannot be confirmed all hold the disk;
 //! a by-path name with colons reaches the device itself, never files beside it.
-use kiln_protocol::{DiskSpec, Outcome, StageKind, StorageSpec, StorageTool};
+use kiln_protocol::{DiskSpec, Outcome, StageKind, StorageTool};
 use std::path::Path;
 
-use super::testutil::{Loop, ctx_for, fake_tool, have, measure, parts, sh};
-
-fn spec(devices: &[&str], tool: StorageTool) -> StorageSpec {
-    StorageSpec {
-        devices: devices.iter().map(|d| d.to_string()).collect(),
-        tool,
-        duration_s: 2,
-        size_bytes: 8 << 20,
-    }
-}
-
-fn filled(dir: &Path, name: &str, byte: u8) -> Option<Loop> {
-    let p = dir.join(name);
-    std::fs::write(&p, vec![byte; 16 << 20]).unwrap();
-    Loop::new(&p, 0)
-}
+use super::testutil::{ctx_for, fake_tool, filled, have, measure, parts, sh, spec};
 
 /// Runs the storage stage destructively on `dev`, listed in the spec as `disk`, with
 /// `wipefs` as the wipefs program; returns the stage outcome and the disk's part.

@@ -1,24 +1,9 @@
 //! The storage stage on loop devices: read-only fio leaves data alone; a destructive
 //! plan writes only to a blank, expected, unused disk and holds every other one.
-use kiln_protocol::{DiskSpec, Outcome, StageKind, StorageSpec, StorageTool};
+use kiln_protocol::{DiskSpec, Outcome, StageKind, StorageTool};
 use std::path::Path;
 
-use super::testutil::{Loop, ctx_for, have, measure, parts, sh};
-
-fn spec(devices: &[&str], tool: StorageTool) -> StorageSpec {
-    StorageSpec {
-        devices: devices.iter().map(|d| d.to_string()).collect(),
-        tool,
-        duration_s: 2,
-        size_bytes: 8 << 20,
-    }
-}
-
-fn filled(dir: &Path, name: &str, byte: u8) -> Option<Loop> {
-    let p = dir.join(name);
-    std::fs::write(&p, vec![byte; 16 << 20]).unwrap();
-    Loop::new(&p, 0)
-}
+use super::testutil::{ctx_for, filled, have, measure, parts, sh, spec};
 
 fn base(dev: &str) -> &str {
     dev.rsplit('/').next().unwrap()

@@ -153,3 +153,20 @@ pub fn fake_tool(dir: &std::path::Path, name: &str, script: &str) -> String {
     std::fs::set_permissions(&p, std::fs::Permissions::from_mode(0o755)).expect("chmod fake");
     p.to_string_lossy().into_owned()
 }
+
+/// A storage spec for `devices`: a 2 s run over 8 MiB.
+pub fn spec(devices: &[&str], tool: kiln_protocol::StorageTool) -> kiln_protocol::StorageSpec {
+    kiln_protocol::StorageSpec {
+        devices: devices.iter().map(|d| d.to_string()).collect(),
+        tool,
+        duration_s: 2,
+        size_bytes: 8 << 20,
+    }
+}
+
+/// A 16 MiB loop device filled with `byte` (backed by `dir/name`), if loop devices work.
+pub fn filled(dir: &std::path::Path, name: &str, byte: u8) -> Option<Loop> {
+    let p = dir.join(name);
+    std::fs::write(&p, vec![byte; 16 << 20]).unwrap();
+    Loop::new(&p, 0)
+}
