@@ -1,12 +1,14 @@
 //! Crashes mid-run: the coordinator SIGKILLed and restarted on the same address while
 //! an agent streams 20000 lines; the agent SIGKILLed and restarted with the same
-//! ticket and work folder. Every frame is stored exactly once, in order.
+//! ticket and work folder. Every frame is stored exactly once, in order. And the
+//! agent stopped: SIGTERM aborts the running stage; a SIGKILLed agent's orphaned
+//! stage is killed by the restarted agent before its next attempt.
 use crate::common::*;
 use crate::runs::{Fx, s, wait_exit};
 use kiln_protocol::Event;
 use std::io::{BufRead, BufReader};
 use std::net::TcpListener;
-use std::path::Path;
+use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::sync::Arc;
 use std::sync::atomic::{AtomicUsize, Ordering};
@@ -182,4 +184,91 @@ fn an_agent_killed_mid_run_resumes_from_its_spool() {
         .filter(|f| matches!(f.event, Event::Claim { .. }))
         .count();
     assert_eq!(claims, 2, "the restart claims again under the same key");
+}
+
+/// Whether process `pid` runs (exists and is not a zombie).
+fn alive(pid: &str) -> bool {
+    std::fs::read_to_string(format!("/proc/{pid}/stat")).is_ok_and(|s| {
+        s.rsplit_once(") ")
+            .is_some_and(|(_, r)| !r.starts_with(['Z', 'X']))
+    })
+}
+
+/// A plan whose one exec stage records its shell's pid and sleeps, the first time;
+/// later attempts pass at once.
+fn sleeper_plan(fx: &Fx) -> (PathBuf, PathBuf) {
+    let (pid, once) = (fx.dir.join("pid"), fx.dir.join("once"));
+    let plan = fx.plan(
+        "sleeper.toml",
+        &format!(
+            "name = \"sleeper\"\n[[stage]]\nname = \"sleeper\"\nkind = \"exec\"\n\
+             command = [\"sh\", \"-c\", \"[ -e {once} ] && exit 0; touch {once}; \
+             echo $$ > {pid}.tmp && mv {pid}.tmp {pid}; sleep 300\"]\n",
+            once = once.display(),
+            pid = pid.display()
+        ),
+    );
+    (plan, pid)
+}
+
+#[test]
+fn sigterm_to_the_agent_aborts_the_stage_and_kills_its_group() {
+    let fx = Fx::new();
+    let server = Coordinator::start(&fx.state);
+    let (plan, pid_file) = sleeper_plan(&fx);
+    let run = fx.issue(&plan, Some(&server.url), None);
+    let ticket = fx.state.join("runs").join(&run).join("ticket.kiln");
+    let mut agent = fx.spawn_agent(s(&ticket), &fx.dir.join("work"), &[]);
+    wait_until(Duration::from_secs(60), "the stage to start", || {
+        pid_file.exists()
+    });
+    let pid = std::fs::read_to_string(&pid_file)
+        .unwrap()
+        .trim()
+        .to_string();
+    let st = Command::new("kill")
+        .args(["-TERM", &agent.id().to_string()])
+        .status()
+        .expect("kill");
+    assert!(st.success());
+    let code = wait_exit(&mut agent, Duration::from_secs(30));
+    assert_ne!(code, 0, "an aborted run is no pass");
+    assert!(!alive(&pid), "the stage's shell {pid} outlived the agent");
+    let show = fx.show(&run);
+    assert_eq!(show["stages"][0]["outcome"], "aborted", "{show}");
+    assert!(
+        show["stages"][0]["detail"]
+            .as_str()
+            .is_some_and(|d| d.contains("SIGTERM")),
+        "{show}"
+    );
+}
+
+#[test]
+fn a_restarted_agent_first_kills_the_group_a_killed_agent_left() {
+    let fx = Fx::new();
+    let server = Coordinator::start(&fx.state);
+    let (plan, pid_file) = sleeper_plan(&fx);
+    let run = fx.issue(&plan, Some(&server.url), None);
+    let ticket = fx.state.join("runs").join(&run).join("ticket.kiln");
+    let work = fx.dir.join("work");
+    let mut agent = fx.spawn_agent(s(&ticket), &work, &[]);
+    wait_until(Duration::from_secs(60), "the stage to start", || {
+        pid_file.exists()
+    });
+    let pid = std::fs::read_to_string(&pid_file)
+        .unwrap()
+        .trim()
+        .to_string();
+    agent.kill().expect("SIGKILL the agent");
+    let _ = agent.wait();
+    assert!(
+        alive(&pid),
+        "the orphaned stage should outlive a SIGKILLed agent"
+    );
+
+    let mut agent = fx.spawn_agent(s(&ticket), &work, &[]);
+    assert_eq!(wait_exit(&mut agent, Duration::from_secs(120)), 0);
+    assert!(!alive(&pid), "the orphaned stage {pid} still runs");
+    assert_eq!(fx.show(&run)["stages"][0]["attempts"], 2);
 }
