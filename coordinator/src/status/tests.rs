@@ -1,6 +1,9 @@
 //! The fold's states and stage summaries, from hand-made frames.
 use super::*;
-use kiln_protocol::{HostBinding, HostSpec, Plan, RunId, Stage, StageKind, Stream, VERSION};
+use kiln_protocol::{
+    Event, HostBinding, HostSpec, Outcome, Plan, RunId, STALE_AFTER_MS, Stage, StageKind, Stream,
+    VERSION,
+};
 
 const NOW: u64 = 1_700_000_000_000;
 

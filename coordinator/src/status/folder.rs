@@ -1,0 +1,223 @@
+//! The fold itself: frames in, one at a time, then the clock-dependent status.
+use kiln_protocol::{Event, Frame, Outcome, STALE_AFTER_MS, Sha256, Ticket};
+
+use super::*;
+
+/// Folds ticket and frames into a status.
+pub fn fold(i: Inputs<'_>) -> RunStatus {
+    let mut f = Folder::new(i.ticket);
+    i.frames.iter().for_each(|fr| f.push(fr));
+    f.status(i.ticket, i.last_seen_ms, i.abort, i.now_ms)
+}
+
+/// The fold over frames, one frame at a time, so a cache can feed it only the frames
+/// appended since it last looked; the clock-dependent part comes at the end.
+#[derive(Debug, Clone)]
+pub struct Folder {
+    stages: Vec<StageStatus>,
+    /// Per stage, the last [`crate::html::LOG_TAIL`] log lines.
+    tails: Vec<std::collections::VecDeque<String>>,
+    claimed: Option<u64>,
+    finished: Option<u64>,
+    outcome: Option<Outcome>,
+    started_any: bool,
+    agent_version: Option<String>,
+    hostname: Option<String>,
+    last_seq: u64,
+}
+
+impl Folder {
+    /// The fold of a run with no frames.
+    pub fn new(t: &Ticket) -> Self {
+        let stages: Vec<StageStatus> = t
+            .plan
+            .stages
+            .iter()
+            .enumerate()
+            .map(|(n, s)| StageStatus {
+                index: n as u16,
+                name: s.name.clone(),
+                kind: s.kind.name(),
+                outcome: "not_run".into(),
+                attempts: 0,
+                exit_code: None,
+                duration_ms: None,
+                detail: String::new(),
+                measurements: Vec::new(),
+                artifacts: Vec::new(),
+                parts: Vec::new(),
+                log_lines: 0,
+                started_at_ms: None,
+            })
+            .collect();
+        Folder {
+            tails: vec![Default::default(); stages.len()],
+            stages,
+            claimed: None,
+            finished: None,
+            outcome: None,
+            started_any: false,
+            agent_version: None,
+            hostname: None,
+            last_seq: 0,
+        }
+    }
+
+    /// Per stage, the last log lines (at most [`crate::html::LOG_TAIL`]).
+    pub fn tails(&self) -> Vec<Vec<String>> {
+        self.tails
+            .iter()
+            .map(|t| t.iter().cloned().collect())
+            .collect()
+    }
+
+    /// Folds in the next frame.
+    pub fn push(&mut self, f: &Frame) {
+        self.last_seq = f.seq;
+        let idx = f.event.stage().map(usize::from);
+        let stage = idx.and_then(|s| self.stages.get_mut(s));
+        match (&f.event, stage) {
+            (
+                Event::Claim {
+                    agent_version: v, ..
+                },
+                _,
+            ) => {
+                self.claimed.get_or_insert(f.at_ms);
+                self.agent_version = Some(v.clone());
+            }
+            (Event::Hello { hostname: h, .. }, _) => self.hostname = Some(h.clone()),
+            (Event::RunFinished { outcome: o }, _) => {
+                self.outcome = Some(*o);
+                self.finished = Some(f.at_ms);
+            }
+            (Event::StageStarted { .. }, Some(s)) => {
+                self.started_any = true;
+                s.outcome = "running".into();
+                s.started_at_ms = Some(f.at_ms);
+            }
+            (Event::Log { text, .. }, Some(s)) => {
+                s.log_lines += 1;
+                if let Some(t) = idx.and_then(|i| self.tails.get_mut(i)) {
+                    if t.len() == crate::html::LOG_TAIL {
+                        t.pop_front();
+                    }
+                    t.push_back(text.clone());
+                }
+            }
+            (
+                Event::Measure {
+                    name, value, unit, ..
+                },
+                Some(s),
+            ) => s.measurements.push(Measurement {
+                name: name.clone(),
+                value: *value,
+                unit: unit.clone(),
+            }),
+            (
+                Event::Artifact {
+                    name, sha256, size, ..
+                },
+                Some(s),
+            ) => s.artifacts.push(artifact(name, sha256, *size)),
+            (
+                Event::StageFinished {
+                    outcome,
+                    exit_code,
+                    duration_ms,
+                    detail,
+                    ..
+                },
+                Some(s),
+            ) => {
+                s.attempts += 1;
+                s.outcome = outcome.as_str().into();
+                s.exit_code = *exit_code;
+                s.duration_ms = Some(*duration_ms);
+                s.detail = detail.clone();
+            }
+            (
+                Event::Part {
+                    name,
+                    outcome,
+                    detail,
+                    tail,
+                    ..
+                },
+                Some(s),
+            ) => s.parts.push(Part {
+                name: name.clone(),
+                outcome: outcome.as_str(),
+                detail: detail.clone(),
+                tail: tail.clone(),
+            }),
+            _ => {}
+        }
+    }
+
+    /// The status now: the folded frames plus last-seen, abort request and clock.
+    pub fn status(
+        &self,
+        t: &Ticket,
+        last_seen_ms: Option<u64>,
+        abort: Option<&str>,
+        now_ms: u64,
+    ) -> RunStatus {
+        let mut stages = self.stages.clone();
+        let (outcome, claimed) = (self.outcome, self.claimed);
+        let state = match (outcome, claimed) {
+            (Some(Outcome::Aborted), _) => RunState::Aborted,
+            (Some(_), _) => RunState::Finished,
+            (None, None) if abort.is_some() => RunState::Aborted,
+            (None, None) if now_ms / 1000 > t.not_after => RunState::Expired,
+            (None, None) => RunState::Pending,
+            (None, Some(_)) => {
+                let quiet = last_seen_ms.is_some_and(|s| now_ms.saturating_sub(s) > STALE_AFTER_MS);
+                match (quiet, self.started_any) {
+                    (true, _) => RunState::Stale,
+                    (false, true) => RunState::Running,
+                    (false, false) => RunState::Claimed,
+                }
+            }
+        };
+        if !state.is_live() {
+            for s in stages.iter_mut().filter(|s| s.outcome == "running") {
+                s.outcome = "lost".into();
+            }
+        }
+        let exit_status = match state {
+            RunState::Finished | RunState::Aborted => {
+                Some(outcome.unwrap_or(Outcome::Aborted).exit_status())
+            }
+            RunState::Expired => Some(3),
+            _ => None,
+        };
+        RunStatus {
+            run: t.run.to_string(),
+            plan: t.plan.name.clone(),
+            host: t.host.name.clone(),
+            state,
+            outcome: outcome.map(Outcome::as_str),
+            exit_status,
+            abort_requested: abort.map(str::to_string),
+            agent_version: self.agent_version.clone(),
+            hostname: self.hostname.clone(),
+            frames: self.last_seq,
+            issued_at: t.issued_at,
+            expires_at: t.not_after,
+            claimed_at_ms: claimed,
+            finished_at_ms: self.finished,
+            last_seen_ms,
+            stages,
+        }
+    }
+}
+
+fn artifact(name: &str, sha: &Sha256, size: u64) -> ArtifactRef {
+    ArtifactRef {
+        name: name.to_string(),
+        sha256: sha.to_string(),
+        size,
+    }
+}
