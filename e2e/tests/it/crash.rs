@@ -194,47 +194,73 @@ fn alive(pid: &str) -> bool {
     })
 }
 
-/// A plan whose one exec stage records its shell's pid and sleeps, the first time;
-/// later attempts pass at once.
-fn sleeper_plan(fx: &Fx) -> (PathBuf, PathBuf) {
-    let (pid, once) = (fx.dir.join("pid"), fx.dir.join("once"));
-    let plan = fx.plan(
-        "sleeper.toml",
-        &format!(
-            "name = \"sleeper\"\n[[stage]]\nname = \"sleeper\"\nkind = \"exec\"\n\
-             command = [\"sh\", \"-c\", \"[ -e {once} ] && exit 0; touch {once}; \
-             echo $$ > {pid}.tmp && mv {pid}.tmp {pid}; sleep 300\"]\n",
-            once = once.display(),
-            pid = pid.display()
-        ),
-    );
-    (plan, pid)
+/// An online run of one exec stage that records its shell's pid and sleeps, the first
+/// time (later attempts pass at once), with its agent started and the stage running.
+struct Sleeper {
+    fx: Fx,
+    _server: Coordinator,
+    run: String,
+    ticket: PathBuf,
+    work: PathBuf,
+    agent: Child,
+    /// The stage shell's pid.
+    pid: String,
+}
+
+impl Sleeper {
+    fn start() -> Sleeper {
+        let fx = Fx::new();
+        let server = Coordinator::start(&fx.state);
+        let (pid_file, once) = (fx.dir.join("pid"), fx.dir.join("once"));
+        let plan = fx.plan(
+            "sleeper.toml",
+            &format!(
+                "name = \"sleeper\"\n[[stage]]\nname = \"sleeper\"\nkind = \"exec\"\n\
+                 command = [\"sh\", \"-c\", \"[ -e {once} ] && exit 0; touch {once}; \
+                 echo $$ > {pid}.tmp && mv {pid}.tmp {pid}; sleep 300\"]\n",
+                once = once.display(),
+                pid = pid_file.display()
+            ),
+        );
+        let run = fx.issue(&plan, Some(&server.url), None);
+        let ticket = fx.state.join("runs").join(&run).join("ticket.kiln");
+        let work = fx.dir.join("work");
+        let agent = fx.spawn_agent(s(&ticket), &work, &[]);
+        wait_until(Duration::from_secs(60), "the stage to start", || {
+            pid_file.exists()
+        });
+        let pid = std::fs::read_to_string(&pid_file)
+            .unwrap()
+            .trim()
+            .to_string();
+        Sleeper {
+            fx,
+            _server: server,
+            run,
+            ticket,
+            work,
+            agent,
+            pid,
+        }
+    }
 }
 
 #[test]
 fn sigterm_to_the_agent_aborts_the_stage_and_kills_its_group() {
-    let fx = Fx::new();
-    let server = Coordinator::start(&fx.state);
-    let (plan, pid_file) = sleeper_plan(&fx);
-    let run = fx.issue(&plan, Some(&server.url), None);
-    let ticket = fx.state.join("runs").join(&run).join("ticket.kiln");
-    let mut agent = fx.spawn_agent(s(&ticket), &fx.dir.join("work"), &[]);
-    wait_until(Duration::from_secs(60), "the stage to start", || {
-        pid_file.exists()
-    });
-    let pid = std::fs::read_to_string(&pid_file)
-        .unwrap()
-        .trim()
-        .to_string();
+    let mut t = Sleeper::start();
     let st = Command::new("kill")
-        .args(["-TERM", &agent.id().to_string()])
+        .args(["-TERM", &t.agent.id().to_string()])
         .status()
         .expect("kill");
     assert!(st.success());
-    let code = wait_exit(&mut agent, Duration::from_secs(30));
+    let code = wait_exit(&mut t.agent, Duration::from_secs(30));
     assert_ne!(code, 0, "an aborted run is no pass");
-    assert!(!alive(&pid), "the stage's shell {pid} outlived the agent");
-    let show = fx.show(&run);
+    assert!(
+        !alive(&t.pid),
+        "the stage's shell {} outlived the agent",
+        t.pid
+    );
+    let show = t.fx.show(&t.run);
     assert_eq!(show["stages"][0]["outcome"], "aborted", "{show}");
     assert!(
         show["stages"][0]["detail"]
@@ -246,29 +272,15 @@ fn sigterm_to_the_agent_aborts_the_stage_and_kills_its_group() {
 
 #[test]
 fn a_restarted_agent_first_kills_the_group_a_killed_agent_left() {
-    let fx = Fx::new();
-    let server = Coordinator::start(&fx.state);
-    let (plan, pid_file) = sleeper_plan(&fx);
-    let run = fx.issue(&plan, Some(&server.url), None);
-    let ticket = fx.state.join("runs").join(&run).join("ticket.kiln");
-    let work = fx.dir.join("work");
-    let mut agent = fx.spawn_agent(s(&ticket), &work, &[]);
-    wait_until(Duration::from_secs(60), "the stage to start", || {
-        pid_file.exists()
-    });
-    let pid = std::fs::read_to_string(&pid_file)
-        .unwrap()
-        .trim()
-        .to_string();
-    agent.kill().expect("SIGKILL the agent");
-    let _ = agent.wait();
+    let mut t = Sleeper::start();
+    t.agent.kill().expect("SIGKILL the agent");
+    let _ = t.agent.wait();
     assert!(
-        alive(&pid),
+        alive(&t.pid),
         "the orphaned stage should outlive a SIGKILLed agent"
     );
-
-    let mut agent = fx.spawn_agent(s(&ticket), &work, &[]);
+    let mut agent = t.fx.spawn_agent(s(&t.ticket), &t.work, &[]);
     assert_eq!(wait_exit(&mut agent, Duration::from_secs(120)), 0);
-    assert!(!alive(&pid), "the orphaned stage {pid} still runs");
-    assert_eq!(fx.show(&run)["stages"][0]["attempts"], 2);
+    assert!(!alive(&t.pid), "the orphaned stage {} still runs", t.pid);
+    assert_eq!(t.fx.show(&t.run)["stages"][0]["attempts"], 2);
 }
