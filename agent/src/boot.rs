@@ -317,26 +317,19 @@ mod tests {
     }
 
     /// Answers each connection with the next canned response; returns the URL and
-    /// how many requests came.
-    fn serve(answers: Vec<String>) -> (String, std::sync::Arc<std::sync::atomic::AtomicUsize>) {
+    /// the request heads, which end once every answer is given.
+    fn serve(answers: Vec<String>) -> (String, std::sync::mpsc::Receiver<String>) {
         use std::io::Write;
-        let l = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
-        let url = format!("http://{}/v1/hosts/x/ticket", l.local_addr().unwrap());
-        let n = std::sync::Arc::new(std::sync::atomic::AtomicUsize::new(0));
-        let seen = n.clone();
-        std::thread::spawn(move || {
-            for a in answers {
-                let (mut s, _) = l.accept().unwrap();
-                let mut head = Vec::new();
-                let mut b = [0u8; 1];
-                while !head.ends_with(b"\r\n\r\n") && s.read(&mut b).unwrap_or(0) == 1 {
-                    head.push(b[0]);
-                }
-                seen.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
-                let _ = s.write_all(a.as_bytes());
-            }
-        });
-        (url, n)
+        let handlers = answers
+            .into_iter()
+            .map(|a| {
+                Box::new(move |_: &str, s: &mut std::net::TcpStream| {
+                    let _ = s.write_all(a.as_bytes());
+                }) as crate::test_http::Handler
+            })
+            .collect();
+        let (url, rx) = crate::test_http::serve(handlers);
+        (format!("{url}/v1/hosts/x/ticket"), rx)
     }
 
     fn answer(status: &str, body: &str) -> String {
@@ -354,7 +347,7 @@ mod tests {
             answer("200 OK", "TICKET"),
         ]);
         assert_eq!(fetch_with_retries(&url).unwrap(), b"TICKET");
-        assert_eq!(n.load(std::sync::atomic::Ordering::SeqCst), 3);
+        assert_eq!(n.iter().count(), 3);
 
         let (url, n) = serve(vec![answer(
             "404 Not Found",
@@ -362,6 +355,6 @@ mod tests {
         )]);
         let e = fetch_with_retries(&url).unwrap_err();
         assert!(e.contains("(404): no pending run"), "{e}");
-        assert_eq!(n.load(std::sync::atomic::Ordering::SeqCst), 1);
+        assert_eq!(n.iter().count(), 1);
     }
 }

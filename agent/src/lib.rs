@@ -25,3 +25,5 @@ pub mod verify;
 
 #[cfg(test)]
 mod runner_tests;
+#[cfg(test)]
+mod test_http;

@@ -164,6 +164,7 @@ pub fn local_cas(cas_dir: Option<&Path>, sha: &Sha256) -> io::Result<PathBuf> {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::test_http::serve;
 
     #[test]
     fn local_cas_checks_the_digest() {
@@ -185,30 +186,6 @@ mod tests {
         let (sha, size) = keep_blob(d.path(), &f).unwrap();
         assert_eq!(size, 8);
         assert_eq!(fs::read(blob_path(d.path(), &sha)).unwrap(), b"artifact");
-    }
-
-    type Handler = Box<dyn FnOnce(&str, &mut std::net::TcpStream) + Send>;
-
-    /// A tiny HTTP server: each connection is answered by the next handler (given
-    /// the request head and the stream); the request heads come back in order.
-    fn serve(handlers: Vec<Handler>) -> (String, std::sync::mpsc::Receiver<String>) {
-        let l = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
-        let url = format!("http://{}", l.local_addr().unwrap());
-        let (tx, rx) = std::sync::mpsc::channel();
-        std::thread::spawn(move || {
-            for h in handlers {
-                let (mut s, _) = l.accept().unwrap();
-                let mut head = Vec::new();
-                let mut b = [0u8; 1];
-                while !head.ends_with(b"\r\n\r\n") && s.read(&mut b).unwrap_or(0) == 1 {
-                    head.push(b[0]);
-                }
-                let head = String::from_utf8_lossy(&head).to_lowercase();
-                h(&head, &mut s);
-                let _ = tx.send(head);
-            }
-        });
-        (url, rx)
     }
 
     fn body() -> Vec<u8> {
