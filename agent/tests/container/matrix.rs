@@ -30,7 +30,11 @@ fn two_images_one_passes_one_fails_with_prefixed_lines_and_tails(e: Eng) {
     // promises their order against each other: the stderr line may land a few stdout
     // lines early (seen on docker in CI). Within stdout the order is kept.
     assert_eq!(b.3.len(), 200);
-    assert!(b.3.contains(&"kiln-b is not supported".to_string()), "{:?}", b.3);
+    assert!(
+        b.3.contains(&"kiln-b is not supported".to_string()),
+        "{:?}",
+        b.3
+    );
     let out: Vec<&String> = b.3.iter().filter(|l| l.starts_with("line ")).collect();
     assert_eq!(out.len(), 199, "{:?}", b.3);
     for (k, l) in out.iter().enumerate() {
