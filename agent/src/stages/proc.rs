@@ -14,6 +14,7 @@ use std::process::Stdio;
 use std::time::Duration;
 
 use super::groups::Group;
+use super::lines::LineSplitter;
 use super::{StageCtx, Stop};
 
 /// Longest line sent as one `Log` frame; longer output is split.
@@ -212,7 +213,6 @@ async fn pump(
 ) {
     let Some(mut reader) = reader else { return };
     let emit = |raw: &[u8]| {
-        let raw = raw.strip_suffix(b"\r").unwrap_or(raw);
         let line = String::from_utf8_lossy(raw).into_owned();
         match &spec.prefix {
             Some(p) => ctx.log(stream, &format!("[{p}] {line}")),
@@ -226,28 +226,16 @@ async fn pump(
             t.push_back(ctx.redact(&line));
         }
     };
-    let mut pending: Vec<u8> = Vec::new();
+    let mut lines = LineSplitter::new(MAX_LINE);
     let mut buf = vec![0u8; 8192];
     loop {
         let n = match reader.read(&mut buf).await {
             Ok(0) | Err(_) => break,
             Ok(n) => n,
         };
-        pending.extend_from_slice(&buf[..n]);
-        let mut start = 0;
-        while let Some(pos) = pending[start..].iter().position(|&b| b == b'\n') {
-            emit(&pending[start..start + pos]);
-            start += pos + 1;
-        }
-        pending.drain(..start);
-        while pending.len() >= MAX_LINE {
-            emit(&pending[..MAX_LINE]);
-            pending.drain(..MAX_LINE);
-        }
+        lines.push(&buf[..n], &emit);
     }
-    if !pending.is_empty() {
-        emit(&pending);
-    }
+    lines.finish(&emit);
 }
 
 #[cfg(test)]
@@ -265,6 +253,19 @@ mod tests {
         let stage = Stage::new("t", StageKind::Exec { command: vec![] });
         let (c, s) = StageCtx::for_test(stage, dir.path().to_path_buf());
         (c, s, dir)
+    }
+
+    #[test]
+    fn progress_rewritten_with_carriage_returns_logs_its_last_state() {
+        let (c, sink, _d) = ctx();
+        let spec = ProcSpec::new([
+            "sh",
+            "-c",
+            "printf 'start\\n'; for i in 1 2 3; do printf '\\r%s%%' $i; sleep 0.01; done; printf '\\r\\n'; printf 'crlf\\r\\n'",
+        ]);
+        let out = smol::block_on(run_streamed(&c, &spec));
+        assert_eq!(out.end, ProcEnd::Exited(0));
+        assert_eq!(sink.lines(), ["start", "3%", "crlf"]);
     }
 
     #[test]
@@ -289,7 +290,12 @@ mod tests {
         let stop = c.stop.clone();
         let out = smol::block_on(async {
             let fire = async {
-                while !pidfile.exists() {
+                // The shell creates the file before it writes the pid into it.
+                let written = || {
+                    std::fs::read_to_string(&pidfile)
+                        .is_ok_and(|s| s.ends_with('\n') && s.trim().parse::<i32>().is_ok())
+                };
+                while !written() {
                     smol::Timer::after(Duration::from_millis(20)).await;
                 }
                 stop.fire(Stop::Timeout);

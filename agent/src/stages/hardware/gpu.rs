@@ -1,10 +1,17 @@
 //! The `gpu` stage: query every NVIDIA GPU with nvidia-smi (name, memory, temperature,
 //! power, uncorrected ECC errors, SM clock); optionally load them with `gpu_burn`
 //! while sampling. No driver or no GPU: `skipped` with the reason.
+//!
+//! gpu_burn numbers GPUs in CUDA's order; the stage runs it with
+//! `CUDA_DEVICE_ORDER=PCI_BUS_ID` and without `CUDA_VISIBLE_DEVICES`, so its GPU N is
+//! nvidia-smi's index N and every GPU nvidia-smi sees is loaded. Each GPU's verdict
+//! (FAULTY, a worker that died, no verdict at all) fails that GPU's part, named by its
+//! PCI address, the slot a technician pulls.
 use kiln_protocol::{GpuSpec, Outcome};
 use smol::future::FutureExt;
 use std::time::Duration;
 
+use super::gpuburn;
 use super::nvsmi::{self, GpuReading};
 use super::tools::{Tool, ToolError, find};
 use crate::stages::{StageCtx, StageResult};
@@ -80,13 +87,15 @@ fn show(v: Option<impl std::fmt::Display>, unit: &str) -> String {
         .unwrap_or_else(|| "n/a".into())
 }
 
-/// Problems in one reading against the spec: (failing?, text).
-fn problems(spec: &GpuSpec, g: &GpuReading) -> Vec<String> {
+/// Problems in one reading against the spec, plus what the load test found
+/// (`burn`).
+fn problems(spec: &GpuSpec, g: &GpuReading, burn: &[String]) -> Vec<String> {
     let mut out: Vec<String> = g
         .faults
         .iter()
         .map(|f| format!("nvidia-smi reports {f}"))
         .collect();
+    out.extend(burn.iter().cloned());
     if let Some(e) = g.ecc_uncorrected.filter(|e| *e > 0) {
         out.push(format!("{e} uncorrected ECC errors"));
     }
@@ -98,14 +107,20 @@ fn problems(spec: &GpuSpec, g: &GpuReading) -> Vec<String> {
     out
 }
 
-/// Runs `gpu_burn` for the spec's duration, sampling every GPU meanwhile; returns
-/// the hottest reading per GPU and the load tool's verdict lines.
+/// What the load test found: the hottest reading per GPU, and gpu_burn's findings per
+/// GPU index.
+struct Loaded {
+    peaks: Vec<GpuReading>,
+    findings: std::collections::BTreeMap<u32, Vec<String>>,
+}
+
+/// Runs `gpu_burn` for the spec's duration, sampling every GPU meanwhile.
 async fn load(
     ctx: &StageCtx,
     spec: &GpuSpec,
     first: &[GpuReading],
     progs: &Programs<'_>,
-) -> Result<Vec<GpuReading>, StageResult> {
+) -> Result<Loaded, StageResult> {
     let Some(burn) = find(progs.gpu_burn) else {
         return Err(StageResult::error(
             "gpu_burn not found on PATH (needed for the load test)",
@@ -126,6 +141,11 @@ async fn load(
         .canonicalize()
         .ok()
         .and_then(|p| p.parent().map(|d| d.to_path_buf()));
+    // Its GPU N is nvidia-smi's index N, and it loads every GPU (module docs).
+    tool.env = vec![
+        ("CUDA_DEVICE_ORDER".into(), Some("PCI_BUS_ID".into())),
+        ("CUDA_VISIBLE_DEVICES".into(), None),
+    ];
     // The first failure nvidia-smi reports while loaded (a GPU off the bus, no GPUs
     // left); a query that merely could not run is noted and sampling goes on.
     let mut lost: Option<String> = None;
@@ -169,16 +189,42 @@ async fn load(
             format!("load test: nvidia-smi during load: {why}"),
         ));
     }
-    let text = c.text();
-    let faulty: Vec<&str> = text.lines().filter(|l| l.contains("FAULTY")).collect();
-    if c.code != 0 || !faulty.is_empty() {
-        let why = faulty.first().copied().unwrap_or("gpu_burn failed");
+    let report = gpuburn::parse(&c.text());
+    if c.code != 0 {
+        // gpu_burn gave up (no GPU could be initialised, every worker died): its
+        // last stderr line says why.
+        let why = c.stderr.iter().rev().find(|l| !l.trim().is_empty());
         return Err(StageResult::new(
             Outcome::Failed,
-            format!("load test: {why} ({})", c.status()),
+            format!(
+                "load test: gpu_burn failed ({}){}",
+                c.status(),
+                why.map(|w| format!(": {}", w.trim())).unwrap_or_default()
+            ),
         ));
     }
-    Ok(peak)
+    let mut findings: std::collections::BTreeMap<u32, Vec<String>> = Default::default();
+    for g in &peak {
+        let mut f = Vec::new();
+        match report.faulty.get(&g.index) {
+            Some(true) => f.push("gpu_burn: FAULTY (wrong results under load)".to_string()),
+            Some(false) => {}
+            None => f.push("gpu_burn gave no verdict for it (not tested)".to_string()),
+        }
+        if report.died.contains(&g.index) {
+            f.push("gpu_burn: its worker died under load".to_string());
+        }
+        if let Some(v) = report.gflops.get(&g.index) {
+            ctx.measure(&format!("gpu{}.gflops", g.index), *v, "Gflop/s");
+        }
+        if !f.is_empty() {
+            findings.insert(g.index, f);
+        }
+    }
+    Ok(Loaded {
+        peaks: peak,
+        findings,
+    })
 }
 
 fn max(a: Option<f64>, b: Option<f64>) -> Option<f64> {
@@ -226,21 +272,22 @@ pub(crate) async fn run_with(ctx: &StageCtx, spec: &GpuSpec, progs: &Programs<'_
         ));
         report(ctx, g, "");
     }
-    let peaks = if spec.duration_s > 0 {
+    let (peaks, findings) = if spec.duration_s > 0 {
         match load(ctx, spec, &gpus, progs).await {
-            Ok(p) => {
-                for g in &p {
+            Ok(l) => {
+                for g in &l.peaks {
                     report(ctx, g, "_max");
                 }
-                p
+                (l.peaks, l.findings)
             }
             Err(r) => return r,
         }
     } else {
-        gpus.clone()
+        (gpus.clone(), Default::default())
     };
     for g in &peaks {
-        let p = problems(spec, g);
+        let burn = findings.get(&g.index).map(Vec::as_slice).unwrap_or(&[]);
+        let p = problems(spec, g, burn);
         let name = format!("gpu{} {}", g.index, g.bus_id);
         if p.is_empty() {
             ctx.part(&name, Outcome::Passed, &g.name, vec![]);
@@ -252,7 +299,9 @@ pub(crate) async fn run_with(ctx: &StageCtx, spec: &GpuSpec, progs: &Programs<'_
         }
     }
     if bad.is_empty() {
-        StageResult::new(Outcome::Passed, format!("{} GPUs healthy", gpus.len()))
+        let n = gpus.len();
+        let what = if n == 1 { "GPU" } else { "GPUs" };
+        StageResult::new(Outcome::Passed, format!("{n} {what} healthy"))
     } else {
         StageResult::new(Outcome::Failed, bad.join("; "))
     }
@@ -269,6 +318,22 @@ mod tests {
     /// gpu_burn that ends, healthy, once the sampler has queried three times (so the
     /// second query's answer has been judged).
     fn load_with_later_query(then: &str) -> StageResult {
+        load_test(then, "echo 'GPU 0: OK'; echo 'GPU 1: OK'").0
+    }
+
+    /// [`load_with_later_query`] with the fake gpu_burn ending with `burn_end` (sh);
+    /// returns the result, the parts (name, outcome, detail), the measurements and
+    /// what the fake saw of its environment.
+    #[allow(clippy::type_complexity)]
+    fn load_test(
+        then: &str,
+        burn_end: &str,
+    ) -> (
+        StageResult,
+        Vec<(String, Outcome, String)>,
+        Vec<(String, f64)>,
+        String,
+    ) {
         let d = tempfile::tempdir().unwrap();
         let fx = std::path::Path::new(env!("CARGO_MANIFEST_DIR"))
             .join("tests/fixtures/hardware/nvidia-smi");
@@ -283,12 +348,15 @@ mod tests {
                 h100 = fx.join("h100x2.csv").display(),
             ),
         );
+        let env = d.path().join("env");
         let burn = fake_tool(
             d.path(),
             "gpu_burn",
             &format!(
-                "while [ \"$(cat '{}' 2>/dev/null || echo 0)\" -lt 3 ]; do sleep 0.05; done\n\
-                 echo 'GPU 0: OK'; echo 'GPU 1: OK'",
+                "echo \"$CUDA_DEVICE_ORDER ${{CUDA_VISIBLE_DEVICES-unset}}\" > '{}'\n\
+                 while [ \"$(cat '{}' 2>/dev/null || echo 0)\" -lt 3 ]; do sleep 0.05; done\n\
+                 {burn_end}",
+                env.display(),
                 n.display()
             ),
         );
@@ -296,13 +364,88 @@ mod tests {
             duration_s: 60,
             max_temperature_c: None,
         };
-        let (c, _sink, _w) = ctx_for(StageKind::Gpu(spec.clone()));
+        let (c, sink, _w) = ctx_for(StageKind::Gpu(spec.clone()));
         let progs = Programs {
             nvidia_smi: &smi,
             gpu_burn: &burn,
             sample_every: Duration::from_millis(50),
         };
-        smol::block_on(run_with(&c, &spec, &progs))
+        let r = smol::block_on(run_with(&c, &spec, &progs));
+        let parts = sink
+            .parts()
+            .into_iter()
+            .map(|(name, o, detail, _)| (name, o, detail))
+            .collect();
+        let env = std::fs::read_to_string(&env).unwrap_or_default();
+        (r, parts, sink.measurements(), env.trim().to_string())
+    }
+
+    #[test]
+    fn gpu_burn_verdicts_fail_the_gpus_they_name() {
+        // Both GPUs are healthy to nvidia-smi; gpu_burn finds GPU 1 FAULTY. (The fake
+        // h100x2 capture has 2 ECC errors on gpu1 too: use a copy of gpu0's line.)
+        let h = "echo '0, 00000000:18:00.0, NVIDIA H100 80GB HBM3, 81559, 40, 300, 0, 1980'\n\
+                 echo '1, 00000000:2A:00.0, NVIDIA H100 80GB HBM3, 81559, 41, 310, 0, 1980'";
+        let (r, parts, m, env) = load_test(
+            h,
+            "printf '\\r100.0%%  proc'\\''d: 9 (50000 Gflop/s) - 9 (49000 Gflop/s)   errors: 0 - 7  (WARNING!)   temps: 60 C - 61 C \\n'\n\
+             printf 'Tested 2 GPUs:\\n\\tGPU 0: OK\\n\\tGPU 1: FAULTY\\n'",
+        );
+        assert_eq!(r.outcome, Outcome::Failed, "{r:?}");
+        assert!(
+            r.detail.starts_with("gpu1 gpu_burn: FAULTY"),
+            "{}",
+            r.detail
+        );
+        let gpu1 = parts
+            .iter()
+            .find(|p| p.0 == "gpu1 0000:2a:00.0")
+            .expect("gpu1 part");
+        assert_eq!(gpu1.1, Outcome::Failed);
+        assert!(gpu1.2.contains("FAULTY"), "{}", gpu1.2);
+        let gpu0 = parts
+            .iter()
+            .find(|p| p.0 == "gpu0 0000:18:00.0")
+            .expect("gpu0 part");
+        assert_eq!(gpu0.1, Outcome::Passed, "{gpu0:?}");
+        assert!(m.contains(&("gpu0.gflops".into(), 50000.0)), "{m:?}");
+        assert!(m.contains(&("gpu1.gflops".into(), 49000.0)), "{m:?}");
+        // gpu_burn ran with nvidia-smi's numbering and every GPU visible.
+        assert_eq!(env, "PCI_BUS_ID unset");
+    }
+
+    #[test]
+    fn a_gpu_without_a_verdict_or_whose_worker_died_fails() {
+        let h = "echo '0, 00000000:18:00.0, NVIDIA H100 80GB HBM3, 81559, 40, 300, 0, 1980'\n\
+                 echo '1, 00000000:2A:00.0, NVIDIA H100 80GB HBM3, 81559, 41, 310, 0, 1980'";
+        // gpu_burn tested one GPU only: the other is not vetted.
+        let (r, parts, _, _) = load_test(h, "printf 'Tested 1 GPUs:\\n\\tGPU 0: OK\\n'");
+        assert_eq!(r.outcome, Outcome::Failed, "{r:?}");
+        assert!(
+            r.detail.contains("gpu1 gpu_burn gave no verdict"),
+            "{}",
+            r.detail
+        );
+        assert_eq!(parts.iter().filter(|p| p.1 == Outcome::Passed).count(), 1);
+        // A worker that died yet was called OK (gpu_burn does that).
+        let (r, _, _, _) = load_test(
+            h,
+            "printf '\\r50.0%%  proc'\\''d: 9 (50000 Gflop/s) - -1 (0 Gflop/s)   errors: 0 - -1  (DIED!)   temps: 60 C - -- \\n'\n\
+             printf 'Tested 2 GPUs:\\n\\tGPU 0: OK\\n\\tGPU 1: OK\\n'",
+        );
+        assert_eq!(r.outcome, Outcome::Failed, "{r:?}");
+        assert!(
+            r.detail.contains("gpu1 gpu_burn: its worker died"),
+            "{}",
+            r.detail
+        );
+        // gpu_burn giving up is the stage's failure, with its last stderr line.
+        let (r, _, _, _) = load_test(h, "echo 'No clients are alive!  Aborting' >&2; exit 123");
+        assert_eq!(r.outcome, Outcome::Failed, "{r:?}");
+        assert_eq!(
+            r.detail,
+            "load test: gpu_burn failed (exit 123): No clients are alive!  Aborting"
+        );
     }
 
     #[test]
@@ -348,9 +491,10 @@ mod tests {
             ecc_uncorrected: Some(2),
             ..Default::default()
         };
-        assert_eq!(problems(&spec, &g).len(), 2);
+        assert_eq!(problems(&spec, &g, &[]).len(), 2);
         g.temperature_c = Some(40.0);
         g.ecc_uncorrected = Some(0);
-        assert!(problems(&spec, &g).is_empty());
+        assert!(problems(&spec, &g, &[]).is_empty());
+        assert_eq!(problems(&spec, &g, &["burnt".into()]), ["burnt"]);
     }
 }

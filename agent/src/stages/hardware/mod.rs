@@ -6,6 +6,7 @@ pub mod dmidecode;
 pub mod fio;
 pub mod gate;
 pub mod gpu;
+pub mod gpuburn;
 pub mod inventory;
 pub mod model;
 pub mod network;

@@ -228,6 +228,26 @@ mod tests {
         assert_eq!(g[1].clock_sm_mhz, Some(1980.0));
     }
 
+    /// A real capture: kiln's query on an H100 (driver 580.159.04), fixtures' README.
+    #[test]
+    fn a_real_h100_capture() {
+        let text = std::fs::read_to_string(fixtures().join("h100-real.csv")).unwrap();
+        let g = parse(&text).unwrap();
+        assert_eq!(g.len(), 1);
+        let want = GpuReading {
+            index: 0,
+            bus_id: "0000:00:06.0".into(),
+            name: "NVIDIA H100 80GB HBM3".into(),
+            memory_mib: Some(81559),
+            temperature_c: Some(36.0),
+            power_w: Some(85.55),
+            ecc_uncorrected: Some(0),
+            clock_sm_mhz: Some(345.0),
+            faults: vec![],
+        };
+        assert_eq!(g[0], want);
+    }
+
     #[test]
     fn not_supported_fields_are_none() {
         let text = std::fs::read_to_string(fixtures().join("geforce-rtx3060.csv")).unwrap();

@@ -11,10 +11,18 @@ use std::path::PathBuf;
 use std::process::Stdio;
 use std::time::Duration;
 
+use crate::stages::lines::LineSplitter;
 use crate::stages::{StageCtx, StageResult, Stop};
 
 /// Most stdout bytes kept from one tool run; the rest is dropped.
 pub const MAX_STDOUT: usize = 32 * 1024 * 1024;
+/// Lines of stdout kept from a streamed tool (all of it is in the log): a long run's
+/// verdict comes at its end, so the end is what is kept.
+pub const STREAMED_TAIL: usize = 200;
+/// Lines of stderr kept.
+const STDERR_TAIL: usize = 50;
+/// Longest line logged as one; longer ones are cut.
+const MAX_LINE: usize = 16 * 1024;
 
 /// What a tool run printed and how it exited.
 #[derive(Debug, Clone)]
@@ -24,7 +32,8 @@ pub struct Captured {
     pub code: i32,
     /// The signal that killed the tool, if one did (then `code` is no exit status).
     pub signal: Option<i32>,
-    /// All of stdout (up to [`MAX_STDOUT`]).
+    /// All of stdout (up to [`MAX_STDOUT`]); for a [`Tool::streamed`] tool, its last
+    /// [`STREAMED_TAIL`] lines as a terminal shows them (the whole is in the log).
     pub stdout: Vec<u8>,
     /// The last lines of stderr.
     pub stderr: Vec<String>,
@@ -107,6 +116,8 @@ pub struct Tool {
     pub stream_stdout: bool,
     /// Working folder (default: the stage's folder).
     pub cwd: Option<PathBuf>,
+    /// Environment changes: a value sets the variable, `None` removes it.
+    pub env: Vec<(String, Option<String>)>,
 }
 
 impl Tool {
@@ -117,6 +128,7 @@ impl Tool {
             timeout: Duration::from_secs(timeout_s),
             stream_stdout: false,
             cwd: None,
+            env: Vec::new(),
         }
     }
 
@@ -142,6 +154,12 @@ impl Tool {
             .current_dir(self.cwd.as_ref().unwrap_or(&ctx.dir))
             .env("LC_ALL", "C")
             .process_group(0);
+        for (k, v) in &self.env {
+            match v {
+                Some(v) => cmd.env(k, v),
+                None => cmd.env_remove(k),
+            };
+        }
         let mut cmd = async_process::Command::from(cmd);
         cmd.stdin(Stdio::null())
             .stdout(Stdio::piped())
@@ -158,9 +176,21 @@ impl Tool {
             Stop(Stop),
         }
         let work = async {
-            let out = read_lines(ctx, stdout, Stream::Stdout, self.stream_stdout, true);
-            let err = read_lines(ctx, stderr, Stream::Stderr, true, false);
-            let ((out, _), (_, err)) = smol::future::zip(out, err).await;
+            let out = match self.stream_stdout {
+                true => read_lines(ctx, stdout, Stream::Stdout, true, Keep::Tail(STREAMED_TAIL)),
+                false => read_lines(ctx, stdout, Stream::Stdout, false, Keep::Raw),
+            };
+            let err = read_lines(ctx, stderr, Stream::Stderr, true, Keep::Tail(STDERR_TAIL));
+            let ((raw, out_tail), (_, err)) = smol::future::zip(out, err).await;
+            let out = match self.stream_stdout {
+                true => out_tail
+                    .iter()
+                    .flat_map(|l| [l.as_bytes(), b"\n"])
+                    .flatten()
+                    .copied()
+                    .collect(),
+                false => raw,
+            };
             let (code, signal) = match child.status().await {
                 Ok(s) => match (s.code(), s.signal()) {
                     (Some(c), _) => (c, None),
@@ -197,32 +227,41 @@ impl Tool {
     }
 }
 
-/// Reads a pipe to its end; logs complete lines when `log`; keeps the raw bytes when
-/// `keep`, else the last 50 lines.
+/// What [`read_lines`] keeps of a pipe.
+#[derive(Debug, Clone, Copy)]
+enum Keep {
+    /// The raw bytes, up to [`MAX_STDOUT`].
+    Raw,
+    /// The last this many lines.
+    Tail(usize),
+}
+
+/// Reads a pipe to its end; logs its lines when `log`; keeps what `keep` says.
 async fn read_lines(
     ctx: &StageCtx,
     reader: Option<impl smol::io::AsyncRead + Unpin>,
     stream: Stream,
     log: bool,
-    keep: bool,
+    keep: Keep,
 ) -> (Vec<u8>, Vec<String>) {
     let mut raw = Vec::new();
-    let mut tail: Vec<String> = Vec::new();
+    let tail: std::cell::RefCell<std::collections::VecDeque<String>> = Default::default();
     let Some(mut reader) = reader else {
-        return (raw, tail);
+        return (raw, vec![]);
     };
-    let mut pending: Vec<u8> = Vec::new();
+    let mut lines = LineSplitter::new(MAX_LINE);
     let mut buf = vec![0u8; 16 * 1024];
-    let emit = |line: &[u8], tail: &mut Vec<String>| {
-        let text = String::from_utf8_lossy(line.strip_suffix(b"\r").unwrap_or(line)).into_owned();
+    let emit = |line: &[u8]| {
+        let text = String::from_utf8_lossy(line).into_owned();
         if log {
             ctx.log(stream, &text);
         }
-        if !keep {
-            if tail.len() == 50 {
-                tail.remove(0);
+        if let Keep::Tail(n) = keep {
+            let mut t = tail.borrow_mut();
+            if t.len() == n {
+                t.pop_front();
             }
-            tail.push(text);
+            t.push_back(text);
         }
     };
     loop {
@@ -230,34 +269,51 @@ async fn read_lines(
             Ok(0) | Err(_) => break,
             Ok(n) => n,
         };
-        if keep && raw.len() < MAX_STDOUT {
-            let room = MAX_STDOUT - raw.len();
-            raw.extend_from_slice(&buf[..n.min(room)]);
+        match keep {
+            Keep::Raw if raw.len() < MAX_STDOUT => {
+                let room = MAX_STDOUT - raw.len();
+                raw.extend_from_slice(&buf[..n.min(room)]);
+            }
+            _ => {}
         }
-        if log || !keep {
-            pending.extend_from_slice(&buf[..n]);
-            let mut start = 0;
-            while let Some(pos) = pending[start..].iter().position(|&b| b == b'\n') {
-                emit(&pending[start..start + pos], &mut tail);
-                start += pos + 1;
-            }
-            pending.drain(..start);
-            if pending.len() > 16 * 1024 {
-                emit(&pending, &mut tail);
-                pending.clear();
-            }
+        if log || matches!(keep, Keep::Tail(_)) {
+            lines.push(&buf[..n], &emit);
         }
     }
-    if !pending.is_empty() {
-        emit(&pending, &mut tail);
-    }
-    (raw, tail)
+    lines.finish(&emit);
+    (raw, tail.into_inner().into())
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
     use crate::stages::hardware::testutil::ctx;
+
+    #[test]
+    fn a_streamed_tool_logs_everything_and_keeps_its_last_lines() {
+        let (c, sink, _d) = ctx();
+        // 1000 lines, progress rewritten with \r, then a verdict: the verdict is kept.
+        let t = Tool::new(
+            [
+                "sh",
+                "-c",
+                "i=0; while [ $i -lt 1000 ]; do echo \"line $i\"; i=$((i+1)); done; \
+                 printf '\\r1%%\\r100%%\\n'; echo 'GPU 0: FAULTY'",
+            ],
+            10,
+        )
+        .streamed();
+        let r = smol::block_on(t.run(&c)).expect("runs");
+        let text = r.text();
+        let kept: Vec<&str> = text.lines().collect();
+        assert_eq!(kept.len(), STREAMED_TAIL);
+        assert_eq!(kept[STREAMED_TAIL - 3], "line 999");
+        assert_eq!(kept[STREAMED_TAIL - 2], "100%");
+        assert_eq!(kept[STREAMED_TAIL - 1], "GPU 0: FAULTY");
+        let logged = sink.lines();
+        assert_eq!(logged.len(), 1002);
+        assert_eq!(logged[0], "line 0");
+    }
 
     #[test]
     fn captures_stdout_and_logs_stderr() {

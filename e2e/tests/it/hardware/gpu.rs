@@ -23,6 +23,20 @@ fn gpu_run_with_fake_nvidia_smi(fixture: &str, code: i32) -> Value {
 /// plan lines) with the fake `tools` (name, sh script) first on PATH. Returns the
 /// imported run's `run show --json`.
 fn gpu_run_with_fakes(tools: &[(&str, &str)], extra: &str) -> Value {
+    gpu_run_logged(tools, extra).show
+}
+
+/// An imported offline gpu run: `run show --json`, `run logs`, and the fakes' folder
+/// (kept until this is dropped).
+struct GpuRun {
+    show: Value,
+    logs: String,
+    fake: std::path::PathBuf,
+    _tmp: tempfile::TempDir,
+}
+
+/// [`gpu_run_with_fakes`], with the run's logs and the fakes' folder.
+fn gpu_run_logged(tools: &[(&str, &str)], extra: &str) -> GpuRun {
     let (tmp, state) = fresh_state();
     let dir = tmp.path();
     add_local_host(&state, "here");
@@ -50,6 +64,9 @@ fn gpu_run_with_fakes(tools: &[(&str, &str)], extra: &str) -> Value {
         .args(["--trust", s(&state.join("key/coordinator.pub"))])
         .args(["--out", s(&bundle), "--work", s(&dir.join("work"))])
         .env("PATH", path)
+        // As a user's shell may have it: the stage must not let it hide GPUs from
+        // gpu_burn.
+        .env("CUDA_VISIBLE_DEVICES", "1")
         .output()
         .expect("kiln-agent run")
         .into();
@@ -57,7 +74,14 @@ fn gpu_run_with_fakes(tools: &[(&str, &str)], extra: &str) -> Value {
     let i = kc(&state, &["import", s(&bundle)]);
     assert_eq!(i.code, 0, "import: {}", i.stderr);
     let o = kc(&state, &["run", "show", &run, "--json"]);
-    serde_json::from_str(&o.stdout).expect("run show JSON")
+    let show = serde_json::from_str(&o.stdout).expect("run show JSON");
+    let logs = kc(&state, &["run", "logs", &run]).stdout;
+    GpuRun {
+        show,
+        logs,
+        fake,
+        _tmp: tmp,
+    }
 }
 
 #[test]
@@ -150,13 +174,59 @@ fn gpu_load_test_fails_a_gpu_that_gpu_burn_calls_faulty() {
     let gpu = stage(&show, "gpu");
     assert_eq!(gpu["outcome"], "failed", "{gpu}");
     assert!(
-        gpu["detail"].as_str().unwrap().contains("GPU 0: FAULTY"),
+        gpu["detail"]
+            .as_str()
+            .unwrap()
+            .contains("gpu0 gpu_burn: FAULTY"),
         "{gpu}"
     );
+    let p = part(gpu, "gpu0 0000:18:00.0");
+    assert_eq!(p["outcome"], "failed", "{p}");
     // The same load with every GPU OK passes.
     let show = gpu_run_with_fakes(
         &[("nvidia-smi", cool), ("gpu_burn", &fake_gpu_burn("OK"))],
         "duration = \"1s\"\n",
     );
     assert_eq!(stage(&show, "gpu")["outcome"], "passed", "{show}");
+}
+
+/// gpu_burn's real output (captured from a 30 s run on an H100, progress rewritten
+/// with `\r`) replayed by a fake `gpu_burn` that also records the environment it got:
+/// the log shows each progress line as a terminal would, the last report's rate is
+/// measured, and gpu_burn numbers GPUs as nvidia-smi does, all of them visible.
+#[test]
+fn real_gpu_burn_output_is_logged_as_a_terminal_shows_it_and_measured() {
+    let capture = repo().join("agent/tests/fixtures/hardware/gpu_burn/h100-30s.txt");
+    let burn = format!(
+        "#!/bin/sh\necho \"$CUDA_DEVICE_ORDER ${{CUDA_VISIBLE_DEVICES-unset}}\" > @FAKE@/env\n\
+         cat '{}'\n",
+        s(&capture)
+    );
+    let one =
+        "#!/bin/sh\necho '0, 00000000:00:06.0, NVIDIA H100 80GB HBM3, 81559, 36, 85.55, 0, 345'\n";
+    let GpuRun {
+        show,
+        logs,
+        fake,
+        _tmp: _keep,
+    } = gpu_run_logged(
+        &[("nvidia-smi", one), ("gpu_burn", &burn)],
+        "duration = \"30s\"\n",
+    );
+    let gpu = stage(&show, "gpu");
+    assert_eq!(gpu["outcome"], "passed", "{gpu}");
+    assert_eq!(measure(gpu, "gpu0.gflops"), Some(51376.0), "{gpu}");
+    assert_eq!(
+        std::fs::read_to_string(fake.join("env")).unwrap().trim(),
+        "PCI_BUS_ID unset"
+    );
+    // Each rewritten line is logged as its last state, with no carriage return left.
+    assert!(!logs.contains('\r'), "{logs}");
+    assert!(
+        logs.lines().any(|l| l.ends_with(
+            "100.0%  proc'd: 1400 (51376 Gflop/s)   errors: 0   temps: 65 C   power: 92 W "
+        )),
+        "{logs}"
+    );
+    assert!(logs.lines().any(|l| l.ends_with("GPU 0: OK")), "{logs}");
 }
