@@ -1,6 +1,7 @@
 //! A child's output cut into log lines the way a terminal shows them.
 //!
-//! `\n` ends a line (a `\r` just before it is dropped: CRLF). A `\r` inside a line
+//! `\n` ends a line (`\r`s just before it are dropped: CRLF, and the `\r\r\n` some
+//! Windows tools write). A `\r` inside a line
 //! returns the carriage, so what came before it was overwritten on a terminal: progress
 //! bars (`gpu_burn`, `curl`, `fio`) print hundreds of updates on one line that way, and
 //! the log keeps only the last of them, as the screen would. Lines longer than the cap
@@ -32,9 +33,12 @@ impl LineSplitter {
         }
         self.pending.drain(..start);
         // A carriage return with text after it: the text before it was overwritten.
-        // (One at the very end may be half of a CRLF, so it waits for the next byte.)
-        let known = self.pending.len().saturating_sub(1);
-        if let Some(p) = self.pending[..known].iter().rposition(|&b| b == b'\r') {
+        // (Carriage returns at the very end may belong to a line end, so they wait.)
+        if let Some(p) = self
+            .pending
+            .windows(2)
+            .rposition(|w| w[0] == b'\r' && w[1] != b'\r')
+        {
             self.pending.drain(..=p);
         }
         while self.pending.len() >= self.max {
@@ -53,8 +57,10 @@ impl LineSplitter {
 }
 
 /// What a terminal shows of one line: the text after its last carriage return.
-fn visible(line: &[u8]) -> &[u8] {
-    let line = line.strip_suffix(b"\r").unwrap_or(line);
+fn visible(mut line: &[u8]) -> &[u8] {
+    while let Some(l) = line.strip_suffix(b"\r") {
+        line = l;
+    }
     match line.iter().rposition(|&b| b == b'\r') {
         Some(p) => &line[p + 1..],
         None => line,
@@ -82,6 +88,9 @@ mod tests {
         assert_eq!(split(100, &[b"a\n\nb\n"]), ["a", "", "b"]);
         // A CRLF split across reads is still one line end.
         assert_eq!(split(100, &[b"x\r", b"\ny\n"]), ["x", "y"]);
+        // So is the \r\r\n some Windows tools write, whole or split.
+        assert_eq!(split(100, &[b"a\r\r\nb\r\r\n"]), ["a", "b"]);
+        assert_eq!(split(100, &[b"a\r", b"\r", b"\nb\r\r", b"\n"]), ["a", "b"]);
         assert!(split(100, &[b""]).is_empty());
     }
 
