@@ -330,38 +330,6 @@ impl MemorySink {
             })
             .collect()
     }
-
-    /// All parts so far, in order: (name, outcome, detail, tail).
-    pub fn parts(&self) -> Vec<(String, Outcome, String, Vec<String>)> {
-        self.events
-            .lock()
-            .expect("sink lock")
-            .iter()
-            .filter_map(|e| match e {
-                Event::Part {
-                    name,
-                    outcome,
-                    detail,
-                    tail,
-                    ..
-                } => Some((name.clone(), *outcome, detail.clone(), tail.clone())),
-                _ => None,
-            })
-            .collect()
-    }
-
-    /// All measurements so far, in order: (name, value).
-    pub fn measurements(&self) -> Vec<(String, f64)> {
-        self.events
-            .lock()
-            .expect("sink lock")
-            .iter()
-            .filter_map(|e| match e {
-                Event::Measure { name, value, .. } => Some((name.clone(), *value)),
-                _ => None,
-            })
-            .collect()
-    }
 }
 
 impl Sink for MemorySink {

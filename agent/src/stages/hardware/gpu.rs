@@ -310,7 +310,7 @@ pub(crate) async fn run_with(ctx: &StageCtx, spec: &GpuSpec, progs: &Programs<'_
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::stages::hardware::testutil::{ctx_for, fake_tool};
+    use crate::stages::hardware::testutil::{ctx_for, fake_tool, measures, parts};
     use kiln_protocol::StageKind;
 
     /// Runs a 60 s load test with a FAKE nvidia-smi (no GPU here) that answers the
@@ -371,21 +371,24 @@ mod tests {
             sample_every: Duration::from_millis(50),
         };
         let r = smol::block_on(run_with(&c, &spec, &progs));
-        let parts = sink
-            .parts()
+        let m = measures(&sink)
             .into_iter()
-            .map(|(name, o, detail, _)| (name, o, detail))
+            .map(|(n, v, _)| (n, v))
             .collect();
         let env = std::fs::read_to_string(&env).unwrap_or_default();
-        (r, parts, sink.measurements(), env.trim().to_string())
+        (r, parts(&sink), m, env.trim().to_string())
     }
+
+    /// A FAKE nvidia-smi's answer (sh): two healthy H100s. (The h100x2 capture has 2
+    /// ECC errors on gpu1, which would fail it whatever gpu_burn says.)
+    const TWO_HEALTHY: &str = "\
+        echo '0, 00000000:18:00.0, NVIDIA H100 80GB HBM3, 81559, 40, 300, 0, 1980'\n\
+        echo '1, 00000000:2A:00.0, NVIDIA H100 80GB HBM3, 81559, 41, 310, 0, 1980'";
 
     #[test]
     fn gpu_burn_verdicts_fail_the_gpus_they_name() {
-        // Both GPUs are healthy to nvidia-smi; gpu_burn finds GPU 1 FAULTY. (The fake
-        // h100x2 capture has 2 ECC errors on gpu1 too: use a copy of gpu0's line.)
-        let h = "echo '0, 00000000:18:00.0, NVIDIA H100 80GB HBM3, 81559, 40, 300, 0, 1980'\n\
-                 echo '1, 00000000:2A:00.0, NVIDIA H100 80GB HBM3, 81559, 41, 310, 0, 1980'";
+        // Both GPUs are healthy to nvidia-smi; gpu_burn finds GPU 1 FAULTY.
+        let h = TWO_HEALTHY;
         let (r, parts, m, env) = load_test(
             h,
             "printf '\\r100.0%%  proc'\\''d: 9 (50000 Gflop/s) - 9 (49000 Gflop/s)   errors: 0 - 7  (WARNING!)   temps: 60 C - 61 C \\n'\n\
@@ -416,8 +419,7 @@ mod tests {
 
     #[test]
     fn a_gpu_without_a_verdict_or_whose_worker_died_fails() {
-        let h = "echo '0, 00000000:18:00.0, NVIDIA H100 80GB HBM3, 81559, 40, 300, 0, 1980'\n\
-                 echo '1, 00000000:2A:00.0, NVIDIA H100 80GB HBM3, 81559, 41, 310, 0, 1980'";
+        let h = TWO_HEALTHY;
         // gpu_burn tested one GPU only: the other is not vetted.
         let (r, parts, _, _) = load_test(h, "printf 'Tested 1 GPUs:\\n\\tGPU 0: OK\\n'");
         assert_eq!(r.outcome, Outcome::Failed, "{r:?}");
