@@ -69,7 +69,8 @@ pub enum ProcEnd {
 pub struct ProcOutput {
     /// How it ended.
     pub end: ProcEnd,
-    /// The last `tail_lines` lines (both streams, in arrival order, unprefixed).
+    /// The last `tail_lines` lines (both streams, in arrival order, unprefixed), with
+    /// the last of stderr always among them ([`Tail`]).
     pub tail: Vec<String>,
 }
 
@@ -80,7 +81,7 @@ fn signal_group(pgid: i32, sig: Signal) {
 
 /// Runs a process in its own group, streaming its output; ends it on `ctx.stopped()`.
 pub async fn run_streamed(ctx: &StageCtx, spec: &ProcSpec) -> ProcOutput {
-    let tail = RefCell::new(VecDeque::new());
+    let tail = RefCell::new(Tail::new(spec.tail_lines));
     let Some(program) = spec.argv.first() else {
         return ProcOutput {
             end: ProcEnd::SpawnFailed("empty command".into()),
@@ -170,7 +171,59 @@ pub async fn run_streamed(ctx: &StageCtx, spec: &ProcSpec) -> ProcOutput {
     group.ended();
     ProcOutput {
         end,
-        tail: tail.into_inner().into_iter().collect(),
+        tail: tail.into_inner().lines(),
+    }
+}
+
+/// The last lines of a process's output, both streams in arrival order, with stderr's
+/// last quarter-tail protected: stdout lines are dropped first to make room, so a
+/// failure's error message stays in the report even when a long stdout follows it, or
+/// when the engine delivers stderr early (docker relays the two streams separately and
+/// can put an error printed last ahead of hundreds of stdout lines printed before it).
+#[derive(Debug)]
+pub struct Tail {
+    lines: VecDeque<(Stream, String)>,
+    max: usize,
+    keep_stderr: usize,
+}
+
+impl Tail {
+    /// A tail of at most `max` lines, its last `max / 4` (at least 1) of stderr kept.
+    pub fn new(max: usize) -> Self {
+        Tail {
+            lines: VecDeque::new(),
+            max,
+            keep_stderr: (max / 4).max(1),
+        }
+    }
+
+    /// Adds a line; past the limit, drops the oldest line that is not one of the last
+    /// `max / 4` stderr lines.
+    pub fn push(&mut self, stream: Stream, line: String) {
+        if self.max == 0 {
+            return;
+        }
+        self.lines.push_back((stream, line));
+        if self.lines.len() <= self.max {
+            return;
+        }
+        let stderr = self
+            .lines
+            .iter()
+            .filter(|(s, _)| *s == Stream::Stderr)
+            .count();
+        // Past its share, stderr's oldest line may go too; within it, none does.
+        let stderr_may_go = stderr > self.keep_stderr;
+        let victim = self
+            .lines
+            .iter()
+            .position(|(s, _)| *s != Stream::Stderr || stderr_may_go);
+        self.lines.remove(victim.unwrap_or(0));
+    }
+
+    /// The lines, oldest first.
+    pub fn lines(self) -> Vec<String> {
+        self.lines.into_iter().map(|(_, l)| l).collect()
     }
 }
 
@@ -209,7 +262,7 @@ async fn pump(
     spec: &ProcSpec,
     reader: Option<impl smol::io::AsyncRead + Unpin>,
     stream: Stream,
-    tail: &RefCell<VecDeque<String>>,
+    tail: &RefCell<Tail>,
 ) {
     let Some(mut reader) = reader else { return };
     let emit = |raw: &[u8]| {
@@ -219,11 +272,7 @@ async fn pump(
             None => ctx.log(stream, &line),
         }
         if spec.tail_lines > 0 {
-            let mut t = tail.borrow_mut();
-            if t.len() == spec.tail_lines {
-                t.pop_front();
-            }
-            t.push_back(ctx.redact(&line));
+            tail.borrow_mut().push(stream, ctx.redact(&line));
         }
     };
     let mut lines = LineSplitter::new(MAX_LINE);
@@ -323,6 +372,42 @@ mod tests {
             std::thread::sleep(Duration::from_millis(10));
         }
         assert!(!alive(), "background process {pid} survived the stop");
+    }
+
+    #[test]
+    fn a_tail_keeps_the_last_lines_and_the_last_of_stderr() {
+        let fill = |t: &mut Tail, stream: Stream, name: &str, n: usize| {
+            for i in 0..n {
+                t.push(stream, format!("{name}{i}"));
+            }
+        };
+        // An error delivered ahead of 250 stdout lines (docker) stays; stdout keeps
+        // its last 199.
+        let mut t = Tail::new(200);
+        t.push(Stream::Stderr, "error".into());
+        fill(&mut t, Stream::Stdout, "o", 250);
+        let l = t.lines();
+        assert_eq!(l.len(), 200);
+        assert_eq!((l[0].as_str(), l[1].as_str()), ("error", "o51"));
+        assert_eq!(l[199], "o249");
+        // Stderr's protection is its last quarter: of 100 early stderr lines, 50 stay.
+        let mut t = Tail::new(200);
+        fill(&mut t, Stream::Stderr, "e", 100);
+        fill(&mut t, Stream::Stdout, "o", 300);
+        let l = t.lines();
+        assert_eq!(l.len(), 200);
+        assert_eq!((l[0].as_str(), l[49].as_str()), ("e50", "e99"));
+        assert_eq!((l[50].as_str(), l[199].as_str()), ("o150", "o299"));
+        // One stream alone: simply its last lines.
+        let mut t = Tail::new(3);
+        fill(&mut t, Stream::Stderr, "e", 10);
+        assert_eq!(t.lines(), ["e7", "e8", "e9"]);
+        let mut t = Tail::new(3);
+        fill(&mut t, Stream::Stdout, "o", 10);
+        assert_eq!(t.lines(), ["o7", "o8", "o9"]);
+        let mut t = Tail::new(0);
+        fill(&mut t, Stream::Stdout, "o", 10);
+        assert!(t.lines().is_empty());
     }
 
     #[test]

@@ -26,9 +26,10 @@ fn two_images_one_passes_one_fails_with_prefixed_lines_and_tails(e: Eng) {
     let b = part(&sink, IMAGE_B);
     assert_eq!((b.1, b.2.as_str()), (Outcome::Failed, "exit 3"));
     // The failing cell's last 200 lines, unprefixed, its error among them. stdout and
-    // stderr are two pipes (through the engine's daemon, for docker), so no engine
-    // promises their order against each other: the stderr line may land a few stdout
-    // lines early (seen on docker in CI). Within stdout the order is kept.
+    // stderr are two pipes (relayed separately by docker's daemon, which was seen to
+    // deliver the error ahead of 200 stdout lines printed before it), so their order
+    // against each other is not promised; the tail keeps stderr's last lines whatever
+    // the order, and stdout's last lines in order.
     assert_eq!(b.3.len(), 200);
     assert!(
         b.3.contains(&"kiln-b is not supported".to_string()),

@@ -184,8 +184,8 @@ timeout = "5m"
         .iter()
         .filter_map(Value::as_str)
         .collect();
-    // The last 200 lines with the error among them; stdout and stderr are two pipes,
-    // so only the order within stdout is promised.
+    // The last 200 lines with the error among them (the tail keeps stderr's last lines
+    // whatever the engine's delivery order); within stdout, in order.
     assert_eq!(tail.len(), 200);
     assert!(tail.contains(&"kiln-b: unsupported"), "{tail:?}");
     let out: Vec<&&str> = tail.iter().filter(|l| l.contains(" line ")).collect();

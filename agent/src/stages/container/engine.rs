@@ -117,7 +117,7 @@ impl Engine {
     }
 
     /// Runs an engine command with its output streamed under `prefix`; `Ok(())` on
-    /// exit 0, else the last line of output.
+    /// exit 0, else the last line of output (of stderr, if it printed any).
     async fn streamed(
         &self,
         ctx: &StageCtx,
