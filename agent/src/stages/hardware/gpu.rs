@@ -7,14 +7,24 @@
 //! nvidia-smi's index N and every GPU nvidia-smi sees is loaded. Each GPU's verdict
 //! (FAULTY, a worker that died, no verdict at all) fails that GPU's part, named by its
 //! PCI address, the slot a technician pulls.
+//!
+//! Beside the reading, two health queries ([`super::nvhealth`]): each GPU's PCIe link
+//! and active clock-cut reasons (at the start and with every sample under load), and
+//! memory row remapping (at the end). Under load a link below the width GPU and slot
+//! allow fails the GPU, a lower generation warns; a clock cut by the hardware (power
+//! brake, thermal, slowdown) fails it, the driver's thermal cap warns; a failed row
+//! remap fails it, a pending one warns. Idle links are not judged: they train down to
+//! save power.
 use kiln_protocol::{GpuSpec, Outcome};
 use smol::future::FutureExt;
 use std::time::Duration;
 
 use super::gpuburn;
+use super::nvhealth::{self, Link, Remap, Throttle};
 use super::nvsmi::{self, GpuReading};
 use super::tools::{Tool, ToolError, find};
 use crate::stages::{StageCtx, StageResult};
+use std::collections::{BTreeMap, BTreeSet};
 
 /// How often GPUs are sampled during the load test.
 const SAMPLE_EVERY: Duration = Duration::from_secs(5);
@@ -87,6 +97,113 @@ fn show(v: Option<impl std::fmt::Display>, unit: &str) -> String {
         .unwrap_or_else(|| "n/a".into())
 }
 
+/// A GPU's link and clock health over the stage: its link (the best seen under load
+/// once there are samples under load, else as queried idle) and every clock-cut
+/// reason seen active.
+#[derive(Debug, Clone, Default)]
+struct Health {
+    link: Link,
+    under_load: bool,
+    throttles: BTreeSet<Throttle>,
+}
+
+impl Health {
+    /// Adds one link query's lines (`under_load`: taken while gpu_burn ran).
+    fn merge(all: &mut BTreeMap<u32, Health>, links: Vec<Link>, under_load: bool) {
+        for l in links {
+            let h = all.entry(l.index).or_default();
+            h.throttles.extend(l.throttles.iter().copied());
+            if under_load && !h.under_load {
+                // The first sample under load replaces the idle link.
+                h.link = l;
+                h.under_load = true;
+                continue;
+            }
+            h.link.index = l.index;
+            h.link.generation = h.link.generation.max(l.generation);
+            h.link.width = h.link.width.max(l.width);
+            h.link.generation_max = l.generation_max.or(h.link.generation_max);
+            h.link.width_max = l.width_max.or(h.link.width_max);
+        }
+    }
+
+    /// (failures, warnings) for this GPU; its link is judged only from samples under
+    /// load (an idle link trains down to save power).
+    fn judge(&self) -> (Vec<String>, Vec<String>) {
+        let (mut fail, mut warn) = (Vec::new(), Vec::new());
+        let l = &self.link;
+        if self.under_load {
+            if let (Some(w), Some(max)) = (l.width, l.width_max)
+                && w < max
+            {
+                fail.push(format!("PCIe link x{w} of x{max} under load"));
+            }
+            if let (Some(g), Some(max)) = (l.generation, l.generation_max)
+                && g < max
+            {
+                warn.push(format!("PCIe gen {g} of {max} under load"));
+            }
+        }
+        let (hw, sw): (Vec<Throttle>, Vec<Throttle>) =
+            self.throttles.iter().partition(|t| t.is_hardware());
+        let labels = |ts: &[Throttle]| ts.iter().map(|t| t.label()).collect::<Vec<_>>().join(", ");
+        if !hw.is_empty() {
+            fail.push(format!("clocks cut by the hardware ({})", labels(&hw)));
+        }
+        if !sw.is_empty() {
+            warn.push(format!("clocks cut by the driver ({})", labels(&sw)));
+        }
+        (fail, warn)
+    }
+}
+
+/// (failures, warnings) from a GPU's row remapping.
+fn judge_remap(r: &Remap) -> (Vec<String>, Vec<String>) {
+    let (mut fail, mut warn) = (Vec::new(), Vec::new());
+    if r.failure == Some(true) {
+        fail.push("memory row remapping failed (no spare rows left)".to_string());
+    }
+    if r.pending == Some(true) {
+        warn.push("memory row remap pending (reset the GPU to apply it)".to_string());
+    }
+    (fail, warn)
+}
+
+/// A health query's lines, or `None` with a note of why: the health checks are extras,
+/// never the stage's end.
+async fn health_query<T>(
+    ctx: &StageCtx,
+    argv: Vec<String>,
+    what: &str,
+    parse: fn(&str) -> Result<Vec<T>, String>,
+) -> Option<Vec<T>> {
+    let why = match Tool::new(argv, 60).run(ctx).await {
+        Ok(c) if c.code == 0 && c.signal.is_none() => match parse(&c.text()) {
+            Ok(v) => return Some(v),
+            Err(e) => e,
+        },
+        Ok(c) => {
+            let text = format!("{}\n{}", c.text(), c.stderr.join("\n"));
+            let first = text.lines().map(str::trim).find(|l| !l.is_empty());
+            format!("nvidia-smi {}: {}", c.status(), first.unwrap_or(""))
+        }
+        Err(e) => e.result(ctx).detail,
+    };
+    ctx.note(&format!("{what} not checked: {why}"));
+    None
+}
+
+async fn links(ctx: &StageCtx, smi: &str) -> Option<Vec<Link>> {
+    let argv = nvhealth::gpu_argv(smi, nvhealth::LINK_QUERY);
+    health_query(
+        ctx,
+        argv,
+        "PCIe links and clock-cut reasons",
+        nvhealth::parse_links,
+    )
+    .await
+}
+
 /// Problems in one reading against the spec, plus what the load test found
 /// (`burn`).
 fn problems(spec: &GpuSpec, g: &GpuReading, burn: &[String]) -> Vec<String> {
@@ -111,7 +228,7 @@ fn problems(spec: &GpuSpec, g: &GpuReading, burn: &[String]) -> Vec<String> {
 /// GPU index.
 struct Loaded {
     peaks: Vec<GpuReading>,
-    findings: std::collections::BTreeMap<u32, Vec<String>>,
+    findings: BTreeMap<u32, Vec<String>>,
 }
 
 /// Runs `gpu_burn` for the spec's duration, sampling every GPU meanwhile.
@@ -120,6 +237,7 @@ async fn load(
     spec: &GpuSpec,
     first: &[GpuReading],
     progs: &Programs<'_>,
+    mut health: Option<&mut BTreeMap<u32, Health>>,
 ) -> Result<Loaded, StageResult> {
     let Some(burn) = find(progs.gpu_burn) else {
         return Err(StageResult::error(
@@ -176,6 +294,16 @@ async fn load(
                 }
                 Err(r) => ctx.note(&format!("load: sample failed: {}", r.detail)),
             }
+            // Links and clock cuts under load; quietly, as the first query was noted.
+            if let Some(h) = health.as_deref_mut() {
+                let argv = nvhealth::gpu_argv(progs.nvidia_smi, nvhealth::LINK_QUERY);
+                if let Ok(c) = Tool::new(argv, 60).run(ctx).await
+                    && c.code == 0
+                    && let Ok(l) = nvhealth::parse_links(&c.text())
+                {
+                    Health::merge(h, l, true);
+                }
+            }
         }
     };
     let out = async { tool.run(ctx).await }.or(async {
@@ -203,7 +331,7 @@ async fn load(
             ),
         ));
     }
-    let mut findings: std::collections::BTreeMap<u32, Vec<String>> = Default::default();
+    let mut findings: BTreeMap<u32, Vec<String>> = Default::default();
     for g in &peak {
         let mut f = Vec::new();
         match report.faulty.get(&g.index) {
@@ -272,8 +400,14 @@ pub(crate) async fn run_with(ctx: &StageCtx, spec: &GpuSpec, progs: &Programs<'_
         ));
         report(ctx, g, "");
     }
-    let (peaks, findings) = if spec.duration_s > 0 {
-        match load(ctx, spec, &gpus, progs).await {
+    let mut health: Option<BTreeMap<u32, Health>> = links(ctx, progs.nvidia_smi).await.map(|l| {
+        let mut h = BTreeMap::new();
+        Health::merge(&mut h, l, false);
+        h
+    });
+    let loaded = spec.duration_s > 0;
+    let (peaks, findings) = if loaded {
+        match load(ctx, spec, &gpus, progs, health.as_mut()).await {
             Ok(l) => {
                 for g in &l.peaks {
                     report(ctx, g, "_max");
@@ -285,25 +419,65 @@ pub(crate) async fn run_with(ctx: &StageCtx, spec: &GpuSpec, progs: &Programs<'_
     } else {
         (gpus.clone(), Default::default())
     };
+    // Row remapping after the load: new uncorrectable errors under load remap rows.
+    let argv = nvhealth::remap_argv(progs.nvidia_smi);
+    let remaps = health_query(ctx, argv, "memory row remapping", nvhealth::parse_remaps)
+        .await
+        .unwrap_or_default();
+    let mut warned = Vec::new();
     for g in &peaks {
         let burn = findings.get(&g.index).map(Vec::as_slice).unwrap_or(&[]);
-        let p = problems(spec, g, burn);
+        let mut p = problems(spec, g, burn);
+        let mut w = Vec::new();
+        if let Some(h) = health.as_ref().and_then(|h| h.get(&g.index)) {
+            let m = |name: &str, v: Option<u32>, unit: &str| {
+                if let Some(v) = v {
+                    ctx.measure(&format!("gpu{}.{name}", g.index), v as f64, unit);
+                }
+            };
+            m("pcie_gen", h.link.generation, "gen");
+            m("pcie_width", h.link.width, "lanes");
+            let (f, warn) = h.judge();
+            p.extend(f);
+            w.extend(warn);
+        }
+        if let Some(r) = remaps.iter().find(|r| r.bus_id == g.bus_id) {
+            for (name, v) in [
+                ("remapped_rows_correctable", r.correctable),
+                ("remapped_rows_uncorrectable", r.uncorrectable),
+            ] {
+                if let Some(v) = v {
+                    ctx.measure(&format!("gpu{}.{name}", g.index), v as f64, "rows");
+                }
+            }
+            let (f, warn) = judge_remap(r);
+            p.extend(f);
+            w.extend(warn);
+        }
         let name = format!("gpu{} {}", g.index, g.bus_id);
-        if p.is_empty() {
-            ctx.part(&name, Outcome::Passed, &g.name, vec![]);
-        } else {
-            let detail = format!("{}: {}", g.name, p.join(", "));
-            ctx.note(&format!("{name}: {detail}"));
-            ctx.part(&name, Outcome::Failed, &detail, vec![]);
-            bad.push(format!("gpu{} {}", g.index, p.join(", ")));
+        let (outcome, found) = match (p.is_empty(), w.is_empty()) {
+            (true, true) => {
+                ctx.part(&name, Outcome::Passed, &g.name, vec![]);
+                continue;
+            }
+            (false, _) => (Outcome::Failed, [p, w].concat()),
+            (true, false) => (Outcome::Warning, w),
+        };
+        let detail = format!("{}: {}", g.name, found.join(", "));
+        ctx.note(&format!("{name}: {detail}"));
+        ctx.part(&name, outcome, &detail, vec![]);
+        let line = format!("gpu{} {}", g.index, found.join(", "));
+        match outcome {
+            Outcome::Failed => bad.push(line),
+            _ => warned.push(line),
         }
     }
-    if bad.is_empty() {
-        let n = gpus.len();
-        let what = if n == 1 { "GPU" } else { "GPUs" };
-        StageResult::new(Outcome::Passed, format!("{n} {what} healthy"))
-    } else {
-        StageResult::new(Outcome::Failed, bad.join("; "))
+    let n = gpus.len();
+    let what = if n == 1 { "GPU" } else { "GPUs" };
+    match (bad.is_empty(), warned.is_empty()) {
+        (true, true) => StageResult::new(Outcome::Passed, format!("{n} {what} healthy")),
+        (true, false) => StageResult::new(Outcome::Warning, warned.join("; ")),
+        (false, _) => StageResult::new(Outcome::Failed, [bad, warned].concat().join("; ")),
     }
 }
 
@@ -334,18 +508,80 @@ mod tests {
         Vec<(String, f64)>,
         String,
     ) {
+        load_test_with(&Fakes {
+            then,
+            burn_end,
+            ..Fakes::default()
+        })
+    }
+
+    /// What the FAKE nvidia-smi and gpu_burn answer (sh snippets; no GPU here).
+    struct Fakes<'a> {
+        /// Load test length; 0: query only.
+        duration_s: u64,
+        /// Every main query after the first (which is h100x2.csv: two H100s).
+        then: &'a str,
+        /// gpu_burn's end, once the sampler has made two main queries.
+        burn_end: &'a str,
+        /// The link query at the start (idle).
+        link_idle: &'a str,
+        /// Every link query under load.
+        link_loaded: &'a str,
+        /// The row-remapping query.
+        remap: &'a str,
+    }
+
+    /// Both GPUs' links at gen 5 x16, no clock cuts.
+    const LINKS_OK: &str = "\
+        echo '0, 5, 5, 16, 16, Not Active, Not Active, Not Active, Not Active'\n\
+        echo '1, 5, 5, 16, 16, Not Active, Not Active, Not Active, Not Active'";
+
+    impl Default for Fakes<'_> {
+        fn default() -> Self {
+            Fakes {
+                duration_s: 60,
+                then: TWO_HEALTHY,
+                burn_end: "echo 'GPU 0: OK'; echo 'GPU 1: OK'",
+                link_idle: LINKS_OK,
+                link_loaded: LINKS_OK,
+                remap: "echo '00000000:18:00.0, 0, 0, No, No'\n\
+                        echo '00000000:2A:00.0, 0, 0, No, No'",
+            }
+        }
+    }
+
+    /// Runs the stage against `f`; returns as [`load_test`].
+    #[allow(clippy::type_complexity)]
+    fn load_test_with(
+        f: &Fakes,
+    ) -> (
+        StageResult,
+        Vec<(String, Outcome, String)>,
+        Vec<(String, f64)>,
+        String,
+    ) {
         let d = tempfile::tempdir().unwrap();
         let fx = std::path::Path::new(env!("CARGO_MANIFEST_DIR"))
             .join("tests/fixtures/hardware/nvidia-smi");
         let n = d.path().join("n");
+        let idle = d.path().join("idle-link-done");
         let smi = fake_tool(
             d.path(),
             "nvidia-smi",
             &format!(
-                "n=$(($(cat '{n}' 2>/dev/null || echo 0) + 1)); echo $n > '{n}'\n\
+                "case \"$*\" in\n\
+                 *pcie.link*) if [ -e '{idle}' ]; then\n{loaded}\nelse touch '{idle}'\n{link_idle}\nfi\nexit ;;\n\
+                 *remapped*) {remap}\nexit ;;\n\
+                 esac\n\
+                 n=$(($(cat '{n}' 2>/dev/null || echo 0) + 1)); echo $n > '{n}'\n\
                  if [ $n -eq 1 ]; then cat '{h100}'; exit 0; fi\n{then}",
+                idle = idle.display(),
+                loaded = f.link_loaded,
+                link_idle = f.link_idle,
+                remap = f.remap,
                 n = n.display(),
                 h100 = fx.join("h100x2.csv").display(),
+                then = f.then,
             ),
         );
         let env = d.path().join("env");
@@ -355,13 +591,14 @@ mod tests {
             &format!(
                 "echo \"$CUDA_DEVICE_ORDER ${{CUDA_VISIBLE_DEVICES-unset}}\" > '{}'\n\
                  while [ \"$(cat '{}' 2>/dev/null || echo 0)\" -lt 3 ]; do sleep 0.05; done\n\
-                 {burn_end}",
+                 {}",
                 env.display(),
-                n.display()
+                n.display(),
+                f.burn_end,
             ),
         );
         let spec = GpuSpec {
-            duration_s: 60,
+            duration_s: f.duration_s,
             max_temperature_c: None,
         };
         let (c, sink, _w) = ctx_for(StageKind::Gpu(spec.clone()));
@@ -415,6 +652,141 @@ mod tests {
         assert!(m.contains(&("gpu1.gflops".into(), 49000.0)), "{m:?}");
         // gpu_burn ran with nvidia-smi's numbering and every GPU visible.
         assert_eq!(env, "PCI_BUS_ID unset");
+    }
+
+    /// The part of `gpu` (0 or 1) in `parts`.
+    fn part_of(parts: &[(String, Outcome, String)], gpu: u32) -> &(String, Outcome, String) {
+        parts
+            .iter()
+            .find(|p| p.0.starts_with(&format!("gpu{gpu} ")))
+            .unwrap_or_else(|| panic!("no gpu{gpu} part in {parts:?}"))
+    }
+
+    #[test]
+    fn a_link_below_its_width_under_load_fails_and_a_lower_gen_warns() {
+        // Idle, gpu1's link looks fine; under load it trains to gen 4 x8 of gen 5 x16.
+        let (r, parts, m, _) = load_test_with(&Fakes {
+            link_loaded: "echo '0, 5, 5, 16, 16, Not Active, Not Active, Not Active, Not Active'\n\
+                          echo '1, 4, 5, 8, 16, Not Active, Not Active, Not Active, Not Active'",
+            ..Fakes::default()
+        });
+        assert_eq!(r.outcome, Outcome::Failed, "{r:?}");
+        assert_eq!(
+            r.detail,
+            "gpu1 PCIe link x8 of x16 under load, PCIe gen 4 of 5 under load"
+        );
+        assert_eq!(part_of(&parts, 0).1, Outcome::Passed);
+        assert_eq!(part_of(&parts, 1).1, Outcome::Failed);
+        assert!(m.contains(&("gpu1.pcie_width".into(), 8.0)), "{m:?}");
+        assert!(m.contains(&("gpu1.pcie_gen".into(), 4.0)), "{m:?}");
+        assert!(m.contains(&("gpu0.pcie_width".into(), 16.0)), "{m:?}");
+
+        // A lower generation alone warns: the stage is a warning, not a failure.
+        let (r, parts, _, _) = load_test_with(&Fakes {
+            link_loaded: "echo '0, 5, 5, 16, 16, Not Active, Not Active, Not Active, Not Active'\n\
+                          echo '1, 3, 5, 16, 16, Not Active, Not Active, Not Active, Not Active'",
+            ..Fakes::default()
+        });
+        assert_eq!(r.outcome, Outcome::Warning, "{r:?}");
+        assert_eq!(r.detail, "gpu1 PCIe gen 3 of 5 under load");
+        assert_eq!(part_of(&parts, 1).1, Outcome::Warning);
+
+        // Without a load test an idle link (trained down to save power) is not judged.
+        let (r, _, m, _) = load_test_with(&Fakes {
+            duration_s: 0,
+            then: TWO_HEALTHY,
+            link_idle: "echo '0, 1, 5, 2, 16, Not Active, Not Active, Not Active, Not Active'\n\
+                        echo '1, 1, 5, 2, 16, Not Active, Not Active, Not Active, Not Active'",
+            ..Fakes::default()
+        });
+        // (The query-only stage judges h100x2's own readings: gpu1's 2 ECC errors.)
+        assert_eq!(r.detail, "gpu1 2 uncorrected ECC errors", "{r:?}");
+        assert!(m.contains(&("gpu0.pcie_width".into(), 2.0)), "{m:?}");
+    }
+
+    #[test]
+    fn clock_cuts_by_the_hardware_fail_and_by_the_driver_warn() {
+        let (r, parts, _, _) = load_test_with(&Fakes {
+            link_loaded: "echo '0, 5, 5, 16, 16, Active, Not Active, Active, Not Active'\n\
+                          echo '1, 5, 5, 16, 16, Not Active, Not Active, Not Active, Active'",
+            ..Fakes::default()
+        });
+        assert_eq!(r.outcome, Outcome::Failed, "{r:?}");
+        assert_eq!(
+            r.detail,
+            "gpu0 clocks cut by the hardware (HW slowdown, HW power brake slowdown); \
+             gpu1 clocks cut by the driver (SW thermal slowdown)"
+        );
+        assert_eq!(part_of(&parts, 0).1, Outcome::Failed);
+        assert_eq!(part_of(&parts, 1).1, Outcome::Warning);
+    }
+
+    #[test]
+    fn row_remapping_failed_fails_pending_warns_and_counts_are_measured() {
+        let (r, parts, m, _) = load_test_with(&Fakes {
+            remap: "echo '00000000:18:00.0, 0, 0, No, Yes'\n\
+                    echo '00000000:2A:00.0, 5, 1, Yes, No'",
+            ..Fakes::default()
+        });
+        assert_eq!(r.outcome, Outcome::Failed, "{r:?}");
+        assert!(
+            part_of(&parts, 0).2.contains("memory row remapping failed"),
+            "{parts:?}"
+        );
+        let gpu1 = part_of(&parts, 1);
+        assert_eq!(gpu1.1, Outcome::Warning, "{gpu1:?}");
+        assert!(gpu1.2.contains("remap pending"), "{gpu1:?}");
+        assert!(
+            m.contains(&("gpu1.remapped_rows_correctable".into(), 5.0)),
+            "{m:?}"
+        );
+        assert!(
+            m.contains(&("gpu1.remapped_rows_uncorrectable".into(), 1.0)),
+            "{m:?}"
+        );
+    }
+
+    #[test]
+    fn health_queries_a_driver_cannot_answer_are_noted_not_fatal() {
+        let (c, sink, _w) = ctx_for(StageKind::Gpu(GpuSpec {
+            duration_s: 0,
+            max_temperature_c: None,
+        }));
+        let d = tempfile::tempdir().unwrap();
+        let smi = fake_tool(
+            d.path(),
+            "nvidia-smi",
+            "case \"$*\" in\n\
+             *pcie.link*) echo 'Field \"pcie.link.gen.max\" is not a valid field to query.'; exit 2 ;;\n\
+             *remapped*) echo 'Unknown option --query-remapped-rows' >&2; exit 2 ;;\n\
+             esac\n\
+             echo '0, 00000000:18:00.0, Tesla T4, 15360, 40, 30, 0, 1590'",
+        );
+        let progs = Programs {
+            nvidia_smi: &smi,
+            gpu_burn: "gpu_burn",
+            sample_every: Duration::from_millis(50),
+        };
+        let spec = GpuSpec {
+            duration_s: 0,
+            max_temperature_c: None,
+        };
+        let r = smol::block_on(run_with(&c, &spec, &progs));
+        assert_eq!(
+            (r.outcome, r.detail.as_str()),
+            (Outcome::Passed, "1 GPU healthy")
+        );
+        let lines = sink.lines();
+        assert!(
+            lines.iter().any(|l| l.starts_with(
+                "PCIe links and clock-cut reasons not checked: nvidia-smi exit 2: Field"
+            )),
+            "{lines:?}"
+        );
+        assert!(
+            lines.iter().any(|l| l == "memory row remapping not checked: nvidia-smi exit 2: Unknown option --query-remapped-rows"),
+            "{lines:?}"
+        );
     }
 
     #[test]

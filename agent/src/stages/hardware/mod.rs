@@ -10,6 +10,7 @@ pub mod gpuburn;
 pub mod inventory;
 pub mod model;
 pub mod network;
+pub mod nvhealth;
 pub mod nvsmi;
 pub mod smart;
 pub mod smartparse;

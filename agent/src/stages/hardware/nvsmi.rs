@@ -63,7 +63,8 @@ pub fn normalize_bus_id(s: &str) -> String {
     }
 }
 
-fn value(s: &str) -> Option<&str> {
+/// A field's value, `None` for `[N/A]`, `[Not Supported]`, `N/A` and empty.
+pub(crate) fn value(s: &str) -> Option<&str> {
     let s = s.trim();
     let na = s.is_empty()
         || s.starts_with('[')
@@ -72,7 +73,8 @@ fn value(s: &str) -> Option<&str> {
     (!na).then_some(s)
 }
 
-fn num<T: std::str::FromStr>(s: &str) -> Option<T> {
+/// A field's value as a number, `None` as [`value`] or when it does not parse.
+pub(crate) fn num<T: std::str::FromStr>(s: &str) -> Option<T> {
     value(s)?.parse().ok()
 }
 

@@ -191,9 +191,10 @@ fn gpu_load_test_fails_a_gpu_that_gpu_burn_calls_faulty() {
 }
 
 /// gpu_burn's real output (captured from a 30 s run on an H100, progress rewritten
-/// with `\r`) replayed by a fake `gpu_burn` that also records the environment it got:
-/// the log shows each progress line as a terminal would, the last report's rate is
-/// measured, and gpu_burn numbers GPUs as nvidia-smi does, all of them visible.
+/// with `\r`) and nvidia-smi's real answers replayed by fakes, the `gpu_burn` one
+/// recording the environment it got: the log shows each progress line as a terminal
+/// would, the last report's rate and the link are measured, and gpu_burn numbers GPUs
+/// as nvidia-smi does, all of them visible.
 #[test]
 fn real_gpu_burn_output_is_logged_as_a_terminal_shows_it_and_measured() {
     let capture = repo().join("agent/tests/fixtures/hardware/gpu_burn/h100-30s.txt");
@@ -202,20 +203,34 @@ fn real_gpu_burn_output_is_logged_as_a_terminal_shows_it_and_measured() {
          cat '{}'\n",
         s(&capture)
     );
-    let one =
-        "#!/bin/sh\necho '0, 00000000:00:06.0, NVIDIA H100 80GB HBM3, 81559, 36, 85.55, 0, 345'\n";
+    // nvidia-smi answering each query with its real capture from the same H100.
+    let fx = repo().join("agent/tests/fixtures/hardware/nvidia-smi");
+    let one = format!(
+        "#!/bin/sh\ncase \"$*\" in\n\
+         *pcie.link*) cat '{}' ;;\n*remapped*) cat '{}' ;;\n*) cat '{}' ;;\nesac\n",
+        s(&fx.join("h100-real-link.txt")),
+        s(&fx.join("h100-real-remap.txt")),
+        s(&fx.join("h100-real.csv")),
+    );
     let GpuRun {
         show,
         logs,
         fake,
         _tmp: _keep,
     } = gpu_run_logged(
-        &[("nvidia-smi", one), ("gpu_burn", &burn)],
+        &[("nvidia-smi", &one), ("gpu_burn", &burn)],
         "duration = \"30s\"\n",
     );
     let gpu = stage(&show, "gpu");
     assert_eq!(gpu["outcome"], "passed", "{gpu}");
     assert_eq!(measure(gpu, "gpu0.gflops"), Some(51376.0), "{gpu}");
+    assert_eq!(measure(gpu, "gpu0.pcie_gen"), Some(5.0), "{gpu}");
+    assert_eq!(measure(gpu, "gpu0.pcie_width"), Some(16.0), "{gpu}");
+    assert_eq!(
+        measure(gpu, "gpu0.remapped_rows_uncorrectable"),
+        Some(0.0),
+        "{gpu}"
+    );
     assert_eq!(
         std::fs::read_to_string(fake.join("env")).unwrap().trim(),
         "PCI_BUS_ID unset"
