@@ -193,10 +193,7 @@ mod tests {
     use super::*;
 
     fn fixture(n: &str) -> String {
-        let p = std::path::Path::new(env!("CARGO_MANIFEST_DIR"))
-            .join("tests/fixtures/hardware/fio")
-            .join(n);
-        std::fs::read_to_string(p).unwrap()
+        crate::stages::hardware::testutil::fixture("fio", n)
     }
 
     #[test]

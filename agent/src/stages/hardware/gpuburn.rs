@@ -75,10 +75,7 @@ mod tests {
     use super::*;
 
     fn fixture(name: &str) -> String {
-        let p = std::path::Path::new(env!("CARGO_MANIFEST_DIR"))
-            .join("tests/fixtures/hardware/gpu_burn")
-            .join(name);
-        std::fs::read_to_string(&p).unwrap_or_else(|e| panic!("{}: {e}", p.display()))
+        crate::stages::hardware::testutil::fixture("gpu_burn", name)
     }
 
     /// A real run: gpu_burn 30 s on an H100 (see the fixtures' README).

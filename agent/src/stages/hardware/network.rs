@@ -131,10 +131,7 @@ mod tests {
     use super::*;
 
     fn fixture(name: &str) -> String {
-        let p = std::path::Path::new(env!("CARGO_MANIFEST_DIR"))
-            .join("tests/fixtures/hardware/iperf3")
-            .join(name);
-        std::fs::read_to_string(p).unwrap()
+        crate::stages::hardware::testutil::fixture("iperf3", name)
     }
 
     #[test]

@@ -170,10 +170,7 @@ mod tests {
     use super::*;
 
     fn fixture(name: &str) -> String {
-        let p = std::path::Path::new(env!("CARGO_MANIFEST_DIR"))
-            .join("tests/fixtures/hardware/nvidia-smi")
-            .join(name);
-        std::fs::read_to_string(&p).unwrap_or_else(|e| panic!("{}: {e}", p.display()))
+        crate::stages::hardware::testutil::fixture("nvidia-smi", name)
     }
 
     /// Real captures on an H100 (fixtures' README).

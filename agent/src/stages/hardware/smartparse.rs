@@ -184,10 +184,7 @@ mod tests {
     use super::*;
 
     fn fixture(name: &str) -> String {
-        let p = std::path::Path::new(env!("CARGO_MANIFEST_DIR"))
-            .join("tests/fixtures/hardware/smartctl")
-            .join(name);
-        std::fs::read_to_string(&p).unwrap_or_else(|e| panic!("{}: {e}", p.display()))
+        crate::stages::hardware::testutil::fixture("smartctl", name)
     }
 
     /// Every capture in the folder reads without error and names its device.

@@ -21,6 +21,15 @@ pub fn ctx_for(kind: StageKind) -> (StageCtx, Arc<MemorySink>, tempfile::TempDir
     (c, s, dir)
 }
 
+/// The text of the captured tool output `agent/tests/fixtures/hardware/<folder>/<name>`.
+pub fn fixture(folder: &str, name: &str) -> String {
+    let p = std::path::Path::new(env!("CARGO_MANIFEST_DIR"))
+        .join("tests/fixtures/hardware")
+        .join(folder)
+        .join(name);
+    std::fs::read_to_string(&p).unwrap_or_else(|e| panic!("{}: {e}", p.display()))
+}
+
 /// Every measurement: (name, value, unit).
 pub fn measures(sink: &MemorySink) -> Vec<(String, f64, String)> {
     sink.events
