@@ -28,7 +28,11 @@ impl LineSplitter {
         self.pending.extend_from_slice(bytes);
         let mut start = 0;
         while let Some(pos) = self.pending[start..].iter().position(|&b| b == b'\n') {
-            emit(visible(&self.pending[start..start + pos]));
+            cut(
+                visible(&self.pending[start..start + pos]),
+                self.max,
+                &mut emit,
+            );
             start += pos + 1;
         }
         self.pending.drain(..start);
@@ -41,8 +45,15 @@ impl LineSplitter {
         {
             self.pending.drain(..=p);
         }
-        while self.pending.len() >= self.max {
-            emit(visible(&self.pending[..self.max]));
+        // Trailing carriage returns mean one: keep one, so a run of them costs nothing.
+        while self.pending.ends_with(b"\r\r") {
+            self.pending.pop();
+        }
+        // Cut once the text (a trailing `\r` aside) is over the cap: a line exactly the
+        // cap long waits for its `\n`, and ends whole.
+        let text = |p: &[u8]| p.len() - usize::from(p.ends_with(b"\r"));
+        while text(&self.pending) > self.max {
+            emit(&self.pending[..self.max]);
             self.pending.drain(..self.max);
         }
     }
@@ -50,9 +61,19 @@ impl LineSplitter {
     /// Ends the stream: emits an unterminated last line, if any.
     pub fn finish(&mut self, mut emit: impl FnMut(&[u8])) {
         if !self.pending.is_empty() {
-            emit(visible(&self.pending));
+            cut(visible(&self.pending), self.max, &mut emit);
             self.pending.clear();
         }
+    }
+}
+
+/// Emits `line` in pieces of at most `max` bytes (an empty line once).
+fn cut(line: &[u8], max: usize, emit: &mut impl FnMut(&[u8])) {
+    if line.is_empty() {
+        return emit(line);
+    }
+    for piece in line.chunks(max) {
+        emit(piece);
     }
 }
 
@@ -124,5 +145,24 @@ mod tests {
     fn long_lines_are_cut_at_the_cap() {
         let long = vec![b'x'; 10];
         assert_eq!(split(4, &[&long, b"\n"]), ["xxxx", "xxxx", "xx"]);
+        // Also when the newline comes in the same read, or never.
+        assert_eq!(split(4, &[b"xxxxxxxxxx\n"]), ["xxxx", "xxxx", "xx"]);
+        assert_eq!(split(4, &[b"xxxxxxxxxx"]), ["xxxx", "xxxx", "xx"]);
+        assert_eq!(split(4, &[b"xxxx\r\rxxxxxxx\r\n"]), ["xxxx", "xxx"]);
+    }
+
+    #[test]
+    fn a_line_exactly_the_cap_long_ends_whole() {
+        // Its newline in the next read: no empty line after it.
+        assert_eq!(split(4, &[b"xxxx", b"\n"]), ["xxxx"]);
+        assert_eq!(split(4, &[b"xxx\r", b"\n"]), ["xxx"]);
+        assert_eq!(
+            split(4, &[b"xxxx", b"\r\r", b"\r", b"\ny\n"]),
+            ["xxxx", "y"]
+        );
+        // A run of carriage returns is held as one.
+        let mut s = LineSplitter::new(4);
+        s.push(&[b'\r'; 1000], |_| panic!("no line"));
+        assert_eq!(s.pending, b"\r");
     }
 }

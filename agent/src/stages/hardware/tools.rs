@@ -11,6 +11,7 @@ use std::path::PathBuf;
 use std::process::Stdio;
 use std::time::Duration;
 
+use crate::stages::groups::Group;
 use crate::stages::lines::LineSplitter;
 use crate::stages::{StageCtx, StageResult, Stop};
 
@@ -168,6 +169,10 @@ impl Tool {
             .spawn()
             .map_err(|e| ToolError::Spawn(name.clone(), e.to_string()))?;
         let pgid = child.id() as i32;
+        // Killed when dropped unended: a cancelled run (a sampler dropped when the load
+        // it samples ends) leaves no tool behind; recorded for a crashed agent's next
+        // attempt, as stage processes are.
+        let group = Group::track(pgid, &ctx.dir);
         let stdout = child.stdout.take();
         let stderr = child.stderr.take();
         enum End {
@@ -208,6 +213,7 @@ impl Tool {
         let end = work.or(timer).or(stop).await;
         // Sweep the group either way: a finished tool may have left helpers behind.
         let _ = killpg(Pid::from_raw(pgid), Signal::SIGKILL);
+        group.ended();
         match end {
             End::Done(code, signal, stdout, stderr) => Ok(Captured {
                 code,
@@ -313,6 +319,46 @@ mod tests {
         let logged = sink.lines();
         assert_eq!(logged.len(), 1002);
         assert_eq!(logged[0], "line 0");
+    }
+
+    #[test]
+    fn a_dropped_run_kills_its_tool() {
+        // The GPU stage's sampler is dropped mid-query when the load ends: the query
+        // must not outlive it (a hung nvidia-smi on a sick GPU would).
+        let (c, _sink, d) = ctx();
+        let pidfile = d.path().join("tool.pid");
+        let script = format!("echo $$ > '{}'; exec sleep 30", pidfile.display());
+        let t = Tool::new(["sh", "-c", script.as_str()], 60);
+        let pid = smol::block_on(async {
+            let run = async {
+                let _ = t.run(&c).await;
+                unreachable!("the tool sleeps for 30 s")
+            };
+            let cancel = async {
+                loop {
+                    if let Ok(s) = std::fs::read_to_string(&pidfile)
+                        && let Ok(pid) = s.trim().parse::<i32>()
+                    {
+                        return pid;
+                    }
+                    smol::Timer::after(Duration::from_millis(10)).await;
+                }
+            };
+            run.or(cancel).await
+        });
+        // Gone once reaped (async-process reaps dropped children); a zombie is gone too.
+        let alive = || {
+            std::fs::read_to_string(format!("/proc/{pid}/stat"))
+                .map(|s| !s.contains(") Z"))
+                .unwrap_or(false)
+        };
+        for _ in 0..200 {
+            if !alive() {
+                return;
+            }
+            std::thread::sleep(Duration::from_millis(10));
+        }
+        panic!("the dropped run's tool {pid} is still running");
     }
 
     #[test]
