@@ -13,6 +13,9 @@ Q="index,pci.bus_id,name,memory.total,temperature.gpu,power.draw,ecc.errors.unco
 echo "== kiln's query, raw"
 nvidia-smi --query-gpu=$Q --format=csv,noheader,nounits > "$OUT/query.csv"; echo "rc=$?"; cat "$OUT/query.csv"
 nvidia-smi -q > "$OUT/nvidia-smi-q.txt" 2>&1
+L="index,pcie.link.gen.current,pcie.link.gen.max,pcie.link.width.current,pcie.link.width.max,clocks_throttle_reasons.hw_slowdown,clocks_throttle_reasons.hw_thermal_slowdown,clocks_throttle_reasons.hw_power_brake_slowdown,clocks_throttle_reasons.sw_thermal_slowdown,utilization.gpu"
+echo "== link query, raw"; nvidia-smi --query-gpu=$L --format=csv,noheader,nounits | tee "$OUT/link.txt"
+echo "== remap query, raw"; nvidia-smi --query-remapped-rows=gpu_bus_id,remapped_rows.correctable,remapped_rows.uncorrectable,remapped_rows.pending,remapped_rows.failure --format=csv,noheader,nounits | tee "$OUT/remap.txt"
 echo "== tools"; for t in lspci lshw dmidecode nvcc g++ make; do printf '%s: %s\n' $t "$(command -v $t || echo missing)"; done
 echo "== build gpu_burn"
 NVCC=$(command -v nvcc || ls /usr/local/cuda*/bin/nvcc 2>/dev/null | head -1)

@@ -97,42 +97,52 @@ fn show(v: Option<impl std::fmt::Display>, unit: &str) -> String {
         .unwrap_or_else(|| "n/a".into())
 }
 
-/// A GPU's link and clock health over the stage: its link (the best seen under load
-/// once there are samples under load, else as queried idle) and every clock-cut
-/// reason seen active.
+/// How busy a GPU must be for a link sample to count as under load, percent.
+const BUSY: u32 = 50;
+
+/// A GPU's link and clock health over the stage: its link (the worst seen while busy
+/// under the load test, once there is such a sample, else as queried idle) and every
+/// clock-cut reason seen active.
 #[derive(Debug, Clone, Default)]
 struct Health {
     link: Link,
-    under_load: bool,
+    busy_samples: usize,
     throttles: BTreeSet<Throttle>,
 }
 
 impl Health {
-    /// Adds one link query's lines (`under_load`: taken while gpu_burn ran).
-    fn merge(all: &mut BTreeMap<u32, Health>, links: Vec<Link>, under_load: bool) {
+    /// Adds one link query's lines (`during_load`: taken while gpu_burn ran). Only
+    /// samples that find the GPU busy judge its link: gpu_burn spends its first seconds
+    /// on the CPU, and an idle link trains down to save power.
+    fn merge(all: &mut BTreeMap<u32, Health>, links: Vec<Link>, during_load: bool) {
+        let worst = |a: Option<u32>, b: Option<u32>| match (a, b) {
+            (Some(a), Some(b)) => Some(a.min(b)),
+            (a, b) => a.or(b),
+        };
         for l in links {
             let h = all.entry(l.index).or_default();
             h.throttles.extend(l.throttles.iter().copied());
-            if under_load && !h.under_load {
-                // The first sample under load replaces the idle link.
-                h.link = l;
-                h.under_load = true;
-                continue;
-            }
-            h.link.index = l.index;
-            h.link.generation = h.link.generation.max(l.generation);
-            h.link.width = h.link.width.max(l.width);
+            let busy = during_load && l.utilization.is_some_and(|u| u >= BUSY);
             h.link.generation_max = l.generation_max.or(h.link.generation_max);
             h.link.width_max = l.width_max.or(h.link.width_max);
+            h.link.index = l.index;
+            if busy && h.busy_samples > 0 {
+                h.link.generation = worst(h.link.generation, l.generation);
+                h.link.width = worst(h.link.width, l.width);
+            } else if busy || h.busy_samples == 0 {
+                // The first busy sample replaces the idle link; idle samples update it.
+                h.link.generation = l.generation;
+                h.link.width = l.width;
+            }
+            h.busy_samples += usize::from(busy);
         }
     }
 
-    /// (failures, warnings) for this GPU; its link is judged only from samples under
-    /// load (an idle link trains down to save power).
+    /// (failures, warnings) for this GPU; its link is judged only from busy samples.
     fn judge(&self) -> (Vec<String>, Vec<String>) {
         let (mut fail, mut warn) = (Vec::new(), Vec::new());
         let l = &self.link;
-        if self.under_load {
+        if self.busy_samples > 0 {
             if let (Some(w), Some(max)) = (l.width, l.width_max)
                 && w < max
             {
@@ -437,6 +447,12 @@ pub(crate) async fn run_with(ctx: &StageCtx, spec: &GpuSpec, progs: &Programs<'_
             };
             m("pcie_gen", h.link.generation, "gen");
             m("pcie_width", h.link.width, "lanes");
+            if loaded && h.busy_samples == 0 {
+                ctx.note(&format!(
+                    "gpu{}: PCIe link not judged: no sample found it busy under load",
+                    g.index
+                ));
+            }
             let (f, warn) = h.judge();
             p.extend(f);
             w.extend(warn);
@@ -531,10 +547,15 @@ mod tests {
         remap: &'a str,
     }
 
-    /// Both GPUs' links at gen 5 x16, no clock cuts.
-    const LINKS_OK: &str = "\
-        echo '0, 5, 5, 16, 16, Not Active, Not Active, Not Active, Not Active'\n\
-        echo '1, 5, 5, 16, 16, Not Active, Not Active, Not Active, Not Active'";
+    /// Both GPUs' links at gen 5 x16, no clock cuts, idle.
+    const LINKS_IDLE: &str = "\
+        echo '0, 5, 5, 16, 16, Not Active, Not Active, Not Active, Not Active, 0'\n\
+        echo '1, 5, 5, 16, 16, Not Active, Not Active, Not Active, Not Active, 0'";
+
+    /// [`LINKS_IDLE`], busy.
+    const LINKS_BUSY: &str = "\
+        echo '0, 5, 5, 16, 16, Not Active, Not Active, Not Active, Not Active, 100'\n\
+        echo '1, 5, 5, 16, 16, Not Active, Not Active, Not Active, Not Active, 100'";
 
     impl Default for Fakes<'_> {
         fn default() -> Self {
@@ -542,8 +563,8 @@ mod tests {
                 duration_s: 60,
                 then: TWO_HEALTHY,
                 burn_end: "echo 'GPU 0: OK'; echo 'GPU 1: OK'",
-                link_idle: LINKS_OK,
-                link_loaded: LINKS_OK,
+                link_idle: LINKS_IDLE,
+                link_loaded: LINKS_BUSY,
                 remap: "echo '00000000:18:00.0, 0, 0, No, No'\n\
                         echo '00000000:2A:00.0, 0, 0, No, No'",
             }
@@ -666,8 +687,8 @@ mod tests {
     fn a_link_below_its_width_under_load_fails_and_a_lower_gen_warns() {
         // Idle, gpu1's link looks fine; under load it trains to gen 4 x8 of gen 5 x16.
         let (r, parts, m, _) = load_test_with(&Fakes {
-            link_loaded: "echo '0, 5, 5, 16, 16, Not Active, Not Active, Not Active, Not Active'\n\
-                          echo '1, 4, 5, 8, 16, Not Active, Not Active, Not Active, Not Active'",
+            link_loaded: "echo '0, 5, 5, 16, 16, Not Active, Not Active, Not Active, Not Active, 100'\n\
+                          echo '1, 4, 5, 8, 16, Not Active, Not Active, Not Active, Not Active, 100'",
             ..Fakes::default()
         });
         assert_eq!(r.outcome, Outcome::Failed, "{r:?}");
@@ -683,8 +704,8 @@ mod tests {
 
         // A lower generation alone warns: the stage is a warning, not a failure.
         let (r, parts, _, _) = load_test_with(&Fakes {
-            link_loaded: "echo '0, 5, 5, 16, 16, Not Active, Not Active, Not Active, Not Active'\n\
-                          echo '1, 3, 5, 16, 16, Not Active, Not Active, Not Active, Not Active'",
+            link_loaded: "echo '0, 5, 5, 16, 16, Not Active, Not Active, Not Active, Not Active, 100'\n\
+                          echo '1, 3, 5, 16, 16, Not Active, Not Active, Not Active, Not Active, 100'",
             ..Fakes::default()
         });
         assert_eq!(r.outcome, Outcome::Warning, "{r:?}");
@@ -695,8 +716,8 @@ mod tests {
         let (r, _, m, _) = load_test_with(&Fakes {
             duration_s: 0,
             then: TWO_HEALTHY,
-            link_idle: "echo '0, 1, 5, 2, 16, Not Active, Not Active, Not Active, Not Active'\n\
-                        echo '1, 1, 5, 2, 16, Not Active, Not Active, Not Active, Not Active'",
+            link_idle: "echo '0, 1, 5, 2, 16, Not Active, Not Active, Not Active, Not Active, 0'\n\
+                        echo '1, 1, 5, 2, 16, Not Active, Not Active, Not Active, Not Active, 0'",
             ..Fakes::default()
         });
         // (The query-only stage judges h100x2's own readings: gpu1's 2 ECC errors.)
@@ -704,11 +725,75 @@ mod tests {
         assert!(m.contains(&("gpu0.pcie_width".into(), 2.0)), "{m:?}");
     }
 
+    /// A FAKE link query under load (sh) answering `first` the first time, `later`
+    /// after; and a gpu_burn end that waits until `samples` of them have been answered.
+    fn link_sequence(
+        k: &std::path::Path,
+        first: &str,
+        later: &str,
+        samples: u32,
+    ) -> (String, String) {
+        let k = k.display();
+        (
+            format!(
+                "k=$(($(cat '{k}' 2>/dev/null || echo 0) + 1)); echo $k > '{k}'\n\
+                 if [ $k -eq 1 ]; then\n{first}\nelse\n{later}\nfi"
+            ),
+            // The sampler is sequential: the next query starting means this one ended.
+            format!(
+                "while [ \"$(cat '{k}' 2>/dev/null || echo 0)\" -le {samples} ]; do sleep 0.05; done\n\
+                 echo 'GPU 0: OK'; echo 'GPU 1: OK'"
+            ),
+        )
+    }
+
+    #[test]
+    fn a_link_that_narrows_during_the_burn_fails() {
+        let t = tempfile::tempdir().unwrap();
+        let narrowed = "echo '0, 5, 5, 16, 16, Not Active, Not Active, Not Active, Not Active, 100'\n\
+                        echo '1, 5, 5, 8, 16, Not Active, Not Active, Not Active, Not Active, 100'";
+        let (link_loaded, burn_end) = link_sequence(&t.path().join("k"), LINKS_BUSY, narrowed, 2);
+        let (r, _, m, _) = load_test_with(&Fakes {
+            link_loaded: &link_loaded,
+            burn_end: &burn_end,
+            ..Fakes::default()
+        });
+        assert_eq!(r.outcome, Outcome::Failed, "{r:?}");
+        assert_eq!(r.detail, "gpu1 PCIe link x8 of x16 under load");
+        assert!(m.contains(&("gpu1.pcie_width".into(), 8.0)), "{m:?}");
+    }
+
+    #[test]
+    fn link_samples_that_find_the_gpu_idle_do_not_judge_it() {
+        // gpu_burn's first seconds are on the CPU: the GPU idles, its link trained down.
+        let warmup = "echo '0, 1, 5, 2, 16, Not Active, Not Active, Not Active, Not Active, 0'\n\
+                      echo '1, 1, 5, 2, 16, Not Active, Not Active, Not Active, Not Active, 3'";
+        let t = tempfile::tempdir().unwrap();
+        let (link_loaded, burn_end) = link_sequence(&t.path().join("k"), warmup, warmup, 1);
+        let (r, parts, _, _) = load_test_with(&Fakes {
+            link_loaded: &link_loaded,
+            burn_end: &burn_end,
+            ..Fakes::default()
+        });
+        assert_eq!(r.outcome, Outcome::Passed, "{r:?} {parts:?}");
+        // Then a busy sample comes: it alone is judged.
+        let t = tempfile::tempdir().unwrap();
+        let busy_narrow = "echo '0, 5, 5, 16, 16, Not Active, Not Active, Not Active, Not Active, 100'\n\
+                           echo '1, 5, 5, 8, 16, Not Active, Not Active, Not Active, Not Active, 99'";
+        let (link_loaded, burn_end) = link_sequence(&t.path().join("k"), warmup, busy_narrow, 2);
+        let (r, _, _, _) = load_test_with(&Fakes {
+            link_loaded: &link_loaded,
+            burn_end: &burn_end,
+            ..Fakes::default()
+        });
+        assert_eq!(r.detail, "gpu1 PCIe link x8 of x16 under load", "{r:?}");
+    }
+
     #[test]
     fn clock_cuts_by_the_hardware_fail_and_by_the_driver_warn() {
         let (r, parts, _, _) = load_test_with(&Fakes {
-            link_loaded: "echo '0, 5, 5, 16, 16, Active, Not Active, Active, Not Active'\n\
-                          echo '1, 5, 5, 16, 16, Not Active, Not Active, Not Active, Active'",
+            link_loaded: "echo '0, 5, 5, 16, 16, Active, Not Active, Active, Not Active, 100'\n\
+                          echo '1, 5, 5, 16, 16, Not Active, Not Active, Not Active, Active, 100'",
             ..Fakes::default()
         });
         assert_eq!(r.outcome, Outcome::Failed, "{r:?}");

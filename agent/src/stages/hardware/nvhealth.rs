@@ -5,12 +5,13 @@
 //! these fields costs this check only, never the stage.
 use super::nvsmi::{normalize_bus_id, num, value};
 
-/// PCIe link and clock-cut reasons, per GPU. The `clocks_throttle_reasons` names are
-/// the ones every driver knows (newer drivers call them `clocks_event_reasons` too).
+/// PCIe link, clock-cut reasons and how busy the GPU is, per GPU. The
+/// `clocks_throttle_reasons` names are the ones every driver knows (newer drivers call
+/// them `clocks_event_reasons` too).
 pub const LINK_QUERY: &str = "index,pcie.link.gen.current,pcie.link.gen.max,\
 pcie.link.width.current,pcie.link.width.max,clocks_throttle_reasons.hw_slowdown,\
 clocks_throttle_reasons.hw_thermal_slowdown,clocks_throttle_reasons.hw_power_brake_slowdown,\
-clocks_throttle_reasons.sw_thermal_slowdown";
+clocks_throttle_reasons.sw_thermal_slowdown,utilization.gpu";
 
 /// Memory row remapping (Ampere and later), per GPU.
 pub const REMAP_QUERY: &str = "gpu_bus_id,remapped_rows.correctable,remapped_rows.uncorrectable,\
@@ -61,6 +62,8 @@ pub struct Link {
     pub width_max: Option<u32>,
     /// Clock-cut reasons active now.
     pub throttles: Vec<Throttle>,
+    /// How busy the GPU was over the driver's last sample period, percent.
+    pub utilization: Option<u32>,
 }
 
 /// One [`REMAP_QUERY`] line.
@@ -113,16 +116,17 @@ pub fn parse_links(text: &str) -> Result<Vec<Link>, String> {
     ];
     lines(text)
         .map(|line| {
-            let f = fields(line, 9)?;
+            let f = fields(line, 10)?;
             Ok(Link {
                 index: num(f[0]).ok_or_else(|| format!("bad gpu index in {line:?}"))?,
                 generation: num(f[1]),
                 generation_max: num(f[2]),
                 width: lanes(f[3]),
                 width_max: lanes(f[4]),
+                utilization: num(f[9]),
                 throttles: REASONS
                     .iter()
-                    .zip(&f[5..])
+                    .zip(&f[5..9])
                     .filter(|(_, v)| v.eq_ignore_ascii_case("active"))
                     .map(|(t, _)| *t)
                     .collect(),
@@ -173,10 +177,10 @@ mod tests {
         crate::stages::hardware::testutil::fixture("nvidia-smi", name)
     }
 
-    /// Real captures on an H100 (fixtures' README).
+    /// Real captures on an H200 and an H100 (fixtures' README).
     #[test]
-    fn real_h100_captures() {
-        let l = parse_links(&fixture("h100-real-link.txt")).unwrap();
+    fn real_captures() {
+        let l = parse_links(&fixture("h200-real-link.txt")).unwrap();
         assert_eq!(
             l,
             [Link {
@@ -186,7 +190,12 @@ mod tests {
                 width: Some(16),
                 width_max: Some(16),
                 throttles: vec![],
+                utilization: Some(0),
             }]
+        );
+        assert_eq!(
+            parse_remaps(&fixture("h200-real-remap.txt")).unwrap(),
+            parse_remaps(&fixture("h100-real-remap.txt")).unwrap()
         );
         let r = parse_remaps(&fixture("h100-real-remap.txt")).unwrap();
         assert_eq!(
@@ -204,8 +213,8 @@ mod tests {
     #[test]
     fn active_reasons_degraded_links_and_remaps() {
         let l = parse_links(
-            "0, 3, 5, 8, 16, Active, Not Active, Active, Not Active\n\
-             1, [N/A], [N/A], 16x, 16x, Not Active, Not Active, Not Active, Active\n",
+            "0, 3, 5, 8, 16, Active, Not Active, Active, Not Active, 100\n\
+             1, [N/A], [N/A], 16x, 16x, Not Active, Not Active, Not Active, Active, [N/A]\n",
         )
         .unwrap();
         assert_eq!(
@@ -218,6 +227,7 @@ mod tests {
         );
         assert_eq!((l[1].generation, l[1].width), (None, Some(16)));
         assert_eq!(l[1].throttles, [Throttle::SwThermal]);
+        assert_eq!((l[0].utilization, l[1].utilization), (Some(100), None));
         let r = parse_remaps(
             "00000000:2A:00.0, 3, 1, Yes, No\n00000000:2B:00.0, [N/A], [N/A], [N/A], [N/A]\n",
         )
@@ -241,7 +251,8 @@ mod tests {
         for text in [
             "0, 00000000:18:00.0, NVIDIA H100 80GB HBM3, 81559, 40, 300, 0, 1980",
             "Field \"pcie.link.gen.max\" is not a valid field to query.",
-            "x, 5, 5, 16, 16, a, b, c, d",
+            "x, 5, 5, 16, 16, a, b, c, d, 0",
+            "0, 5, 5, 16, 16, Not Active, Not Active, Not Active, Not Active",
             ",,,,,,,,,,,,,,,,",
         ] {
             assert!(parse_links(text).is_err(), "{text:?}");

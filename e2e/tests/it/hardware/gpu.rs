@@ -203,12 +203,14 @@ fn real_gpu_burn_output_is_logged_as_a_terminal_shows_it_and_measured() {
          cat '{}'\n",
         s(&capture)
     );
-    // nvidia-smi answering each query with its real capture from the same H100.
+    // nvidia-smi answering each query with its real capture: from the same H100, but
+    // the link query's from an H200 of the same machine type (that query gained its
+    // utilization field after the H100 runs).
     let fx = repo().join("agent/tests/fixtures/hardware/nvidia-smi");
     let one = format!(
         "#!/bin/sh\ncase \"$*\" in\n\
          *pcie.link*) cat '{}' ;;\n*remapped*) cat '{}' ;;\n*) cat '{}' ;;\nesac\n",
-        s(&fx.join("h100-real-link.txt")),
+        s(&fx.join("h200-real-link.txt")),
         s(&fx.join("h100-real-remap.txt")),
         s(&fx.join("h100-real.csv")),
     );
