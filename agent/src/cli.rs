@@ -45,6 +45,8 @@ pub struct VerifyCmd {
 /// Verify a ticket, run its stages, report to the coordinator or into a bundle.
 #[derive(FromArgs, Debug)]
 #[argh(subcommand, name = "run")]
+// The doc comments are argh's --help text, where `<run>` reads as a placeholder.
+#[allow(rustdoc::invalid_html_tags)]
 pub struct RunCmd {
     /// ticket file or URL
     #[argh(option)]

@@ -1,5 +1,5 @@
 //! Batch ingest: verify, bind the claim, dedupe, append, ack. Shared by HTTP and import:
-//! both go through one check ([`check`]) before anything is written.
+//! both go through one check (`check`) before anything is written.
 //!
 //! One writer per run at a time: a per-run mutex inside the server, and an flock on
 //! `runs/<run>/lock` so `import` from the command line cannot interleave with it.

@@ -27,7 +27,7 @@ pub enum RunState {
     Aborted,
     /// Nobody claimed it before the ticket's `not_after`.
     Expired,
-    /// Claimed, unfinished, and no batch for [`STALE_AFTER_MS`].
+    /// Claimed, unfinished, and no batch for [`kiln_protocol::STALE_AFTER_MS`].
     Stale,
 }
 

@@ -334,7 +334,7 @@ pub enum Command {
 }
 
 /// A claimed agent's request for the secrets its plan names, signed with its claim
-/// key over `SECRETS_DOMAIN ++ postcard(SecretsRequest)`; wire: body ++ sig[64].
+/// key over `SECRETS_DOMAIN ++ postcard(SecretsRequest)`; wire: `body ++ sig[64]`.
 /// The reply (200) is `postcard(Vec<(String, Vec<u8>)>)`.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct SecretsRequest {

@@ -92,7 +92,7 @@ impl SignedTicket {
     }
 
     /// Checks the signature against the trusted keys and decodes the ticket.
-    /// Time and host binding are checked separately ([`Ticket::check`]).
+    /// Time and host binding are checked separately ([`Ticket::check_time`], [`Ticket::check_host`]).
     pub fn verify(&self, trusted: &[PublicKey]) -> Result<Ticket, Error> {
         let key = trusted
             .iter()

@@ -61,7 +61,7 @@ pub fn random_hex() -> String {
     kiln_protocol::hex(&b)
 }
 
-/// A pinned key as a known_hosts line under [`PINNED_ALIAS`]; accepts `type base64
+/// A pinned key as a known_hosts line under `PINNED_ALIAS`; accepts `type base64
 /// [comment]` or a whole known_hosts line (`host type base64`).
 pub fn pinned_line(key: &str) -> Result<String, String> {
     let fields: Vec<&str> = key.split_whitespace().collect();

@@ -51,7 +51,7 @@ pub fn remote_command(script: &str) -> String {
     format!("sh -c {}", sh_quote(script))
 }
 
-/// Takes the lock (or takes over a stale one, see [`STALE`]), unpacks the bundle from
+/// Takes the lock (or takes over a stale one, see `STALE`), unpacks the bundle from
 /// stdin into a fresh run folder and starts `run.sh` detached. Prints
 /// `kiln-takeover <run>` first when it took over the stale lock of that run, then one
 /// line: `kiln-started`, `kiln-resume` (this run already holds the lock for this
