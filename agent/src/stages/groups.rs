@@ -136,24 +136,27 @@ pub fn kill_leftover_groups(stage_base: &Path) -> usize {
     killed
 }
 
+/// Whether process `pid` is gone (or a zombie) within 2 s: signal delivery and
+/// reaping are asynchronous. For tests.
+#[cfg(test)]
+pub(crate) fn gone(pid: i32) -> bool {
+    for _ in 0..200 {
+        let alive = std::fs::read_to_string(format!("/proc/{pid}/stat"))
+            .map(|s| !s.contains(") Z"))
+            .unwrap_or(false);
+        if !alive {
+            return true;
+        }
+        std::thread::sleep(std::time::Duration::from_millis(10));
+    }
+    false
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
     use std::os::unix::process::CommandExt;
     use std::time::Duration;
-
-    fn gone(pid: i32) -> bool {
-        for _ in 0..200 {
-            let alive = std::fs::read_to_string(format!("/proc/{pid}/stat"))
-                .map(|s| !s.contains(") Z"))
-                .unwrap_or(false);
-            if !alive {
-                return true;
-            }
-            std::thread::sleep(Duration::from_millis(10));
-        }
-        false
-    }
 
     fn spawn_group(pidfile: &Path) -> (std::process::Child, i32) {
         let script = format!("sleep 300 & echo $! > {}; wait", pidfile.display());

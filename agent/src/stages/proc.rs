@@ -359,19 +359,10 @@ mod tests {
             .parse()
             .unwrap();
         // The background sleep is gone (or a zombie about to be reaped by init).
-        let alive = || {
-            std::fs::read_to_string(format!("/proc/{pid}/stat"))
-                .map(|s| !s.contains(") Z"))
-                .unwrap_or(false)
-        };
-        // Signal delivery is asynchronous: give the kernel a moment to finish it.
-        for _ in 0..100 {
-            if !alive() {
-                break;
-            }
-            std::thread::sleep(Duration::from_millis(10));
-        }
-        assert!(!alive(), "background process {pid} survived the stop");
+        assert!(
+            crate::stages::groups::gone(pid),
+            "background process {pid} survived the stop"
+        );
     }
 
     #[test]

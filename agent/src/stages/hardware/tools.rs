@@ -346,19 +346,10 @@ mod tests {
             };
             run.or(cancel).await
         });
-        // Gone once reaped (async-process reaps dropped children); a zombie is gone too.
-        let alive = || {
-            std::fs::read_to_string(format!("/proc/{pid}/stat"))
-                .map(|s| !s.contains(") Z"))
-                .unwrap_or(false)
-        };
-        for _ in 0..200 {
-            if !alive() {
-                return;
-            }
-            std::thread::sleep(Duration::from_millis(10));
-        }
-        panic!("the dropped run's tool {pid} is still running");
+        assert!(
+            crate::stages::groups::gone(pid),
+            "the dropped run's tool {pid} is still running"
+        );
     }
 
     #[test]
