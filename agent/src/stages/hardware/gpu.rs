@@ -342,6 +342,32 @@ async fn load(
         ));
     }
     let mut findings: BTreeMap<u32, Vec<String>> = Default::default();
+    let (tested, listed) = (report.faulty.len(), peak.len());
+    if tested > 0 && tested != listed {
+        // CUDA saw another set of GPUs than nvidia-smi (one in MIG mode, say): gpu_burn's
+        // numbers name no slot, so no GPU is vetted and none is blamed by number.
+        let faulty: Vec<String> = report
+            .faulty
+            .iter()
+            .filter(|(_, bad)| **bad)
+            .map(|(i, _)| format!("its GPU {i} FAULTY"))
+            .collect();
+        let why = format!(
+            "gpu_burn tested {tested} GPUs, nvidia-smi lists {listed}: its verdicts \
+             cannot be matched to slots{}",
+            match faulty.is_empty() {
+                true => String::new(),
+                false => format!(" ({})", faulty.join(", ")),
+            }
+        );
+        for g in &peak {
+            findings.insert(g.index, vec![why.clone()]);
+        }
+        return Ok(Loaded {
+            peaks: peak,
+            findings,
+        });
+    }
     for g in &peak {
         let mut f = Vec::new();
         match report.faulty.get(&g.index) {
@@ -875,10 +901,30 @@ mod tests {
     }
 
     #[test]
+    fn verdicts_for_another_set_of_gpus_are_not_matched_to_slots() {
+        // nvidia-smi lists two GPUs, CUDA (so gpu_burn) saw one: its "GPU 0" may be
+        // either slot, so neither passes, and its FAULTY is reported by its number.
+        let (r, parts, _, _) =
+            load_test(TWO_HEALTHY, "printf 'Tested 1 GPUs:\\n\\tGPU 0: FAULTY\\n'");
+        assert_eq!(r.outcome, Outcome::Failed, "{r:?}");
+        assert_eq!(parts.iter().filter(|p| p.1 == Outcome::Failed).count(), 2);
+        assert!(
+            part_of(&parts, 0).2.contains(
+                "gpu_burn tested 1 GPUs, nvidia-smi lists 2: its verdicts cannot be \
+                 matched to slots (its GPU 0 FAULTY)"
+            ),
+            "{parts:?}"
+        );
+    }
+
+    #[test]
     fn a_gpu_without_a_verdict_or_whose_worker_died_fails() {
         let h = TWO_HEALTHY;
-        // gpu_burn tested one GPU only: the other is not vetted.
-        let (r, parts, _, _) = load_test(h, "printf 'Tested 1 GPUs:\\n\\tGPU 0: OK\\n'");
+        // gpu_burn's verdicts skip a GPU nvidia-smi lists: that one is not vetted.
+        let (r, parts, _, _) = load_test(
+            h,
+            "printf 'Tested 2 GPUs:\\n\\tGPU 0: OK\\n\\tGPU 2: OK\\n'",
+        );
         assert_eq!(r.outcome, Outcome::Failed, "{r:?}");
         assert!(
             r.detail.contains("gpu1 gpu_burn gave no verdict"),
@@ -886,6 +932,15 @@ mod tests {
             r.detail
         );
         assert_eq!(parts.iter().filter(|p| p.1 == Outcome::Passed).count(), 1);
+        // One verdict for two GPUs: nothing is vetted (its numbers name no slot).
+        let (r, parts, _, _) = load_test(h, "printf 'Tested 1 GPUs:\\n\\tGPU 0: OK\\n'");
+        assert_eq!(r.outcome, Outcome::Failed, "{r:?}");
+        assert!(
+            r.detail.contains("cannot be matched to slots"),
+            "{}",
+            r.detail
+        );
+        assert!(parts.iter().all(|p| p.1 == Outcome::Failed), "{parts:?}");
         // A worker that died yet was called OK (gpu_burn does that).
         let (r, _, _, _) = load_test(
             h,
