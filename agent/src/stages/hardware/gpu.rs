@@ -179,39 +179,37 @@ fn judge_remap(r: &Remap) -> (Vec<String>, Vec<String>) {
     (fail, warn)
 }
 
-/// A health query's lines, or `None` with a note of why: the health checks are extras,
-/// never the stage's end.
+/// A health query's lines, or why it gave none.
 async fn health_query<T>(
     ctx: &StageCtx,
     argv: Vec<String>,
-    what: &str,
     parse: fn(&str) -> Result<Vec<T>, String>,
-) -> Option<Vec<T>> {
-    let why = match Tool::new(argv, 60).run(ctx).await {
-        Ok(c) if c.code == 0 && c.signal.is_none() => match parse(&c.text()) {
-            Ok(v) => return Some(v),
-            Err(e) => e,
-        },
+) -> Result<Vec<T>, String> {
+    match Tool::new(argv, 60).run(ctx).await {
+        Ok(c) if c.code == 0 && c.signal.is_none() => parse(&c.text()),
         Ok(c) => {
             let text = format!("{}\n{}", c.text(), c.stderr.join("\n"));
             let first = text.lines().map(str::trim).find(|l| !l.is_empty());
-            format!("nvidia-smi {}: {}", c.status(), first.unwrap_or(""))
+            Err(format!(
+                "nvidia-smi {}: {}",
+                c.status(),
+                first.unwrap_or("")
+            ))
         }
-        Err(e) => e.result(ctx).detail,
-    };
-    ctx.note(&format!("{what} not checked: {why}"));
-    None
+        Err(e) => Err(e.result(ctx).detail),
+    }
 }
 
-async fn links(ctx: &StageCtx, smi: &str) -> Option<Vec<Link>> {
+/// The health checks are extras, never the stage's end: a query that gives nothing
+/// is noted once, as `what … not checked`.
+fn or_note<T>(ctx: &StageCtx, what: &str, r: Result<Vec<T>, String>) -> Option<Vec<T>> {
+    r.map_err(|why| ctx.note(&format!("{what} not checked: {why}")))
+        .ok()
+}
+
+async fn links(ctx: &StageCtx, smi: &str) -> Result<Vec<Link>, String> {
     let argv = nvhealth::gpu_argv(smi, nvhealth::LINK_QUERY);
-    health_query(
-        ctx,
-        argv,
-        "PCIe links and clock-cut reasons",
-        nvhealth::parse_links,
-    )
-    .await
+    health_query(ctx, argv, nvhealth::parse_links).await
 }
 
 /// Problems in one reading against the spec, plus what the load test found
@@ -305,14 +303,10 @@ async fn load(
                 Err(r) => ctx.note(&format!("load: sample failed: {}", r.detail)),
             }
             // Links and clock cuts under load; quietly, as the first query was noted.
-            if let Some(h) = health.as_deref_mut() {
-                let argv = nvhealth::gpu_argv(progs.nvidia_smi, nvhealth::LINK_QUERY);
-                if let Ok(c) = Tool::new(argv, 60).run(ctx).await
-                    && c.code == 0
-                    && let Ok(l) = nvhealth::parse_links(&c.text())
-                {
-                    Health::merge(h, l, true);
-                }
+            if let Some(h) = health.as_deref_mut()
+                && let Ok(l) = links(ctx, progs.nvidia_smi).await
+            {
+                Health::merge(h, l, true);
             }
         }
     };
@@ -436,7 +430,12 @@ pub(crate) async fn run_with(ctx: &StageCtx, spec: &GpuSpec, progs: &Programs<'_
         ));
         report(ctx, g, "");
     }
-    let mut health: Option<BTreeMap<u32, Health>> = links(ctx, progs.nvidia_smi).await.map(|l| {
+    let mut health: Option<BTreeMap<u32, Health>> = or_note(
+        ctx,
+        "PCIe links and clock-cut reasons",
+        links(ctx, progs.nvidia_smi).await,
+    )
+    .map(|l| {
         let mut h = BTreeMap::new();
         Health::merge(&mut h, l, false);
         h
@@ -457,9 +456,8 @@ pub(crate) async fn run_with(ctx: &StageCtx, spec: &GpuSpec, progs: &Programs<'_
     };
     // Row remapping after the load: new uncorrectable errors under load remap rows.
     let argv = nvhealth::remap_argv(progs.nvidia_smi);
-    let remaps = health_query(ctx, argv, "memory row remapping", nvhealth::parse_remaps)
-        .await
-        .unwrap_or_default();
+    let remaps = health_query(ctx, argv, nvhealth::parse_remaps).await;
+    let remaps = or_note(ctx, "memory row remapping", remaps).unwrap_or_default();
     let mut warned = Vec::new();
     for g in &peaks {
         let burn = findings.get(&g.index).map(Vec::as_slice).unwrap_or(&[]);
