@@ -23,11 +23,7 @@ fn unshare_works() -> bool {
     if probe.is_ok_and(|s| s.success()) {
         return true;
     }
-    assert!(
-        std::env::var_os("KILN_CI").is_none(),
-        "unshare -pf --mount-proc is needed (root, util-linux)"
-    );
-    eprintln!("SKIPPED: unshare -pf --mount-proc does not work here");
+    kiln_testkit::skip("unshare -pf --mount-proc does not work here (root, util-linux)");
     false
 }
 
@@ -104,15 +100,7 @@ fn orphans_of_the_agent_are_reaped_as_pid_1() {
         println!("REAPED-OK");
         return;
     }
-    let probe = Command::new("unshare")
-        .args(["-pf", "--mount-proc", "true"])
-        .status();
-    if !probe.is_ok_and(|s| s.success()) {
-        assert!(
-            std::env::var_os("KILN_CI").is_none(),
-            "unshare -pf --mount-proc is needed (root, util-linux)"
-        );
-        eprintln!("SKIPPED: unshare -pf --mount-proc does not work here");
+    if !unshare_works() {
         return;
     }
     let out = Command::new("unshare")

@@ -22,7 +22,25 @@ fn exec(name: &str, script: &str) -> Stage {
     )
 }
 
-/// A ticket for this machine (bound to its first MAC), or `None` without one.
+/// The MAC of the fake sysfs tree every test in this crate reads as "this machine"
+/// (a fake: CI machines may have no network card but loopback).
+pub(crate) const FAKE_MAC: kiln_protocol::Mac =
+    kiln_protocol::Mac([0x52, 0x54, 0x00, 0x4b, 0x11, 0x4e]);
+
+/// Points [`HostInfo::detect`] at a fake sysfs tree with one network card.
+pub(crate) fn fake_sysfs() {
+    crate::hostinfo::TEST_SYSFS.get_or_init(|| {
+        let root = std::env::temp_dir().join(format!("kiln-fake-sysfs-{}", std::process::id()));
+        let nic = root.join("class/net/eth0");
+        std::fs::create_dir_all(&nic).unwrap();
+        std::fs::write(nic.join("address"), format!("{FAKE_MAC}\n")).unwrap();
+        std::fs::create_dir_all(root.join("class/net/lo")).unwrap();
+        std::fs::write(root.join("class/net/lo/address"), "00:00:00:00:00:00\n").unwrap();
+        root
+    });
+}
+
+/// A ticket for this machine (bound to the fake sysfs tree's MAC); always `Some`.
 fn ticket(stages: Vec<Stage>, url: Option<String>) -> Option<(Vec<u8>, SecretKey, RunId)> {
     ticket_for(
         Plan {
@@ -36,7 +54,9 @@ fn ticket(stages: Vec<Stage>, url: Option<String>) -> Option<(Vec<u8>, SecretKey
 }
 
 fn ticket_for(plan: Plan, url: Option<String>) -> Option<(Vec<u8>, SecretKey, RunId)> {
+    fake_sysfs();
     let mac = *HostInfo::detect().macs.first()?;
+    assert_eq!(mac, FAKE_MAC);
     let key = SecretKey::from_seed([9; 32]);
     let mut run = [0u8; 16];
     getrandom::getrandom(&mut run).unwrap();

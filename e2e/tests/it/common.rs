@@ -20,28 +20,7 @@ pub fn bin(name: &str) -> PathBuf {
     p
 }
 
-/// True when running under CI (`KILN_CI=1`): a missing tool is then a failure.
-pub fn in_ci() -> bool {
-    std::env::var("KILN_CI").map(|v| v == "1").unwrap_or(false)
-}
-
-/// Whether `tool` is on PATH. In CI a missing tool fails the test; elsewhere the test
-/// is skipped loudly (the caller returns when this is false).
-pub fn require_tool(tool: &str) -> bool {
-    let found = Command::new("sh")
-        .args(["-c", &format!("command -v {tool}")])
-        .stdout(Stdio::null())
-        .status()
-        .map(|s| s.success())
-        .unwrap_or(false);
-    if !found {
-        if in_ci() {
-            panic!("{tool} is required in CI (KILN_CI=1) but is not installed");
-        }
-        eprintln!("SKIPPED: {tool} is not installed (this test would fail in CI)");
-    }
-    found
-}
+pub use kiln_testkit::{require_tool, skip};
 
 /// Output of a command, with stdout/stderr as strings.
 #[derive(Debug)]

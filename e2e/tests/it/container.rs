@@ -27,8 +27,7 @@ fn require_podman() -> bool {
         return true;
     }
     let why = "the podman test images are missing (run `. .ci/podman.sh`)";
-    assert!(!in_ci(), "{why}: required in CI (KILN_CI=1)");
-    eprintln!("SKIPPED: {why}");
+    skip(why);
     false
 }
 

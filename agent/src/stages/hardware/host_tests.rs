@@ -158,7 +158,7 @@ fn smart_on_a_loop_device_is_an_error_part() {
 #[test]
 fn gpu_without_nvidia_is_skipped() {
     if super::tools::find("nvidia-smi").is_some() {
-        eprintln!("SKIPPED: this machine has nvidia-smi");
+        kiln_testkit::skip("this machine has nvidia-smi (the test needs a host without it)");
         return;
     }
     let s = GpuSpec {
