@@ -153,10 +153,11 @@ fn main() {
     let mounts = Mounts {
         workspace: own.path().to_string_lossy().into(),
         artifacts: own.path().to_string_lossy().into(),
+        secrets: None,
     };
     let spec = spec(e, &image);
     let cell = &args::cells(&spec)[0];
-    let exact = args::run_args(e.1, &spec, cell, "kiln-bench-exact", &mounts, &[], &[]);
+    let exact = args::run_args(e.1, &spec, cell, "kiln-bench-exact", &mounts, &[]);
     let exact: Vec<&str> = exact.iter().map(String::as_str).collect();
 
     let (mut raw, mut raw_hard, mut raw_exact, mut stage) = (vec![], vec![], vec![], vec![]);

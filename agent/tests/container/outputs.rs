@@ -67,14 +67,18 @@ fn files_in_artifacts_are_uploaded_with_their_digests(e: Eng) {
     );
 }
 
-fn a_secret_reaches_the_container_but_never_the_events_or_the_command_line(e: Eng) {
+fn a_secret_reaches_the_container_but_never_the_events_the_command_line_or_inspect(e: Eng) {
     const VALUE: &str = "s3cr3t-token-4242";
-    let script = r#"echo "token=$REGISTRY_TOKEN"; echo "$REGISTRY_TOKEN" >&2
-echo "$REGISTRY_TOKEN" > /artifacts/leak.txt
+    let script = r#"T=$(cat "$KILN_SECRETS_DIR/registry-token")
+echo "token=$T"; echo "$T" >&2
+echo "$T" > /artifacts/leak.txt
 echo "waiting"; while [ ! -e /workspace/go ]; do sleep 0.05; done
 echo "cell=$KILN_CELL stage=$KILN_STAGE attempt=$KILN_ATTEMPT artifacts=$KILN_ARTIFACTS"
+# Never an environment value; the file is read-only.
+env | grep -q s3cr3t && exit 7
+echo x 2>/dev/null > "$KILN_SECRETS_DIR/registry-token" && exit 8
 # The expected value, built so that it is not in this script.
-[ "$REGISTRY_TOKEN" = "s3cr3t-token-$((4000 + 242))" ] && [ "$KILN_SECRET_REGISTRY_TOKEN" = "$REGISTRY_TOKEN" ]"#;
+[ "$KILN_SECRETS_DIR" = /run/secrets ] && [ "$T" = "s3cr3t-token-$((4000 + 242))" ]"#;
     let mut s = e.spec(&[IMAGE_A], script);
     s.fail_fast = false;
     let (mut c, sink, _d) = ctx("out-secret", s);
@@ -83,13 +87,29 @@ echo "cell=$KILN_CELL stage=$KILN_STAGE attempt=$KILN_ATTEMPT artifacts=$KILN_AR
     let go = c.dir.join("go");
     let r = smol::block_on(run(&c).or(async {
         log_line(&sink, "waiting").await;
-        // While the container runs: no process's argv holds the value.
+        // While the container runs: no process's argv or environment holds the value…
         for entry in std::fs::read_dir("/proc").unwrap().flatten() {
-            if let Ok(cmdline) = std::fs::read(entry.path().join("cmdline")) {
-                let text = String::from_utf8_lossy(&cmdline);
-                assert!(!text.contains(VALUE), "argv of {:?}: {text}", entry.path());
+            for file in ["cmdline", "environ"] {
+                if let Ok(bytes) = std::fs::read(entry.path().join(file)) {
+                    let text = String::from_utf8_lossy(&bytes);
+                    assert!(
+                        !text.contains(VALUE),
+                        "{file} of {:?}: {text}",
+                        entry.path()
+                    );
+                }
             }
         }
+        // …nor the engine's metadata of any running container (its Config.Env).
+        let names = e.cmd(&["ps", "--format", "{{.Names}}"]).unwrap();
+        let ours: Vec<&str> = names.lines().filter(|n| n.contains("out-secret")).collect();
+        assert_eq!(ours.len(), 1, "{names}");
+        let inspect = e.cmd(&["inspect", ours[0]]).unwrap();
+        assert!(inspect.contains("/run/secrets"), "{inspect}");
+        assert!(
+            !inspect.contains(VALUE),
+            "the secret is in `inspect`: {inspect}"
+        );
         std::fs::write(&go, "").unwrap();
         std::future::pending().await
     }));
@@ -103,9 +123,18 @@ echo "cell=$KILN_CELL stage=$KILN_STAGE attempt=$KILN_ATTEMPT artifacts=$KILN_AR
     assert!(events.contains("[redacted:registry-token]"));
     // An artifact is the test's own output, uploaded as written (not an event).
     assert_eq!(artifacts(&sink).len(), 1);
+    // The secret files are gone with the stage.
+    let parent = c.dir.parent().unwrap();
+    let left: Vec<_> = std::fs::read_dir(parent)
+        .unwrap()
+        .flatten()
+        .map(|e| e.file_name())
+        .filter(|n| n.to_string_lossy().contains("secrets"))
+        .collect();
+    assert!(left.is_empty(), "secret files left: {left:?}");
 }
 
 on_both_engines!(
     files_in_artifacts_are_uploaded_with_their_digests,
-    a_secret_reaches_the_container_but_never_the_events_or_the_command_line,
+    a_secret_reaches_the_container_but_never_the_events_the_command_line_or_inspect,
 );

@@ -76,7 +76,7 @@ impl Eng {
             }
             return true;
         };
-        kiln_testkit::skip(&why);
+        kiln_testkit::skip(why);
         false
     }
 

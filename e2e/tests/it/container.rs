@@ -127,7 +127,7 @@ fn containers_of(run: &str) -> Vec<String> {
 
 const RUN_SH: &str = r#"#!/bin/sh
 . /etc/os-release
-echo "token is $REGISTRY_TOKEN"
+echo "token is $(cat "$KILN_SECRETS_DIR/registry-token")"
 i=0; while [ $i -lt 300 ]; do echo "$ID line $i"; i=$((i+1)); done
 echo "$ID" > /artifacts/result.txt
 [ "$ID" = kiln-a ] || { echo "$ID: unsupported" >&2; exit 1; }

@@ -103,22 +103,6 @@ pub fn container_name(run: &RunId, stage: &str, attempt: u32, cell: &Cell) -> St
     )
 }
 
-/// The environment variable a secret is injected as: upper-cased, every character
-/// other than an ASCII letter or digit turned into `_` (`registry-token` →
-/// `REGISTRY_TOKEN`).
-pub fn secret_env_name(secret: &str) -> String {
-    secret
-        .chars()
-        .map(|c| {
-            if c.is_ascii_alphanumeric() {
-                c.to_ascii_uppercase()
-            } else {
-                '_'
-            }
-        })
-        .collect()
-}
-
 /// Where a cell's folders live on the agent's host.
 #[derive(Debug, Clone)]
 pub struct Mounts {
@@ -126,7 +110,12 @@ pub struct Mounts {
     pub workspace: String,
     /// The cell's empty artifact folder, mounted read-write at `/artifacts`.
     pub artifacts: String,
+    /// The stage's secret files, mounted read-only at [`SECRETS_DIR`] (none: no mount).
+    pub secrets: Option<String>,
 }
+
+/// Where a container finds the stage's secrets, one file per secret.
+pub const SECRETS_DIR: &str = "/run/secrets";
 
 /// Default user when the plan names none: nobody:nogroup.
 pub const DEFAULT_USER: &str = "65534:65534";
@@ -135,9 +124,10 @@ pub const DEFAULT_WORKDIR: &str = "/workspace";
 
 /// The full argument list after the engine's program name: `run … IMAGE [COMMAND…]`.
 ///
-/// `env` (plan env, then the cell's axes) goes on the command line as `NAME=VALUE`;
-/// `secret_names` only by name, so their values travel in the engine process's
-/// environment and never appear in a process listing.
+/// `env` (plan env, then the cell's axes) goes on the command line as `NAME=VALUE`.
+/// Secrets are never in it: they are files in a read-only mount ([`Mounts::secrets`]),
+/// so no value is in the engine's command line, its environment, or the container's
+/// metadata (`podman inspect` / `docker inspect` list the environment).
 pub fn run_args(
     kind: EngineKind,
     spec: &ContainerSpec,
@@ -145,7 +135,6 @@ pub fn run_args(
     name: &str,
     mounts: &Mounts,
     env: &[(String, String)],
-    secret_names: &[String],
 ) -> Vec<String> {
     let mut a: Vec<String> = vec!["run".into(), "--rm".into(), "--name".into(), name.into()];
     if kind == EngineKind::Podman {
@@ -189,6 +178,9 @@ pub fn run_args(
         "--volume".into(),
         format!("{}:/artifacts:rw", mounts.artifacts),
     ]);
+    if let Some(secrets) = &mounts.secrets {
+        a.extend(["--volume".into(), format!("{secrets}:{SECRETS_DIR}:ro")]);
+    }
     for m in &spec.mounts {
         let mode = if m.read_only { "ro" } else { "rw" };
         a.extend([
@@ -200,9 +192,6 @@ pub fn run_args(
     a.extend(["--workdir".into(), workdir.into()]);
     for (k, v) in env.iter().chain(&cell.env) {
         a.extend(["--env".into(), format!("{k}={v}")]);
-    }
-    for s in secret_names {
-        a.extend(["--env".into(), s.clone()]);
     }
     a.push(cell.image.label().into());
     a.extend(spec.command.iter().cloned());
@@ -243,6 +232,7 @@ mod tests {
         Mounts {
             workspace: "/w".into(),
             artifacts: "/a".into(),
+            secrets: None,
         }
     }
 
@@ -270,27 +260,24 @@ mod tests {
         let s = spec(&["debian:12"]);
         let c = &cells(&s)[0];
         let env = [("LEVEL".to_string(), "2".to_string())];
-        let a = run_args(
-            EngineKind::Podman,
-            &s,
-            c,
-            "n",
-            &mounts(),
-            &env,
-            &["TOKEN".into()],
-        );
+        let m = Mounts {
+            secrets: Some("/s".into()),
+            ..mounts()
+        };
+        let a = run_args(EngineKind::Podman, &s, c, "n", &m, &env);
         let line = a.join(" ");
         for want in [
             "run --rm --name n --replace --pull=never --read-only --cap-drop ALL",
             "--security-opt no-new-privileges --user 65534:65534 --network none",
             "--memory 536870912 --cpus 1.500 --pids-limit 256",
             "--tmpfs /tmp:rw,nosuid,nodev,mode=1777,size=67108864",
-            "--volume /w:/workspace:ro --volume /a:/artifacts:rw --workdir /workspace",
-            "--env LEVEL=2 --env TOKEN debian:12 ./run.sh",
+            "--volume /w:/workspace:ro --volume /a:/artifacts:rw",
+            "--volume /s:/run/secrets:ro --workdir /workspace",
+            "--env LEVEL=2 debian:12 ./run.sh",
         ] {
             assert!(line.contains(want), "{want:?} not in {line:?}");
         }
-        let d = run_args(EngineKind::Docker, &s, c, "n", &mounts(), &[], &[]);
+        let d = run_args(EngineKind::Docker, &s, c, "n", &mounts(), &[]);
         assert!(!d.contains(&"--replace".to_string()));
     }
 
@@ -307,16 +294,7 @@ mod tests {
         s.pids_limit = 0;
         s.tmpfs_bytes = 0;
         s.workdir = Some("/src".into());
-        let line = run_args(
-            EngineKind::Podman,
-            &s,
-            &cells(&s)[0],
-            "n",
-            &mounts(),
-            &[],
-            &[],
-        )
-        .join(" ");
+        let line = run_args(EngineKind::Podman, &s, &cells(&s)[0], "n", &mounts(), &[]).join(" ");
         for gone in [
             "--read-only",
             "--network",
@@ -353,11 +331,5 @@ mod tests {
             long.chars()
                 .all(|c| c.is_ascii_alphanumeric() || "_.-".contains(c))
         );
-    }
-
-    #[test]
-    fn secret_names_become_env_names() {
-        assert_eq!(secret_env_name("registry-token"), "REGISTRY_TOKEN");
-        assert_eq!(secret_env_name("a.b c"), "A_B_C");
     }
 }

@@ -25,8 +25,8 @@ pub struct Shared<'a> {
     pub multi: bool,
     /// Folder holding each cell's artifact folder.
     pub artifacts_base: PathBuf,
-    /// Secrets as (env name, value): passed by name, valued in the engine's environment.
-    pub secrets: Vec<(String, String)>,
+    /// The folder of secret files mounted at `/run/secrets`, when the stage has secrets.
+    pub secrets: Option<PathBuf>,
     /// Each image's readiness by label, once known (pulled or loaded once per stage;
     /// a failure is remembered too, so a matrix does not pull a missing image per cell).
     pub images: BTreeMap<String, Mutex<Option<Result<(), String>>>>,
@@ -39,7 +39,7 @@ impl<'a> Shared<'a> {
         spec: &'a ContainerSpec,
         cells: &[Cell],
         base: PathBuf,
-        secrets: Vec<(String, String)>,
+        secrets: Option<PathBuf>,
     ) -> Self {
         Shared {
             engine,
@@ -133,8 +133,8 @@ pub async fn run(ctx: &StageCtx, shared: &Shared<'_>, cell: &Cell) -> CellRun {
     let mounts = Mounts {
         workspace: ctx.dir.to_string_lossy().into_owned(),
         artifacts: artifacts.to_string_lossy().into_owned(),
+        secrets: (shared.secrets.as_ref()).map(|d| d.to_string_lossy().into_owned()),
     };
-    let secret_names: Vec<String> = shared.secrets.iter().map(|(n, _)| n.clone()).collect();
     let mut env = ctx.env();
     env.extend([
         ("KILN_RUN".to_string(), ctx.run.to_string()),
@@ -143,17 +143,14 @@ pub async fn run(ctx: &StageCtx, shared: &Shared<'_>, cell: &Cell) -> CellRun {
         ("KILN_ARTIFACTS".to_string(), "/artifacts".to_string()),
         ("KILN_CELL".to_string(), label.clone()),
     ]);
-    let argv = args::run_args(
-        shared.engine.kind,
-        shared.spec,
-        cell,
-        &name,
-        &mounts,
-        &env,
-        &secret_names,
-    );
+    if shared.secrets.is_some() {
+        env.push((
+            "KILN_SECRETS_DIR".to_string(),
+            args::SECRETS_DIR.to_string(),
+        ));
+    }
+    let argv = args::run_args(shared.engine.kind, shared.spec, cell, &name, &mounts, &env);
     let mut spec = ProcSpec::new(std::iter::once(shared.engine.program.to_string()).chain(argv));
-    spec.env = shared.secrets.clone();
     spec.prefix = shared.multi.then(|| label.clone());
     spec.tail_lines = TAIL_LINES;
 

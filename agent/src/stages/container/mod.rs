@@ -9,9 +9,10 @@
 //!
 //! Inside, besides the plan's env and the cell's axes: `KILN_RUN`, `KILN_STAGE`,
 //! `KILN_ATTEMPT`, `KILN_CELL` (the cell's label) and `KILN_ARTIFACTS=/artifacts`.
-//! Each named secret is `<NAME>` (upper-cased, other characters as `_`) and, as in
-//! the exec stage, `KILN_SECRET_<NAME>`, without the file's final newline; the values
-//! travel only in the engine's environment, never on its command line.
+//! Each named secret is a read-only file `/run/secrets/<name>` (`KILN_SECRETS_DIR`), as
+//! in the exec stage's `KILN_SECRETS_DIR`; never an environment value, so no secret is
+//! in the engine's command line or environment, nor in `podman inspect` /
+//! `docker inspect` of the container.
 use kiln_protocol::{ContainerSpec, Outcome};
 use std::path::{Path, PathBuf};
 
@@ -46,19 +47,65 @@ pub async fn run(ctx: &StageCtx, spec: &ContainerSpec) -> StageResult {
         return StageResult::error(format!("stage folder {}: {e}", ctx.dir.display()));
     }
     let base = artifacts_base(&ctx.dir);
-    let secrets = ctx
-        .secrets
-        .iter()
-        .flat_map(|(name, value)| {
-            let v = secret_value(value);
-            let plain = args::secret_env_name(name);
-            [(format!("KILN_SECRET_{plain}"), v.clone()), (plain, v)]
-        })
-        .collect();
+    let holder = secrets_holder(&ctx.dir);
+    let secrets = match write_secret_files(&holder, &ctx.secrets) {
+        Ok(s) => s,
+        Err(e) => {
+            let _ = std::fs::remove_dir_all(&holder);
+            return StageResult::error(format!("writing secrets: {e}"));
+        }
+    };
     let shared = cell::Shared::new(engine, spec, &cells, base.clone(), secrets);
     let ended = matrix::run(ctx, &shared, &cells).await;
     let _ = std::fs::remove_dir_all(&base);
+    let _ = std::fs::remove_dir_all(&holder);
     fold(ctx, &cells, &ended)
+}
+
+/// Beside the stage folder (inside it, the secrets would be in `/workspace` too).
+fn secrets_holder(dir: &Path) -> PathBuf {
+    let mut name = dir.file_name().unwrap_or_default().to_os_string();
+    name.push(".secrets");
+    match dir.parent() {
+        Some(p) if name.len() > ".secrets".len() => p.join(name),
+        _ => dir.join(".kiln-secrets"),
+    }
+}
+
+/// Writes each secret as a file for the container's `/run/secrets`: `holder` (0700:
+/// no other host user gets in) holds `files/` (0755) with one 0444 file per secret,
+/// readable by whatever user the container runs as. A folder an earlier attempt left
+/// is replaced. `None` when the stage has no secrets (nothing is mounted).
+fn write_secret_files(
+    holder: &Path,
+    secrets: &std::collections::BTreeMap<String, Vec<u8>>,
+) -> std::io::Result<Option<PathBuf>> {
+    use std::io::Write;
+    use std::os::unix::fs::{DirBuilderExt, OpenOptionsExt, PermissionsExt};
+    match std::fs::remove_dir_all(holder) {
+        Err(e) if e.kind() != std::io::ErrorKind::NotFound => return Err(e),
+        _ => {}
+    }
+    if secrets.is_empty() {
+        return Ok(None);
+    }
+    std::fs::DirBuilder::new().mode(0o700).create(holder)?;
+    let files = holder.join("files");
+    std::fs::DirBuilder::new().mode(0o755).create(&files)?;
+    // The umask may have narrowed the modes asked for above.
+    std::fs::set_permissions(&files, std::fs::Permissions::from_mode(0o755))?;
+    for (name, value) in secrets {
+        let path = files.join(name.replace(['/', '\\'], "_"));
+        let mut f = std::fs::OpenOptions::new()
+            .write(true)
+            .create_new(true)
+            .mode(0o444)
+            .open(&path)?;
+        f.write_all(value)?;
+        f.sync_all()?;
+        std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o444))?;
+    }
+    Ok(Some(files))
 }
 
 /// Makes the stage folder readable by the container's (non-root) user.
@@ -80,13 +127,6 @@ fn artifacts_base(dir: &Path) -> PathBuf {
         Some(p) if !name.is_empty() => p.join(name),
         _ => dir.join(".kiln-artifacts"),
     }
-}
-
-/// A secret file's bytes as an environment value, without its final newline.
-fn secret_value(bytes: &[u8]) -> String {
-    let s = String::from_utf8_lossy(bytes);
-    let s = s.strip_suffix('\n').unwrap_or(&s);
-    s.strip_suffix('\r').unwrap_or(s).to_string()
 }
 
 /// The stage's result: the worst outcome of the cells that ran to their own end (cells
