@@ -11,6 +11,7 @@ mod fuzz;
 mod import;
 mod ingest;
 mod limits;
+mod pending;
 mod routes;
 
 /// A state folder with a coordinator key, made without `init` (another part's
