@@ -154,3 +154,57 @@ fn a_corrupt_record_keeps_the_run_listed_with_one_offset_everywhere() {
     assert_eq!(std::fs::read(&path).unwrap(), before, "nothing appended");
     assert_eq!(get(&c.url, "/").status, 200, "the server keeps serving");
 }
+
+#[test]
+fn a_serving_coordinator_sees_damage_and_repair_of_a_run_it_already_listed() {
+    let (_d, state) = keyed_state();
+    let run = issue(&state);
+    let c = Coordinator::start(&state);
+    let mut r = Reporter::new(run);
+    let claim = r.claim();
+    let mut f = r.frames(vec![claim]);
+    f.extend(r.frames(full_run(Outcome::Passed)));
+    ack(&c.url, &run, &r.seal(f));
+    let status = || json(&get(&c.url, &format!("/v1/runs/{run}")).text());
+    assert_eq!(status()["state"], "finished");
+    assert!(status()["corrupt"].is_null());
+
+    // Damaged in place (same length): the cached fold is redone and finds it.
+    let path = events_log(&state, &run);
+    let (record, offset) = corrupt_middle(&path);
+    // The fold cache notices a change by (length, mtime); the kernel's mtime clock
+    // ticks coarsely, so a write within the same tick as the last append is dated
+    // apart by hand (real damage does not follow an append within milliseconds).
+    let f = std::fs::OpenOptions::new().write(true).open(&path).unwrap();
+    let mtime = f.metadata().unwrap().modified().unwrap();
+    f.set_modified(mtime + std::time::Duration::from_secs(1))
+        .unwrap();
+    drop(f);
+    let v = status();
+    assert_eq!(v["state"], "corrupt", "{v}");
+    assert_eq!(
+        (
+            v["corrupt"]["record"].as_u64(),
+            v["corrupt"]["offset"].as_u64()
+        ),
+        (Some(record), Some(offset))
+    );
+    let page = get(&c.url, "/").text();
+    assert!(
+        page.contains(&format!("record {record} at byte {offset}")),
+        "{page}"
+    );
+
+    // The operator's repair: cut the log at the named offset. The run is readable
+    // again (its first records: claimed and running, not corrupt).
+    let f = std::fs::OpenOptions::new().write(true).open(&path).unwrap();
+    f.set_len(offset).unwrap();
+    drop(f);
+    let v = status();
+    assert!(v["corrupt"].is_null(), "{v}");
+    assert_eq!(v["frames"].as_u64(), Some(record), "{v}");
+    assert!(
+        ["running", "stale"].contains(&v["state"].as_str().unwrap_or("")),
+        "{v}"
+    );
+}
