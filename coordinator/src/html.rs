@@ -12,7 +12,9 @@ use crate::status::RunStatus;
 /// Log lines per stage shown on a run's page.
 pub const LOG_TAIL: usize = 50;
 
-/// Escapes text for HTML element content and quoted attribute values.
+/// Escapes text for HTML element content and quoted attribute values; control and
+/// bidi characters (which could reorder what the page shows) are written as visible
+/// escapes, as on the terminal ([`crate::visible`]); line ends stay.
 pub fn escape(s: &str) -> String {
     let mut out = String::with_capacity(s.len());
     for c in s.chars() {
@@ -22,6 +24,10 @@ pub fn escape(s: &str) -> String {
             '>' => out.push_str("&gt;"),
             '"' => out.push_str("&quot;"),
             '\'' => out.push_str("&#39;"),
+            '\n' => out.push(c),
+            c if crate::visible::is_unsafe(c) => {
+                out.push_str(&crate::visible::visible(c.encode_utf8(&mut [0; 4])));
+            }
             c => out.push(c),
         }
     }

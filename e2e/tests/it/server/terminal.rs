@@ -139,6 +139,21 @@ fn run_logs_and_show_make_control_characters_visible_and_raw_keeps_them() {
         assert!(!has_controls(&o.stdout), "{args:?}: {:?}", o.stdout);
         let _: serde_json::Value = serde_json::from_str(&o.stdout).expect("still JSON");
     }
+    // The HTML report escapes markup and shows controls and bidi characters too.
+    let o = kc(&state, &["report", &run, "--format", "html"]);
+    assert_eq!(o.code, 0, "{}", o.stderr);
+    assert!(
+        !has_controls(&o.stdout),
+        "raw controls in the page: {:?}",
+        o.stdout
+    );
+    assert!(
+        o.stdout.contains("title \\x1b]0;pwned\\x07 set"),
+        "{}",
+        o.stdout
+    );
+    assert!(o.stdout.contains("bidi \\u{202e}gnp.exe"), "{}", o.stdout);
+
     let o = kc(&state, &["run", "show", &run, "--json"]);
     let v: serde_json::Value = serde_json::from_str(&o.stdout).unwrap();
     assert_eq!(v["hostname"], format!("node{OSC}1"));
