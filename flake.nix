@@ -12,6 +12,27 @@
       forAll = f: nixpkgs.lib.genAttrs systems (system: f nixpkgs.legacyPackages.${system});
     in
     {
+      # The netboot image trusting your coordinator's key, for your own flake:
+      #   kiln.lib.mkImage { system = "x86_64-linux"; trustedKey = ./coordinator.pub; }
+      # trustedKey is required (no default) and the repository's test key is refused:
+      # nix/trusted-key.nix checks it.
+      lib.mkImage =
+        {
+          system ? "x86_64-linux",
+          trustedKey ? null,
+          kernel ? null,
+        }:
+        let
+          pkgs = nixpkgs.legacyPackages.${system};
+        in
+        pkgs.callPackage ./image (
+          {
+            agent = self.packages.${system}.agent;
+            inherit trustedKey;
+          }
+          // (if kernel == null then { } else { inherit kernel; })
+        );
+
       packages = forAll (
         pkgs:
         let
@@ -23,16 +44,13 @@
           inherit kiln;
           coordinator = kilnStatic;
           agent = kilnStatic;
-          # The netboot image, trusting the key in ./trusted.pub when present (put
-          # your coordinator's public key there), else the test-only key.
-          image = pkgs.callPackage ./image {
-            agent = kilnStatic;
-            trustedKey =
-              if builtins.pathExists ./trusted.pub then
-                ./trusted.pub
-              else
-                ./nixos-tests/fixtures/test-coordinator.pub;
-          };
+          # No image without your key: building this fails with how to pass one
+          # (lib.mkImage above). It never falls back to a key.
+          image = pkgs.runCommand "kiln-image-needs-your-key" { } ''
+            echo "kiln: nix build .#image has no coordinator key to trust." >&2
+            cat ${./nix/image-key-help.txt} >&2
+            exit 1
+          '';
           default = kilnStatic;
         }
       );
@@ -75,7 +93,11 @@
           kilnModule = ./nix/module.nix;
         }
         // {
-          image = p.image;
+          # The image with the test-only key, as the VM tests use it.
+          image-test-only = import ./nixos-tests/test-image.nix {
+            inherit pkgs;
+            agent = p.agent;
+          };
         }
       );
 

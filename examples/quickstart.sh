@@ -2,6 +2,8 @@
 # kiln in one go: a coordinator on loopback, a host entry for this machine, a signed
 # ticket for examples/plans/smoke.toml, the agent running it, and the result.
 # Every line is a command you could type yourself (see README.md).
+# KILN_LISTEN picks the address (default 127.0.0.1:7373); KILN_BIN, KILN_STATE,
+# KILN_WORK and KILN_ADDR_FILE the binaries and scratch paths.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 BIN=${KILN_BIN:-target/release}
@@ -23,7 +25,18 @@ rm -f "$ADDR_FILE"
 $K serve --listen "$LISTEN" --addr-file "$ADDR_FILE" &
 SERVER=$!
 trap 'kill $SERVER 2>/dev/null' EXIT
-while [ ! -s "$ADDR_FILE" ]; do sleep 0.1; done   # written once the server listens
+# The address file is written once the server listens. A server that exits first
+# (the port is taken) or never listens ends the script with the reason.
+for _ in $(seq 300); do
+  [ -s "$ADDR_FILE" ] && break
+  if ! kill -0 "$SERVER" 2>/dev/null; then
+    echo "quickstart: the coordinator could not listen on $LISTEN (is port ${LISTEN##*:} taken?);" \
+      "pick another address with KILN_LISTEN, e.g. KILN_LISTEN=127.0.0.1:7374 $0" >&2
+    exit 1
+  fi
+  sleep 0.1
+done
+[ -s "$ADDR_FILE" ] || { echo "quickstart: the coordinator is not listening on $LISTEN after 30 s (KILN_LISTEN)" >&2; exit 1; }
 
 RUN=$($K ticket issue --plan examples/plans/smoke.toml --host "$(hostname)" --url "$URL")
 $A run --ticket "$URL/v1/runs/$RUN/ticket" --trust "$STATE/key/coordinator.pub" --work "$WORK/$RUN"

@@ -7,10 +7,15 @@
   # The static agent package (bin/kiln-agent).
   agent,
   # The coordinator's public key file (`kiln-ed25519 …`), trusted by the agent.
-  trustedKey,
+  # Required: no default (see ../nix/trusted-key.nix, which checks it).
+  trustedKey ? null,
+  # Accept the repository's test-only key (the VM tests in nixos-tests/ only).
+  allowTestKey ? false,
   kernel ? pkgs.linuxPackages.kernel,
 }:
 let
+  checkedKey = import ../nix/trusted-key.nix { inherit trustedKey allowTestKey; };
+
   moduleNames = lib.filter (l: l != "" && !(lib.hasPrefix "#" l)) (
     map (l: lib.trim (lib.head (lib.splitString "#" l))) (
       lib.splitString "\n" (builtins.readFile ./modules.list)
@@ -87,7 +92,7 @@ let
         symlink = "/etc/kiln/udhcpc.script";
       }
       {
-        object = trustedKey;
+        object = checkedKey;
         symlink = "/etc/kiln/trusted.pub";
       }
       {

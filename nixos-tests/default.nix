@@ -9,11 +9,8 @@
 }:
 let
   common = import ./common.nix { inherit pkgs kiln kilnModule; };
-  # The image trusts the test-only key in fixtures/.
-  image = pkgs.callPackage ../image {
-    inherit agent;
-    trustedKey = ./fixtures/test-coordinator.pub;
-  };
+  # The test-only image: it trusts the test key in fixtures/ (test-image.nix).
+  image = import ./test-image.nix { inherit pkgs agent; };
   runTest =
     scenario:
     pkgs.testers.runNixOSTest {

@@ -224,6 +224,10 @@ pub struct RunShowCmd {
     /// JSON output
     #[argh(switch)]
     pub json: bool,
+    /// print text from the run as stored, control characters included (by default
+    /// they are shown as escapes such as \x1b)
+    #[argh(switch)]
+    pub raw: bool,
 }
 
 /// Follow a run live until it ends.
@@ -245,6 +249,10 @@ pub struct RunLogsCmd {
     /// only this stage
     #[argh(option)]
     pub stage: Option<String>,
+    /// print the lines' exact bytes, control characters included (by default they
+    /// are shown as escapes such as \x1b)
+    #[argh(switch)]
+    pub raw: bool,
 }
 
 /// Abort a run: reaches the agent with its next ack.

@@ -12,7 +12,9 @@ use crate::status::RunStatus;
 /// Log lines per stage shown on a run's page.
 pub const LOG_TAIL: usize = 50;
 
-/// Escapes text for HTML element content and quoted attribute values.
+/// Escapes text for HTML element content and quoted attribute values; control and
+/// bidi characters (which could reorder what the page shows) are written as visible
+/// escapes, as on the terminal ([`crate::visible`]); line ends stay.
 pub fn escape(s: &str) -> String {
     let mut out = String::with_capacity(s.len());
     for c in s.chars() {
@@ -22,6 +24,10 @@ pub fn escape(s: &str) -> String {
             '>' => out.push_str("&gt;"),
             '"' => out.push_str("&quot;"),
             '\'' => out.push_str("&#39;"),
+            '\n' => out.push(c),
+            c if crate::visible::is_unsafe(c) => {
+                out.push_str(&crate::visible::visible(c.encode_utf8(&mut [0; 4])));
+            }
             c => out.push(c),
         }
     }
@@ -34,7 +40,7 @@ td,th{border:1px solid #ccc;padding:.2em .6em;text-align:left;vertical-align:top
 th{background:#f3f3f3}pre{background:#f7f7f7;padding:.5em;overflow-x:auto;max-height:30em}\
 code{font-size:13px}.passed{color:#176b2c}.warning,.held,.stale{color:#9a6700}\
 .skipped,.not_run,.pending,.claimed{color:#666}.failed,.timed_out,.lost,.expired{color:#b3261e}\
-.error,.aborted{color:#8250df}.running{color:#0550ae}";
+.error,.aborted{color:#8250df}.running{color:#0550ae}.corrupt{color:#b3261e;font-weight:bold}";
 
 fn head(out: &mut String, title: &str, live: bool) {
     out.push_str("<!doctype html>\n<html><head><meta charset=\"utf-8\">");
@@ -81,7 +87,15 @@ pub fn index(runs: &[RunStatus], hosts: &Hosts) -> String {
                 short = escape(r.run.get(..12).unwrap_or(&r.run)),
                 plan = escape(&r.plan),
                 host = escape(&r.host),
-                state = badge(r.state.as_str()),
+                state = match &r.corrupt {
+                    Some(c) => format!(
+                        "{} <small>events.log record {} at byte {}</small>",
+                        badge(r.state.as_str()),
+                        c.record,
+                        c.offset
+                    ),
+                    None => badge(r.state.as_str()),
+                },
                 outcome = r.outcome.map(badge).unwrap_or_default(),
                 total = r.stages.len(),
                 issued = fmt_unix(r.issued_at),
@@ -153,6 +167,14 @@ pub fn run_page(s: &RunStatus, tails: &[Vec<String>], in_cas: &dyn Fn(&Sha256) -
             out,
             "<p class=\"aborted\">abort requested: {}</p>",
             escape(r)
+        );
+    }
+    if let Some(c) = &s.corrupt {
+        let _ = writeln!(
+            out,
+            "<p class=\"corrupt\">{}; shown below: the {} record(s) before it.</p>",
+            escape(&c.to_string()),
+            c.record
         );
     }
     out.push_str(

@@ -20,3 +20,4 @@ pub mod status;
 pub mod store;
 pub mod ticket;
 pub mod units;
+pub mod visible;

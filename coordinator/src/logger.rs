@@ -16,7 +16,9 @@ impl log::Log for Stderr {
                 Level::Debug => "debug",
                 Level::Trace => "trace",
             };
-            eprintln!("kiln-coordinator {tag}: {}", r.args());
+            // Log lines can quote agent text: controls are shown, never sent raw.
+            let text = r.args().to_string();
+            eprintln!("kiln-coordinator {tag}: {}", crate::visible::visible(&text));
         }
     }
     fn flush(&self) {}

@@ -5,7 +5,11 @@ fn main() {
     match kiln_coordinator::cli::run(cli) {
         Ok(code) => std::process::exit(code),
         Err(e) => {
-            eprintln!("error: {e:#}");
+            // Errors can quote file and agent text: never raw controls on the terminal.
+            eprintln!(
+                "error: {}",
+                kiln_coordinator::visible::visible(&format!("{e:#}"))
+            );
             std::process::exit(2);
         }
     }

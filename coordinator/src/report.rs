@@ -6,8 +6,9 @@ use std::io::Write;
 
 use crate::cli::*;
 use crate::state::State;
-use crate::status::{RunState, RunStatus, load};
-use crate::store::RunDir;
+use crate::status::{Corruption, RunState, RunStatus, load};
+use crate::store::{Events, RunDir};
+use crate::visible::{json_safe, shown, visible};
 
 mod junit;
 mod watch;
@@ -41,6 +42,8 @@ pub struct Summary {
     pub expires_at: u64,
     /// Coordinator clock of the last batch, unix ms.
     pub last_seen_ms: Option<u64>,
+    /// The first corrupt record of events.log, when state is `corrupt`.
+    pub corrupt: Option<Corruption>,
 }
 
 impl From<&RunStatus> for Summary {
@@ -58,6 +61,7 @@ impl From<&RunStatus> for Summary {
             issued_at: s.issued_at,
             expires_at: s.expires_at,
             last_seen_ms: s.last_seen_ms,
+            corrupt: s.corrupt.clone(),
         }
     }
 }
@@ -90,7 +94,7 @@ pub fn summaries(state: &State, key: &PublicKey) -> Result<Vec<Summary>> {
 pub fn cmd_runs(state: &State, c: &RunsCmd) -> Result<i32> {
     let list = summaries(state, &state.public_key()?)?;
     if c.json {
-        println!("{}", serde_json::to_string_pretty(&list)?);
+        println!("{}", json_safe(serde_json::to_string_pretty(&list)?));
         return Ok(0);
     }
     if list.is_empty() {
@@ -105,18 +109,23 @@ pub fn cmd_runs(state: &State, c: &RunsCmd) -> Result<i32> {
         println!(
             "{:<32}  {:<16} {:<12} {:<9} {:<9} {:>6}  {}",
             s.run,
-            s.plan,
-            s.host,
+            visible(&s.plan),
+            visible(&s.host),
             s.state.as_str(),
             s.outcome.unwrap_or("-"),
             format!("{}/{}", s.stages_done, s.stages),
             fmt_unix(s.issued_at)
         );
     }
+    for s in &list {
+        if let Some(c) = &s.corrupt {
+            println!("{}  corrupt: {}", s.run, visible(&c.to_string()));
+        }
+    }
     Ok(0)
 }
 
-/// `run show`.
+/// `run show`: text from the run goes through [`visible`] unless `--raw`.
 pub fn cmd_show(state: &State, c: &RunShowCmd) -> Result<i32> {
     let id = state.resolve_run(&c.run)?;
     let l = load(&RunDir::new(state, id), &state.public_key()?)?;
@@ -125,63 +134,99 @@ pub fn cmd_show(state: &State, c: &RunShowCmd) -> Result<i32> {
         println!("{}", crate::status::to_json(s));
         return Ok(0);
     }
-    println!("run      {}", s.run);
-    println!("plan     {}", s.plan);
+    let text = show_text(s, c.raw);
+    // A closed pipe (`| head`) is not an error worth a message.
+    let _ = std::io::stdout().lock().write_all(text.as_bytes());
+    Ok(0)
+}
+
+/// What `run show` prints; `raw` leaves control characters in.
+pub fn show_text(s: &RunStatus, raw: bool) -> String {
+    use std::fmt::Write as _;
+    let v = |t: &str| shown(t, raw).into_owned();
+    let mut o = String::new();
+    let _ = writeln!(o, "run      {}", s.run);
+    let _ = writeln!(o, "plan     {}", v(&s.plan));
     match &s.hostname {
-        Some(h) if *h != s.host => println!("host     {} (reports as {h})", s.host),
-        _ => println!("host     {}", s.host),
+        Some(h) if *h != s.host => {
+            let _ = writeln!(o, "host     {} (reports as {})", v(&s.host), v(h));
+        }
+        _ => {
+            let _ = writeln!(o, "host     {}", v(&s.host));
+        }
     }
-    match s.outcome {
-        Some(o) => println!("state    {} ({o})", s.state.as_str()),
-        None => println!("state    {}", s.state.as_str()),
+    let _ = match s.outcome {
+        Some(oc) => writeln!(o, "state    {} ({oc})", s.state.as_str()),
+        None => writeln!(o, "state    {}", s.state.as_str()),
+    };
+    if let Some(c) = &s.corrupt {
+        let _ = writeln!(
+            o,
+            "corrupt  {c}; shown: the {} record(s) before it",
+            c.record
+        );
     }
-    if let Some(v) = &s.agent_version {
-        println!("agent    {v}");
+    if let Some(a) = &s.agent_version {
+        let _ = writeln!(o, "agent    {}", v(a));
     }
-    println!(
+    let _ = writeln!(
+        o,
         "issued   {}, expires {}",
         fmt_unix(s.issued_at),
         fmt_unix(s.expires_at)
     );
     if let Some(r) = &s.abort_requested {
-        println!("abort    requested: {r}");
+        let _ = writeln!(o, "abort    requested: {}", v(r));
     }
-    println!();
-    println!(
+    let _ = writeln!(o);
+    let _ = writeln!(
+        o,
         "  {:>2}  {:<20} {:<10} {:<10} {:>8} {:>5} {:>9}  DETAIL",
         "#", "STAGE", "KIND", "OUTCOME", "ATTEMPTS", "EXIT", "DURATION"
     );
     for st in &s.stages {
-        println!(
+        let _ = writeln!(
+            o,
             "  {:>2}  {:<20} {:<10} {:<10} {:>8} {:>5} {:>9}  {}",
             st.index,
-            st.name,
+            v(&st.name),
             st.kind,
-            st.outcome,
+            v(&st.outcome),
             st.attempts,
             st.exit_code.map(|c| c.to_string()).unwrap_or_default(),
             st.duration_ms.map(fmt_ms).unwrap_or_default(),
-            st.detail
+            v(&st.detail)
         );
     }
     for st in &s.stages {
+        let name = v(&st.name);
         for m in &st.measurements {
-            println!("  {}: {} = {} {}", st.name, m.name, m.value, m.unit);
+            let _ = writeln!(o, "  {name}: {} = {} {}", v(&m.name), m.value, v(&m.unit));
         }
         for a in &st.artifacts {
-            println!(
-                "  {}: artifact {} ({} bytes) {}",
-                st.name, a.name, a.size, a.sha256
+            let _ = writeln!(
+                o,
+                "  {name}: artifact {} ({} bytes) {}",
+                v(&a.name),
+                a.size,
+                v(&a.sha256)
             );
         }
         for p in &st.parts {
-            println!("  {} / {}: {} {}", st.name, p.name, p.outcome, p.detail);
+            let _ = writeln!(
+                o,
+                "  {name} / {}: {} {}",
+                v(&p.name),
+                p.outcome,
+                v(&p.detail)
+            );
         }
     }
-    Ok(0)
+    o
 }
 
-/// `run logs`: every Log line once, in seq order.
+/// `run logs`: every Log line once, in seq order; control characters are shown as
+/// escapes unless `--raw`.
 pub fn cmd_logs(state: &State, c: &RunLogsCmd) -> Result<i32> {
     let id = state.resolve_run(&c.run)?;
     let rd = RunDir::new(state, id);
@@ -190,19 +235,29 @@ pub fn cmd_logs(state: &State, c: &RunLogsCmd) -> Result<i32> {
         Some(name) => Some(stage_index(&ticket, name)?),
         None => None,
     };
-    let frames = rd.frames()?;
+    let Events { frames, corrupt } = rd.events()?;
     let mut out = std::io::BufWriter::new(std::io::stdout().lock());
     for (stage, text) in log_lines(&frames) {
+        let text = shown(text, c.raw);
         let line = match only {
             Some(i) if i != stage => continue,
             Some(_) => format!("{text}\n"),
-            None => format!("[{}] {text}\n", stage_name(&ticket, stage)),
+            None => format!("[{}] {text}\n", shown(&stage_name(&ticket, stage), c.raw)),
         };
         if out.write_all(line.as_bytes()).is_err() {
             return Ok(0); // the reader went away (e.g. `| head`)
         }
     }
     let _ = out.flush();
+    if let Some(c) = corrupt {
+        // The readable part is printed; the exit status says it is not all.
+        eprintln!(
+            "error: run {id}: {}; the lines above are those of the {} records before it",
+            visible(&c.to_string()),
+            c.record
+        );
+        return Ok(2);
+    }
     Ok(0)
 }
 
@@ -221,8 +276,8 @@ fn stage_index(t: &Ticket, name: &str) -> Result<u16> {
             let names: Vec<&str> = t.plan.stages.iter().map(|s| s.name.as_str()).collect();
             bail!(
                 "no stage {name:?} in plan {} (stages: {})",
-                t.plan.name,
-                names.join(", ")
+                visible(&t.plan.name),
+                visible(&names.join(", "))
             )
         }
     }

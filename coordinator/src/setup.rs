@@ -5,6 +5,7 @@ use std::path::Path;
 
 use crate::cli::*;
 use crate::state::{Host, State, check_name};
+use crate::visible::visible;
 
 /// Largest secret `secret set` stores; secrets are keys and tokens, not files.
 pub const MAX_SECRET_BYTES: u64 = 1 << 20;
@@ -164,10 +165,10 @@ pub fn cmd_host_list(state: &State) -> Result<i32> {
         };
         println!(
             "{:<width$}  {:<17}  {:<16}  {}",
-            h.name,
-            macs,
-            h.serial.as_deref().unwrap_or("-"),
-            h.image.as_deref().unwrap_or("-"),
+            visible(&h.name),
+            visible(&macs),
+            visible(h.serial.as_deref().unwrap_or("-")),
+            visible(h.image.as_deref().unwrap_or("-")),
         );
     }
     Ok(0)

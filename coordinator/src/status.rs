@@ -9,7 +9,8 @@ use kiln_protocol::{Frame, PublicKey, Ticket};
 use serde::Serialize;
 
 use crate::fsutil::now_ms;
-use crate::store::RunDir;
+pub use crate::store::Corruption;
+use crate::store::{Events, RunDir};
 
 /// Where a run is in its life.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
@@ -29,6 +30,10 @@ pub enum RunState {
     Expired,
     /// Claimed, unfinished, and no batch for [`kiln_protocol::STALE_AFTER_MS`].
     Stale,
+    /// events.log holds a record that does not decode ([`RunStatus::corrupt`] says
+    /// which); the status is that of the records before it, and nothing more is
+    /// stored for the run.
+    Corrupt,
 }
 
 impl RunState {
@@ -42,6 +47,7 @@ impl RunState {
             RunState::Aborted => "aborted",
             RunState::Expired => "expired",
             RunState::Stale => "stale",
+            RunState::Corrupt => "corrupt",
         }
     }
 
@@ -87,6 +93,8 @@ pub struct RunStatus {
     pub finished_at_ms: Option<u64>,
     /// Coordinator clock of the last batch, unix ms.
     pub last_seen_ms: Option<u64>,
+    /// The first corrupt record of events.log, when state is `corrupt`.
+    pub corrupt: Option<Corruption>,
     /// One entry per plan stage, in plan order.
     pub stages: Vec<StageStatus>,
 }
@@ -171,6 +179,8 @@ pub struct Inputs<'a> {
     pub abort: Option<&'a str>,
     /// Now, unix ms.
     pub now_ms: u64,
+    /// The corrupt record `frames` stop before, if any.
+    pub corrupt: Option<&'a Corruption>,
 }
 
 /// A run read from its folder: ticket, frames, and the folded status.
@@ -187,7 +197,7 @@ pub struct Loaded {
 /// Reads a run folder and folds it (now = the wall clock).
 pub fn load(rd: &RunDir, key: &PublicKey) -> Result<Loaded> {
     let (_, ticket) = rd.ticket(key)?;
-    let frames = rd.frames()?;
+    let Events { frames, corrupt } = rd.events()?;
     let abort = rd.abort_request();
     let status = fold(Inputs {
         ticket: &ticket,
@@ -195,6 +205,7 @@ pub fn load(rd: &RunDir, key: &PublicKey) -> Result<Loaded> {
         last_seen_ms: rd.last_seen_ms(),
         abort: abort.as_deref(),
         now_ms: now_ms(),
+        corrupt: corrupt.as_ref(),
     });
     Ok(Loaded {
         ticket,
@@ -222,9 +233,10 @@ pub fn current_with_tails(rd: &RunDir, key: &PublicKey) -> Result<(RunStatus, Ve
     })
 }
 
-/// Pretty JSON of a status (one shape for the CLI, the API and reports).
+/// Pretty JSON of a status (one shape for the CLI, the API and reports), with the
+/// characters a terminal would act on escaped ([`crate::visible::json_safe`]).
 pub fn to_json(s: &RunStatus) -> String {
-    serde_json::to_string_pretty(s).expect("statuses always encode")
+    crate::visible::json_safe(serde_json::to_string_pretty(s).expect("statuses always encode"))
 }
 
 mod cache;

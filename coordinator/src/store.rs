@@ -7,6 +7,7 @@
 //! (flock'ed by every writer).
 use anyhow::{Context, Result, bail};
 use kiln_protocol::{Event, Frame, Mac, PublicKey, RecordReader, RunId, SignedTicket, Ticket};
+use serde::Serialize;
 use std::fs;
 use std::path::PathBuf;
 
@@ -75,14 +76,20 @@ impl RunDir {
         Ok((st, t))
     }
 
-    /// Every complete frame of events.log, in order (a torn tail is ignored).
+    /// The readable frames of events.log, in order: those before a corrupt record, if
+    /// any (a torn tail is ignored). [`RunDir::events`] also says where it broke.
     pub fn frames(&self) -> Result<Vec<Frame>> {
+        Ok(self.events()?.frames)
+    }
+
+    /// events.log decoded: its readable frames and the first corrupt record, if any.
+    pub fn events(&self) -> Result<Events> {
         let bytes = match fs::read(self.path(files::EVENTS)) {
             Ok(b) => b,
-            Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(Vec::new()),
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(Events::default()),
             Err(e) => return Err(e).with_context(|| format!("reading run {} events", self.id)),
         };
-        decode_frames(&bytes).map_err(|e| anyhow::anyhow!("run {}: events.log: {e}", self.id))
+        Ok(decode_frames(&bytes))
     }
 
     /// The agent key bound by the run's first claim.
@@ -159,18 +166,106 @@ pub struct RunLock {
     _lock: nix::fcntl::Flock<fs::File>,
 }
 
-/// Decodes the frames of an events.log image; a torn tail is ignored.
-pub fn decode_frames(bytes: &[u8]) -> Result<Vec<Frame>, kiln_protocol::Error> {
-    let mut out = Vec::new();
-    for rec in RecordReader::new(bytes) {
-        let rec = rec?;
-        let (f, rest) = postcard::take_from_bytes::<Frame>(&rec)?;
-        if !rest.is_empty() {
-            return Err(kiln_protocol::Error::TrailingBytes);
-        }
-        out.push(f);
+/// A record of events.log that does not decode: where it starts and which it is.
+/// Every reader (listings, `run show`, the pages, the JSON, ingest) finds it with
+/// [`Scan`], so all of them name the same record by the same numbers.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct Corruption {
+    /// Byte offset in events.log of the record's first byte.
+    pub offset: u64,
+    /// The record's index in events.log, from 0: also the number of readable records
+    /// before it.
+    pub record: u64,
+    /// What is wrong with it.
+    pub reason: String,
+}
+
+impl std::fmt::Display for Corruption {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(
+            f,
+            "events.log record {} at byte {} is corrupt ({})",
+            self.record, self.offset, self.reason
+        )
     }
-    Ok(out)
+}
+
+/// Decodes events.log a piece at a time, counting bytes and records from the start
+/// of the file; stops for good at the first record that does not decode.
+#[derive(Debug, Clone, Default)]
+pub struct Scan {
+    /// Bytes of readable whole records decoded so far (where the next record starts).
+    pub offset: u64,
+    /// Readable records decoded so far.
+    pub records: u64,
+    /// The first corrupt record, once met.
+    pub corrupt: Option<Corruption>,
+}
+
+impl Scan {
+    /// Decodes the whole records at the start of `buf`, which holds events.log from
+    /// byte [`Scan::offset`] on, and hands each frame to `each`. Returns the bytes
+    /// used: a torn tail, a corrupt record and anything after it are left.
+    pub fn feed(&mut self, buf: &[u8], mut each: impl FnMut(Frame)) -> usize {
+        if self.corrupt.is_some() {
+            return 0;
+        }
+        let mut reader = RecordReader::new(buf);
+        loop {
+            let start = reader.consumed();
+            let Some(rec) = reader.next() else {
+                return start;
+            };
+            match rec
+                .map_err(|_| "not a COBS record".to_string())
+                .and_then(|payload| decode_frame(&payload))
+            {
+                Ok(frame) => {
+                    self.offset += (reader.consumed() - start) as u64;
+                    self.records += 1;
+                    each(frame);
+                }
+                Err(reason) => {
+                    self.corrupt = Some(Corruption {
+                        offset: self.offset,
+                        record: self.records,
+                        reason,
+                    });
+                    return start;
+                }
+            }
+        }
+    }
+}
+
+fn decode_frame(payload: &[u8]) -> Result<Frame, String> {
+    let (f, rest) =
+        postcard::take_from_bytes::<Frame>(payload).map_err(|e| format!("not a frame: {e}"))?;
+    if !rest.is_empty() {
+        return Err(format!("{} bytes after the frame", rest.len()));
+    }
+    Ok(f)
+}
+
+/// events.log decoded.
+#[derive(Debug, Clone, Default)]
+pub struct Events {
+    /// The readable frames: all of them, or those before the corrupt record.
+    pub frames: Vec<Frame>,
+    /// The first corrupt record, if any.
+    pub corrupt: Option<Corruption>,
+}
+
+/// Decodes an events.log image: readable frames up to the first corrupt record (a
+/// torn tail is ignored).
+pub fn decode_frames(bytes: &[u8]) -> Events {
+    let mut scan = Scan::default();
+    let mut frames = Vec::new();
+    scan.feed(bytes, |f| frames.push(f));
+    Events {
+        frames,
+        corrupt: scan.corrupt,
+    }
 }
 
 /// Whether the frames end the run.

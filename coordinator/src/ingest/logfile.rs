@@ -1,6 +1,6 @@
 //! A run's stored state as the writer sees it, and appending checked batches.
 use anyhow::Result;
-use kiln_protocol::{Event, Frame, PublicKey, Ticket};
+use kiln_protocol::{Event, PublicKey, Ticket};
 use std::fs;
 use std::io::Write;
 
@@ -86,14 +86,9 @@ pub(super) fn refresh<'a>(
         Err(e) if e.kind() == std::io::ErrorKind::NotFound => Vec::new(),
         Err(e) => return Err(Refusal::internal(e.into())),
     };
-    let mut reader = kiln_protocol::RecordReader::new(&bytes);
     let (mut upto, mut finished, mut first_claim) = (0, false, None);
-    for r in reader.by_ref() {
-        let frame = r
-            .and_then(|p| postcard::from_bytes::<Frame>(&p).map_err(Into::into))
-            .map_err(|e: kiln_protocol::Error| {
-                Refusal::internal(anyhow::anyhow!("run {}: events.log: {e}", rd.id))
-            })?;
+    let mut scan = crate::store::Scan::default();
+    let used = scan.feed(&bytes, |frame| {
         upto = frame.seq;
         match frame.event {
             Event::RunFinished { .. } => finished = true,
@@ -102,10 +97,18 @@ pub(super) fn refresh<'a>(
             }
             _ => {}
         }
+    });
+    if let Some(c) = scan.corrupt {
+        // Nothing is appended after a record nobody can read: the same numbers as
+        // every listing give, for the operator to repair it.
+        return Err(Refusal::internal(anyhow::anyhow!(
+            "run {}: {c}; nothing more is stored for this run",
+            rd.id
+        )));
     }
     let mut len = bytes.len() as u64;
-    if reader.torn_tail() > 0 {
-        let cut = reader.consumed() as u64;
+    if used < bytes.len() {
+        let cut = used as u64;
         log::warn!(
             "run {}: cutting a torn tail of {} bytes off events.log",
             rd.id,

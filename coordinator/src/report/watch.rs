@@ -1,6 +1,6 @@
 //! `run watch`: follows events.log as it grows and prints stage and log lines.
 use anyhow::{Context, Result};
-use kiln_protocol::{Event, Frame, RecordReader, Ticket};
+use kiln_protocol::{Event, Frame, Ticket};
 use std::io::{Read, Seek, SeekFrom, Write};
 use std::time::Duration;
 
@@ -9,7 +9,8 @@ use crate::fsutil::now_ms;
 use crate::report::{fmt_ms, stage_name};
 use crate::state::State;
 use crate::status::{Inputs, RunState, fold};
-use crate::store::{RunDir, files};
+use crate::store::{RunDir, Scan, files};
+use crate::visible::visible;
 
 const POLL: Duration = Duration::from_millis(200);
 
@@ -29,7 +30,7 @@ pub fn cmd_watch(state: &State, c: &RunWatchCmd) -> Result<i32> {
             let mut out = stdout.lock();
             for f in &new {
                 if let Some(line) = describe(&ticket, f) {
-                    let _ = writeln!(out, "{line}");
+                    let _ = writeln!(out, "{}", visible(&line));
                 }
             }
             let _ = out.flush();
@@ -42,6 +43,7 @@ pub fn cmd_watch(state: &State, c: &RunWatchCmd) -> Result<i32> {
             last_seen_ms: rd.last_seen_ms(),
             abort: abort.as_deref(),
             now_ms: now_ms(),
+            corrupt: tail.scan.corrupt.as_ref(),
         });
         if last_state != Some(s.state) {
             match s.state {
@@ -49,6 +51,11 @@ pub fn cmd_watch(state: &State, c: &RunWatchCmd) -> Result<i32> {
                 RunState::Stale => println!("== run {id} is stale: no report for a minute"),
                 RunState::Expired => println!("== run {id} expired before an agent claimed it"),
                 RunState::Aborted if s.outcome.is_none() => println!("== run {id} was aborted"),
+                RunState::Corrupt => {
+                    if let Some(c) = &s.corrupt {
+                        println!("== run {id}: {}", visible(&c.to_string()));
+                    }
+                }
                 _ => {}
             }
             last_state = Some(s.state);
@@ -63,36 +70,35 @@ pub fn cmd_watch(state: &State, c: &RunWatchCmd) -> Result<i32> {
 /// Reads complete records appended to events.log since the last poll.
 #[derive(Default)]
 struct Tail {
-    /// Bytes of complete records consumed.
-    done: u64,
-    /// Bytes read past `done` that do not yet end a record.
+    /// Bytes and records consumed, and the corrupt record met, if any.
+    scan: Scan,
+    /// Bytes read past `scan.offset` that do not yet end a record.
     partial: Vec<u8>,
 }
 
 impl Tail {
     fn poll(&mut self, rd: &RunDir) -> Result<Vec<Frame>> {
+        if self.scan.corrupt.is_some() {
+            return Ok(Vec::new());
+        }
         let mut f = match std::fs::File::open(rd.path(files::EVENTS)) {
             Ok(f) => f,
             Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(Vec::new()),
             Err(e) => return Err(e).context("opening events.log"),
         };
         let len = f.metadata()?.len();
-        let read_to = self.done + self.partial.len() as u64;
+        let read_to = self.scan.offset + self.partial.len() as u64;
         if len < read_to {
             // A torn tail was cut by the writer: drop what we held of it.
             self.partial.clear();
         }
-        f.seek(SeekFrom::Start(self.done + self.partial.len() as u64))?;
+        f.seek(SeekFrom::Start(
+            self.scan.offset + self.partial.len() as u64,
+        ))?;
         f.read_to_end(&mut self.partial)?;
-        let mut reader = RecordReader::new(&self.partial);
         let mut out = Vec::new();
-        for rec in reader.by_ref() {
-            let rec = rec.map_err(|e| anyhow::anyhow!("events.log: {e}"))?;
-            out.push(postcard::from_bytes(&rec).map_err(|e| anyhow::anyhow!("events.log: {e}"))?);
-        }
-        let used = reader.consumed();
+        let used = self.scan.feed(&self.partial, |frame| out.push(frame));
         self.partial.drain(..used);
-        self.done += used as u64;
         Ok(out)
     }
 }

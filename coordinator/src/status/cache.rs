@@ -2,7 +2,7 @@
 //! a listing folds only the frames appended since it last looked, and never holds a
 //! whole events.log in memory.
 use anyhow::{Context, Result};
-use kiln_protocol::{Frame, PublicKey, RecordReader, Ticket};
+use kiln_protocol::{PublicKey, Ticket};
 use std::collections::HashMap;
 use std::fs;
 use std::io::{Read, Seek, SeekFrom};
@@ -11,7 +11,7 @@ use std::sync::{Arc, LazyLock, Mutex, PoisonError};
 use std::time::SystemTime;
 
 use super::Folder;
-use crate::store::{RunDir, files};
+use crate::store::{RunDir, Scan, files};
 
 /// Bytes read from events.log at a time.
 const CHUNK: usize = 1 << 20;
@@ -24,8 +24,9 @@ struct Entry {
     ticket_key: FileKey,
     ticket: Ticket,
     log_key: FileKey,
-    /// Bytes of events.log folded (whole records only).
-    offset: u64,
+    /// Bytes and records of events.log folded (whole records only), and the corrupt
+    /// record met, if any.
+    scan: Scan,
     folder: Folder,
 }
 
@@ -60,18 +61,19 @@ pub fn with_folded<R>(
             folder: Folder::new(&ticket),
             ticket,
             log_key: (0, None),
-            offset: 0,
+            scan: Scan::default(),
         });
     }
     let e = slot.as_mut().expect("set above");
     let path = rd.path(files::EVENTS);
     let log_key = file_key(&path)?;
     if e.log_key != log_key {
-        // Append-only: a log that shrank below what was folded, or changed without
-        // growing, is folded again from the start.
-        if log_key.0 < e.offset || log_key.0 == e.log_key.0 {
+        // Append-only: a log that shrank below what was folded, changed without
+        // growing, or held a corrupt record (perhaps repaired since) is folded again
+        // from the start.
+        if log_key.0 < e.scan.offset || log_key.0 == e.log_key.0 || e.scan.corrupt.is_some() {
             e.folder = Folder::new(&e.ticket);
-            e.offset = 0;
+            e.scan = Scan::default();
         }
         if let Err(err) = fold_from(rd, &path, e) {
             *slot = None;
@@ -82,35 +84,31 @@ pub fn with_folded<R>(
     Ok(f(&e.ticket, &e.folder))
 }
 
-/// Folds the whole records of events.log past `e.offset`, a chunk at a time; a torn
-/// tail is left for the next look.
+/// Folds the whole records of events.log past `e.scan.offset`, a chunk at a time; a
+/// torn tail is left for the next look, a corrupt record stops the fold (the run is
+/// then `corrupt`, its readable part folded).
 fn fold_from(rd: &RunDir, path: &std::path::Path, e: &mut Entry) -> Result<()> {
     let mut file = match fs::File::open(path) {
         Ok(f) => f,
         Err(err) if err.kind() == std::io::ErrorKind::NotFound => return Ok(()),
         Err(err) => return Err(err).with_context(|| format!("reading run {} events", rd.id)),
     };
-    file.seek(SeekFrom::Start(e.offset))?;
+    file.seek(SeekFrom::Start(e.scan.offset))?;
     let mut buf: Vec<u8> = Vec::new();
     let mut chunk = vec![0u8; CHUNK];
-    loop {
+    while e.scan.corrupt.is_none() {
         let n = file.read(&mut chunk)?;
         if n == 0 {
-            return Ok(());
+            break;
         }
         buf.extend_from_slice(&chunk[..n]);
-        let mut reader = RecordReader::new(&buf);
-        for rec in reader.by_ref() {
-            let rec = rec.map_err(|err| anyhow::anyhow!("run {}: events.log: {err}", rd.id))?;
-            let (frame, rest) = postcard::take_from_bytes::<Frame>(&rec)
-                .map_err(|err| anyhow::anyhow!("run {}: events.log: {err}", rd.id))?;
-            if !rest.is_empty() {
-                anyhow::bail!("run {}: events.log: trailing bytes in a frame", rd.id);
-            }
-            e.folder.push(&frame);
-        }
-        let used = reader.consumed();
-        e.offset += used as u64;
+        let folder = &mut e.folder;
+        let used = e.scan.feed(&buf, |frame| folder.push(&frame));
         buf.drain(..used);
     }
+    if let Some(c) = &e.scan.corrupt {
+        log::warn!("run {}: {c}; showing the records before it", rd.id);
+    }
+    e.folder.set_corrupt(e.scan.corrupt.clone());
+    Ok(())
 }

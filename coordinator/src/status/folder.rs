@@ -7,6 +7,7 @@ use super::*;
 pub fn fold(i: Inputs<'_>) -> RunStatus {
     let mut f = Folder::new(i.ticket);
     i.frames.iter().for_each(|fr| f.push(fr));
+    f.corrupt = i.corrupt.cloned();
     f.status(i.ticket, i.last_seen_ms, i.abort, i.now_ms)
 }
 
@@ -24,6 +25,8 @@ pub struct Folder {
     agent_version: Option<String>,
     hostname: Option<String>,
     last_seq: u64,
+    /// The corrupt record the pushed frames stop before.
+    corrupt: Option<Corruption>,
 }
 
 impl Folder {
@@ -60,6 +63,7 @@ impl Folder {
             agent_version: None,
             hostname: None,
             last_seq: 0,
+            corrupt: None,
         }
     }
 
@@ -69,6 +73,11 @@ impl Folder {
             .iter()
             .map(|t| t.iter().cloned().collect())
             .collect()
+    }
+
+    /// Marks the fold as stopped before a corrupt record: the run is `corrupt`.
+    pub fn set_corrupt(&mut self, c: Option<Corruption>) {
+        self.corrupt = c;
     }
 
     /// Folds in the next frame.
@@ -167,6 +176,7 @@ impl Folder {
         let mut stages = self.stages.clone();
         let (outcome, claimed) = (self.outcome, self.claimed);
         let state = match (outcome, claimed) {
+            _ if self.corrupt.is_some() => RunState::Corrupt,
             (Some(Outcome::Aborted), _) => RunState::Aborted,
             (Some(_), _) => RunState::Finished,
             (None, None) if abort.is_some() => RunState::Aborted,
@@ -190,7 +200,7 @@ impl Folder {
             RunState::Finished | RunState::Aborted => {
                 Some(outcome.unwrap_or(Outcome::Aborted).exit_status())
             }
-            RunState::Expired => Some(3),
+            RunState::Expired | RunState::Corrupt => Some(3),
             _ => None,
         };
         RunStatus {
@@ -209,6 +219,7 @@ impl Folder {
             claimed_at_ms: claimed,
             finished_at_ms: self.finished,
             last_seen_ms,
+            corrupt: self.corrupt.clone(),
             stages,
         }
     }

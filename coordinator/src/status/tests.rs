@@ -71,6 +71,7 @@ fn at(t: &Ticket, f: &[Frame], seen: Option<u64>, abort: Option<&str>, now: u64)
         last_seen_ms: seen,
         abort,
         now_ms: now,
+        corrupt: None,
     })
 }
 
@@ -156,4 +157,86 @@ fn retries_count_attempts_and_the_last_one_wins() {
     );
     assert_eq!(s.frames, 9);
     assert_eq!(s.claimed_at_ms, Some(NOW));
+}
+
+/// An events.log image of `f`, and where each record starts.
+fn image(f: &[Frame]) -> (Vec<u8>, Vec<usize>) {
+    let (mut log, mut starts) = (Vec::new(), Vec::new());
+    for fr in f {
+        starts.push(log.len());
+        log.extend(kiln_protocol::encode_record(
+            &postcard::to_allocvec(fr).expect("encodes"),
+        ));
+    }
+    (log, starts)
+}
+
+#[test]
+fn a_corrupt_record_has_the_same_numbers_however_the_log_is_read() {
+    use crate::store::{Scan, decode_frames};
+    let t = ticket();
+    let mut events = vec![
+        claim(),
+        Event::StageStarted {
+            stage: 0,
+            attempt: 1,
+        },
+    ];
+    events.extend((0..6).map(|i| Event::Log {
+        stage: 0,
+        stream: Stream::Stdout,
+        text: format!("line {i}"),
+    }));
+    events.extend([
+        done(0, 1, Outcome::Passed),
+        Event::RunFinished {
+            outcome: Outcome::Passed,
+        },
+    ]);
+    let f = frames(events);
+    let (mut log, starts) = image(&f);
+    // One byte: record 4's terminator, so records 4 and 5 read as one bad record.
+    log[starts[5] - 1] = 1;
+    let whole = decode_frames(&log);
+    let c = whole.corrupt.clone().expect("the damage is found");
+    assert_eq!((c.record, c.offset), (4, starts[4] as u64), "{c}");
+    assert_eq!(whole.frames.len(), 4);
+    // Read in pieces (as the fold cache and `run watch` do): the same record, counted
+    // from the start of the file, never from the piece.
+    for piece in [1, 3, 16, 1 << 20] {
+        let (mut scan, mut buf, mut n) = (Scan::default(), Vec::new(), 0);
+        for chunk in log.chunks(piece) {
+            buf.extend_from_slice(chunk);
+            let used = scan.feed(&buf, |_| n += 1);
+            buf.drain(..used);
+        }
+        assert_eq!(
+            (scan.corrupt.as_ref(), n),
+            (Some(&c), 4),
+            "pieces of {piece}"
+        );
+    }
+    // Damage inside a record (a zero splits it) is found at that record too.
+    let mut split = image(&f).0;
+    split[starts[2] + 3] = 0;
+    let c2 = decode_frames(&split)
+        .corrupt
+        .expect("a split record is corrupt");
+    assert_eq!((c2.record, c2.offset), (2, starts[2] as u64), "{c2}");
+
+    let s = fold(Inputs {
+        ticket: &t,
+        frames: &whole.frames,
+        last_seen_ms: Some(NOW),
+        abort: None,
+        now_ms: NOW,
+        corrupt: Some(&c),
+    });
+    assert_eq!((s.state, s.exit_status), (RunState::Corrupt, Some(3)));
+    assert_eq!(s.stages[0].log_lines, 2, "the readable part is folded");
+    assert_eq!(s.corrupt.as_ref(), Some(&c));
+    let json: serde_json::Value = serde_json::from_str(&to_json(&s)).unwrap();
+    assert_eq!(json["state"], "corrupt");
+    assert_eq!(json["corrupt"]["offset"], starts[4] as u64);
+    assert_eq!(json["corrupt"]["record"], 4);
 }

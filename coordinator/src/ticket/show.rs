@@ -33,7 +33,10 @@ pub fn show(state: &State, file: &Path, as_json: bool) -> Result<i32> {
     let text = if as_json {
         let mut v = to_json(&t, now);
         v["signed_by"] = json!(ours.fingerprint());
-        format!("{}\n", serde_json::to_string_pretty(&v)?)
+        format!(
+            "{}\n",
+            crate::visible::json_safe(serde_json::to_string_pretty(&v)?)
+        )
     } else {
         human(&t, &ours.fingerprint(), now)
     };
@@ -44,10 +47,11 @@ pub fn show(state: &State, file: &Path, as_json: bool) -> Result<i32> {
     }
 }
 
-/// Appends a line to `out`.
+/// Appends a line to `out`, control characters shown as escapes
+/// ([`crate::visible::visible`]): plan text is not trusted to be printable.
 macro_rules! push_line {
     ($out:expr, $($arg:tt)*) => {{
-        $out.push_str(&format!($($arg)*));
+        $out.push_str(&crate::visible::visible(&format!($($arg)*)));
         $out.push('\n');
     }};
 }

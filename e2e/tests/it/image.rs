@@ -120,3 +120,26 @@ pub fn register(state: &Path, kernel: &Path, initrd: &Path) {
     );
     assert_eq!(o.code, 0, "image add failed: {}{}", o.stdout, o.stderr);
 }
+
+#[test]
+fn build_local_wants_a_key_and_refuses_the_test_only_one() {
+    let repo = Path::new(env!("CARGO_MANIFEST_DIR")).join("..");
+    let tmp = tempfile::tempdir().expect("tempdir");
+    let run = |args: &[&Path]| -> Out {
+        Command::new("bash")
+            .arg(repo.join("image/build-local"))
+            .args(args)
+            .output()
+            .expect("running image/build-local")
+            .into()
+    };
+    let out = tmp.path().join("img");
+    let o = run(&[&out]);
+    assert_ne!(o.code, 0, "no key, no image: {o:?}");
+    assert!(o.stderr.contains("--trust"), "{}", o.stderr);
+    let test_key = repo.join("nixos-tests/fixtures/test-coordinator.pub");
+    let o = run(&[&out, Path::new("--trust"), &test_key]);
+    assert_ne!(o.code, 0, "the test key is refused: {o:?}");
+    assert!(o.stderr.contains("test-only key"), "{}", o.stderr);
+    assert!(!out.join("initrd").exists());
+}

@@ -7,12 +7,14 @@ use kiln_protocol::{
 use std::path::{Path, PathBuf};
 
 mod cli;
+mod corrupt;
 mod fuzz;
 mod import;
 mod ingest;
 mod limits;
 mod pending;
 mod routes;
+mod terminal;
 
 /// A state folder with a coordinator key, made without `init` (another part's
 /// command) so these tests only need what they exercise: `State::open` wants the key.
