@@ -98,6 +98,10 @@ pub struct HostAddCmd {
     /// netboot image name
     #[argh(option)]
     pub image: Option<String>,
+    /// enrol the host's agent key: the line `kiln-agent enroll` printed
+    /// (`kiln-ed25519 <base64> [comment]`), a file holding it, or `none` to unenrol
+    #[argh(option)]
+    pub agent_key: Option<String>,
 }
 
 /// List hosts.

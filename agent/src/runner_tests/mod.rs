@@ -50,6 +50,7 @@ fn ticket_for(plan: Plan, url: Option<String>) -> Option<(Vec<u8>, SecretKey, Ru
             macs: vec![mac],
             serial: None,
             spec: Default::default(),
+            agent_key: None,
         },
         coordinator: url,
         plan,
