@@ -4,6 +4,7 @@ use kiln_protocol::{Event, Frame, PublicKey, Ticket};
 use serde::Serialize;
 use std::io::Write;
 
+use crate::claims::Kind;
 use crate::cli::*;
 use crate::state::State;
 use crate::status::{RunState, RunStatus, load};
@@ -41,6 +42,8 @@ pub struct Summary {
     pub expires_at: u64,
     /// Coordinator clock of the last batch, unix ms.
     pub last_seen_ms: Option<u64>,
+    /// Another key tried to claim the run and no operator has acknowledged it yet.
+    pub contested: bool,
 }
 
 impl From<&RunStatus> for Summary {
@@ -58,6 +61,7 @@ impl From<&RunStatus> for Summary {
             issued_at: s.issued_at,
             expires_at: s.expires_at,
             last_seen_ms: s.last_seen_ms,
+            contested: s.contested,
         }
     }
 }
@@ -107,13 +111,61 @@ pub fn cmd_runs(state: &State, c: &RunsCmd) -> Result<i32> {
             s.run,
             s.plan,
             s.host,
-            s.state.as_str(),
+            state_word(s.state, s.contested),
             s.outcome.unwrap_or("-"),
             format!("{}/{}", s.stages_done, s.stages),
             fmt_unix(s.issued_at)
         );
     }
     Ok(0)
+}
+
+/// The state as listed: `running`, or `running,contested` while a contested claim
+/// waits for an operator.
+pub fn state_word(state: RunState, contested: bool) -> String {
+    if contested {
+        format!("{},contested", state.as_str())
+    } else {
+        state.as_str().to_string()
+    }
+}
+
+/// The claim lines of `run show`: who claimed the run from where, the enrolled key,
+/// and contested or refused claims.
+fn print_claims(s: &RunStatus) {
+    match &s.claim {
+        Some(c) => println!(
+            "claim    from {}, key {}, at {}",
+            c.source,
+            c.fingerprint.as_deref().unwrap_or("-"),
+            fmt_unix(c.at_ms / 1000)
+        ),
+        None => println!("claim    none yet"),
+    }
+    if let Some(k) = &s.enrolled_key {
+        println!("enrolled only agent key {k} may claim this run");
+    }
+    if s.contested {
+        println!(
+            "CONTESTED another agent key tried to claim this run; look at the claims below, \
+             then `kiln-coordinator run ack-contest {}`",
+            s.run
+        );
+    }
+    for e in s.claim_events.iter().filter(|e| e.event != Kind::Claim) {
+        let detail = if e.detail.is_empty() {
+            String::new()
+        } else {
+            format!(" ({})", e.detail)
+        };
+        println!(
+            "  {} {} from {} key {}{detail}",
+            fmt_unix(e.at_ms / 1000),
+            e.event.as_str(),
+            e.source,
+            e.fingerprint.as_deref().unwrap_or("-"),
+        );
+    }
 }
 
 /// `run show`.
@@ -131,13 +183,15 @@ pub fn cmd_show(state: &State, c: &RunShowCmd) -> Result<i32> {
         Some(h) if *h != s.host => println!("host     {} (reports as {h})", s.host),
         _ => println!("host     {}", s.host),
     }
+    let state = state_word(s.state, s.contested);
     match s.outcome {
-        Some(o) => println!("state    {} ({o})", s.state.as_str()),
-        None => println!("state    {}", s.state.as_str()),
+        Some(o) => println!("state    {state} ({o})"),
+        None => println!("state    {state}"),
     }
     if let Some(v) = &s.agent_version {
         println!("agent    {v}");
     }
+    print_claims(s);
     println!(
         "issued   {}, expires {}",
         fmt_unix(s.issued_at),

@@ -219,12 +219,12 @@ fn agent_key_arg(arg: &str) -> Result<Option<String>> {
     } else {
         let mut text = String::new();
         std::fs::File::open(arg)
-            .and_then(|f| {
-                f.take(MAX_KEY_FILE_BYTES + 1).read_to_string(&mut text)
-            })
+            .and_then(|f| f.take(MAX_KEY_FILE_BYTES + 1).read_to_string(&mut text))
             .with_context(|| format!("--agent-key: reading {arg}"))?;
         if text.len() as u64 > MAX_KEY_FILE_BYTES {
-            bail!("--agent-key: {arg} is larger than {MAX_KEY_FILE_BYTES} bytes (want one key line)");
+            bail!(
+                "--agent-key: {arg} is larger than {MAX_KEY_FILE_BYTES} bytes (want one key line)"
+            );
         }
         text
     };

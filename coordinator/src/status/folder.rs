@@ -210,6 +210,10 @@ impl Folder {
             finished_at_ms: self.finished,
             last_seen_ms,
             stages,
+            claim: None,
+            contested: false,
+            claim_events: Vec::new(),
+            enrolled_key: t.host.agent_key.map(|k| k.fingerprint()),
         }
     }
 }

@@ -189,7 +189,11 @@ fn enrolled_host_binding() {
     let bytes = postcard::to_allocvec(&t.host).expect("encode");
     assert_eq!(
         hex(&bytes),
-        format!("056e6f646531015254001234560103534e3100000000000000{}{}", "01", "42".repeat(32)),
+        format!(
+            "056e6f646531015254001234560103534e3100000000000000{}{}",
+            "01",
+            "42".repeat(32)
+        ),
         "an enrolled host's key follows the spec as Some(32 bytes)"
     );
     golden(&t.host, &hex(&bytes));
