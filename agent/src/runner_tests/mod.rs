@@ -68,6 +68,7 @@ fn opts(bytes: Vec<u8>, key: &SecretKey, work: &Path, out: Option<&Path>) -> Run
         work: Some(work.to_path_buf()),
         cas_dir: None,
         secrets: BTreeMap::new(),
+        agent_key: None,
     }
 }
 
