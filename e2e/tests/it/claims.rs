@@ -88,10 +88,7 @@ fn a_second_claimant_is_refused_recorded_and_the_run_is_contested_until_acknowle
         text.contains("CONTESTED") && text.contains("run ack-contest"),
         "{text}"
     );
-    assert!(
-        text.contains(&format!("contested from 127.0.0.1:")),
-        "{text}"
-    );
+    assert!(text.contains("contested from 127.0.0.1:"), "{text}");
     assert!(text.contains(&intruder), "{text}");
     // The listing, the API listing, the index and the page say so too.
     let runs = kc(&state, &["runs"]);
