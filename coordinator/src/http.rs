@@ -178,6 +178,7 @@ pub fn cmd_serve(state: &State, c: &ServeCmd) -> Result<i32> {
     }
     limits.claim_check =
         crate::neigh::ClaimCheck::from_flag(&c.claim_check, c.neigh_table.clone())?;
+    limits.claim_check.probe();
     let server = Server::start_with(state, &c.listen, WORKERS, limits)?;
     log::info!(
         "serving {} on http://{}",

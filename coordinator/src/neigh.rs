@@ -57,6 +57,23 @@ impl ClaimCheck {
         }
     }
 
+    /// Logs once, at start, when the table cannot be read (claims then pass unchecked).
+    pub fn probe(&self) {
+        match self {
+            ClaimCheck::Off => {
+                log::info!("claim check off: claims are not checked against the neighbour table")
+            }
+            ClaimCheck::Arp(p) => {
+                if let Err(e) = read_bounded(p) {
+                    log::warn!(
+                        "claim check: cannot read {} ({e}): claims pass unchecked until it can be read",
+                        p.display()
+                    );
+                }
+            }
+        }
+    }
+
     /// Checks a claim from `source` for a ticket bound to `macs`. A table that cannot
     /// be read is logged and passes (the check raises the bar; it must not stop a lab
     /// whose kernel hides the table).
