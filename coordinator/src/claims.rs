@@ -162,7 +162,12 @@ pub fn read(rd: &RunDir) -> Result<ClaimLog> {
     Ok(ClaimLog { events })
 }
 
+/// One line back into an event; a line with control characters (a hand-edited or
+/// damaged file) is skipped, so nothing read here can drive a terminal.
 fn parse_line(line: &str) -> Option<ClaimEvent> {
+    if line.chars().any(char::is_control) {
+        return None;
+    }
     let mut f = line.splitn(5, ' ');
     let event = Kind::parse(f.next()?)?;
     let at_ms = f.next()?.parse().ok()?;
@@ -275,6 +280,7 @@ mod tests {
         assert_eq!(log.claim().unwrap().fingerprint, Some(k.fingerprint()));
         assert!(log.contested());
         assert!(!log.events[1].detail.contains('\x1b'));
+        assert_eq!(parse_line("claim 1 \x1b[2J - x"), None);
         append(&rd, Kind::Resolved, Source::Operator, None, "").unwrap();
         assert!(!read(&rd).unwrap().contested());
         // Past the cap: refusals are dropped, but a new contest still raises the flag.
