@@ -122,7 +122,8 @@ in
         ProtectClock = true;
         ProtectHostname = true;
         ProtectProc = "invisible";
-        ProcSubset = "pid";
+        # Not "pid": the claim check reads the neighbour table, /proc/net/arp.
+        ProcSubset = "all";
         NoNewPrivileges = true;
         RestrictSUIDSGID = true;
         RestrictNamespaces = true;

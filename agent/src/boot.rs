@@ -143,6 +143,7 @@ fn boot(c: &BootCmd) -> Result<(RunEnd, bool), String> {
         work: Some(PathBuf::from(BOOT_WORK).join(ticket.run.to_string())),
         cas_dir: None,
         secrets: BTreeMap::new(),
+        agent_key: c.agent_key.clone(),
     };
     // As PID 1 a panic would take the kernel down with it; report it instead.
     std::panic::catch_unwind(move || run_ticket(opts))

@@ -28,6 +28,7 @@ pub enum Command {
     Verify(VerifyCmd),
     Run(RunCmd),
     Boot(BootCmd),
+    Enroll(EnrollCmd),
 }
 
 /// Check a ticket (signature, trusted key, expiry, host binding) and print its plan.
@@ -69,6 +70,10 @@ pub struct RunCmd {
     /// offline secret NAME=FILE (repeatable)
     #[argh(option)]
     pub secret: Vec<String>,
+    /// the host key from `enroll`, used as the claim key when the ticket names an
+    /// enrolled key (default /var/lib/kiln/agent.key)
+    #[argh(option)]
+    pub agent_key: Option<PathBuf>,
 }
 
 /// Netboot mode: read kiln.url / kiln.run from /proc/cmdline, trust
@@ -85,6 +90,20 @@ pub struct BootCmd {
     /// do not power off at the end (for debugging)
     #[argh(switch)]
     pub no_poweroff: bool,
+    /// the host key from `enroll`, used as the claim key when the ticket names an
+    /// enrolled key (default /var/lib/kiln/agent.key)
+    #[argh(option)]
+    pub agent_key: Option<PathBuf>,
+}
+
+/// Make this host's agent key (0600; an existing one is kept, never overwritten) and
+/// print its public key line for `kiln-coordinator host add NAME --agent-key`.
+#[derive(FromArgs, Debug)]
+#[argh(subcommand, name = "enroll")]
+pub struct EnrollCmd {
+    /// key file (default /var/lib/kiln/agent.key)
+    #[argh(option)]
+    pub key: Option<PathBuf>,
 }
 
 /// Runs a parsed command line; returns the exit status.
@@ -93,6 +112,7 @@ pub fn run(cli: Cli) -> i32 {
         Command::Verify(c) => crate::verify::cmd_verify(&c),
         Command::Run(c) => crate::runner::cmd_run(&c),
         Command::Boot(c) => crate::boot::cmd_boot(&c),
+        Command::Enroll(c) => crate::hostkey::cmd_enroll(&c),
     }
 }
 

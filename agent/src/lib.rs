@@ -9,6 +9,7 @@ pub mod bundle;
 pub mod cli;
 pub mod client;
 pub mod hostinfo;
+pub mod hostkey;
 pub mod logger;
 pub mod progress;
 pub mod reaper;

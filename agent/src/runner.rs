@@ -40,6 +40,9 @@ pub struct RunOptions {
     pub cas_dir: Option<PathBuf>,
     /// Offline secrets by name.
     pub secrets: BTreeMap<String, Vec<u8>>,
+    /// The enrolled host key file, for tickets that name one (default
+    /// [`crate::hostkey::DEFAULT_AGENT_KEY`]).
+    pub agent_key: Option<PathBuf>,
 }
 
 /// How a run ended.
@@ -166,6 +169,11 @@ pub fn run_ticket(opts: RunOptions) -> RunEnd {
         Ok(t) => t,
         Err(reason) => return RunEnd::Refused(reason),
     };
+    // An enrolled host's ticket is claimed with its host key, or not run at all.
+    let host_key = match crate::hostkey::for_ticket(&ticket, opts.agent_key.as_deref()) {
+        Ok(k) => k,
+        Err(reason) => return RunEnd::Refused(reason),
+    };
     let run = ticket.run;
     let url = opts.url.clone().or(ticket.coordinator.clone());
     let offline_out = match (&opts.out, &url) {
@@ -188,7 +196,7 @@ pub fn run_ticket(opts: RunOptions) -> RunEnd {
         Ok(w) => w,
         Err(e) => return RunEnd::Infra(format!("work folder {}: {e}", work.display())),
     };
-    let key = match claim_key(&work) {
+    let key = match host_key.map_or_else(|| claim_key(&work), Ok) {
         Ok(k) => k,
         Err(e) => return RunEnd::Infra(e),
     };
@@ -332,5 +340,6 @@ fn options(c: &RunCmd) -> Result<RunOptions, (i32, String)> {
         work: c.work.clone(),
         cas_dir: c.cas.clone(),
         secrets: crate::secrets::from_flags(&c.secret).map_err(refused)?,
+        agent_key: c.agent_key.clone(),
     })
 }

@@ -44,6 +44,7 @@ fn ticket(state: &State, key: &SecretKey) -> RunId {
             macs: vec!["52:54:00:00:00:01".parse().expect("mac")],
             serial: None,
             spec: HostSpec::default(),
+            agent_key: None,
         },
         coordinator: None,
         plan: Plan {

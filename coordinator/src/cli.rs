@@ -57,6 +57,14 @@ pub struct ServeCmd {
     /// KILN_RUN_ARTIFACT_QUOTA)
     #[argh(option)]
     pub upload_quota: Option<String>,
+    /// check a claim's source address against the neighbour table: on (default) or
+    /// off. A claim whose address maps to a MAC the ticket does not name is refused
+    #[argh(option, default = "String::from(\"on\")")]
+    pub claim_check: String,
+    /// the IPv4 neighbour table read by the claim check (default /proc/net/arp;
+    /// another file in its format, for tests)
+    #[argh(option)]
+    pub neigh_table: Option<PathBuf>,
 }
 
 /// Print the public key and its fingerprint.
@@ -98,6 +106,10 @@ pub struct HostAddCmd {
     /// netboot image name
     #[argh(option)]
     pub image: Option<String>,
+    /// enrol the host's agent key: the line `kiln-agent enroll` printed
+    /// (`kiln-ed25519 <base64> [comment]`), a file holding it, or `none` to unenrol
+    #[argh(option)]
+    pub agent_key: Option<String>,
 }
 
 /// List hosts.
@@ -212,6 +224,7 @@ pub enum RunSub {
     Watch(RunWatchCmd),
     Logs(RunLogsCmd),
     Abort(RunAbortCmd),
+    AckContest(RunAckContestCmd),
 }
 
 /// Stages, outcomes, measurements, artifacts.
@@ -265,6 +278,18 @@ pub struct RunAbortCmd {
     /// why
     #[argh(option, default = "String::from(\"aborted by operator\")")]
     pub reason: String,
+}
+
+/// Acknowledge a run's contested claims: it stops showing `contested` (the record
+/// of every claim stays in runs/<run>/claims).
+#[derive(FromArgs, Debug)]
+#[argh(subcommand, name = "ack-contest")]
+// The doc comment is argh's --help text, where `<run>` reads as a placeholder.
+#[allow(rustdoc::invalid_html_tags)]
+pub struct RunAckContestCmd {
+    /// run id or unique prefix
+    #[argh(positional)]
+    pub run: String,
 }
 
 /// Ingest an offline result bundle (same path as online reports).
@@ -391,6 +416,9 @@ pub fn run(cli: Cli) -> Result<i32> {
         Command::Run(RunCmd {
             command: RunSub::Abort(c),
         }) => crate::store::cmd_abort(&state, &c),
+        Command::Run(RunCmd {
+            command: RunSub::AckContest(c),
+        }) => crate::claims::cmd_ack_contest(&state, &c),
         Command::Import(c) => crate::ingest::cmd_import(&state, &c),
         Command::Report(c) => crate::report::cmd_report(&state, &c),
         Command::Image(ImageCmd {

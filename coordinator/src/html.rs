@@ -40,7 +40,7 @@ td,th{border:1px solid #ccc;padding:.2em .6em;text-align:left;vertical-align:top
 th{background:#f3f3f3}pre{background:#f7f7f7;padding:.5em;overflow-x:auto;max-height:30em}\
 code{font-size:13px}.passed{color:#176b2c}.warning,.held,.stale{color:#9a6700}\
 .skipped,.not_run,.pending,.claimed{color:#666}.failed,.timed_out,.lost,.expired{color:#b3261e}\
-.error,.aborted{color:#8250df}.running{color:#0550ae}.corrupt{color:#b3261e;font-weight:bold}";
+.error,.aborted{color:#8250df}.running{color:#0550ae}.corrupt,.contested{color:#b3261e;font-weight:bold}";
 
 fn head(out: &mut String, title: &str, live: bool) {
     out.push_str("<!doctype html>\n<html><head><meta charset=\"utf-8\">");
@@ -57,6 +57,76 @@ fn head(out: &mut String, title: &str, live: bool) {
 fn badge(word: &str) -> String {
     let w = escape(word);
     format!("<span class=\"{w}\">{w}</span>")
+}
+
+/// The state badge, and a `contested` one while a contested claim waits.
+fn state_badge(s: &RunStatus) -> String {
+    let mut b = badge(s.state.as_str());
+    if let Some(c) = &s.corrupt {
+        b.push_str(&format!(
+            " <small>events.log record {} at byte {}</small>",
+            c.record, c.offset
+        ));
+    }
+    if s.contested {
+        b.push(' ');
+        b.push_str(&badge("contested"));
+    }
+    b
+}
+
+/// The claim rows of a run page: source and key of the claim, the enrolled key,
+/// and every contested or refused claim.
+fn claims(out: &mut String, s: &RunStatus) {
+    let claim = match &s.claim {
+        Some(c) => format!(
+            "from <code>{}</code>, key <code>{}</code>, at {}",
+            escape(&c.source),
+            escape(c.fingerprint.as_deref().unwrap_or("-")),
+            fmt_unix(c.at_ms / 1000)
+        ),
+        None => "none yet".into(),
+    };
+    let _ = writeln!(out, "<p>claim: {claim}</p>");
+    if let Some(k) = &s.enrolled_key {
+        let _ = writeln!(
+            out,
+            "<p>enrolled host: only agent key <code>{}</code> may claim this run</p>",
+            escape(k)
+        );
+    }
+    if s.contested {
+        let _ = writeln!(
+            out,
+            "<p class=\"contested\">contested: another agent key tried to claim this run \
+             (<code>kiln-coordinator run ack-contest {}</code> once looked at)</p>",
+            escape(&s.run)
+        );
+    }
+    let others: Vec<_> = s
+        .claim_events
+        .iter()
+        .filter(|e| e.event != crate::claims::Kind::Claim)
+        .collect();
+    if !others.is_empty() {
+        out.push_str(
+            "<table><tr><th>claim event</th><th>at</th><th>from</th><th>key</th>\
+             <th>detail</th></tr>\n",
+        );
+        for e in others {
+            let _ = writeln!(
+                out,
+                "<tr><td>{}</td><td>{}</td><td><code>{}</code></td><td><code>{}</code></td>\
+                 <td>{}</td></tr>",
+                badge(e.event.as_str()),
+                fmt_unix(e.at_ms / 1000),
+                escape(&e.source),
+                escape(e.fingerprint.as_deref().unwrap_or("-")),
+                escape(&e.detail)
+            );
+        }
+        out.push_str("</table>\n");
+    }
 }
 
 /// The index: every run (newest first) and every host.
@@ -87,15 +157,7 @@ pub fn index(runs: &[RunStatus], hosts: &Hosts) -> String {
                 short = escape(r.run.get(..12).unwrap_or(&r.run)),
                 plan = escape(&r.plan),
                 host = escape(&r.host),
-                state = match &r.corrupt {
-                    Some(c) => format!(
-                        "{} <small>events.log record {} at byte {}</small>",
-                        badge(r.state.as_str()),
-                        c.record,
-                        c.offset
-                    ),
-                    None => badge(r.state.as_str()),
-                },
+                state = state_badge(r),
                 outcome = r.outcome.map(badge).unwrap_or_default(),
                 total = r.stages.len(),
                 issued = fmt_unix(r.issued_at),
@@ -155,13 +217,14 @@ pub fn run_page(s: &RunStatus, tails: &[Vec<String>], in_cas: &dyn Fn(&Sha256) -
                 .map(|h| format!(" (reports as {h})"))
                 .unwrap_or_default()
         )),
-        state = badge(s.state.as_str()),
+        state = state_badge(s),
         outcome = s.outcome.map(badge).unwrap_or_else(|| "—".into()),
         agent = escape(s.agent_version.as_deref().unwrap_or("—")),
         issued = fmt_unix(s.issued_at),
         expires = fmt_unix(s.expires_at),
         frames = s.frames,
     );
+    claims(&mut out, s);
     if let Some(r) = &s.abort_requested {
         let _ = writeln!(
             out,

@@ -29,13 +29,15 @@ pub const WORKERS: usize = 16;
 pub const DEFAULT_ARTIFACT_CAP: u64 = 1 << 30;
 pub use artifacts::DEFAULT_RUN_QUOTA;
 
-/// Upload limits.
-#[derive(Debug, Clone, Copy)]
+/// Upload limits and the claim check.
+#[derive(Debug, Clone)]
 pub struct Limits {
     /// Largest single upload, bytes.
     pub artifact_cap: u64,
     /// Most bytes all uploads of one run may take.
     pub run_quota: u64,
+    /// The neighbour-table check of claims (`serve --claim-check`).
+    pub claim_check: crate::neigh::ClaimCheck,
 }
 
 impl Limits {
@@ -44,6 +46,7 @@ impl Limits {
         Ok(Limits {
             artifact_cap: size_env("KILN_ARTIFACT_CAP", DEFAULT_ARTIFACT_CAP)?,
             run_quota: size_env("KILN_RUN_ARTIFACT_QUOTA", DEFAULT_RUN_QUOTA)?,
+            claim_check: Default::default(),
         })
     }
 }
@@ -92,8 +95,9 @@ impl Server {
         let Limits {
             artifact_cap,
             run_quota,
+            claim_check,
         } = limits;
-        let ingest = Ingester::new(state)?;
+        let ingest = Ingester::new(state)?.with_claim_check(claim_check);
         let swept = state.cas().sweep_temp(std::time::Duration::from_secs(60));
         if swept > 0 {
             log::info!("removed {swept} leftover upload temp file(s) from cas/");
@@ -172,6 +176,9 @@ pub fn cmd_serve(state: &State, c: &ServeCmd) -> Result<i32> {
         limits.run_quota =
             crate::units::parse_size(q).map_err(|e| anyhow::anyhow!("--upload-quota: {e}"))?;
     }
+    limits.claim_check =
+        crate::neigh::ClaimCheck::from_flag(&c.claim_check, c.neigh_table.clone())?;
+    limits.claim_check.probe();
     let server = Server::start_with(state, &c.listen, WORKERS, limits)?;
     log::info!(
         "serving {} on http://{}",

@@ -8,7 +8,9 @@ use kiln_protocol::{Ack, Command, PublicKey, RunId, Ticket};
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex, PoisonError};
 
+use crate::claims::{self, Source};
 use crate::fsutil::now_s;
+use crate::neigh::{ClaimCheck, Finding};
 use crate::state::State;
 use crate::store::{RunDir, files};
 
@@ -16,7 +18,7 @@ mod bundle;
 mod check;
 mod logfile;
 
-use check::validate;
+use check::{claimant, validate};
 use logfile::{Cached, refresh, store};
 
 pub use bundle::cmd_import;
@@ -75,6 +77,31 @@ pub enum Mode {
 /// (413), so one agent cannot fill the disk or make every listing slow.
 pub const MAX_EVENTS_LOG_BYTES: u64 = 512 << 20;
 
+/// Records a refused batch that opened with a valid Claim: `contested` when another
+/// key holds the run, `refused` otherwise. Only logged when it cannot be written.
+fn note_refused_claim(rd: &RunDir, c: &Cached, body: &[u8], from: Source, r: &Refusal) {
+    let Some(k) = claimant(body) else {
+        return;
+    };
+    let kind = match c.claim {
+        Some(bound) if bound == k => return,
+        Some(_) => claims::Kind::Contested,
+        None => claims::Kind::Refused,
+    };
+    log::warn!(
+        "run {}: {} claim from {from} by {}: {} {}",
+        rd.id,
+        kind.as_str(),
+        k.fingerprint(),
+        r.status,
+        r.reason
+    );
+    let detail = format!("{} {}", r.status, r.reason);
+    if let Err(e) = claims::append(rd, kind, from, Some(&k), &detail) {
+        log::error!("run {}: recording a {} claim: {e:#}", rd.id, kind.as_str());
+    }
+}
+
 /// What the request handlers need to know about a run before reading a body.
 #[derive(Debug, Clone, Copy)]
 pub struct RunView {
@@ -92,6 +119,7 @@ pub struct Ingester {
     state: State,
     key: PublicKey,
     runs: Mutex<HashMap<RunId, Arc<Mutex<Option<Cached>>>>>,
+    claim_check: ClaimCheck,
 }
 
 impl Ingester {
@@ -101,7 +129,16 @@ impl Ingester {
             state: state.clone(),
             key: state.public_key()?,
             runs: Mutex::new(HashMap::new()),
+            claim_check: ClaimCheck::Off,
         })
+    }
+
+    /// The same writer checking online claims against the neighbour table.
+    pub fn with_claim_check(self, claim_check: ClaimCheck) -> Self {
+        Ingester {
+            claim_check,
+            ..self
+        }
     }
 
     /// The coordinator's public key.
@@ -141,16 +178,38 @@ impl Ingester {
         })
     }
 
-    /// Ingests one sealed batch for `run` (the run the URL names).
-    pub fn ingest(&self, run: &RunId, body: &[u8], mode: Mode) -> Result<Ack, Refusal> {
+    /// Ingests one sealed batch for `run` (the run the URL names), sent from `from`.
+    /// A claim that binds the run is recorded with its source; a refused claim (a
+    /// second claimant: `contested`) is recorded too.
+    pub fn ingest(
+        &self,
+        run: &RunId,
+        body: &[u8],
+        mode: Mode,
+        from: Source,
+    ) -> Result<Ack, Refusal> {
         let rd = RunDir::new(&self.state, *run);
         if !rd.exists() {
             return Err(Refusal::new(404, format!("no run {run}")));
         }
         self.with_run(run, |rd, slot| {
             let c = refresh(rd, &self.key, slot)?;
-            let v = validate(run, body, c, mode, now_s())?;
-            store(rd, c, &v).map_err(|e| {
+            let checked = validate(run, body, c, mode, now_s()).and_then(|v| {
+                if v.bind {
+                    self.neighbour_check(run, c, from)?;
+                }
+                Ok(v)
+            });
+            let v = match checked {
+                Ok(v) => v,
+                Err(r) => {
+                    if mode == Mode::Online {
+                        note_refused_claim(rd, c, body, from, &r);
+                    }
+                    return Err(r);
+                }
+            };
+            store(rd, c, &v, from).map_err(|e| {
                 c.len = u64::MAX; // forces a rescan next time
                 Refusal::internal(e)
             })?;
@@ -166,6 +225,32 @@ impl Ingester {
                 command,
             })
         })
+    }
+
+    /// The neighbour-table check of a claim that would bind `run` (online only).
+    fn neighbour_check(&self, run: &RunId, c: &Cached, from: Source) -> Result<(), Refusal> {
+        let Source::Net(addr) = from else {
+            return Ok(());
+        };
+        match self.claim_check.check(addr.ip(), &c.macs) {
+            Finding::Pass(why) => {
+                log::debug!("run {run}: claim from {addr} passes the claim check: {why}");
+                Ok(())
+            }
+            Finding::Foreign(seen) => {
+                let seen: Vec<String> = seen.iter().map(ToString::to_string).collect();
+                let want: Vec<String> = c.macs.iter().map(ToString::to_string).collect();
+                Err(Refusal::new(
+                    403,
+                    format!(
+                        "claim from {} refused: the neighbour table maps it to {}, not one of the ticket's MACs ({})",
+                        addr.ip(),
+                        seen.join(","),
+                        want.join(",")
+                    ),
+                ))
+            }
+        }
     }
 
     /// Imports a bundle's batches whole: every batch is checked against the stored
@@ -206,7 +291,7 @@ impl Ingester {
                 }
                 before_store()?;
                 for v in &verdicts {
-                    store(rd, c, v)?;
+                    store(rd, c, v, Source::Import)?;
                 }
                 Ok(())
             };

@@ -16,6 +16,7 @@ fn setup(image: Option<&str>) -> (tempfile::TempDir, State) {
             serial: None,
             image: image.map(str::to_string),
             spec: None,
+            agent_key: None,
         }],
     };
     s.save_hosts(&hosts).unwrap();
@@ -47,6 +48,7 @@ fn issue(s: &State, host: &str, run: u8, issued_at: u64, key: &SecretKey) -> Run
             ],
             serial: None,
             spec: HostSpec::default(),
+            agent_key: None,
         },
         coordinator: None,
         plan: Plan {

@@ -4,6 +4,7 @@
 #![warn(missing_docs)]
 
 pub mod cas;
+pub mod claims;
 pub mod cli;
 pub mod fsutil;
 pub mod html;
@@ -12,6 +13,7 @@ pub mod images;
 pub mod ingest;
 pub mod ipxe;
 pub mod logger;
+pub mod neigh;
 pub mod plan;
 pub mod report;
 pub mod setup;

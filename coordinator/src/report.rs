@@ -4,6 +4,7 @@ use kiln_protocol::{Event, Frame, PublicKey, Ticket};
 use serde::Serialize;
 use std::io::Write;
 
+use crate::claims::Kind;
 use crate::cli::*;
 use crate::state::State;
 use crate::status::{Corruption, RunState, RunStatus, load};
@@ -44,6 +45,8 @@ pub struct Summary {
     pub last_seen_ms: Option<u64>,
     /// The first corrupt record of events.log, when state is `corrupt`.
     pub corrupt: Option<Corruption>,
+    /// Another key tried to claim the run and no operator has acknowledged it yet.
+    pub contested: bool,
 }
 
 impl From<&RunStatus> for Summary {
@@ -62,6 +65,7 @@ impl From<&RunStatus> for Summary {
             expires_at: s.expires_at,
             last_seen_ms: s.last_seen_ms,
             corrupt: s.corrupt.clone(),
+            contested: s.contested,
         }
     }
 }
@@ -111,7 +115,7 @@ pub fn cmd_runs(state: &State, c: &RunsCmd) -> Result<i32> {
             s.run,
             visible(&s.plan),
             visible(&s.host),
-            s.state.as_str(),
+            state_word(s.state, s.contested),
             s.outcome.unwrap_or("-"),
             format!("{}/{}", s.stages_done, s.stages),
             fmt_unix(s.issued_at)
@@ -123,6 +127,58 @@ pub fn cmd_runs(state: &State, c: &RunsCmd) -> Result<i32> {
         }
     }
     Ok(0)
+}
+
+/// The state as listed: `running`, or `running,contested` while a contested claim
+/// waits for an operator.
+pub fn state_word(state: RunState, contested: bool) -> String {
+    if contested {
+        format!("{},contested", state.as_str())
+    } else {
+        state.as_str().to_string()
+    }
+}
+
+/// The claim lines of `run show`: who claimed the run from where, the enrolled key,
+/// and contested or refused claims; `v` makes recorded text visible (or not, raw).
+fn claims_text(o: &mut String, s: &RunStatus, v: &dyn Fn(&str) -> String) {
+    use std::fmt::Write as _;
+    let _ = match &s.claim {
+        Some(c) => writeln!(
+            o,
+            "claim    from {}, key {}, at {}",
+            v(&c.source),
+            v(c.fingerprint.as_deref().unwrap_or("-")),
+            fmt_unix(c.at_ms / 1000)
+        ),
+        None => writeln!(o, "claim    none yet"),
+    };
+    if let Some(k) = &s.enrolled_key {
+        let _ = writeln!(o, "enrolled only agent key {} may claim this run", v(k));
+    }
+    if s.contested {
+        let _ = writeln!(
+            o,
+            "CONTESTED another agent key tried to claim this run; look at the claims below, \
+             then `kiln-coordinator run ack-contest {}`",
+            s.run
+        );
+    }
+    for e in s.claim_events.iter().filter(|e| e.event != Kind::Claim) {
+        let detail = if e.detail.is_empty() {
+            String::new()
+        } else {
+            format!(" ({})", v(&e.detail))
+        };
+        let _ = writeln!(
+            o,
+            "  {} {} from {} key {}{detail}",
+            fmt_unix(e.at_ms / 1000),
+            e.event.as_str(),
+            v(&e.source),
+            v(e.fingerprint.as_deref().unwrap_or("-")),
+        );
+    }
 }
 
 /// `run show`: text from the run goes through [`visible`] unless `--raw`.
@@ -155,9 +211,10 @@ pub fn show_text(s: &RunStatus, raw: bool) -> String {
             let _ = writeln!(o, "host     {}", v(&s.host));
         }
     }
+    let state = state_word(s.state, s.contested);
     let _ = match s.outcome {
-        Some(oc) => writeln!(o, "state    {} ({oc})", s.state.as_str()),
-        None => writeln!(o, "state    {}", s.state.as_str()),
+        Some(oc) => writeln!(o, "state    {state} ({oc})"),
+        None => writeln!(o, "state    {state}"),
     };
     if let Some(c) = &s.corrupt {
         let _ = writeln!(
@@ -169,6 +226,7 @@ pub fn show_text(s: &RunStatus, raw: bool) -> String {
     if let Some(a) = &s.agent_version {
         let _ = writeln!(o, "agent    {}", v(a));
     }
+    claims_text(&mut o, s, &v);
     let _ = writeln!(
         o,
         "issued   {}, expires {}",

@@ -1,6 +1,7 @@
 //! Setup commands: init, key, hosts, secrets.
 use anyhow::{Context, Result, bail};
 use kiln_protocol::{Mac, PublicKey};
+use std::io::Read;
 use std::path::Path;
 
 use crate::cli::*;
@@ -91,6 +92,7 @@ pub fn cmd_host_add(state: &State, c: &HostAddCmd) -> Result<i32> {
         // A host bound to an image that does not exist could never netboot.
         crate::images::require(state, image)?;
     }
+    let agent_key = c.agent_key.as_deref().map(agent_key_arg).transpose()?;
     let mut hosts = state.hosts()?;
     for mac in &macs {
         let parsed: Mac = mac.parse().expect("normalized above");
@@ -107,6 +109,7 @@ pub fn cmd_host_add(state: &State, c: &HostAddCmd) -> Result<i32> {
             serial: None,
             image: None,
             spec: None,
+            agent_key: None,
         },
     };
     if !macs.is_empty() {
@@ -117,6 +120,9 @@ pub fn cmd_host_add(state: &State, c: &HostAddCmd) -> Result<i32> {
     }
     if c.image.is_some() {
         host.image = c.image.clone();
+    }
+    if let Some(k) = agent_key {
+        host.agent_key = k;
     }
     if host.macs.is_empty() && host.serial.is_none() {
         bail!(
@@ -163,12 +169,18 @@ pub fn cmd_host_list(state: &State) -> Result<i32> {
         } else {
             h.macs.join(",")
         };
+        let enrolled = match h.agent_key() {
+            Ok(Some(k)) => format!("  enrolled {}", k.fingerprint()),
+            Ok(None) => String::new(),
+            Err(e) => format!("  {e}"),
+        };
         println!(
-            "{:<width$}  {:<17}  {:<16}  {}",
+            "{:<width$}  {:<17}  {:<16}  {}{}",
             visible(&h.name),
             visible(&macs),
             visible(h.serial.as_deref().unwrap_or("-")),
             visible(h.image.as_deref().unwrap_or("-")),
+            visible(&enrolled),
         );
     }
     Ok(0)
@@ -194,6 +206,36 @@ pub fn cmd_secret_set(state: &State, c: &SecretSetCmd) -> Result<i32> {
     Ok(0)
 }
 
+/// Largest `--agent-key` file read: one key line.
+const MAX_KEY_FILE_BYTES: u64 = 4096;
+
+/// `--agent-key`: a public key line, a file holding one, or `none`; the stored line
+/// (`None` to unenrol).
+fn agent_key_arg(arg: &str) -> Result<Option<String>> {
+    let arg = arg.trim();
+    if arg == "none" {
+        return Ok(None);
+    }
+    let text = if arg.starts_with("kiln-ed25519") {
+        arg.to_string()
+    } else {
+        let mut text = String::new();
+        std::fs::File::open(arg)
+            .and_then(|f| f.take(MAX_KEY_FILE_BYTES + 1).read_to_string(&mut text))
+            .with_context(|| format!("--agent-key: reading {arg}"))?;
+        if text.len() as u64 > MAX_KEY_FILE_BYTES {
+            bail!(
+                "--agent-key: {arg} is larger than {MAX_KEY_FILE_BYTES} bytes (want one key line)"
+            );
+        }
+        text
+    };
+    let key = PublicKey::from_line(&text).map_err(|e| {
+        anyhow::anyhow!("--agent-key: {e} (give the line `kiln-agent enroll` printed, or its file)")
+    })?;
+    Ok(Some(key.to_line("kiln-agent")))
+}
+
 fn describe(h: &Host) -> String {
     let mut s = h.name.clone();
     if !h.macs.is_empty() {
@@ -204,6 +246,9 @@ fn describe(h: &Host) -> String {
     }
     if let Some(image) = &h.image {
         s += &format!(" image {image}");
+    }
+    if let Ok(Some(k)) = h.agent_key() {
+        s += &format!(" agent key {}", k.fingerprint());
     }
     s
 }

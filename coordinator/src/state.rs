@@ -276,9 +276,24 @@ pub struct Host {
     /// What the machine should have.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub spec: Option<SpecToml>,
+    /// The enrolled agent key line (`kiln-ed25519 <base64> [comment]`, from
+    /// `kiln-agent enroll`): tickets for this host name it and only it may claim them.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub agent_key: Option<String>,
 }
 
 impl Host {
+    /// The enrolled agent key, parsed.
+    pub fn agent_key(&self) -> Result<Option<PublicKey>> {
+        self.agent_key
+            .as_deref()
+            .map(|line| {
+                PublicKey::from_line(line)
+                    .map_err(|e| anyhow::anyhow!("host {}: agent_key: {e}", self.name))
+            })
+            .transpose()
+    }
+
     /// Parsed MACs.
     pub fn mac_list(&self) -> Result<Vec<Mac>> {
         self.macs

@@ -8,9 +8,10 @@ use anyhow::Result;
 use kiln_protocol::{Frame, PublicKey, Ticket};
 use serde::Serialize;
 
+use crate::claims::{ClaimEvent, Kind};
 use crate::fsutil::now_ms;
 pub use crate::store::Corruption;
-use crate::store::{Events, RunDir};
+use crate::store::{Events, RunDir, files};
 
 /// Where a run is in its life.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
@@ -97,6 +98,18 @@ pub struct RunStatus {
     pub corrupt: Option<Corruption>,
     /// One entry per plan stage, in plan order.
     pub stages: Vec<StageStatus>,
+    /// The claim that bound the run, as the coordinator recorded it: its clock, the
+    /// source address (`ip:port`, or `import`) and the agent key's fingerprint.
+    pub claim: Option<ClaimEvent>,
+    /// Another key tried to claim the run and no operator has acknowledged it yet
+    /// (`run ack-contest`).
+    pub contested: bool,
+    /// Every recorded claim event: the claim, contested and refused claims, and the
+    /// operator's acknowledgements, in order.
+    pub claim_events: Vec<ClaimEvent>,
+    /// Fingerprint of the enrolled agent key the ticket names (the only key that may
+    /// claim the run).
+    pub enrolled_key: Option<String>,
 }
 
 /// One stage's derived status.
@@ -199,7 +212,7 @@ pub fn load(rd: &RunDir, key: &PublicKey) -> Result<Loaded> {
     let (_, ticket) = rd.ticket(key)?;
     let Events { frames, corrupt } = rd.events()?;
     let abort = rd.abort_request();
-    let status = fold(Inputs {
+    let mut status = fold(Inputs {
         ticket: &ticket,
         frames: &frames,
         last_seen_ms: rd.last_seen_ms(),
@@ -207,6 +220,7 @@ pub fn load(rd: &RunDir, key: &PublicKey) -> Result<Loaded> {
         now_ms: now_ms(),
         corrupt: corrupt.as_ref(),
     });
+    annotate(rd, &mut status)?;
     Ok(Loaded {
         ticket,
         frames,
@@ -217,20 +231,51 @@ pub fn load(rd: &RunDir, key: &PublicKey) -> Result<Loaded> {
 /// A run's status from the per-process fold cache (only new frames are decoded).
 pub fn current(rd: &RunDir, key: &PublicKey) -> Result<RunStatus> {
     let (last_seen, abort) = (rd.last_seen_ms(), rd.abort_request());
-    with_folded(rd, key, |t, f| {
+    let mut s = with_folded(rd, key, |t, f| {
         f.status(t, last_seen, abort.as_deref(), now_ms())
-    })
+    })?;
+    annotate(rd, &mut s)?;
+    Ok(s)
+}
+
+/// Adds what the run folder records beside the frames: the claim's source and key,
+/// contested and refused claims. A run bound before claims were recorded shows its
+/// key with source `unknown`.
+pub fn annotate(rd: &RunDir, s: &mut RunStatus) -> Result<()> {
+    let log = crate::claims::read(rd)?;
+    s.contested = log.contested();
+    s.claim = log.claim().cloned();
+    if s.claim.is_none()
+        && let Some(k) = rd.claim_key()?
+    {
+        let at_ms = std::fs::metadata(rd.path(files::CLAIM))
+            .and_then(|m| m.modified())
+            .ok()
+            .and_then(|t| t.duration_since(std::time::UNIX_EPOCH).ok())
+            .map_or(0, |d| d.as_millis() as u64);
+        s.claim = Some(ClaimEvent {
+            event: Kind::Claim,
+            at_ms,
+            source: "unknown".into(),
+            fingerprint: Some(k.fingerprint()),
+            detail: String::new(),
+        });
+    }
+    s.claim_events = log.events;
+    Ok(())
 }
 
 /// A run's status and per-stage log tails, from the fold cache (for the HTML page).
 pub fn current_with_tails(rd: &RunDir, key: &PublicKey) -> Result<(RunStatus, Vec<Vec<String>>)> {
     let (last_seen, abort) = (rd.last_seen_ms(), rd.abort_request());
-    with_folded(rd, key, |t, f| {
+    let (mut s, tails) = with_folded(rd, key, |t, f| {
         (
             f.status(t, last_seen, abort.as_deref(), now_ms()),
             f.tails(),
         )
-    })
+    })?;
+    annotate(rd, &mut s)?;
+    Ok((s, tails))
 }
 
 /// Pretty JSON of a status (one shape for the CLI, the API and reports), with the

@@ -3,8 +3,9 @@
 //! `runs/<run>/` holds `ticket.kiln` (the signed ticket), `events.log` (COBS records
 //! of postcard frames, fsynced before each ack), `claim.pub` (the bound agent key),
 //! `seen` (coordinator clock of the last batch, unix ms), `abort` (an operator's abort
-//! reason), `uploads` (the artifacts the agent uploaded, for its quota) and `lock`
-//! (flock'ed by every writer).
+//! reason), `uploads` (the artifacts the agent uploaded, for its quota), `claims`
+//! (claim events: source address and key of every claim, contested and refused ones)
+//! and `lock` (flock'ed by every writer).
 use anyhow::{Context, Result, bail};
 use kiln_protocol::{Event, Frame, Mac, PublicKey, RecordReader, RunId, SignedTicket, Ticket};
 use serde::Serialize;
@@ -31,6 +32,9 @@ pub mod files {
     pub const LOCK: &str = "lock";
     /// Agent uploads stored for the run: `<sha256> <bytes>` lines (the quota ledger).
     pub const UPLOADS: &str = "uploads";
+    /// Claim events: who claimed the run from where, contested and refused claims
+    /// (`crate::claims`).
+    pub const CLAIMS: &str = "claims";
 }
 
 /// A run folder in a state folder.

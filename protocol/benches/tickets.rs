@@ -13,6 +13,7 @@ fn ticket() -> Ticket {
             macs: vec![Mac([0x52, 0x54, 0, 0x12, 0x34, 0x56])],
             serial: Some("SN1".into()),
             spec: HostSpec::default(),
+            agent_key: None,
         },
         coordinator: Some("http://10.0.0.1:7373".into()),
         plan: Plan {

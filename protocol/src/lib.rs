@@ -35,13 +35,13 @@ pub use records::{RecordReader, ResultRecord, encode_record};
 pub use ticket::{HostBinding, SignedTicket, Ticket};
 
 /// Format version of tickets, batches and bundles; a changed encoding is a new version.
-pub const VERSION: u16 = 1;
+pub const VERSION: u16 = 2;
 /// First bytes of a ticket file; the last byte is the format version.
-pub const TICKET_MAGIC: &[u8; 8] = b"KILNTKT\x01";
+pub const TICKET_MAGIC: &[u8; 8] = b"KILNTKT\x02";
 /// First bytes of an offline result bundle; the last byte is the format version.
-pub const BUNDLE_MAGIC: &[u8; 8] = b"KILNRES\x01";
+pub const BUNDLE_MAGIC: &[u8; 8] = b"KILNRES\x02";
 /// Domain separator prefixed to a ticket body before signing.
-pub const TICKET_DOMAIN: &[u8] = b"kiln-ticket-v1\0";
+pub const TICKET_DOMAIN: &[u8] = b"kiln-ticket-v2\0";
 /// Domain separator prefixed to a batch body before signing.
 pub const BATCH_DOMAIN: &[u8] = b"kiln-batch-v1\0";
 /// Domain separator prefixed to a secrets request before signing.

@@ -38,6 +38,9 @@ pub struct HostBinding {
     pub serial: Option<String>,
     /// What the machine should have, for inventory diffs and storage gates.
     pub spec: HostSpec,
+    /// The enrolled host's agent key (`kiln-agent enroll`): when set, the agent claims
+    /// the run with this key and the coordinator accepts no other (format version 2).
+    pub agent_key: Option<PublicKey>,
 }
 
 /// A ticket body as signed bytes, with the signing key's id.

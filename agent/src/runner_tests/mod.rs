@@ -70,6 +70,7 @@ fn ticket_for(plan: Plan, url: Option<String>) -> Option<(Vec<u8>, SecretKey, Ru
             macs: vec![mac],
             serial: None,
             spec: Default::default(),
+            agent_key: None,
         },
         coordinator: url,
         plan,
@@ -87,6 +88,7 @@ fn opts(bytes: Vec<u8>, key: &SecretKey, work: &Path, out: Option<&Path>) -> Run
         work: Some(work.to_path_buf()),
         cas_dir: None,
         secrets: BTreeMap::new(),
+        agent_key: None,
     }
 }
 

@@ -367,6 +367,7 @@ impl StageCtx {
                 macs: vec![],
                 serial: None,
                 spec: Default::default(),
+                agent_key: None,
             },
             attempt: 1,
             dir,

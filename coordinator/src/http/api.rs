@@ -71,8 +71,12 @@ pub fn host_ticket(ctx: &Ctx, mac: &str) -> Reply {
 pub fn post_events(ctx: &Ctx, rq: &mut Request, run: &RunId) -> Reply {
     // 404 for an unknown run, 409 for a broken ticket, before any body byte is read.
     ctx.ingest.view(run)?;
+    let from = crate::claims::Source::Net(
+        *rq.remote_addr()
+            .ok_or_else(|| Refusal::new(400, "request has no peer address"))?,
+    );
     let body = read_body(rq, MAX_BATCH_BYTES)?;
-    let ack = ctx.ingest.ingest(run, &body, Mode::Online)?;
+    let ack = ctx.ingest.ingest(run, &body, Mode::Online, from)?;
     let bytes = postcard::to_allocvec(&ack).expect("acks always encode");
     Ok(text(200, bytes, OCTETS))
 }

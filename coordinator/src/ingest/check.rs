@@ -88,6 +88,16 @@ pub(super) fn validate(
             if check.verify(&agent_key).is_err() {
                 return Err(Refusal::new(403, "bad batch signature"));
             }
+            if let Some(enrolled) = c.agent_key.filter(|k| *k != agent_key) {
+                return Err(Refusal::new(
+                    403,
+                    format!(
+                        "run {run} is for an enrolled host: only its agent key {} may claim it, not {}",
+                        enrolled.fingerprint(),
+                        agent_key.fingerprint()
+                    ),
+                ));
+            }
             if mode == Mode::Online && now_s > c.not_after {
                 return Err(Refusal::new(
                     409,
@@ -122,6 +132,19 @@ pub(super) fn validate(
             .iter()
             .any(|f| matches!(f.event, Event::RunFinished { .. })),
     })
+}
+
+/// The key of a batch that opens with a Claim signed by that key (checked or not
+/// against the run): for recording refused and contested claims.
+pub(super) fn claimant(body: &[u8]) -> Option<PublicKey> {
+    if body.len() > MAX_BATCH_BYTES {
+        return None;
+    }
+    let (batch, check) = Batch::open_unverified(body).ok()?;
+    match batch.frames.first()?.event {
+        Event::Claim { agent_key, .. } if check.verify(&agent_key).is_ok() => Some(agent_key),
+        _ => None,
+    }
 }
 
 fn claimed_by_other() -> Refusal {
@@ -189,6 +212,8 @@ mod tests {
             finished: false,
             stages: 1,
             not_after: u64::MAX,
+            agent_key: None,
+            macs: Vec::new(),
         }
     }
 

@@ -1,11 +1,12 @@
 //! A run's stored state as the writer sees it, and appending checked batches.
 use anyhow::Result;
-use kiln_protocol::{Event, PublicKey, Ticket};
+use kiln_protocol::{Event, Mac, PublicKey, Ticket};
 use std::fs;
 use std::io::Write;
 
 use super::Refusal;
 use super::check::Verdict;
+use crate::claims::{self, Source};
 use crate::fsutil::sync_dir;
 use crate::store::{RunDir, files};
 
@@ -24,6 +25,10 @@ pub(crate) struct Cached {
     pub stages: usize,
     /// The ticket's expiry, unix s.
     pub not_after: u64,
+    /// The enrolled agent key the ticket names: the only key that may claim the run.
+    pub agent_key: Option<PublicKey>,
+    /// The ticket's MACs (for the neighbour-table claim check).
+    pub macs: Vec<Mac>,
 }
 
 impl Cached {
@@ -36,14 +41,17 @@ impl Cached {
             finished: false,
             stages: t.plan.stages.len(),
             not_after: t.not_after,
+            agent_key: t.host.agent_key,
+            macs: t.host.macs.clone(),
         }
     }
 }
 
-/// Stores a checked batch: binds the claim, appends and fsyncs the new frames
-/// (cut back on a failed write), then updates the cache.
-pub(super) fn store(rd: &RunDir, c: &mut Cached, v: &Verdict) -> Result<()> {
+/// Stores a checked batch: records and binds the claim, appends and fsyncs the new
+/// frames (cut back on a failed write), then updates the cache.
+pub(super) fn store(rd: &RunDir, c: &mut Cached, v: &Verdict, from: Source) -> Result<()> {
     if v.bind {
+        claims::append(rd, claims::Kind::Claim, from, Some(&v.key), "")?;
         rd.bind_claim(&v.key)?;
     }
     if !v.records.is_empty() {

@@ -24,6 +24,7 @@ fn fx() -> Fx {
         serial: None,
         image: None,
         spec: None,
+        agent_key: None,
     };
     Fx {
         _tmp: tmp,

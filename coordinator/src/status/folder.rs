@@ -221,6 +221,10 @@ impl Folder {
             last_seen_ms,
             corrupt: self.corrupt.clone(),
             stages,
+            claim: None,
+            contested: false,
+            claim_events: Vec::new(),
+            enrolled_key: t.host.agent_key.map(|k| k.fingerprint()),
         }
     }
 }

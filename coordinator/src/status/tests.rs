@@ -22,6 +22,7 @@ fn ticket() -> Ticket {
             macs: vec![],
             serial: None,
             spec: HostSpec::default(),
+            agent_key: None,
         },
         coordinator: None,
         plan: Plan {

@@ -62,6 +62,7 @@ pub fn issue(
         macs,
         serial: h.serial.clone(),
         spec: h.host_spec()?,
+        agent_key: h.agent_key()?,
     };
     let loaded = load_plan(plan, state, h)?;
     let key = state.signing_key()?;

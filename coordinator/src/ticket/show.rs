@@ -68,6 +68,9 @@ fn human(t: &Ticket, fingerprint: &str, now: u64) -> String {
     if let Some(s) = &t.host.serial {
         bind.push(format!("serial {s:?}"));
     }
+    if let Some(k) = &t.host.agent_key {
+        bind.push(format!("enrolled agent key {}", k.fingerprint()));
+    }
     push_line!(o, "host         {} ({})", t.host.name, bind.join(", "));
     push_line!(o, "issued       {}", fmt_unix(t.issued_at));
     let left = if now > t.not_after {
@@ -169,7 +172,13 @@ pub fn to_json(t: &Ticket, now: u64) -> Value {
         "not_after": t.not_after,
         "expired": now > t.not_after,
         "coordinator": t.coordinator,
-        "host": { "name": t.host.name, "macs": macs, "serial": t.host.serial, "spec": spec },
+        "host": {
+            "name": t.host.name,
+            "macs": macs,
+            "serial": t.host.serial,
+            "spec": spec,
+            "agent_key": t.host.agent_key.map(|k| k.fingerprint()),
+        },
         "plan": {
             "name": t.plan.name,
             "fail_fast": t.plan.fail_fast,

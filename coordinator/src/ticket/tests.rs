@@ -13,6 +13,7 @@ fn setup() -> (tempfile::TempDir, State, PathBuf) {
                 serial: Some("S1".into()),
                 image: None,
                 spec: None,
+                agent_key: None,
             },
             Host {
                 name: "loose".into(),
@@ -20,6 +21,7 @@ fn setup() -> (tempfile::TempDir, State, PathBuf) {
                 serial: None,
                 image: None,
                 spec: None,
+                agent_key: None,
             },
         ],
     };

@@ -7,12 +7,18 @@ use serde_json::Value;
 use std::time::Duration;
 
 /// `run show --json` without what differs between two runs of one plan: the run id,
-/// clock values (`*_ms`, `*_at`) and durations.
+/// clock values (`*_ms`, `*_at`), durations and the claim (its source and key).
 fn comparable(mut v: Value) -> Value {
     fn strip(v: &mut Value) {
         match v {
             Value::Object(m) => {
-                m.retain(|k, _| !(k.ends_with("_ms") || k.ends_with("_at") || k == "run"));
+                m.retain(|k, _| {
+                    !(k.ends_with("_ms")
+                        || k.ends_with("_at")
+                        || k == "run"
+                        || k == "claim"
+                        || k == "claim_events")
+                });
                 m.values_mut().for_each(strip);
             }
             Value::Array(a) => a.iter_mut().for_each(strip),

@@ -81,6 +81,7 @@ pub fn ticket(run: RunId, plan: &str, stages: Vec<Stage>, issued_at: u64) -> Tic
             macs: vec![MAC.parse::<Mac>().expect("mac")],
             serial: None,
             spec: HostSpec::default(),
+            agent_key: None,
         },
         coordinator: None,
         plan: Plan {

@@ -161,7 +161,7 @@ fn ticket_payload() {
     golden(
         &crate::sample_ticket(),
         concat!(
-            "01",                                           // version 1
+            "02",                                           // version 2
             "11111111111111111111111111111111",             // run id
             "80e2cfaa06",                                   // issued_at varint
             "8085d5aa06",                                   // not_after varint
@@ -169,6 +169,7 @@ fn ticket_payload() {
             "01525400123456",                               // one MAC
             "0103534e31",                                   // serial Some("SN1")
             "00000000000000",                               // spec: defaults
+            "00",                                           // agent_key None
             "0114687474703a2f2f31302e302e302e313a37333733", // coordinator Some(url)
             "05736d6f6b65",                                 // plan.name
             "01",                                           // one stage
@@ -179,6 +180,26 @@ fn ticket_payload() {
             "0100",         // fail_fast, timeout_s 0
         ),
     );
+}
+
+#[test]
+fn enrolled_host_binding() {
+    let mut t = crate::sample_ticket();
+    t.host.agent_key = Some(PublicKey([0x42; 32]));
+    let bytes = postcard::to_allocvec(&t.host).expect("encode");
+    assert_eq!(
+        hex(&bytes),
+        format!(
+            "056e6f646531015254001234560103534e3100000000000000{}{}",
+            "01",
+            "42".repeat(32)
+        ),
+        "an enrolled host's key follows the spec as Some(32 bytes)"
+    );
+    golden(&t.host, &hex(&bytes));
+    // The ticket file's magic names format version 2.
+    assert_eq!(&TICKET_MAGIC[..], b"KILNTKT\x02");
+    assert_eq!(VERSION, 2);
 }
 
 #[test]

@@ -97,12 +97,15 @@ fn expired_and_wrong_host() {
 #[test]
 fn unknown_versions_are_named() {
     let key = test_key(1);
-    let mut bytes = file(&sample_ticket(), &key);
-    bytes[7] = 2;
-    assert_eq!(
-        check(&bytes, &[key.public()]),
-        Err(Error::UnsupportedVersion(2))
-    );
+    // A version 1 file (before enrolled host keys) and a future version 3.
+    for v in [1u8, 3] {
+        let mut bytes = file(&sample_ticket(), &key);
+        bytes[7] = v;
+        assert_eq!(
+            check(&bytes, &[key.public()]),
+            Err(Error::UnsupportedVersion(v as u16))
+        );
+    }
 
     let mut t = sample_ticket();
     t.version = 9;
