@@ -14,6 +14,8 @@ mod bytes;
 mod error;
 mod frame;
 mod ids;
+#[cfg(feature = "std")]
+pub mod io;
 mod key;
 mod plan;
 mod records;
