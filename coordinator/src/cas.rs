@@ -148,7 +148,10 @@ impl Cas {
     /// there. Returns what this call created (for [`Cas::unpublish`]), or `None`
     /// when the object already existed. Call [`Cas::sync`] after the last one.
     pub fn publish(&self, mut staged: Staged) -> Result<Option<Published>> {
-        let tmp = staged.tmp.take().expect("a staged object has its temp file");
+        let tmp = staged
+            .tmp
+            .take()
+            .expect("a staged object has its temp file");
         let path = self.path(&staged.sha);
         let created = match fs::hard_link(&tmp, &path) {
             Ok(()) => true,

@@ -282,7 +282,13 @@ mod tests {
         for _ in 0..20000 {
             let len = rng.below(64) as usize;
             let bytes: Vec<u8> = (0..len)
-                .map(|_| if rng.below(3) == 0 { 0 } else { rng.next() as u8 })
+                .map(|_| {
+                    if rng.below(3) == 0 {
+                        0
+                    } else {
+                        rng.next() as u8
+                    }
+                })
                 .collect();
             let got = decode_all(&bytes, 1 + rng.below(8) as usize);
             let mut reader = RecordReader::new(&bytes);
@@ -306,7 +312,10 @@ mod tests {
     fn read_capped_refuses_past_the_cap_without_reading_on() {
         let e = read_capped(io::repeat(0), 1000, "ticket").unwrap_err();
         assert!(e.to_string().contains("1000-byte cap"), "{e}");
-        assert_eq!(read_capped(&[1u8; 1000][..], 1000, "x").unwrap().len(), 1000);
+        assert_eq!(
+            read_capped(&[1u8; 1000][..], 1000, "x").unwrap().len(),
+            1000
+        );
         let e = read_file_capped(Path::new("/dev/zero"), 1 << 20, "bundle").unwrap_err();
         assert!(e.to_string().contains("/dev/zero"), "{e}");
     }

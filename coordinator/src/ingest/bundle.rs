@@ -37,8 +37,16 @@ pub fn bundle_cap(limits: &Limits) -> u64 {
 pub fn cmd_import(state: &State, c: &ImportCmd) -> Result<i32> {
     let limits = Limits::from_env()?;
     let cap = bundle_cap(&limits);
-    let file = fs::File::open(&c.bundle).with_context(|| format!("reading {}", c.bundle.display()))?;
-    let mut input = BufReader::with_capacity(1 << 20, Capped { inner: file, left: cap, cap });
+    let file =
+        fs::File::open(&c.bundle).with_context(|| format!("reading {}", c.bundle.display()))?;
+    let mut input = BufReader::with_capacity(
+        1 << 20,
+        Capped {
+            inner: file,
+            left: cap,
+            cap,
+        },
+    );
     let ingester = Ingester::new(state)?;
     let mut records = RecordStream::new(&mut input);
     let (ticket, parsed) = read_magic(&mut records)
@@ -230,7 +238,10 @@ fn read_varint(r: &mut impl Read) -> io::Result<u64> {
             return Ok(v);
         }
     }
-    Err(io::Error::new(io::ErrorKind::InvalidData, "a length overflows"))
+    Err(io::Error::new(
+        io::ErrorKind::InvalidData,
+        "a length overflows",
+    ))
 }
 
 /// A reader that fails once more than `cap` bytes were asked of it: the bundle cap,
@@ -246,7 +257,9 @@ impl<R: Read> Read for Capped<R> {
         if buf.is_empty() {
             return Ok(0);
         }
-        let want = buf.len().min(self.left.saturating_add(1).min(usize::MAX as u64) as usize);
+        let want = buf
+            .len()
+            .min(self.left.saturating_add(1).min(usize::MAX as u64) as usize);
         let n = self.inner.read(&mut buf[..want])?;
         if n as u64 > self.left {
             return Err(io::Error::new(

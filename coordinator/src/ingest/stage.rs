@@ -137,12 +137,11 @@ impl Import {
     pub(crate) fn batch(&mut self, sealed: &[u8]) -> Result<(), Refusal> {
         self.batches += 1;
         let n = self.batches;
-        let v = validate(&self.run, sealed, &self.sim, Mode::Import, now_s()).map_err(|r| {
-            Refusal {
+        let v =
+            validate(&self.run, sealed, &self.sim, Mode::Import, now_s()).map_err(|r| Refusal {
                 reason: format!("batch {n}: {}", r.reason),
                 ..r
-            }
-        })?;
+            })?;
         // validate opened it, so this cannot fail.
         let (batch, _) = Batch::open_unverified(sealed)
             .map_err(|e| Refusal::new(400, format!("batch {n}: {e}")))?;
@@ -265,7 +264,8 @@ impl Import {
                         bail!("{} changed during the import", path.display());
                     }
                     done.events = Some(Some(len));
-                    append(&staged, &path).with_context(|| format!("appending to {}", path.display()))?;
+                    append(&staged, &path)
+                        .with_context(|| format!("appending to {}", path.display()))?;
                 }
             }
         }
@@ -384,7 +384,10 @@ fn sweep_abandoned(runs: &Path) {
             Err(_) => false,
         };
         if free {
-            log::info!("removing {}, left by an import that did not finish", path.display());
+            log::info!(
+                "removing {}, left by an import that did not finish",
+                path.display()
+            );
             let _ = fs::remove_dir_all(&path);
         }
     }
