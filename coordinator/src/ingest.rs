@@ -174,7 +174,7 @@ impl Ingester {
     /// batch against the stored run and the batches before it (the same check as
     /// online) and stages batches and blobs where nobody looks. Only when `feed` and
     /// the blob check pass is the import committed, all of it or, on any error (a
-    /// full disk included), none of it: see [`stage`]. Returns the last stored seq.
+    /// full disk included), none of it: see `stage`. Returns the last stored seq.
     pub(crate) fn import(
         &self,
         ticket: &Ticket,
