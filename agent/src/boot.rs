@@ -110,8 +110,8 @@ pub fn cmd_boot(c: &BootCmd) -> i32 {
 /// Everything up to the end of the run (and whether it was offline); `Err` is a
 /// refusal before anything ran.
 fn boot(c: &BootCmd) -> Result<(RunEnd, bool), String> {
-    let text = std::fs::read_to_string(&c.cmdline)
-        .map_err(|e| format!("cannot read {}: {e}", c.cmdline.display()))?;
+    let text = kiln_protocol::io::read_text_capped(&c.cmdline, 64 * 1024, "a kernel command line")
+        .map_err(|e| format!("cannot read {e}"))?;
     let args = parse_cmdline(&text)?;
     let trusted = load_trust(&c.trust)?;
     let host = HostInfo::detect();
@@ -119,8 +119,8 @@ fn boot(c: &BootCmd) -> Result<(RunEnd, bool), String> {
     let (bytes, ticket_path, out) = if offline {
         let dir = PathBuf::from(OFFLINE_DIR);
         let p = dir.join("ticket.kiln");
-        let bytes = std::fs::read(&p)
-            .map_err(|e| format!("offline disk: cannot read {}: {e}", p.display()))?;
+        let bytes =
+            crate::verify::read_ticket_file(&p).map_err(|e| format!("offline disk: {e}"))?;
         (bytes, Some(p), Some(dir.join("result.kiln")))
     } else {
         let url = ticket_url(&args, &host).ok_or("no kiln.run= and no network interface")?;

@@ -76,7 +76,11 @@ impl RunEnd {
 /// so a restarted agent resumes under the same key.
 pub fn claim_key(work: &Path) -> Result<SecretKey, String> {
     let path = work.join("claim.key");
-    match std::fs::read_to_string(&path) {
+    match kiln_protocol::io::read_text_capped(
+        &path,
+        kiln_protocol::MAX_KEY_FILE_BYTES as u64,
+        "a key file",
+    ) {
         Ok(text) => {
             return SecretKey::from_line(&text).map_err(|e| format!("{}: {e}", path.display()));
         }
@@ -327,8 +331,7 @@ fn options(c: &RunCmd) -> Result<RunOptions, (i32, String)> {
             (fetch_ticket(&c.ticket)?, None)
         } else {
             let p = PathBuf::from(&c.ticket);
-            let bytes = std::fs::read(&p)
-                .map_err(|e| refused(format!("cannot read ticket {}: {e}", c.ticket)))?;
+            let bytes = crate::verify::read_ticket_file(&p).map_err(refused)?;
             (bytes, Some(p))
         };
     Ok(RunOptions {

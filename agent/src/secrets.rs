@@ -20,7 +20,12 @@ pub fn from_flags(flags: &[String]) -> Result<BTreeMap<String, Vec<u8>>, String>
             .split_once('=')
             .filter(|(n, p)| !n.is_empty() && !p.is_empty())
             .ok_or_else(|| format!("--secret {f:?}: expected NAME=FILE"))?;
-        let value = std::fs::read(path).map_err(|e| format!("--secret {name}: {path}: {e}"))?;
+        let value = kiln_protocol::io::read_file_capped(
+            std::path::Path::new(path),
+            kiln_protocol::MAX_SECRET_BYTES as u64,
+            "a secret",
+        )
+        .map_err(|e| format!("--secret {name}: {e}"))?;
         out.insert(name.to_string(), value);
     }
     Ok(out)

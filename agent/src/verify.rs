@@ -7,8 +7,12 @@ use crate::hostinfo::HostInfo;
 
 /// Reads a trusted-keys file: one or more `kiln-ed25519 …` lines.
 pub fn load_trust(path: &Path) -> Result<Vec<PublicKey>, String> {
-    let text = std::fs::read_to_string(path)
-        .map_err(|e| format!("cannot read trusted key {}: {e}", path.display()))?;
+    let text = kiln_protocol::io::read_text_capped(
+        path,
+        kiln_protocol::MAX_KEY_FILE_BYTES as u64,
+        "a trusted-keys file",
+    )
+    .map_err(|e| format!("cannot read trusted key {e}"))?;
     let keys: Vec<PublicKey> = text
         .lines()
         .map(str::trim)
@@ -19,6 +23,13 @@ pub fn load_trust(path: &Path) -> Result<Vec<PublicKey>, String> {
         return Err(format!("{}: no keys", path.display()));
     }
     Ok(keys)
+}
+
+/// Reads a ticket file, at most [`kiln_protocol::MAX_TICKET_BYTES`] (checked while
+/// reading: `/dev/zero` fails at once). The error is a one-line reason.
+pub fn read_ticket_file(path: &Path) -> Result<Vec<u8>, String> {
+    kiln_protocol::io::read_file_capped(path, kiln_protocol::MAX_TICKET_BYTES as u64, "a ticket")
+        .map_err(|e| format!("cannot read ticket {e}"))
 }
 
 /// Every check, in order: format, trusted key, signature, version, expiry, host.
@@ -57,8 +68,7 @@ pub fn now_s() -> u64 {
 pub fn cmd_verify(c: &VerifyCmd) -> i32 {
     let result = (|| {
         let trusted = load_trust(&c.trust)?;
-        let bytes = std::fs::read(&c.ticket)
-            .map_err(|e| format!("cannot read ticket {}: {e}", c.ticket.display()))?;
+        let bytes = read_ticket_file(&c.ticket)?;
         check_ticket(&bytes, &trusted, now_s(), &HostInfo::detect())
     })();
     match result {

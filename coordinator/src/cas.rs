@@ -4,7 +4,42 @@ use kiln_protocol::Sha256;
 use sha2::Digest;
 use std::fs;
 use std::io::{Read, Write};
+use std::os::unix::fs::MetadataExt;
 use std::path::{Path, PathBuf};
+
+/// An object written to a temp file in `cas/` and not yet visible: see
+/// [`Cas::stage`]. Dropping it removes the temp file.
+#[derive(Debug)]
+pub struct Staged {
+    /// Digest of the bytes.
+    pub sha: Sha256,
+    /// Length of the bytes.
+    pub size: u64,
+    tmp: Option<PathBuf>,
+}
+
+impl Staged {
+    /// The temp file, now the caller's to rename or remove.
+    fn keep(mut self) -> PathBuf {
+        self.tmp.take().expect("a staged object has its temp file")
+    }
+}
+
+impl Drop for Staged {
+    fn drop(&mut self) {
+        if let Some(tmp) = self.tmp.take() {
+            let _ = fs::remove_file(tmp);
+        }
+    }
+}
+
+/// An object [`Cas::publish`] created: enough to take it back.
+#[derive(Debug, Clone, Copy)]
+pub struct Published {
+    /// Its digest.
+    pub sha: Sha256,
+    ino: u64,
+}
 
 /// Handle on a state folder's `cas/`.
 #[derive(Debug, Clone)]
@@ -16,6 +51,11 @@ impl Cas {
     /// The CAS under `dir` (created on first write).
     pub fn new(dir: PathBuf) -> Self {
         Cas { dir }
+    }
+
+    /// The `cas/` folder.
+    pub fn dir(&self) -> &Path {
+        &self.dir
     }
 
     /// Where the object named `sha` lives (it may not exist).
@@ -45,43 +85,106 @@ impl Cas {
         cap: u64,
         expect: Option<&Sha256>,
     ) -> Result<(Sha256, u64)> {
+        let staged = self.stage(reader, cap, "upload")?;
+        if let Some(want) = expect
+            && *want != staged.sha
+        {
+            bail!("content hashes to {}, not {want}", staged.sha);
+        }
+        let (sha, size) = (staged.sha, staged.size);
+        let tmp = staged.keep();
+        let result = fs::rename(&tmp, self.path(&sha))
+            .map_err(anyhow::Error::from)
+            .and_then(|_| self.sync());
+        if result.is_err() {
+            let _ = fs::remove_file(&tmp);
+        }
+        result.map(|_| (sha, size))
+    }
+
+    /// Streams `reader` into a temp file in `cas/` (fsynced), at most `cap` bytes
+    /// (`what` names them in the error), hashing as it goes. Nothing is visible under
+    /// an object name until [`Cas::publish`]; a dropped [`Staged`] removes its file.
+    pub fn stage(&self, reader: &mut dyn Read, cap: u64, what: &str) -> Result<Staged> {
         fs::create_dir_all(&self.dir)
             .with_context(|| format!("creating {}", self.dir.display()))?;
         let mut nonce = [0u8; 8];
         getrandom::getrandom(&mut nonce).context("reading random bytes")?;
-        let tmp = self.dir.join(format!(".in-{}", kiln_protocol::hex(&nonce)));
-        let result = (|| {
-            let mut f = fs::File::create(&tmp)?;
-            let mut h = sha2::Sha256::new();
-            let mut buf = vec![0u8; 64 * 1024];
-            let mut total = 0u64;
-            loop {
-                let n = reader.read(&mut buf)?;
-                if n == 0 {
-                    break;
-                }
-                total += n as u64;
-                if total > cap {
-                    bail!("upload exceeds the {cap}-byte cap");
-                }
-                h.update(&buf[..n]);
-                f.write_all(&buf[..n])?;
+        let mut staged = Staged {
+            sha: Sha256([0; 32]),
+            size: 0,
+            tmp: Some(self.dir.join(format!(".in-{}", kiln_protocol::hex(&nonce)))),
+        };
+        let tmp = staged.tmp.clone().expect("just set");
+        let mut f = fs::OpenOptions::new()
+            .write(true)
+            .create_new(true)
+            .open(&tmp)
+            .with_context(|| format!("creating {}", tmp.display()))?;
+        let mut h = sha2::Sha256::new();
+        let mut buf = vec![0u8; 64 * 1024];
+        let mut total = 0u64;
+        loop {
+            let n = reader.read(&mut buf)?;
+            if n == 0 {
+                break;
             }
-            f.sync_all()?;
-            let sha = Sha256(h.finalize().into());
-            if let Some(want) = expect
-                && *want != sha
-            {
-                bail!("content hashes to {sha}, not {want}");
+            total += n as u64;
+            if total > cap {
+                bail!("{what} exceeds the {cap}-byte cap");
             }
-            fs::rename(&tmp, self.path(&sha))?;
-            crate::fsutil::sync_dir(&self.dir)?;
-            Ok((sha, total))
-        })();
-        if result.is_err() {
-            let _ = fs::remove_file(&tmp);
+            h.update(&buf[..n]);
+            f.write_all(&buf[..n])
+                .with_context(|| format!("writing {}", tmp.display()))?;
         }
-        result
+        f.sync_all()
+            .with_context(|| format!("writing {}", tmp.display()))?;
+        staged.sha = Sha256(h.finalize().into());
+        staged.size = total;
+        Ok(staged)
+    }
+
+    /// Makes a staged object visible under its name, never replacing one that is
+    /// there. Returns what this call created (for [`Cas::unpublish`]), or `None`
+    /// when the object already existed. Call [`Cas::sync`] after the last one.
+    pub fn publish(&self, mut staged: Staged) -> Result<Option<Published>> {
+        let tmp = staged
+            .tmp
+            .take()
+            .expect("a staged object has its temp file");
+        let path = self.path(&staged.sha);
+        let created = match fs::hard_link(&tmp, &path) {
+            Ok(()) => true,
+            Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists => false,
+            Err(e) => {
+                let _ = fs::remove_file(&tmp);
+                return Err(e).with_context(|| format!("storing cas object {}", staged.sha));
+            }
+        };
+        let ino = fs::metadata(&tmp).map(|m| m.ino());
+        let _ = fs::remove_file(&tmp);
+        if !created {
+            return Ok(None);
+        }
+        Ok(Some(Published {
+            sha: staged.sha,
+            ino: ino.with_context(|| format!("storing cas object {}", staged.sha))?,
+        }))
+    }
+
+    /// Takes back an object [`Cas::publish`] created, unless it was replaced since
+    /// (another writer's rename gives it a new inode; content-addressed, it then
+    /// belongs to that writer too).
+    pub fn unpublish(&self, p: &Published) {
+        let path = self.path(&p.sha);
+        if fs::symlink_metadata(&path).is_ok_and(|m| m.ino() == p.ino) {
+            let _ = fs::remove_file(&path);
+        }
+    }
+
+    /// fsyncs `cas/` so renames and links into it are durable.
+    pub fn sync(&self) -> Result<()> {
+        crate::fsutil::sync_dir(&self.dir)
     }
 
     /// Copies a file into the CAS.

@@ -74,7 +74,11 @@ pub fn path(state: &State) -> PathBuf {
 /// Reads `images.toml` (none yet: empty).
 pub fn load(state: &State) -> Result<Images> {
     let p = path(state);
-    let text = match fs::read_to_string(&p) {
+    let text = match kiln_protocol::io::read_text_capped(
+        &p,
+        crate::state::MAX_TOML_BYTES,
+        "images.toml",
+    ) {
         Ok(t) => t,
         Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(Images::default()),
         Err(e) => return Err(e).with_context(|| format!("reading {}", p.display())),

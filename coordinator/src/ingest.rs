@@ -17,9 +17,11 @@ use crate::store::{RunDir, files};
 mod bundle;
 mod check;
 mod logfile;
+mod stage;
 
 use check::{claimant, validate};
 use logfile::{Cached, refresh, store};
+use stage::Import;
 
 pub use bundle::cmd_import;
 
@@ -253,53 +255,54 @@ impl Ingester {
         }
     }
 
-    /// Imports a bundle's batches whole: every batch is checked against the stored
-    /// state and the ones before it, and only when all pass is anything written:
-    /// the ticket (when the run is new), then `before_store` (the bundle's blobs),
-    /// then the frames. Returns the last stored seq.
+    /// Imports a bundle: `feed` reads it into an [`Import`], which checks every
+    /// batch against the stored run and the batches before it (the same check as
+    /// online) and stages batches and blobs where nobody looks. Only when `feed` and
+    /// the blob check pass is the import committed, all of it or, on any error (a
+    /// full disk included), none of it: see `stage`. Returns the last stored seq.
     pub(crate) fn import(
         &self,
         ticket: &Ticket,
         ticket_file: &[u8],
-        batches: &[Vec<u8>],
-        before_store: impl FnOnce() -> Result<()>,
+        feed: impl FnOnce(&mut Import) -> Result<(), Refusal>,
     ) -> Result<u64, Refusal> {
-        let run = ticket.run;
-        self.with_run(&run, |rd, slot| {
-            let new = !rd.exists();
-            if new {
-                *slot = Some(Cached::empty(ticket));
-            }
-            let c = if new {
-                slot.as_mut().expect("just set")
-            } else {
-                refresh(rd, &self.key, slot)?
-            };
-            let mut sim = c.clone();
-            let mut verdicts = Vec::with_capacity(batches.len());
-            for (i, b) in batches.iter().enumerate() {
-                let v = validate(&run, b, &sim, Mode::Import, now_s()).map_err(|r| Refusal {
-                    reason: format!("batch {}: {}", i + 1, r.reason),
-                    ..r
-                })?;
-                sim.advance(&v);
-                verdicts.push(v);
-            }
-            let write = || -> Result<()> {
-                if new {
-                    crate::fsutil::write_atomic(&rd.path(files::TICKET), ticket_file, 0o644)?;
-                }
-                before_store()?;
-                for v in &verdicts {
-                    store(rd, c, v, Source::Import)?;
-                }
-                Ok(())
-            };
-            write().map_err(|e| {
-                c.len = u64::MAX;
-                Refusal::internal(e)
-            })?;
-            Ok(c.upto)
-        })
+        let cas = self.state.cas();
+        let made_cas = !cas.dir().exists();
+        let go = |rd: &RunDir, c: Cached, ticket_file: Option<&[u8]>| {
+            let failed = |e: anyhow::Error| Refusal::new(500, format!("{e:#}"));
+            let mut import = Import::begin(rd, c, cas.clone(), ticket_file).map_err(failed)?;
+            feed(&mut import)?;
+            import.check_blobs()?;
+            import.commit(rd).map_err(failed)
+        };
+        let rd = RunDir::new(&self.state, ticket.run);
+        let result = if !rd.dir.exists() {
+            // Nobody writes a run without a folder: no lock until it exists.
+            go(&rd, Cached::empty(ticket), Some(ticket_file)).map(|c| c.upto)
+        } else {
+            self.with_run(&ticket.run, |rd, slot| {
+                let had_ticket = rd.exists();
+                let c = if had_ticket {
+                    refresh(rd, &self.key, slot)?.clone()
+                } else if [files::EVENTS, files::CLAIM]
+                    .iter()
+                    .any(|f| rd.path(f).exists())
+                {
+                    return Err(Refusal::new(
+                        409,
+                        format!("{} holds frames but no ticket", rd.dir.display()),
+                    ));
+                } else {
+                    Cached::empty(ticket)
+                };
+                let stored = go(rd, c, (!had_ticket).then_some(ticket_file));
+                *slot = stored.as_ref().ok().cloned();
+                stored.map(|c| c.upto)
+            })
+        };
+        if result.is_err() && made_cas {
+            let _ = std::fs::remove_dir(cas.dir());
+        }
+        result
     }
 }

@@ -9,7 +9,7 @@ use crate::state::{Host, State, check_name};
 use crate::visible::visible;
 
 /// Largest secret `secret set` stores; secrets are keys and tokens, not files.
-pub const MAX_SECRET_BYTES: u64 = 1 << 20;
+pub const MAX_SECRET_BYTES: u64 = kiln_protocol::MAX_SECRET_BYTES as u64;
 
 /// `init`: create the state folder and key (idempotent), print the public key.
 pub fn cmd_init(root: &Path) -> Result<i32> {
@@ -48,7 +48,12 @@ fn print_key(line: &str) -> Result<()> {
 fn public_line(state: &State) -> Result<String> {
     let key = state.public_key()?;
     let path = state.public_key_path();
-    let text = std::fs::read_to_string(&path).unwrap_or_default();
+    let text = kiln_protocol::io::read_text_capped(
+        &path,
+        kiln_protocol::MAX_KEY_FILE_BYTES as u64,
+        "a key file",
+    )
+    .unwrap_or_default();
     if PublicKey::from_line(&text).ok() == Some(key)
         && let Some(line) = text
             .lines()
@@ -200,7 +205,8 @@ pub fn cmd_secret_set(state: &State, c: &SecretSetCmd) -> Result<i32> {
             c.file.display()
         );
     }
-    let value = std::fs::read(&c.file).with_context(|| format!("reading {}", c.file.display()))?;
+    let value = kiln_protocol::io::read_file_capped(&c.file, MAX_SECRET_BYTES, "a secret")
+        .map_err(|e| anyhow::anyhow!("reading {e}"))?;
     state.set_secret(&c.name, &value)?;
     println!("stored secret {} ({} bytes)", c.name, value.len());
     Ok(0)

@@ -20,6 +20,9 @@ pub struct State {
     pub root: PathBuf,
 }
 
+/// Largest hosts.toml or images.toml the coordinator reads, in bytes.
+pub const MAX_TOML_BYTES: u64 = 4 << 20;
+
 /// `--state`, else `KILN_STATE`, else `./kiln-state`.
 pub fn resolve_root(arg: Option<PathBuf>) -> PathBuf {
     arg.or_else(|| std::env::var_os("KILN_STATE").map(PathBuf::from))
@@ -93,7 +96,12 @@ impl State {
 
     /// The coordinator's signing key.
     pub fn signing_key(&self) -> Result<SecretKey> {
-        let text = fs::read_to_string(self.key_path()).context("reading the signing key")?;
+        let text = kiln_protocol::io::read_text_capped(
+            &self.key_path(),
+            kiln_protocol::MAX_KEY_FILE_BYTES as u64,
+            "a key file",
+        )
+        .context("reading the signing key")?;
         SecretKey::from_line(&text)
             .map_err(|e| anyhow::anyhow!("{}: {e}", self.key_path().display()))
     }
@@ -116,7 +124,7 @@ impl State {
     /// Reads hosts.toml.
     pub fn hosts(&self) -> Result<Hosts> {
         let path = self.hosts_path();
-        let text = match fs::read_to_string(&path) {
+        let text = match kiln_protocol::io::read_text_capped(&path, MAX_TOML_BYTES, "hosts.toml") {
             Ok(t) => t,
             Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(Hosts::default()),
             Err(e) => return Err(e).with_context(|| format!("reading {}", path.display())),
@@ -143,9 +151,10 @@ impl State {
     /// Reads a named secret.
     pub fn secret(&self, name: &str) -> Result<Vec<u8>> {
         let p = self.secret_path(name)?;
-        fs::read(&p).with_context(|| {
-            format!("secret {name:?} is not set (kiln-coordinator secret set {name} --file F)")
-        })
+        kiln_protocol::io::read_file_capped(&p, crate::setup::MAX_SECRET_BYTES, "a secret")
+            .with_context(|| {
+                format!("secret {name:?} is not set (kiln-coordinator secret set {name} --file F)")
+            })
     }
 
     /// Stores a named secret (0600).

@@ -14,6 +14,8 @@ mod bytes;
 mod error;
 mod frame;
 mod ids;
+#[cfg(feature = "std")]
+pub mod io;
 mod key;
 mod plan;
 mod records;
@@ -52,6 +54,12 @@ pub const DEFAULT_LISTEN: &str = "127.0.0.1:7373";
 pub const MAX_BATCH_BYTES: usize = 1 << 20;
 /// Largest ticket file anyone should accept, in bytes.
 pub const MAX_TICKET_BYTES: usize = 1 << 20;
+/// Largest key file (a public, secret or trusted-keys file) anyone reads, in bytes.
+pub const MAX_KEY_FILE_BYTES: usize = 64 * 1024;
+/// Largest plan file (TOML) the coordinator reads, in bytes.
+pub const MAX_PLAN_FILE_BYTES: usize = 1 << 20;
+/// Largest secret value (a file given to `secret set` or `--secret`), in bytes.
+pub const MAX_SECRET_BYTES: usize = 1 << 20;
 /// The agent sends a batch at least this often (an empty one is the heartbeat).
 pub const HEARTBEAT_MS: u64 = 2_000;
 /// A run with no batch for this long shows `stale`.

@@ -31,8 +31,12 @@ pub struct LoadedPlan {
 /// Reads a plan file, packs its test folders into the state's CAS, and checks it
 /// against policy. `host` is the machine the plan is issued for.
 pub fn load_plan(path: &Path, state: &State, host: &Host) -> Result<LoadedPlan> {
-    let text = std::fs::read_to_string(path)
-        .with_context(|| format!("reading plan {}", path.display()))?;
+    let text = kiln_protocol::io::read_text_capped(
+        path,
+        kiln_protocol::MAX_PLAN_FILE_BYTES as u64,
+        "a plan file",
+    )
+    .map_err(|e| anyhow::anyhow!("reading plan {e}"))?;
     let dir = match path.parent() {
         Some(p) if !p.as_os_str().is_empty() => p.to_path_buf(),
         _ => PathBuf::from("."),

@@ -1,6 +1,6 @@
 //! `ticket show`: a ticket file for people (or `--json` for scripts).
 use crate::report::fmt_unix;
-use anyhow::{Context, Result, anyhow};
+use anyhow::{Result, anyhow};
 use kiln_protocol::{ImageRef, SignedTicket, StageKind, TestBundle, Ticket};
 use serde_json::{Value, json};
 use std::io::Write;
@@ -11,10 +11,12 @@ use crate::state::State;
 
 /// Reads, verifies and prints a ticket; an invalid one is an error (exit 2).
 pub fn show(state: &State, file: &Path, as_json: bool) -> Result<i32> {
-    let bytes = std::fs::read(file).with_context(|| format!("reading {}", file.display()))?;
-    if bytes.len() > kiln_protocol::MAX_TICKET_BYTES {
-        return Err(anyhow!("{}: ticket file is too large", file.display()));
-    }
+    let bytes = kiln_protocol::io::read_file_capped(
+        file,
+        kiln_protocol::MAX_TICKET_BYTES as u64,
+        "a ticket",
+    )
+    .map_err(|e| anyhow!("reading {e}"))?;
     let signed = SignedTicket::from_file(&bytes)
         .map_err(|e| anyhow!("{}: invalid ticket: {e}", file.display()))?;
     let ours = state.public_key()?;

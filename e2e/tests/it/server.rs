@@ -8,6 +8,7 @@ use std::path::{Path, PathBuf};
 
 mod cli;
 mod corrupt;
+mod full_disk;
 mod fuzz;
 mod import;
 mod ingest;
