@@ -15,6 +15,7 @@ mod error;
 mod frame;
 mod ids;
 mod key;
+pub mod limits;
 mod plan;
 mod records;
 mod ticket;
@@ -50,8 +51,7 @@ pub const SECRETS_DOMAIN: &[u8] = b"kiln-secrets-v1\0";
 pub const DEFAULT_LISTEN: &str = "127.0.0.1:7373";
 /// Largest batch body the coordinator accepts, in bytes.
 pub const MAX_BATCH_BYTES: usize = 1 << 20;
-/// Largest ticket file anyone should accept, in bytes.
-pub const MAX_TICKET_BYTES: usize = 1 << 20;
+pub use limits::MAX_TICKET_BYTES;
 /// The agent sends a batch at least this often (an empty one is the heartbeat).
 pub const HEARTBEAT_MS: u64 = 2_000;
 /// A run with no batch for this long shows `stale`.

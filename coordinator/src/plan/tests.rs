@@ -515,23 +515,19 @@ fn every_toml_spelling_of_a_table_compiles_to_the_same_plan() {
         ),
         (
             "the stage list inline, dotted keys inside",
-            format!(
-                "name = \"p\"\nstage = [{{ name = \"m\", kind = \"container\", \
+            "name = \"p\"\nstage = [{ name = \"m\", kind = \"container\", \
                  command = [\"./run.sh\"], allow_host_mounts = true, \
                  matrix.image = [\"a:1\", \"b:1\"], matrix.PY = [\"3.11\", 3], \
                  env.A = \"1\", env.B = 2, \
-                 mounts = [{{ host = \"/srv/cache\", container = \"/cache\", read_only = false }}] }}]\n"
-            ),
+                 mounts = [{ host = \"/srv/cache\", container = \"/cache\", read_only = false }] }]\n".to_string(),
         ),
         (
             "the stage list inline, tables inline",
-            format!(
-                "name = \"p\"\nstage = [{{ name = \"m\", kind = \"container\", \
+            "name = \"p\"\nstage = [{ name = \"m\", kind = \"container\", \
                  command = [\"./run.sh\"], allow_host_mounts = true, \
-                 matrix = {{ image = [\"a:1\", \"b:1\"], PY = [\"3.11\", 3] }}, \
-                 env = {{ A = \"1\", B = 2 }}, \
-                 mounts = [{{ host = \"/srv/cache\", container = \"/cache\", read_only = false }}] }}]\n"
-            ),
+                 matrix = { image = [\"a:1\", \"b:1\"], PY = [\"3.11\", 3] }, \
+                 env = { A = \"1\", B = 2 }, \
+                 mounts = [{ host = \"/srv/cache\", container = \"/cache\", read_only = false }] }]\n".to_string(),
         ),
     ];
     for (what, text) in spellings {

@@ -140,6 +140,7 @@ fn now() -> u64 {
     kiln_agent::verify::now_s()
 }
 
+mod limits;
 mod plans;
 mod refusals;
 mod setup;
