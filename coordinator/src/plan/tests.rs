@@ -430,6 +430,38 @@ fn bundles_refuse_links_that_leave_the_folder() {
         .expect("a link inside the folder is fine");
 }
 
+/// Links that each stay inside by their text but leave together: `a -> b` with
+/// `b -> ../../state` style chains, and `x -> y/..` where `y` is a link.
+#[test]
+fn bundles_refuse_chained_links() {
+    let f = fx();
+    f.file("t/run.sh", "true\n");
+    f.file("t/sub/keep", "k\n");
+    // `r -> .`, `q1 -> r/..` (really the folder's parent), `key -> q1/state/...`.
+    symlink(".", f.dir.join("t/r")).expect("symlink");
+    symlink("r/..", f.dir.join("t/q1")).expect("symlink");
+    symlink("q1/state/key/coordinator.key", f.dir.join("t/key")).expect("symlink");
+    assert!(
+        std::fs::read(f.dir.join("t/key")).is_ok(),
+        "the chain really reaches the state's key"
+    );
+    f.fails(
+        &format!("{EXEC}tests = \"t\"\n"),
+        5,
+        "links may not point at links",
+    );
+    for name in ["r", "q1", "key"] {
+        std::fs::remove_file(f.dir.join("t").join(name)).expect("rm");
+    }
+    symlink("..", f.dir.join("t/sub/up")).expect("symlink");
+    symlink("sub/up/..", f.dir.join("t/x")).expect("symlink");
+    f.fails(
+        &format!("{EXEC}tests = \"t\"\n"),
+        5,
+        "x -> sub/up/.. (link through the link sub/up; links may not point at links)",
+    );
+}
+
 #[test]
 fn bundles_are_deterministic() {
     let f = fx();
