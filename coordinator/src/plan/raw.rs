@@ -11,8 +11,8 @@ use toml::{Table, Value};
 /// Like `toml::Spanned`, which it replaces because toml 0.8 gives a table written
 /// with dotted keys (`matrix.image = [...]`) no span, and `toml::Spanned` then fails
 /// on the table's first key ("expected a borrowed string"). This one takes such a
-/// table as it is, without a span, and [`PlanToml::locate`] finds its line after
-/// parsing; every TOML spelling of a table reads the same.
+/// table (or any value given without a span) as it is, and [`PlanToml::locate`]
+/// finds its line after parsing; every TOML spelling of a table reads the same.
 #[derive(Debug, Clone)]
 pub(crate) struct Spanned<T> {
     span: Option<Range<usize>>,
@@ -80,6 +80,35 @@ impl<'de, T: Deserialize<'de>> Deserialize<'de> for Spanned<T> {
                 f.write_str("a value")
             }
 
+            fn visit_bool<E: de::Error>(self, v: bool) -> Result<Spanned<T>, E> {
+                unspanned(Value::Boolean(v))
+            }
+
+            fn visit_i64<E: de::Error>(self, v: i64) -> Result<Spanned<T>, E> {
+                unspanned(Value::Integer(v))
+            }
+
+            fn visit_u64<E: de::Error>(self, v: u64) -> Result<Spanned<T>, E> {
+                let v = i64::try_from(v).map_err(|_| E::custom("integer out of range"))?;
+                unspanned(Value::Integer(v))
+            }
+
+            fn visit_f64<E: de::Error>(self, v: f64) -> Result<Spanned<T>, E> {
+                unspanned(Value::Float(v))
+            }
+
+            fn visit_str<E: de::Error>(self, v: &str) -> Result<Spanned<T>, E> {
+                unspanned(Value::String(v.to_string()))
+            }
+
+            fn visit_seq<A: de::SeqAccess<'de>>(self, mut seq: A) -> Result<Spanned<T>, A::Error> {
+                let mut items = Vec::new();
+                while let Some(v) = seq.next_element::<Value>()? {
+                    items.push(v);
+                }
+                unspanned(Value::Array(items))
+            }
+
             fn visit_map<A: MapAccess<'de>>(self, mut map: A) -> Result<Spanned<T>, A::Error> {
                 let first: Option<String> = map.next_key()?;
                 if first.as_deref() == Some(START_FIELD) {
@@ -115,10 +144,14 @@ impl<'de, T: Deserialize<'de>> Deserialize<'de> for Spanned<T> {
                         table.insert(k, v);
                     }
                 }
-                let value = T::deserialize(Value::Table(table))
-                    .map_err(|e| de::Error::custom(e.message().trim()))?;
-                Ok(Spanned { span: None, value })
+                unspanned(Value::Table(table))
             }
+        }
+
+        /// A value the parser gave no span: read as T, located after parsing.
+        fn unspanned<'de, T: Deserialize<'de>, E: de::Error>(v: Value) -> Result<Spanned<T>, E> {
+            let value = T::deserialize(v).map_err(|e| E::custom(e.message().trim()))?;
+            Ok(Spanned { span: None, value })
         }
 
         d.deserialize_struct(NAME, &[START_FIELD, END_FIELD, VALUE_FIELD], V(PhantomData))
