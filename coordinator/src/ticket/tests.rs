@@ -99,13 +99,14 @@ fn cas_folder_sits_beside_the_ticket() {
     );
 }
 
-/// A plan the agent would refuse (a 3 MB name) is never signed: the refusal names
-/// the limit, and nothing is recorded.
+/// A plan the agent would refuse (a name far over the cap, as the 3 MB one of the
+/// report, kept under any plan file cap) is never signed: the refusal names the
+/// limit, and nothing is recorded.
 #[test]
 fn plans_over_the_size_rule_are_not_signed() {
     let (tmp, state, _) = setup();
     let plan = tmp.path().join("huge.toml");
-    let name = "x".repeat(3 << 20);
+    let name = "x".repeat(60_000);
     std::fs::write(
         &plan,
         format!(
@@ -118,8 +119,7 @@ fn plans_over_the_size_rule_are_not_signed() {
         issue(&state, &plan, "box", 60, None).expect_err("refused")
     );
     assert!(
-        e.contains("plan name is 3145728 bytes")
-            && e.contains("limit of 128 (limits::MAX_NAME_LEN)"),
+        e.contains("plan name is 60000 bytes") && e.contains("limit of 128 (limits::MAX_NAME_LEN)"),
         "{}",
         &e[..e.len().min(300)]
     );
