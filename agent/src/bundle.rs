@@ -88,7 +88,8 @@ mod tests {
         let key = SecretKey::from_seed([3; 32]);
         let f = d.path().join("a");
         fs::write(&f, b"bytes").unwrap();
-        let (sha, size) = crate::store::keep_blob(d.path(), &f).unwrap();
+        let (sha, size) =
+            crate::store::keep_blob(d.path(), std::fs::File::open(&f).unwrap()).unwrap();
         let ticket = SignedTicket {
             key_id: key.public().key_id(),
             body: vec![1, 2, 3],

@@ -17,9 +17,10 @@ fn other(msg: String) -> io::Error {
     io::Error::other(msg)
 }
 
-/// Reads a file and its digest.
-fn read_with_sha(path: &Path) -> io::Result<(Vec<u8>, Sha256)> {
-    let bytes = fs::read(path)?;
+/// Reads an open file and its digest.
+fn read_with_sha(mut file: fs::File) -> io::Result<(Vec<u8>, Sha256)> {
+    let mut bytes = Vec::new();
+    file.read_to_end(&mut bytes)?;
     let sha = Sha256::of(&bytes);
     Ok((bytes, sha))
 }
@@ -39,9 +40,9 @@ pub fn sha_of_file(path: &Path) -> io::Result<Sha256> {
     Ok(Sha256(h.finalize().into()))
 }
 
-/// Uploads a file as an artifact of `run`, retrying transient failures.
-pub fn upload_artifact(c: &Client, run: &RunId, path: &Path) -> io::Result<(Sha256, u64)> {
-    let (bytes, sha) = read_with_sha(path)?;
+/// Uploads an open file as an artifact of `run`, retrying transient failures.
+pub fn upload_artifact(c: &Client, run: &RunId, file: fs::File) -> io::Result<(Sha256, u64)> {
+    let (bytes, sha) = read_with_sha(file)?;
     let deadline = Instant::now() + TRANSFER_LIMIT;
     let mut backoff = Backoff::default();
     loop {
@@ -61,9 +62,9 @@ pub fn upload_artifact(c: &Client, run: &RunId, path: &Path) -> io::Result<(Sha2
     }
 }
 
-/// Offline: keeps a copy of the file in `work/blobs/<sha>` for the bundle.
-pub fn keep_blob(work: &Path, path: &Path) -> io::Result<(Sha256, u64)> {
-    let (bytes, sha) = read_with_sha(path)?;
+/// Offline: keeps a copy of the open file in `work/blobs/<sha>` for the bundle.
+pub fn keep_blob(work: &Path, file: fs::File) -> io::Result<(Sha256, u64)> {
+    let (bytes, sha) = read_with_sha(file)?;
     let dir = work.join("blobs");
     fs::create_dir_all(&dir)?;
     let dest = dir.join(sha.to_string());
@@ -183,7 +184,7 @@ mod tests {
         let d = tempfile::tempdir().unwrap();
         let f = d.path().join("a.txt");
         fs::write(&f, b"artifact").unwrap();
-        let (sha, size) = keep_blob(d.path(), &f).unwrap();
+        let (sha, size) = keep_blob(d.path(), fs::File::open(&f).unwrap()).unwrap();
         assert_eq!(size, 8);
         assert_eq!(fs::read(blob_path(d.path(), &sha)).unwrap(), b"artifact");
     }

@@ -32,7 +32,8 @@ pub fn read_ticket_file(path: &Path) -> Result<Vec<u8>, String> {
         .map_err(|e| format!("cannot read ticket {e}"))
 }
 
-/// Every check, in order: format, trusted key, signature, version, expiry, host.
+/// Every check, in order: format, trusted key, signature, version, size limits
+/// ([`kiln_protocol::limits`]), expiry, host.
 /// The error is a one-line reason.
 pub fn check_ticket(
     bytes: &[u8],
@@ -46,6 +47,9 @@ pub fn check_ticket(
     let signed = SignedTicket::from_file(bytes).map_err(|e| format!("ticket refused: {e}"))?;
     let ticket = signed
         .verify(trusted)
+        .map_err(|e| format!("ticket refused: {e}"))?;
+    ticket
+        .check_limits()
         .map_err(|e| format!("ticket refused: {e}"))?;
     ticket
         .check_time(now)

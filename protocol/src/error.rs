@@ -35,6 +35,15 @@ pub enum Error {
     CorruptRecord(usize),
     /// A path in a test bundle leaves its folder.
     UnsafePath(String),
+    /// A value breaks a cap of [`crate::limits`].
+    TooLarge {
+        /// The value and its size: `plan name is 3145728 bytes`.
+        what: String,
+        /// The cap.
+        limit: usize,
+        /// The cap's name in [`crate::limits`].
+        rule: &'static str,
+    },
 }
 
 impl fmt::Display for Error {
@@ -54,6 +63,9 @@ impl fmt::Display for Error {
             Error::BadKeyFile(why) => write!(f, "bad key file: {why}"),
             Error::CorruptRecord(n) => write!(f, "corrupt record #{n}"),
             Error::UnsafePath(p) => write!(f, "unsafe path in bundle: {p}"),
+            Error::TooLarge { what, limit, rule } => {
+                write!(f, "{what}, over the limit of {limit} (limits::{rule})")
+            }
         }
     }
 }

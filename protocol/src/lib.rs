@@ -17,6 +17,7 @@ mod ids;
 #[cfg(feature = "std")]
 pub mod io;
 mod key;
+pub mod limits;
 mod plan;
 mod records;
 mod ticket;
@@ -52,8 +53,7 @@ pub const SECRETS_DOMAIN: &[u8] = b"kiln-secrets-v1\0";
 pub const DEFAULT_LISTEN: &str = "127.0.0.1:7373";
 /// Largest batch body the coordinator accepts, in bytes.
 pub const MAX_BATCH_BYTES: usize = 1 << 20;
-/// Largest ticket file anyone should accept, in bytes.
-pub const MAX_TICKET_BYTES: usize = 1 << 20;
+pub use limits::MAX_TICKET_BYTES;
 /// Largest key file (a public, secret or trusted-keys file) anyone reads, in bytes.
 pub const MAX_KEY_FILE_BYTES: usize = 64 * 1024;
 /// Largest plan file (TOML) the coordinator reads, in bytes.

@@ -3,8 +3,8 @@
 //! Bundles are tars with entries in sorted path order, mtime 0, uid/gid 0, empty
 //! owner names, and modes normalized to 0755 (directories, executables) or 0644, so
 //! the same folder always gives the same bytes. Paths that leave the folder (`..`,
-//! absolute paths, symlinks pointing out) are refused both when packing and when
-//! unpacking.
+//! absolute paths, links pointing out or at other links) are refused both when
+//! packing and when unpacking.
 use std::fs;
 use std::io::{self, Read, Write};
 use std::path::{Component, Path, PathBuf};
@@ -28,28 +28,82 @@ fn unsafe_path(p: impl Into<String>) -> io::Error {
     io::Error::new(io::ErrorKind::InvalidData, Error::UnsafePath(p.into()))
 }
 
-/// Lexically resolves `target` relative to the folder holding `rel`; `None` when it
-/// leaves the root.
-fn resolve_inside(rel: &str, target: &str) -> Option<()> {
-    if target.starts_with('/') {
-        return None;
-    }
-    let mut depth: Vec<&str> = rel.split('/').collect();
-    depth.pop();
-    for part in target.split('/') {
-        match part {
-            "" | "." => {}
-            ".." => {
-                depth.pop()?;
-            }
-            p => depth.push(p),
+/// What a path in a folder or bundle is, for [`check_links`].
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Kind {
+    Dir,
+    File,
+    Link,
+}
+
+/// The folder's link rule, checked on the whole list of entries (so it does not
+/// depend on the order of a walk or a tar). A link's target must be relative, must
+/// not climb above the folder, and must not name a link, at its end or on the way:
+/// `a -> b` where `b` is a link, and `x -> y/..` where `y` is a link, are refused.
+/// With no link on the way, the target's text is the path the kernel follows, so a
+/// link that stays inside by its text stays inside for real. No entry may lie under
+/// a link either.
+fn check_links<'a>(
+    entries: impl Iterator<Item = (&'a [u8], Kind, Option<&'a [u8]>)> + Clone,
+) -> io::Result<()> {
+    use std::collections::HashMap;
+    let mut kinds: HashMap<&[u8], Kind> = HashMap::new();
+    for (path, kind, _) in entries.clone() {
+        // A path listed twice (a tar may) counts as a link if either entry is one.
+        let k = kinds.entry(path).or_insert(kind);
+        if kind == Kind::Link {
+            *k = Kind::Link;
         }
     }
-    Some(())
+    let show = |b: &[u8]| String::from_utf8_lossy(b).into_owned();
+    for (path, _, target) in entries {
+        for (i, _) in path.iter().enumerate().filter(|(_, b)| **b == b'/') {
+            if kinds.get(&path[..i]) == Some(&Kind::Link) {
+                return Err(unsafe_path(format!(
+                    "{} (inside the link {})",
+                    show(path),
+                    show(&path[..i])
+                )));
+            }
+        }
+        let Some(target) = target else { continue };
+        let refuse =
+            |why: String| unsafe_path(format!("{} -> {} ({why})", show(path), show(target)));
+        if target.is_empty() {
+            return Err(refuse("link without target".into()));
+        }
+        if target[0] == b'/' {
+            return Err(refuse("link leaves the folder".into()));
+        }
+        let mut at: Vec<&[u8]> = path.split(|b| *b == b'/').collect();
+        at.pop();
+        for part in target.split(|b| *b == b'/') {
+            match part {
+                b"" | b"." => {}
+                b".." => {
+                    if at.pop().is_none() {
+                        return Err(refuse("link leaves the folder".into()));
+                    }
+                }
+                p => {
+                    at.push(p);
+                    let here = at.join(&b'/');
+                    if kinds.get(here.as_slice()) == Some(&Kind::Link) {
+                        return Err(refuse(format!(
+                            "link through the link {}; links may not point at links",
+                            show(&here)
+                        )));
+                    }
+                }
+            }
+        }
+    }
+    Ok(())
 }
 
 /// Every entry under `root`, as (posix relative path, entry), sorted by path bytes.
-/// Refuses non-UTF-8 names, special files, and symlinks that leave the folder.
+/// Refuses non-UTF-8 names, special files, and links that break the folder's link
+/// rule (absolute, climbing above the folder, or naming a link; see [`unpack`]).
 pub fn walk(root: &Path) -> io::Result<Vec<(String, Entry)>> {
     let meta = fs::metadata(root)
         .map_err(|e| io::Error::new(e.kind(), format!("{}: {e}", root.display())))?;
@@ -76,11 +130,6 @@ pub fn walk(root: &Path) -> io::Result<Vec<(String, Entry)>> {
                     .to_str()
                     .ok_or_else(|| unsafe_path(format!("{rel} (link target not UTF-8)")))?
                     .to_string();
-                if resolve_inside(&rel, &target).is_none() {
-                    return Err(unsafe_path(format!(
-                        "{rel} -> {target} (link leaves the folder)"
-                    )));
-                }
                 out.push((rel, Entry::Link(target)));
             } else if ft.is_dir() {
                 stack.push((item.path(), format!("{rel}/")));
@@ -95,6 +144,11 @@ pub fn walk(root: &Path) -> io::Result<Vec<(String, Entry)>> {
         }
     }
     out.sort_by(|a, b| a.0.as_bytes().cmp(b.0.as_bytes()));
+    check_links(out.iter().map(|(rel, e)| match e {
+        Entry::Dir => (rel.as_bytes(), Kind::Dir, None),
+        Entry::File(_) => (rel.as_bytes(), Kind::File, None),
+        Entry::Link(t) => (rel.as_bytes(), Kind::Link, Some(t.as_bytes())),
+    }))?;
     Ok(out)
 }
 
@@ -186,19 +240,27 @@ fn checked_rel(path: &Path) -> io::Result<PathBuf> {
 }
 
 /// Unpacks a bundle into `dest` (an existing, empty folder). Refuses absolute paths,
-/// `..`, hard links, special files, and symlinks that leave the folder. Links are
-/// created last, so no file is ever written through one.
+/// `..`, hard links, special files, and links that break the folder's link rule: a
+/// link's target must be relative, stay inside the folder, and name no link, at its
+/// end or on the way (so `x -> y/..` with `y` a link is refused: the kernel would
+/// follow `y` first). The rule is checked on all entries before any link is made,
+/// and links are created last, so no file is ever written through one.
 pub fn unpack<R: Read>(tar: R, dest: &Path) -> io::Result<()> {
+    use std::os::unix::ffi::OsStrExt;
     use std::os::unix::fs::PermissionsExt;
     let mut archive = tar::Archive::new(tar);
     let mut links = Vec::new();
+    let mut seen: Vec<(PathBuf, Kind)> = Vec::new();
     for entry in archive.entries()? {
         let mut entry = entry?;
         let raw = entry.path()?.into_owned();
         let rel = checked_rel(&raw)?;
         let target = dest.join(&rel);
         match entry.header().entry_type() {
-            tar::EntryType::Directory => fs::create_dir_all(&target)?,
+            tar::EntryType::Directory => {
+                fs::create_dir_all(&target)?;
+                seen.push((rel, Kind::Dir));
+            }
             tar::EntryType::Regular | tar::EntryType::Continuous => {
                 if let Some(parent) = target.parent() {
                     fs::create_dir_all(parent)?;
@@ -211,19 +273,14 @@ pub fn unpack<R: Read>(tar: R, dest: &Path) -> io::Result<()> {
                 io::copy(&mut entry, &mut f)?;
                 let mode = if mode & 0o111 != 0 { 0o755 } else { 0o644 };
                 f.set_permissions(fs::Permissions::from_mode(mode))?;
+                seen.push((rel, Kind::File));
             }
             tar::EntryType::Symlink => {
                 let to = entry
                     .link_name()?
                     .ok_or_else(|| unsafe_path(format!("{} (link without target)", raw.display())))?
                     .into_owned();
-                let (rel_s, to_s) = (rel.to_string_lossy(), to.to_string_lossy());
-                if resolve_inside(&rel_s, &to_s).is_none() {
-                    return Err(unsafe_path(format!(
-                        "{rel_s} -> {to_s} (link leaves the folder)"
-                    )));
-                }
-                links.push((target, to));
+                links.push((target, rel, to));
             }
             _ => {
                 return Err(unsafe_path(format!(
@@ -233,7 +290,18 @@ pub fn unpack<R: Read>(tar: R, dest: &Path) -> io::Result<()> {
             }
         }
     }
-    for (at, to) in links {
+    check_links(
+        seen.iter()
+            .map(|(rel, kind)| (rel.as_os_str().as_bytes(), *kind, None))
+            .chain(links.iter().map(|(_, rel, to)| {
+                (
+                    rel.as_os_str().as_bytes(),
+                    Kind::Link,
+                    Some(to.as_os_str().as_bytes()),
+                )
+            })),
+    )?;
+    for (at, _, to) in links {
         if let Some(parent) = at.parent() {
             fs::create_dir_all(parent)?;
         }

@@ -270,15 +270,15 @@ impl Sink for Reporter {
         self.emit_seq(event);
     }
 
-    fn store_artifact(&self, path: &Path) -> io::Result<(Sha256, u64)> {
+    fn store_artifact(&self, file: std::fs::File) -> io::Result<(Sha256, u64)> {
         match &self.mode {
             Mode::Online(c) => {
                 // The coordinator takes uploads for claimed runs only.
                 self.wait_acked(1, crate::runner::ACK_LIMIT)
                     .map_err(io::Error::other)?;
-                store::upload_artifact(c, &self.run, path)
+                store::upload_artifact(c, &self.run, file)
             }
-            Mode::Offline { .. } => store::keep_blob(&self.work, path),
+            Mode::Offline { .. } => store::keep_blob(&self.work, file),
         }
     }
 

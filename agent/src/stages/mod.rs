@@ -11,6 +11,7 @@ use std::io;
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex, Weak};
 
+pub mod artifacts;
 pub mod container;
 pub mod exec;
 pub mod groups;
@@ -78,9 +79,10 @@ impl StageResult {
 pub trait Sink: Send + Sync {
     /// Queues an event; never blocks on the network.
     fn emit(&self, event: Event);
-    /// Stores a file's bytes (CAS upload or bundle blob); returns digest and size.
+    /// Stores an open file's bytes (CAS upload or bundle blob); returns digest and
+    /// size. The caller opened it without following links ([`artifacts`]).
     /// Blocking: call through `smol::unblock` (as [`StageCtx::artifact`] does).
-    fn store_artifact(&self, path: &Path) -> io::Result<(Sha256, u64)>;
+    fn store_artifact(&self, file: std::fs::File) -> io::Result<(Sha256, u64)>;
     /// A local path holding the CAS object `sha` (downloaded and verified if needed).
     /// Blocking.
     fn fetch_cas(&self, sha: &Sha256) -> io::Result<PathBuf>;
@@ -225,11 +227,18 @@ impl StageCtx {
         });
     }
 
-    /// Stores a file as an artifact named `name` and reports it.
+    /// Stores a file as an artifact named `name` and reports it. The file is opened
+    /// without following a link at `path`'s last component, and must be a regular
+    /// file (for files a stage wrote at a known path, such as a hardware report).
     pub async fn artifact(&self, path: &Path, name: &str) -> io::Result<Sha256> {
-        let sink = self.sink.clone();
         let p = path.to_path_buf();
-        let (sha256, size) = smol::unblock(move || sink.store_artifact(&p)).await?;
+        let file = smol::unblock(move || artifacts::open_file(&p)).await?;
+        self.store(file, name).await
+    }
+
+    async fn store(&self, file: std::fs::File, name: &str) -> io::Result<Sha256> {
+        let sink = self.sink.clone();
+        let (sha256, size) = smol::unblock(move || sink.store_artifact(file)).await?;
         self.sink.emit(Event::Artifact {
             stage: self.index,
             name: name.into(),
@@ -242,15 +251,32 @@ impl StageCtx {
     /// Stores every regular file under `dir` as an artifact named by its relative
     /// path (sorted). Returns how many.
     pub async fn artifacts_from_dir(&self, dir: &Path) -> io::Result<usize> {
-        if !dir.is_dir() {
-            return Ok(0);
+        self.artifacts_under(dir, "").await
+    }
+
+    /// Stores every regular file under `dir` as an artifact named `<prefix><relative
+    /// path>` (sorted), walking the folder without following any link
+    /// ([`artifacts::list`]); links, special files and files that change into one
+    /// while collected are noted in the log and skipped. Returns how many were stored.
+    pub async fn artifacts_under(&self, dir: &Path, prefix: &str) -> io::Result<usize> {
+        let d = dir.to_path_buf();
+        let listing = smol::unblock(move || artifacts::list(&d)).await?;
+        for (rel, why) in &listing.skipped {
+            if rel.is_empty() {
+                self.note(&format!("artifacts skipped: {why}"));
+            } else {
+                self.note(&format!("artifact {prefix}{rel} skipped: {why}"));
+            }
         }
-        let entries = kiln_protocol::tree::walk(dir)?;
         let mut n = 0;
-        for (rel, entry) in entries {
-            if let kiln_protocol::tree::Entry::File(_) = entry {
-                self.artifact(&dir.join(&rel), &rel).await?;
-                n += 1;
+        for rel in listing.files {
+            let (d, r) = (dir.to_path_buf(), rel.clone());
+            match smol::unblock(move || artifacts::open_inside(&d, &r)).await {
+                Ok(file) => {
+                    self.store(file, &format!("{prefix}{rel}")).await?;
+                    n += 1;
+                }
+                Err(e) => self.note(&format!("artifact {prefix}{rel} skipped: {e}")),
             }
         }
         Ok(n)
@@ -336,8 +362,9 @@ impl Sink for MemorySink {
     fn emit(&self, event: Event) {
         self.events.lock().expect("sink lock").push(event);
     }
-    fn store_artifact(&self, path: &Path) -> io::Result<(Sha256, u64)> {
-        let bytes = std::fs::read(path)?;
+    fn store_artifact(&self, mut file: std::fs::File) -> io::Result<(Sha256, u64)> {
+        let mut bytes = Vec::new();
+        io::Read::read_to_end(&mut file, &mut bytes)?;
         let sha = Sha256::of(&bytes);
         let size = bytes.len() as u64;
         self.blobs.lock().expect("sink lock").insert(sha, bytes);

@@ -6,9 +6,9 @@ use kiln_protocol::{
     StorageTool, TestBundle,
 };
 use std::path::PathBuf;
-use toml::{Spanned, Value};
+use toml::Value;
 
-use super::raw::StageToml;
+use super::raw::{Spanned, StageToml};
 use super::{StageAt, val};
 
 /// The stage's kind with its settings; `tests` is the packed test folder, if any.

@@ -9,11 +9,11 @@ use std::collections::{BTreeSet, HashMap};
 use std::fmt::Display;
 use std::ops::Range;
 use std::path::{Path, PathBuf};
-use toml::{Spanned, Value};
+use toml::Value;
 
 use crate::state::{Host, State, check_name};
 use crate::units::{parse_duration, parse_size};
-use raw::{COMMON_KEYS, KINDS, PlanToml, StageToml, kind_keys};
+use raw::{COMMON_KEYS, KINDS, PlanToml, Spanned, StageToml, kind_keys};
 
 mod container;
 mod kinds;
@@ -50,11 +50,12 @@ pub fn load_plan(path: &Path, state: &State, host: &Host) -> Result<LoadedPlan> 
         cas: RefCell::default(),
         bundles: RefCell::default(),
     };
-    let raw: PlanToml = toml::from_str(&text).map_err(|e| {
+    let mut raw: PlanToml = toml::from_str(&text).map_err(|e| {
         let line = e.span().map(|s| cx.line(s.start)).unwrap_or(1);
         let msg = e.message().replace('\n', " ");
         anyhow!("{}:{line}: {}", path.display(), msg.trim())
     })?;
+    raw.locate(&text);
     let plan = cx.plan(raw)?;
     let cas = cx.cas.into_inner().into_iter().collect();
     Ok(LoadedPlan { plan, cas })

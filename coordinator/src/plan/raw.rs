@@ -1,7 +1,162 @@
 //! The plan file's raw TOML shape, every value with its span for line-numbered errors.
 use serde::Deserialize;
+use serde::de::{self, Deserializer, MapAccess, Visitor};
+use std::fmt;
+use std::marker::PhantomData;
 use std::ops::Range;
-use toml::{Spanned, Table, Value};
+use toml::{Table, Value};
+
+/// A value and where it stands in the file.
+///
+/// Like `toml::Spanned`, which it replaces because toml 0.8 gives a table written
+/// with dotted keys (`matrix.image = [...]`) no span, and `toml::Spanned` then fails
+/// on the table's first key ("expected a borrowed string"). This one takes such a
+/// table (or any value given without a span) as it is, and [`PlanToml::locate`]
+/// finds its line after parsing; every TOML spelling of a table reads the same.
+#[derive(Debug, Clone)]
+pub(crate) struct Spanned<T> {
+    span: Option<Range<usize>>,
+    value: T,
+}
+
+impl<T> Spanned<T> {
+    /// Byte range in the file (the start of the file until located).
+    pub fn span(&self) -> Range<usize> {
+        self.span.clone().unwrap_or(0..0)
+    }
+
+    /// The value.
+    pub fn get_ref(&self) -> &T {
+        &self.value
+    }
+
+    /// The value, mutable.
+    pub fn get_mut(&mut self) -> &mut T {
+        &mut self.value
+    }
+
+    /// The value, owned.
+    pub fn into_inner(self) -> T {
+        self.value
+    }
+
+    /// Gives a value read without a span the line of its key: the first line in
+    /// `within` that starts with `key` followed by a `.` (a dotted key), else the
+    /// start of `within`.
+    fn locate(&mut self, text: &str, within: Range<usize>, key: &str) {
+        if self.span.is_some() {
+            return;
+        }
+        let within = within.start.min(text.len())..within.end.min(text.len());
+        let mut at = within.start;
+        let found = text.get(within.clone()).and_then(|part| {
+            part.split_inclusive('\n').find_map(|line| {
+                let here = at;
+                at += line.len();
+                let t = line.trim_start();
+                let rest = [key, &format!("\"{key}\""), &format!("'{key}'")]
+                    .into_iter()
+                    .find_map(|k| t.strip_prefix(k))?;
+                rest.trim_start()
+                    .starts_with('.')
+                    .then_some(here + (line.len() - t.len()))
+            })
+        });
+        let start = found.unwrap_or(within.start);
+        self.span = Some(start..start);
+    }
+}
+
+impl<'de, T: Deserialize<'de>> Deserialize<'de> for Spanned<T> {
+    fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        use serde_spanned::__unstable::{END_FIELD, NAME, START_FIELD, VALUE_FIELD};
+
+        struct V<T>(PhantomData<T>);
+
+        impl<'de, T: Deserialize<'de>> Visitor<'de> for V<T> {
+            type Value = Spanned<T>;
+
+            fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+                f.write_str("a value")
+            }
+
+            fn visit_bool<E: de::Error>(self, v: bool) -> Result<Spanned<T>, E> {
+                unspanned(Value::Boolean(v))
+            }
+
+            fn visit_i64<E: de::Error>(self, v: i64) -> Result<Spanned<T>, E> {
+                unspanned(Value::Integer(v))
+            }
+
+            fn visit_u64<E: de::Error>(self, v: u64) -> Result<Spanned<T>, E> {
+                let v = i64::try_from(v).map_err(|_| E::custom("integer out of range"))?;
+                unspanned(Value::Integer(v))
+            }
+
+            fn visit_f64<E: de::Error>(self, v: f64) -> Result<Spanned<T>, E> {
+                unspanned(Value::Float(v))
+            }
+
+            fn visit_str<E: de::Error>(self, v: &str) -> Result<Spanned<T>, E> {
+                unspanned(Value::String(v.to_string()))
+            }
+
+            fn visit_seq<A: de::SeqAccess<'de>>(self, mut seq: A) -> Result<Spanned<T>, A::Error> {
+                let mut items = Vec::new();
+                while let Some(v) = seq.next_element::<Value>()? {
+                    items.push(v);
+                }
+                unspanned(Value::Array(items))
+            }
+
+            fn visit_map<A: MapAccess<'de>>(self, mut map: A) -> Result<Spanned<T>, A::Error> {
+                let first: Option<String> = map.next_key()?;
+                if first.as_deref() == Some(START_FIELD) {
+                    // toml's spanned form: start, end, value.
+                    let start: usize = map.next_value()?;
+                    let mut end = None;
+                    let mut value = None;
+                    while let Some(k) = map.next_key::<String>()? {
+                        match k.as_str() {
+                            END_FIELD => end = Some(map.next_value::<usize>()?),
+                            VALUE_FIELD => value = Some(map.next_value::<T>()?),
+                            other => {
+                                return Err(de::Error::unknown_field(
+                                    other,
+                                    &[END_FIELD, VALUE_FIELD],
+                                ));
+                            }
+                        }
+                    }
+                    let end = end.ok_or_else(|| de::Error::missing_field(END_FIELD))?;
+                    let value = value.ok_or_else(|| de::Error::missing_field(VALUE_FIELD))?;
+                    return Ok(Spanned {
+                        span: Some(start..end),
+                        value,
+                    });
+                }
+                // A table without a span (dotted keys): read it whole, then as T.
+                let mut table = Table::new();
+                if let Some(k) = first {
+                    let v: Value = map.next_value()?;
+                    table.insert(k, v);
+                    while let Some((k, v)) = map.next_entry::<String, Value>()? {
+                        table.insert(k, v);
+                    }
+                }
+                unspanned(Value::Table(table))
+            }
+        }
+
+        /// A value the parser gave no span: read as T, located after parsing.
+        fn unspanned<'de, T: Deserialize<'de>, E: de::Error>(v: Value) -> Result<Spanned<T>, E> {
+            let value = T::deserialize(v).map_err(|e| E::custom(e.message().trim()))?;
+            Ok(Spanned { span: None, value })
+        }
+
+        d.deserialize_struct(NAME, &[START_FIELD, END_FIELD, VALUE_FIELD], V(PhantomData))
+    }
+}
 
 /// The whole file.
 #[derive(Deserialize)]
@@ -12,6 +167,27 @@ pub(super) struct PlanToml {
     pub timeout: Option<Spanned<Value>>,
     #[serde(default)]
     pub stage: Vec<Spanned<StageToml>>,
+}
+
+impl PlanToml {
+    /// Gives every value read without a span (a dotted-key table) the line of its key.
+    pub fn locate(&mut self, text: &str) {
+        let all = 0..text.len();
+        if let Some(v) = &mut self.name {
+            v.locate(text, all.clone(), "name");
+        }
+        if let Some(v) = &mut self.fail_fast {
+            v.locate(text, all.clone(), "fail_fast");
+        }
+        if let Some(v) = &mut self.timeout {
+            v.locate(text, all.clone(), "timeout");
+        }
+        for s in &mut self.stage {
+            s.locate(text, all.clone(), "stage");
+            let within = s.span();
+            s.get_mut().locate(text, within);
+        }
+    }
 }
 
 /// `mounts = [{ host, container, read_only }]` in a container stage.
@@ -35,6 +211,13 @@ macro_rules! stage_toml {
         }
 
         impl StageToml {
+            /// Gives every key read without a span a line within the stage's `within`.
+            fn locate(&mut self, text: &str, within: Range<usize>) {
+                $(if let Some(v) = &mut self.$key {
+                    v.locate(text, within.clone(), stringify!($key));
+                })*
+            }
+
             /// The keys this stage sets, with their spans.
             pub fn present(&self) -> Vec<(&'static str, Range<usize>)> {
                 let mut out = Vec::new();

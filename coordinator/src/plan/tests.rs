@@ -431,6 +431,38 @@ fn bundles_refuse_links_that_leave_the_folder() {
         .expect("a link inside the folder is fine");
 }
 
+/// Links that each stay inside by their text but leave together: `a -> b` with
+/// `b -> ../../state` style chains, and `x -> y/..` where `y` is a link.
+#[test]
+fn bundles_refuse_chained_links() {
+    let f = fx();
+    f.file("t/run.sh", "true\n");
+    f.file("t/sub/keep", "k\n");
+    // `r -> .`, `q1 -> r/..` (really the folder's parent), `key -> q1/state/...`.
+    symlink(".", f.dir.join("t/r")).expect("symlink");
+    symlink("r/..", f.dir.join("t/q1")).expect("symlink");
+    symlink("q1/state/key/coordinator.key", f.dir.join("t/key")).expect("symlink");
+    assert!(
+        std::fs::read(f.dir.join("t/key")).is_ok(),
+        "the chain really reaches the state's key"
+    );
+    f.fails(
+        &format!("{EXEC}tests = \"t\"\n"),
+        5,
+        "links may not point at links",
+    );
+    for name in ["r", "q1", "key"] {
+        std::fs::remove_file(f.dir.join("t").join(name)).expect("rm");
+    }
+    symlink("..", f.dir.join("t/sub/up")).expect("symlink");
+    symlink("sub/up/..", f.dir.join("t/x")).expect("symlink");
+    f.fails(
+        &format!("{EXEC}tests = \"t\"\n"),
+        5,
+        "x -> sub/up/.. (link through the link sub/up; links may not point at links)",
+    );
+}
+
 #[test]
 fn bundles_are_deterministic() {
     let f = fx();
@@ -466,5 +498,102 @@ fn bundles_are_deterministic() {
     assert_eq!(
         f.state.cas().get(&changed.sha256).expect("in cas").len() as u64,
         changed.size
+    );
+}
+
+/// The same container stage in every TOML spelling of its tables: inline tables,
+/// dotted keys (bare and quoted), sub-tables, arrays of tables, and the stage list
+/// itself inline. Each compiles to the same wire plan.
+#[test]
+fn every_toml_spelling_of_a_table_compiles_to_the_same_plan() {
+    let f = fx();
+    let head = "name = \"p\"\n[[stage]]\nname = \"m\"\nkind = \"container\"\n";
+    let rest = "command = [\"./run.sh\"]\nallow_host_mounts = true\n";
+    let inline = format!(
+        "{head}{rest}matrix = {{ image = [\"a:1\", \"b:1\"], PY = [\"3.11\", 3] }}\n\
+         env = {{ A = \"1\", B = 2 }}\n\
+         mounts = [{{ host = \"/srv/cache\", container = \"/cache\", read_only = false }}]\n"
+    );
+    let want = f.load(&inline).expect("inline tables").plan;
+    let StageKind::Container(c) = &want.stages[0].kind else {
+        panic!("not a container stage");
+    };
+    assert_eq!(c.images.len(), 2);
+    assert_eq!(c.axes.len(), 1);
+    assert_eq!(want.stages[0].env.len(), 2);
+    let spellings = [
+        (
+            "dotted keys",
+            format!(
+                "{head}{rest}matrix.image = [\"a:1\", \"b:1\"]\nmatrix.PY = [\"3.11\", 3]\n\
+                 env.A = \"1\"\nenv.B = 2\n\
+                 mounts = [{{ host = \"/srv/cache\", container = \"/cache\", read_only = false }}]\n"
+            ),
+        ),
+        (
+            "quoted dotted keys",
+            format!(
+                "{head}{rest}\"matrix\".\"image\" = [\"a:1\", \"b:1\"]\n'matrix'.PY = [\"3.11\", 3]\n\
+                 env . A = \"1\"\nenv.\"B\" = 2\n\
+                 mounts = [{{ host = \"/srv/cache\", container = \"/cache\", read_only = false }}]\n"
+            ),
+        ),
+        (
+            "sub-tables and an array of tables",
+            format!(
+                "{head}{rest}[stage.matrix]\nimage = [\"a:1\", \"b:1\"]\nPY = [\"3.11\", 3]\n\
+                 [stage.env]\nA = \"1\"\nB = 2\n\
+                 [[stage.mounts]]\nhost = \"/srv/cache\"\ncontainer = \"/cache\"\nread_only = false\n"
+            ),
+        ),
+        (
+            "the stage list inline, dotted keys inside",
+            "name = \"p\"\nstage = [{ name = \"m\", kind = \"container\", \
+                 command = [\"./run.sh\"], allow_host_mounts = true, \
+                 matrix.image = [\"a:1\", \"b:1\"], matrix.PY = [\"3.11\", 3], \
+                 env.A = \"1\", env.B = 2, \
+                 mounts = [{ host = \"/srv/cache\", container = \"/cache\", read_only = false }] }]\n".to_string(),
+        ),
+        (
+            "the stage list inline, tables inline",
+            "name = \"p\"\nstage = [{ name = \"m\", kind = \"container\", \
+                 command = [\"./run.sh\"], allow_host_mounts = true, \
+                 matrix = { image = [\"a:1\", \"b:1\"], PY = [\"3.11\", 3] }, \
+                 env = { A = \"1\", B = 2 }, \
+                 mounts = [{ host = \"/srv/cache\", container = \"/cache\", read_only = false }] }]\n".to_string(),
+        ),
+    ];
+    for (what, text) in spellings {
+        let got = f
+            .load(&text)
+            .unwrap_or_else(|e| panic!("{what}: {e:#}\n{text}"))
+            .plan;
+        assert_eq!(got, want, "{what}:\n{text}");
+    }
+}
+
+/// An error in a table written with dotted keys names the line of the key.
+#[test]
+fn errors_in_dotted_key_tables_name_their_line() {
+    let f = fx();
+    f.fails(
+        "[[stage]]\nname = \"c\"\nkind = \"container\"\n\n  matrix.image = [\"a:1\"]\nmatrix.PY = []\n",
+        5,
+        "matrix.PY must be a non-empty array",
+    );
+    f.fails(
+        "[[stage]]\nname = \"c\"\nkind = \"container\"\nimage = \"a\"\nenv.A = \"1\"\nenv.B = [1]\n",
+        5,
+        "env B must be a string, number or boolean",
+    );
+    f.fails(
+        "[[stage]]\nname = \"c\"\nkind.x = \"container\"\n",
+        3,
+        "invalid type: map, expected a string",
+    );
+    f.fails(
+        EXEC.replace("command = \"true\"", "command.x = 1").as_str(),
+        4,
+        "command",
     );
 }

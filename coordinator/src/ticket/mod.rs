@@ -84,6 +84,10 @@ pub fn issue(
         coordinator,
         plan: loaded.plan,
     };
+    // The agent's own rule: never sign what an agent would refuse.
+    ticket
+        .check_limits()
+        .map_err(|e| anyhow::anyhow!("cannot issue a ticket for {}: {e}", plan.display()))?;
     let file = SignedTicket::sign(&ticket, &key).to_file();
     write_atomic(&state.run_dir(&run).join("ticket.kiln"), &file, 0o644)?;
     Ok(Issued {

@@ -100,3 +100,48 @@ fn cas_folder_sits_beside_the_ticket() {
         PathBuf::from("/x/t.kiln.cas")
     );
 }
+
+/// A plan the agent would refuse (a name far over the cap, as the 3 MB one of the
+/// report, kept under any plan file cap) is never signed: the refusal names the
+/// limit, and nothing is recorded.
+#[test]
+fn plans_over_the_size_rule_are_not_signed() {
+    let (tmp, state, _) = setup();
+    let plan = tmp.path().join("huge.toml");
+    let name = "x".repeat(60_000);
+    std::fs::write(
+        &plan,
+        format!(
+            "name = \"{name}\"\n[[stage]]\nname = \"a\"\nkind = \"exec\"\ncommand = \"true\"\n"
+        ),
+    )
+    .expect("write");
+    let e = format!(
+        "{:#}",
+        issue(&state, &plan, "box", 60, None).expect_err("refused")
+    );
+    assert!(
+        e.contains("plan name is 60000 bytes") && e.contains("limit of 128 (limits::MAX_NAME_LEN)"),
+        "{}",
+        &e[..e.len().min(300)]
+    );
+    assert!(e.len() < 300 && !e.contains('\n'), "not one short line");
+    let env = "v".repeat(kiln_protocol::limits::MAX_VALUE_LEN + 1);
+    std::fs::write(
+        &plan,
+        format!("[[stage]]\nname = \"a\"\nkind = \"exec\"\ncommand = \"true\"\nenv = {{ BIG = \"{env}\" }}\n"),
+    )
+    .expect("write");
+    let e = format!(
+        "{:#}",
+        issue(&state, &plan, "box", 60, None).expect_err("refused")
+    );
+    assert!(
+        e.contains("stage \"a\" env BIG") && e.contains("MAX_VALUE_LEN"),
+        "{e}"
+    );
+    assert!(
+        state.run_ids().expect("runs").is_empty(),
+        "nothing recorded"
+    );
+}

@@ -8,11 +8,11 @@ use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::time::Duration;
 
-const IMAGE_A: &str = "localhost/kiln-test-a:1";
+pub const IMAGE_A: &str = "localhost/kiln-test-a:1";
 const IMAGE_B: &str = "localhost/kiln-test-b:1";
 
 /// podman and the test images, or a loud skip (a failure in CI).
-fn require_podman() -> bool {
+pub fn require_podman() -> bool {
     if !require_tool("podman") {
         return false;
     }

@@ -5,6 +5,7 @@
 //! `cargo build --workspace --bins` first (the README's test command does).
 mod common;
 
+mod artifacts;
 mod claims;
 mod container;
 mod crash;

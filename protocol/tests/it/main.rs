@@ -1,6 +1,7 @@
 //! kiln-protocol's tests: golden bytes, ticket checks, record streams, tree bundles.
 mod garbage;
 mod golden;
+mod limits;
 mod records;
 mod tickets;
 mod tree;

@@ -153,3 +153,123 @@ fn unpack_refuses_escapes() {
         );
     }
 }
+
+/// Links that each stay inside by their text but climb out together: `r -> .`, then
+/// `q1 -> r/..` (the kernel follows `r` first, so `q1` is the folder's parent),
+/// `q2 -> q1/..` and so on up to `/`, then `etc -> q30/etc`.
+fn chain_to_etc(d: &Path) {
+    symlink(".", d.join("r")).unwrap();
+    symlink("r/..", d.join("q1")).unwrap();
+    for i in 2..=30 {
+        symlink(format!("q{}/..", i - 1), d.join(format!("q{i}"))).unwrap();
+    }
+    symlink("q30/etc", d.join("etc")).unwrap();
+}
+
+#[test]
+fn chained_links_that_climb_out_are_refused_when_packing() {
+    let d = tempfile::tempdir().unwrap();
+    fs::write(d.path().join("run.sh"), "true\n").unwrap();
+    chain_to_etc(d.path());
+    // The chain is real: the kernel lands in /etc.
+    assert_eq!(
+        fs::canonicalize(d.path().join("etc")).unwrap(),
+        Path::new("/etc")
+    );
+    let err = pack_to_vec(d.path()).unwrap_err().to_string();
+    assert!(err.contains("links may not point at links"), "{err}");
+    assert!(tree_hash(d.path()).is_err());
+
+    // `x -> y/..` with `y` a link to a folder one level up from its text.
+    for (links, what) in [
+        (
+            &[("sub/up", ".."), ("x", "sub/up/..")][..],
+            "x -> sub/up/..",
+        ),
+        (&[("a", "b"), ("b", "sub")][..], "a -> b"),
+        (&[("a", "sub/b/c"), ("sub/b", ".")][..], "a -> sub/b/c"),
+    ] {
+        let d = folder();
+        for (at, to) in links {
+            symlink(to, d.path().join(at)).unwrap();
+        }
+        let err = pack_to_vec(d.path()).unwrap_err().to_string();
+        assert!(
+            err.contains(what) && err.contains("links may not point at links"),
+            "{what}: {err}"
+        );
+    }
+}
+
+#[test]
+fn links_through_real_folders_still_pack() {
+    let d = folder();
+    symlink("sub/deeper/../data.txt", d.path().join("ok1")).unwrap();
+    symlink("../sub", d.path().join("sub/deeper/ok2")).unwrap();
+    symlink("missing/../run.sh", d.path().join("ok3")).unwrap();
+    let (bytes, _) = pack_to_vec(d.path()).unwrap();
+    let out = tempfile::tempdir().unwrap();
+    unpack(&bytes[..], out.path()).unwrap();
+    assert_eq!(fs::read_to_string(out.path().join("ok1")).unwrap(), "data");
+}
+
+/// A tar of symlinks (and files), names written raw.
+fn links_tar(entries: &[(&str, Option<&str>)]) -> Vec<u8> {
+    let mut b = tar::Builder::new(Vec::new());
+    for (path, link) in entries {
+        let mut h = tar::Header::new_old();
+        let kind = if link.is_some() {
+            tar::EntryType::Symlink
+        } else {
+            tar::EntryType::Regular
+        };
+        h.set_entry_type(kind);
+        h.set_size(if link.is_some() { 0 } else { 1 });
+        h.set_mode(0o644);
+        h.as_old_mut().name[..path.len()].copy_from_slice(path.as_bytes());
+        if let Some(l) = link {
+            h.as_old_mut().linkname[..l.len()].copy_from_slice(l.as_bytes());
+        }
+        h.set_cksum();
+        let data: &[u8] = if link.is_some() { b"" } else { b"x" };
+        b.append(&h, data).unwrap();
+    }
+    b.into_inner().unwrap()
+}
+
+#[test]
+fn unpack_refuses_chained_links() {
+    let mut chain: Vec<(String, Option<String>)> = vec![
+        ("r".into(), Some(".".into())),
+        ("q1".into(), Some("r/..".into())),
+    ];
+    for i in 2..=30 {
+        chain.push((format!("q{i}"), Some(format!("q{}/..", i - 1))));
+    }
+    chain.push(("etc".into(), Some("q30/etc".into())));
+    let chain: Vec<(&str, Option<&str>)> = chain
+        .iter()
+        .map(|(p, l)| (p.as_str(), l.as_deref()))
+        .collect();
+    let cases: Vec<Vec<(&str, Option<&str>)>> = vec![
+        chain,
+        // The link named after its user, so a walk in tar order would meet it late.
+        vec![("x", Some("y/..")), ("y", Some("."))],
+        vec![("a", Some("b")), ("b", Some("c")), ("c", None)],
+        // A file under a link.
+        vec![("l", Some("d")), ("d/f", None), ("l/f", None)],
+    ];
+    for (i, entries) in cases.iter().enumerate() {
+        let parent = tempfile::tempdir().unwrap();
+        let out = parent.path().join("out");
+        fs::create_dir(&out).unwrap();
+        let err = unpack(&links_tar(entries)[..], &out).expect_err(&format!("case {i}"));
+        assert!(err.to_string().contains("unsafe path"), "case {i}: {err}");
+        let made: Vec<_> = fs::read_dir(&out)
+            .unwrap()
+            .filter_map(|e| e.ok())
+            .filter(|e| e.file_type().unwrap().is_symlink())
+            .collect();
+        assert!(made.is_empty(), "case {i}: links were made");
+    }
+}

@@ -211,7 +211,7 @@ pub async fn run(ctx: &StageCtx, shared: &Shared<'_>, cell: &Cell) -> CellRun {
     } else {
         String::new()
     };
-    if let Err(e) = upload(ctx, &artifacts, &prefix).await {
+    if let Err(e) = ctx.artifacts_under(&artifacts, &prefix).await {
         run.outcome = run.outcome.worst(Outcome::Error);
         run.detail = format!("{}; artifacts: {e}", run.detail);
     }
@@ -227,31 +227,4 @@ fn fresh_dir(dir: &Path, mode: u32) -> std::io::Result<()> {
     }
     std::fs::create_dir_all(dir)?;
     std::fs::set_permissions(dir, std::fs::Permissions::from_mode(mode))
-}
-
-/// Uploads every regular file under `dir` as `<prefix><relative path>`, sorted;
-/// links and special files (which a container could plant) are noted and skipped.
-async fn upload(ctx: &StageCtx, dir: &Path, prefix: &str) -> std::io::Result<usize> {
-    let mut files = Vec::new();
-    let mut stack = vec![(dir.to_path_buf(), String::new())];
-    while let Some((d, rel)) = stack.pop() {
-        for item in std::fs::read_dir(&d)? {
-            let item = item?;
-            let name = item.file_name().to_string_lossy().into_owned();
-            let r = format!("{rel}{name}");
-            let ft = item.file_type()?;
-            if ft.is_dir() {
-                stack.push((item.path(), format!("{r}/")));
-            } else if ft.is_file() {
-                files.push((r, item.path()));
-            } else {
-                ctx.note(&format!("artifact {prefix}{r} skipped: not a regular file"));
-            }
-        }
-    }
-    files.sort();
-    for (rel, path) in &files {
-        ctx.artifact(path, &format!("{prefix}{rel}")).await?;
-    }
-    Ok(files.len())
 }

@@ -141,6 +141,7 @@ fn now() -> u64 {
 }
 
 mod file_caps;
+mod limits;
 mod plans;
 mod refusals;
 mod setup;
