@@ -58,7 +58,8 @@ struct Inner {
     closing: bool,
     /// The coordinator refused our batches for good (one-line reason).
     refused: Option<String>,
-    /// Acks kept failing their checks: a protocol error (one-line reason).
+    /// The sender gave up on its own: acks kept failing their checks (a protocol
+    /// error) or the spool became unreadable (one-line reason).
     broken: Option<String>,
     io_error: Option<String>,
     /// Seq of this start's Claim frame (0 before it is emitted).

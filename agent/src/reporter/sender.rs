@@ -50,7 +50,7 @@ impl Reporter {
                 Ok(f) => f,
                 Err(e) => {
                     log::error!("reading the spool: {e}");
-                    g.refused = Some(format!("spool unreadable: {e}"));
+                    g.broken = Some(format!("spool unreadable: {e}"));
                     self.wake.notify_all();
                     return;
                 }
