@@ -168,11 +168,12 @@ fn finish(c: &BootCmd, end: RunEnd) -> i32 {
             power_off(c, code)
         }
         RunEnd::Refused(reason) => {
-            let reason = if reason.starts_with("ticket refused") {
-                reason
-            } else {
-                format!("ticket refused: {reason}")
-            };
+            let reason =
+                if reason.starts_with("ticket refused") || reason.starts_with("claim refused") {
+                    reason
+                } else {
+                    format!("ticket refused: {reason}")
+                };
             say(&reason);
             idle(c, code)
         }
@@ -192,7 +193,8 @@ fn fetch_with_retries(url: &str) -> Result<Vec<u8>, String> {
         .timeout(Duration::from_secs(30))
         .build();
     let start = Instant::now();
-    let mut pause = Duration::from_millis(250);
+    // Jittered: a rack of machines that boot together spreads its retries.
+    let mut backoff = crate::client::Backoff::new(Duration::from_millis(250), MAX_BACKOFF);
     let mut next_note = Duration::ZERO;
     for attempt in 1u64.. {
         match agent.get(url).call() {
@@ -233,8 +235,7 @@ fn fetch_with_retries(url: &str) -> Result<Vec<u8>, String> {
                 }
             }
         }
-        std::thread::sleep(pause);
-        pause = (pause * 2).min(MAX_BACKOFF);
+        std::thread::sleep(backoff.next_delay());
     }
     unreachable!("the retry loop only ends by returning")
 }

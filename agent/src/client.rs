@@ -1,6 +1,6 @@
 //! HTTP to the coordinator (ureq): batches, artifacts, CAS objects, secrets, tickets;
 //! and the jittered exponential backoff every retry uses.
-use kiln_protocol::{Ack, RunId, Sha256};
+use kiln_protocol::{Ack, PublicKey, RunId, SecretKey, Sha256, UPLOAD_AUTH_HEADER, UploadAuth};
 use std::io::{self, Read};
 use std::time::Duration;
 
@@ -10,8 +10,11 @@ const MAX_REPLY: u64 = 4 << 20;
 /// What became of a POSTed batch.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Posted {
-    /// 200: stored up to `ack.upto`.
+    /// 200 with an ack that verifies: stored up to `ack.upto`.
     Acked(Ack),
+    /// 200 with an ack that does not verify (signature, run, or an `upto` above
+    /// the last seq sent): a protocol error, never a success (one-line reason).
+    BadAck(String),
     /// 422: the coordinator expects this seq next; resend from it.
     ResendFrom(u64),
     /// Any other 4xx: the coordinator will never take this batch (one-line reason).
@@ -119,8 +122,9 @@ impl Client {
         }
     }
 
-    /// POST `/v1/runs/{run}/events` with a sealed batch.
-    pub fn post_batch(&self, run: &RunId, sealed: &[u8]) -> Posted {
+    /// POST `/v1/runs/{run}/events` with a sealed batch; the ack is checked by `check`.
+    pub fn post_batch(&self, sealed: &[u8], check: &AckCheck) -> Posted {
+        let run = check.run;
         let url = format!("{}/v1/runs/{run}/events", self.base);
         match self
             .agent
@@ -129,9 +133,9 @@ impl Client {
             .send_bytes(sealed)
         {
             Ok(r) => match read_limited(r) {
-                Ok(body) => match postcard::from_bytes::<Ack>(&body) {
+                Ok(body) => match check.open(&body) {
                     Ok(ack) => Posted::Acked(ack),
-                    Err(e) => Posted::Retry(format!("undecodable ack: {e}")),
+                    Err(why) => Posted::BadAck(why),
                 },
                 Err(e) => Posted::Retry(format!("reading ack: {e}")),
             },
@@ -152,12 +156,26 @@ impl Client {
         }
     }
 
-    /// PUT `/v1/runs/{run}/artifacts/{sha}`.
-    pub fn put_artifact(&self, run: &RunId, sha: &Sha256, bytes: &[u8]) -> Result<(), Fail> {
+    /// PUT `/v1/runs/{run}/artifacts/{sha}`, signed by the claim key (a fresh
+    /// `Kiln-Upload-Auth` per try).
+    pub fn put_artifact(
+        &self,
+        run: &RunId,
+        sha: &Sha256,
+        bytes: &[u8],
+        claim: &SecretKey,
+    ) -> Result<(), Fail> {
         let url = format!("{}/v1/runs/{run}/artifacts/{sha}", self.base);
+        let auth = UploadAuth {
+            run: *run,
+            sha256: *sha,
+            len: bytes.len() as u64,
+            at_ms: now_ms(),
+        };
         self.bulk
             .put(&url)
             .set("Content-Type", "application/octet-stream")
+            .set(UPLOAD_AUTH_HEADER, &auth.header(claim))
             .send_bytes(bytes)
             .map(|_| ())
             .map_err(fail)
@@ -218,6 +236,47 @@ impl Client {
     }
 }
 
+/// What an ack must be to count: signed by the coordinator key for this run and this
+/// agent's claim key, and acking no frame the agent never sent.
+#[derive(Debug, Clone, Copy)]
+pub struct AckCheck {
+    /// The run the batch is for.
+    pub run: RunId,
+    /// The trusted key that signed the ticket (the coordinator's).
+    pub coordinator: PublicKey,
+    /// This agent's claim key.
+    pub claim: PublicKey,
+    /// The highest seq this agent can have sent (what its spool held when it
+    /// started, and every batch since).
+    pub sent: u64,
+}
+
+impl AckCheck {
+    /// Verifies and decodes an ack's bytes; `Err` is a one-line reason.
+    pub fn open(&self, body: &[u8]) -> Result<Ack, String> {
+        let ack = Ack::open(body, &self.coordinator, &self.claim)
+            .map_err(|e| format!("ack refused: {e}"))?;
+        if ack.run != self.run {
+            return Err(format!("ack refused: it is for run {}", ack.run));
+        }
+        if ack.upto > self.sent {
+            return Err(format!(
+                "ack refused: it acks seq {} but only {} were sent",
+                ack.upto, self.sent
+            ));
+        }
+        Ok(ack)
+    }
+}
+
+/// Unix milliseconds now.
+fn now_ms() -> u64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_millis() as u64)
+        .unwrap_or(0)
+}
+
 /// GETs a ticket file from a URL (one attempt; the caller reports failure).
 pub fn fetch_url(url: &str) -> Result<Vec<u8>, String> {
     let r = ureq::AgentBuilder::new()
@@ -238,32 +297,50 @@ pub fn fetch_url(url: &str) -> Result<Vec<u8>, String> {
     Ok(out)
 }
 
-/// Jittered exponential backoff: 250 ms doubling to 5 s.
+/// Jittered exponential backoff for every retry of a connection error (refused,
+/// reset, timed out), a 5xx or a 429: the step starts at `first` and doubles up to
+/// `max`; each delay is drawn uniformly from the upper half of the current step, so a
+/// fleet that lost its coordinator at the same moment does not come back in lockstep.
 #[derive(Debug, Clone)]
 pub struct Backoff {
+    first_ms: u64,
+    max_ms: u64,
     next_ms: u64,
 }
 
 impl Default for Backoff {
+    /// 250 ms doubling to 5 s.
     fn default() -> Self {
-        Backoff { next_ms: 250 }
+        Backoff::new(Duration::from_millis(250), Duration::from_secs(5))
     }
 }
 
 impl Backoff {
-    /// The next delay (between half and all of the current step), then doubles the step.
+    /// Steps from `first` doubling to `max` (both at least 2 ms).
+    pub fn new(first: Duration, max: Duration) -> Backoff {
+        let first_ms = (first.as_millis() as u64).max(2);
+        let max_ms = (max.as_millis() as u64).max(first_ms);
+        Backoff {
+            first_ms,
+            max_ms,
+            next_ms: first_ms,
+        }
+    }
+
+    /// The next delay (uniform between half and all of the current step), then
+    /// doubles the step up to the maximum.
     pub fn next_delay(&mut self) -> Duration {
         let step = self.next_ms;
-        self.next_ms = (self.next_ms * 2).min(5_000);
-        let mut r = [0u8; 2];
+        self.next_ms = self.next_ms.saturating_mul(2).min(self.max_ms);
+        let mut r = [0u8; 8];
         let _ = getrandom::getrandom(&mut r);
-        let jitter = u16::from_le_bytes(r) as u64 % (step / 2 + 1);
-        Duration::from_millis(step / 2 + jitter)
+        let jitter = u64::from_le_bytes(r) % (step / 2 + 1);
+        Duration::from_millis(step - step / 2 + jitter)
     }
 
     /// Back to the first step (after a success).
     pub fn reset(&mut self) {
-        self.next_ms = 250;
+        self.next_ms = self.first_ms;
     }
 }
 
@@ -273,12 +350,30 @@ mod tests {
 
     #[test]
     fn backoff_doubles_to_five_seconds_with_jitter() {
-        let mut b = Backoff::default();
+        // Every delay lies in the upper half of its step: 250, 500, 1000, 2000,
+        // 4000, then 5000 for good.
+        let steps = [250u64, 500, 1000, 2000, 4000, 5000, 5000, 5000];
+        for _ in 0..200 {
+            let mut b = Backoff::default();
+            for step in steps {
+                let d = b.next_delay().as_millis() as u64;
+                assert!((step - step / 2..=step).contains(&d), "{d} for step {step}");
+            }
+            b.reset();
+            assert!(b.next_delay().as_millis() <= 250);
+        }
+        // Jitter: agents that start together spread over the step instead of
+        // retrying in lockstep.
+        let firsts: std::collections::BTreeSet<u64> = (0..200)
+            .map(|_| Backoff::default().next_delay().as_millis() as u64)
+            .collect();
+        assert!(firsts.len() > 50, "{} distinct first delays", firsts.len());
+        let (lo, hi) = (firsts.first().unwrap(), firsts.last().unwrap());
+        assert!(*lo < 150 && *hi > 225, "first delays span {lo}..{hi} ms");
+        // Other bounds: 1 s doubling to 30 s.
+        let mut b = Backoff::new(Duration::from_secs(1), Duration::from_secs(30));
         let ds: Vec<u64> = (0..8).map(|_| b.next_delay().as_millis() as u64).collect();
-        assert!((125..=250).contains(&ds[0]), "{ds:?}");
-        assert!((250..=500).contains(&ds[1]), "{ds:?}");
-        assert!(ds[7] >= 2_500 && ds[7] <= 5_000, "{ds:?}");
-        b.reset();
-        assert!(b.next_delay().as_millis() <= 250);
+        assert!((500..=1000).contains(&ds[0]), "{ds:?}");
+        assert!((15_000..=30_000).contains(&ds[7]), "{ds:?}");
     }
 }

@@ -179,6 +179,10 @@ pub fn run_ticket(opts: RunOptions) -> RunEnd {
         Err(reason) => return RunEnd::Refused(reason),
     };
     let run = ticket.run;
+    // The key that signed the ticket is the one acks must be signed by.
+    let Some(&coordinator) = opts.trusted.iter().find(|k| k.key_id() == signed.key_id) else {
+        return RunEnd::Refused("ticket refused: signed by no trusted key".into());
+    };
     let url = opts.url.clone().or(ticket.coordinator.clone());
     let offline_out = match (&opts.out, &url) {
         (Some(out), _) => Some(out.clone()),
@@ -214,7 +218,10 @@ pub fn run_ticket(opts: RunOptions) -> RunEnd {
                 })
             }),
         },
-        (None, Some(u)) => Mode::Online(Client::new(u)),
+        (None, Some(u)) => Mode::Online {
+            client: Client::new(u),
+            coordinator,
+        },
         (None, None) => unreachable!("no url means offline"),
     };
     let control = Arc::new(Control::default());
@@ -226,19 +233,6 @@ pub fn run_ticket(opts: RunOptions) -> RunEnd {
             }
         };
     let resume = Resume::fold(&old, &ticket.plan);
-    if old.is_empty() {
-        log::info!(
-            "run {run}: plan {:?}, {} stage(s)",
-            ticket.plan.name,
-            ticket.plan.stages.len()
-        );
-    } else {
-        log::info!(
-            "run {run}: resuming from the spool ({} frames, {} acked)",
-            old.len(),
-            reporter.acked()
-        );
-    }
     let session = Session {
         ticket: &ticket,
         signed: &signed,
@@ -251,15 +245,53 @@ pub fn run_ticket(opts: RunOptions) -> RunEnd {
     };
     let claim_seq = session.announce(&key, &host, old.is_empty());
     let sender = reporter.start_sender();
-    let end = match session.body(&opts.secrets, claim_seq) {
-        Ok(outcome) => session.finish(outcome),
-        Err(e) => RunEnd::Infra(e),
+    // Online, nothing of the plan runs until the coordinator acked this claim.
+    let claimed = match &mode {
+        Mode::Online { .. } => claim_acked(&reporter, run, claim_seq),
+        Mode::Offline { .. } => Ok(()),
+    };
+    let end = match claimed {
+        Err(end) => end,
+        Ok(()) => {
+            if old.is_empty() {
+                log::info!(
+                    "run {run}: plan {:?}, {} stage(s)",
+                    ticket.plan.name,
+                    ticket.plan.stages.len()
+                );
+            } else {
+                log::info!(
+                    "run {run}: resuming from the spool ({} frames, {} acked)",
+                    old.len(),
+                    reporter.acked()
+                );
+            }
+            match session.body(&opts.secrets) {
+                Ok(outcome) => session.finish(outcome),
+                Err(e) => RunEnd::Infra(e),
+            }
+        }
     };
     reporter.close();
     if let Some(h) = sender {
         let _ = h.join();
     }
     end
+}
+
+/// Waits until the coordinator acked this start's claim: a refusal (409: the run is
+/// claimed by another key or finished) is [`RunEnd::Refused`], no answer or a
+/// protocol error an infrastructure error.
+fn claim_acked(reporter: &Reporter, run: RunId, claim_seq: u64) -> Result<(), RunEnd> {
+    reporter
+        .wait_acked(claim_seq, ACK_LIMIT)
+        .map_err(|e| match reporter.refused() {
+            Some(why) => RunEnd::Refused(format!(
+                "claim refused: run {run}: {}; nothing ran",
+                why.trim_start_matches("coordinator refused reports: ")
+            )),
+            None => RunEnd::Infra(format!("claiming run {run}: {e}; nothing ran")),
+        })
 }
 
 /// `run`: returns the exit status.

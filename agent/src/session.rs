@@ -70,11 +70,8 @@ impl Session<'_> {
     }
 
     /// Secrets, then the stages (or the outcome a previous start already reported).
-    pub fn body(
-        &self,
-        offline_secrets: &BTreeMap<String, Vec<u8>>,
-        claim_seq: u64,
-    ) -> Result<Outcome, String> {
+    /// Online, the runner calls it only once the claim is acked.
+    pub fn body(&self, offline_secrets: &BTreeMap<String, Vec<u8>>) -> Result<Outcome, String> {
         if let Some(o) = self.resume.run_finished {
             return Ok(o);
         }
@@ -82,9 +79,8 @@ impl Session<'_> {
         let names = crate::secrets::named(&t.plan);
         let secrets = match self.mode {
             Mode::Offline { .. } => offline_secrets.clone(),
-            Mode::Online(_) if names.is_empty() => BTreeMap::new(),
-            Mode::Online(client) => {
-                self.reporter.wait_acked(claim_seq, ACK_LIMIT)?;
+            Mode::Online { .. } if names.is_empty() => BTreeMap::new(),
+            Mode::Online { client, .. } => {
                 let key = self.reporter.key();
                 match crate::secrets::fetch(client, t.run, key, names, ACK_LIMIT) {
                     Ok(s) => s,

@@ -1,7 +1,7 @@
 //! Files in and out of a run: artifact uploads (online) or kept blobs (offline),
 //! CAS downloads into the work folder's cache, or a local CAS folder (offline);
 //! every object is checked against its sha256.
-use kiln_protocol::{RunId, Sha256};
+use kiln_protocol::{RunId, SecretKey, Sha256};
 use sha2::Digest;
 use std::fs;
 use std::io::{self, Read, Write};
@@ -40,13 +40,19 @@ pub fn sha_of_file(path: &Path) -> io::Result<Sha256> {
     Ok(Sha256(h.finalize().into()))
 }
 
-/// Uploads an open file as an artifact of `run`, retrying transient failures.
-pub fn upload_artifact(c: &Client, run: &RunId, file: fs::File) -> io::Result<(Sha256, u64)> {
+/// Uploads an open file as an artifact of `run`, signed by the run's claim key,
+/// retrying transient failures.
+pub fn upload_artifact(
+    c: &Client,
+    run: &RunId,
+    claim: &SecretKey,
+    file: fs::File,
+) -> io::Result<(Sha256, u64)> {
     let (bytes, sha) = read_with_sha(file)?;
     let deadline = Instant::now() + TRANSFER_LIMIT;
     let mut backoff = Backoff::default();
     loop {
-        match c.put_artifact(run, &sha, &bytes) {
+        match c.put_artifact(run, &sha, &bytes, claim) {
             Ok(()) => return Ok((sha, bytes.len() as u64)),
             Err(Fail::Refused(refused)) => {
                 return Err(other(format!("artifact {sha} refused: {refused}")));

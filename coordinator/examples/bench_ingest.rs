@@ -9,8 +9,8 @@
 use kiln_coordinator::http::Server;
 use kiln_coordinator::state::State;
 use kiln_protocol::{
-    Ack, Batch, Event, Frame, HostBinding, HostSpec, Plan, RunId, SecretKey, SignedTicket, Stage,
-    StageKind, Stream, Ticket, VERSION,
+    Ack, Batch, Event, Frame, HostBinding, HostSpec, Plan, PublicKey, RunId, SecretKey,
+    SignedTicket, Stage, StageKind, Stream, Ticket, VERSION,
 };
 use std::sync::{Arc, Barrier};
 use std::time::{Duration, Instant};
@@ -76,6 +76,7 @@ fn agent(
     batches: usize,
     frames: usize,
     go: Arc<Barrier>,
+    coordinator: PublicKey,
 ) -> Vec<Duration> {
     let key = SecretKey::from_seed(random());
     let agent = ureq::AgentBuilder::new().build();
@@ -124,7 +125,7 @@ fn agent(
             .expect("batch acked");
         let mut bytes = Vec::new();
         std::io::Read::read_to_end(&mut resp.into_reader(), &mut bytes).expect("ack body");
-        let _: Ack = postcard::from_bytes(&bytes).expect("ack decodes");
+        Ack::open(&bytes, &coordinator, &key.public()).expect("ack verifies");
         lat.push(t0.elapsed());
     }
     lat
@@ -151,8 +152,8 @@ fn main() {
     let threads: Vec<_> = runs
         .iter()
         .map(|run| {
-            let (url, run, go) = (url.clone(), *run, go.clone());
-            std::thread::spawn(move || agent(url, run, batches, frames, go))
+            let (url, run, go, pk) = (url.clone(), *run, go.clone(), key.public());
+            std::thread::spawn(move || agent(url, run, batches, frames, go, pk))
         })
         .collect();
     go.wait();

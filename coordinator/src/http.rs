@@ -66,6 +66,8 @@ pub struct Ctx {
     pub uploads: artifacts::InFlight,
     /// The bound address (for URLs when a request names no Host).
     pub addr: SocketAddr,
+    /// The coordinator's signing key (signs acks), read once at start.
+    pub signer: kiln_protocol::SecretKey,
 }
 
 /// A refusal on its way to the client.
@@ -98,6 +100,7 @@ impl Server {
             claim_check,
         } = limits;
         let ingest = Ingester::new(state)?.with_claim_check(claim_check);
+        let signer = state.signing_key()?;
         let swept = state.cas().sweep_temp(std::time::Duration::from_secs(60));
         if swept > 0 {
             log::info!("removed {swept} leftover upload temp file(s) from cas/");
@@ -115,6 +118,7 @@ impl Server {
             run_quota,
             uploads: Default::default(),
             addr,
+            signer,
         });
         let http = Arc::new(http);
         let workers = (0..workers.max(1))

@@ -223,6 +223,7 @@ impl Ingester {
                 _ => Command::Continue,
             };
             Ok(Ack {
+                run: *run,
                 upto: c.upto,
                 command,
             })

@@ -305,13 +305,57 @@ impl SealedCheck<'_> {
     }
 }
 
-/// The coordinator's answer to a batch.
+/// The coordinator's answer to a batch, signed by the coordinator key.
+///
+/// Wire (the body of a 200 to a batch): `postcard(Ack) ++ sig[64]`, the signature by
+/// the coordinator key over `ACK_DOMAIN ++ claim_key[32] ++ postcard(Ack)`, where
+/// `claim_key` is the run's bound claim key (the key that signed the acked batch): an
+/// ack is good for one run and one claimant only, and nobody but the coordinator can
+/// make one.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Ack {
+    /// The run the acked frames belong to.
+    pub run: RunId,
     /// Every frame with `seq <= upto` is durably stored.
     pub upto: u64,
     /// What the agent must do now.
     pub command: Command,
+}
+
+impl Ack {
+    /// Encodes and signs with the coordinator key for the run's bound `claim` key.
+    pub fn seal(&self, key: &SecretKey, claim: &PublicKey) -> Vec<u8> {
+        let mut out = postcard::to_allocvec(self).expect("acks always encode");
+        let sig = key.sign(crate::ACK_DOMAIN, &ack_message(claim, &out));
+        out.extend_from_slice(&sig.0);
+        out
+    }
+
+    /// Verifies a sealed ack against the coordinator key and this agent's `claim`
+    /// key, then decodes it (no trailing bytes). The caller still checks `run` and
+    /// that `upto` names no frame it never sent.
+    pub fn open(bytes: &[u8], coordinator: &PublicKey, claim: &PublicKey) -> Result<Ack, Error> {
+        if bytes.len() < 64 {
+            return Err(Error::Truncated);
+        }
+        let (body, sig) = bytes.split_at(bytes.len() - 64);
+        let mut s = [0u8; 64];
+        s.copy_from_slice(sig);
+        coordinator.verify(crate::ACK_DOMAIN, &ack_message(claim, body), &Sig(s))?;
+        let (ack, rest) = postcard::take_from_bytes::<Ack>(body)?;
+        if !rest.is_empty() {
+            return Err(Error::TrailingBytes);
+        }
+        Ok(ack)
+    }
+}
+
+/// What an ack's signature covers after the domain: the claim key, then the body.
+fn ack_message(claim: &PublicKey, body: &[u8]) -> Vec<u8> {
+    let mut m = Vec::with_capacity(32 + body.len());
+    m.extend_from_slice(&claim.0);
+    m.extend_from_slice(body);
+    m
 }
 
 /// An order carried by an ack.

@@ -23,6 +23,7 @@ mod records;
 mod ticket;
 #[cfg(feature = "std")]
 pub mod tree;
+mod upload;
 
 pub use bytes::Sig;
 pub use error::Error;
@@ -36,6 +37,7 @@ pub use plan::{
 };
 pub use records::{RecordReader, ResultRecord, encode_record};
 pub use ticket::{HostBinding, SignedTicket, Ticket};
+pub use upload::{UPLOAD_AUTH_HEADER, UPLOAD_WINDOW_MS, UploadAuth};
 
 /// Format version of tickets, batches and bundles; a changed encoding is a new version.
 pub const VERSION: u16 = 2;
@@ -49,6 +51,10 @@ pub const TICKET_DOMAIN: &[u8] = b"kiln-ticket-v2\0";
 pub const BATCH_DOMAIN: &[u8] = b"kiln-batch-v1\0";
 /// Domain separator prefixed to a secrets request before signing.
 pub const SECRETS_DOMAIN: &[u8] = b"kiln-secrets-v1\0";
+/// Domain separator prefixed to an ack (claim key, then body) before signing.
+pub const ACK_DOMAIN: &[u8] = b"kiln-ack-v1\0";
+/// Domain separator prefixed to an artifact upload's [`UploadAuth`] before signing.
+pub const UPLOAD_DOMAIN: &[u8] = b"kiln-upload-v1\0";
 /// Default coordinator listen address.
 pub const DEFAULT_LISTEN: &str = "127.0.0.1:7373";
 /// Largest batch body the coordinator accepts, in bytes.

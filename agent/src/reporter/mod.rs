@@ -6,7 +6,7 @@
 //! at least every 2 s as the heartbeat), drops acked frames, resends from the spool
 //! after errors or a 422, and obeys the ack's command at once. Offline, the spool
 //! becomes the bundle at the end.
-use kiln_protocol::{BATCH_MAX_BYTES, Event, Frame, RunId, SecretKey, Sha256};
+use kiln_protocol::{BATCH_MAX_BYTES, Event, Frame, PublicKey, RunId, SecretKey, Sha256};
 use std::io;
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, Condvar, Mutex, MutexGuard};
@@ -32,7 +32,12 @@ pub const QUEUE_CAP: usize = 1024;
 #[derive(Debug, Clone)]
 pub enum Mode {
     /// POST to a coordinator.
-    Online(Client),
+    Online {
+        /// The coordinator.
+        client: Client,
+        /// The trusted key that signed the ticket: acks must be signed by it.
+        coordinator: PublicKey,
+    },
     /// Into a bundle at the end; CAS objects from a local folder.
     Offline {
         /// Folder of CAS objects named by sha256.
@@ -53,7 +58,22 @@ struct Inner {
     closing: bool,
     /// The coordinator refused our batches for good (one-line reason).
     refused: Option<String>,
+    /// The sender gave up on its own: acks kept failing their checks (a protocol
+    /// error) or the spool became unreadable (one-line reason).
+    broken: Option<String>,
     io_error: Option<String>,
+    /// Seq of this start's Claim frame (0 before it is emitted).
+    claim_seq: u64,
+    /// The highest seq this agent can have sent: the spool's when it opened (an
+    /// earlier start may have sent all of it), then every batch's last.
+    sent: u64,
+}
+
+impl Inner {
+    /// Why the sender stopped for good, if it did.
+    fn stopped(&self) -> Option<&String> {
+        self.refused.as_ref().or(self.broken.as_ref())
+    }
 }
 
 /// The run's [`Sink`]: numbers, spools, queues and (online) sends frames.
@@ -86,6 +106,7 @@ impl Reporter {
     ) -> io::Result<(Arc<Reporter>, Vec<Frame>)> {
         let (spool, old) = Spool::open(work)?;
         let acked = spool.load_acked();
+        let sent = spool.last_seq();
         let r = Reporter {
             run,
             key,
@@ -102,7 +123,10 @@ impl Reporter {
                 unsent_bytes: 0,
                 closing: false,
                 refused: None,
+                broken: None,
                 io_error: None,
+                claim_seq: 0,
+                sent,
             }),
             wake: Condvar::new(),
         };
@@ -124,6 +148,7 @@ impl Reporter {
             event,
         };
         let seq = frame.seq;
+        let is_claim = matches!(frame.event, Event::Claim { .. });
         let size = match g.spool.append(&frame) {
             Ok(n) => n,
             Err(e) => {
@@ -136,6 +161,9 @@ impl Reporter {
                 return seq;
             }
         };
+        if is_claim {
+            g.claim_seq = seq;
+        }
         let contiguous = g.queue.back().is_none_or(|b| b.seq + 1 == seq);
         if g.queue.is_empty() {
             g.spilled = false;
@@ -168,15 +196,21 @@ impl Reporter {
         &self.key
     }
 
-    /// A spool failure or a refusal by the coordinator, if one happened.
+    /// A spool failure, a refusal by the coordinator or a protocol error, if one
+    /// happened.
     pub fn failure(&self) -> Option<String> {
         let g = self.lock();
-        g.refused.clone().or_else(|| g.io_error.clone())
+        g.stopped().cloned().or_else(|| g.io_error.clone())
     }
 
     /// The coordinator's refusal of our batches, if it refused them.
     pub fn refused(&self) -> Option<String> {
         self.lock().refused.clone()
+    }
+
+    /// Why the sender stopped for good (a refusal or a protocol error), if it did.
+    pub fn stopped(&self) -> Option<String> {
+        self.lock().stopped().cloned()
     }
 
     /// Waits until every frame up to `seq` is acked; `Err` with a reason on a
@@ -188,7 +222,7 @@ impl Reporter {
             if g.acked >= seq {
                 return Ok(());
             }
-            if let Some(r) = &g.refused {
+            if let Some(r) = g.stopped() {
                 return Err(r.clone());
             }
             let now = Instant::now();
@@ -208,15 +242,19 @@ impl Reporter {
 
     /// Starts the sender thread (online only).
     pub fn start_sender(self: &Arc<Self>) -> Option<std::thread::JoinHandle<()>> {
-        let Mode::Online(client) = &self.mode else {
+        let Mode::Online {
+            client,
+            coordinator,
+        } = &self.mode
+        else {
             return None;
         };
         let me = self.clone();
-        let client = client.clone();
+        let (client, coordinator) = (client.clone(), *coordinator);
         Some(
             std::thread::Builder::new()
                 .name("kiln-sender".into())
-                .spawn(move || me.send_loop(&client))
+                .spawn(move || me.send_loop(&client, coordinator))
                 .expect("spawning the sender thread"),
         )
     }
@@ -272,11 +310,11 @@ impl Sink for Reporter {
 
     fn store_artifact(&self, file: std::fs::File) -> io::Result<(Sha256, u64)> {
         match &self.mode {
-            Mode::Online(c) => {
+            Mode::Online { client, .. } => {
                 // The coordinator takes uploads for claimed runs only.
                 self.wait_acked(1, crate::runner::ACK_LIMIT)
                     .map_err(io::Error::other)?;
-                store::upload_artifact(c, &self.run, file)
+                store::upload_artifact(client, &self.run, &self.key, file)
             }
             Mode::Offline { .. } => store::keep_blob(&self.work, file),
         }
@@ -284,7 +322,7 @@ impl Sink for Reporter {
 
     fn fetch_cas(&self, sha: &Sha256) -> io::Result<PathBuf> {
         match &self.mode {
-            Mode::Online(c) => store::download_cas(c, &self.work, sha),
+            Mode::Online { client, .. } => store::download_cas(client, &self.work, sha),
             Mode::Offline { cas_dir } => store::local_cas(cas_dir.as_deref(), sha),
         }
     }

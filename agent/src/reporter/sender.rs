@@ -1,15 +1,25 @@
 //! The sender thread: batches every ~250 ms or 64 KiB, a heartbeat at least every 2 s,
 //! acks drop frames, a 422 resends from the expected seq, errors back off and resend,
 //! and the ack's command is obeyed at once.
-use kiln_protocol::{BATCH_INTERVAL_MS, BATCH_MAX_BYTES, Batch, Command, HEARTBEAT_MS};
+//!
+//! Only an ack that verifies (signed by the coordinator key for this run and claim
+//! key, acking no seq beyond what was sent) moves the acked mark; a 422 only ever
+//! moves the resend point back. Anything else is a protocol error: retried with
+//! backoff, and after [`MAX_BAD_ACKS`] in a row the run ends as an infrastructure
+//! error, never as a success.
+use kiln_protocol::{BATCH_INTERVAL_MS, BATCH_MAX_BYTES, Batch, Command, HEARTBEAT_MS, PublicKey};
 use std::time::{Duration, Instant};
 
 use super::Reporter;
-use crate::client::{Backoff, Client, Posted};
+use crate::client::{AckCheck, Backoff, Client, Posted};
+
+/// Answers in a row that fail the ack checks before the agent gives up.
+pub const MAX_BAD_ACKS: u32 = 5;
 
 impl Reporter {
-    pub(super) fn send_loop(&self, client: &Client) {
+    pub(super) fn send_loop(&self, client: &Client, coordinator: PublicKey) {
         let mut backoff = Backoff::default();
+        let mut bad_acks = 0u32;
         let mut last_send = Instant::now() - Duration::from_millis(HEARTBEAT_MS);
         loop {
             let mut g = self.lock();
@@ -23,7 +33,7 @@ impl Reporter {
                         HEARTBEAT_MS
                     });
                 let now = Instant::now();
-                if g.closing || g.refused.is_some() {
+                if g.closing || g.stopped().is_some() {
                     return;
                 }
                 if now >= due || g.unsent_bytes >= BATCH_MAX_BYTES {
@@ -40,13 +50,20 @@ impl Reporter {
                 Ok(f) => f,
                 Err(e) => {
                     log::error!("reading the spool: {e}");
-                    g.refused = Some(format!("spool unreadable: {e}"));
+                    g.broken = Some(format!("spool unreadable: {e}"));
                     self.wake.notify_all();
                     return;
                 }
             };
             g.unsent_bytes = 0;
             let upto = frames.last().map(|f| f.seq).unwrap_or(from - 1);
+            g.sent = g.sent.max(upto);
+            let check = AckCheck {
+                run: self.run,
+                coordinator,
+                claim: self.key.public(),
+                sent: g.sent,
+            };
             let more = upto < g.spool.last_seq();
             if !frames.is_empty()
                 && let Err(e) = g.spool.sync()
@@ -60,8 +77,23 @@ impl Reporter {
             }
             .seal(&self.key);
             last_send = Instant::now();
-            let result = client.post_batch(&self.run, &sealed);
+            let mut result = client.post_batch(&sealed, &check);
             let mut g = self.lock();
+            if let Posted::ResendFrom(n) = result
+                && n > g.acked + 1
+            {
+                // Unsigned: a 422 may move the resend point back, never the acked mark.
+                result = Posted::BadAck(format!(
+                    "422 claims seqs up to {} are stored, but only {} are acked",
+                    n - 1,
+                    g.acked
+                ));
+            }
+            if matches!(result, Posted::BadAck(_)) {
+                bad_acks += 1;
+            } else {
+                bad_acks = 0;
+            }
             match result {
                 Posted::Acked(ack) => {
                     backoff.reset();
@@ -86,18 +118,21 @@ impl Reporter {
                     self.obey(ack.command);
                 }
                 Posted::ResendFrom(n) => {
-                    let last = g.spool.last_seq();
-                    let n = n.clamp(1, last + 1);
+                    let n = n.max(1);
                     log::info!("coordinator expects seq {n}: resending from there");
-                    if n - 1 > g.acked {
-                        g.acked = n - 1;
-                        let _ = g.spool.store_acked(n - 1);
-                        self.wake.notify_all();
-                    }
                     g.next_send = n;
                     g.unsent_bytes = BATCH_MAX_BYTES;
                 }
-                Posted::Retry(why) => {
+                Posted::BadAck(why) if bad_acks >= MAX_BAD_ACKS => {
+                    let why = format!("protocol error: {why} ({MAX_BAD_ACKS} answers in a row)");
+                    log::error!("{why}");
+                    g.broken = Some(why.clone());
+                    self.wake.notify_all();
+                    drop(g);
+                    self.control.abort(&why);
+                    return;
+                }
+                Posted::BadAck(why) | Posted::Retry(why) => {
                     let delay = backoff.next_delay();
                     log::warn!("sending batch: {why} (retrying in {}ms)", delay.as_millis());
                     g.next_send = g.acked + 1;
@@ -114,7 +149,13 @@ impl Reporter {
                     last_send = Instant::now() - Duration::from_millis(HEARTBEAT_MS);
                 }
                 Posted::Refused(why) => {
-                    log::error!("coordinator refused our batch: {why}");
+                    // A refused claim is the run's one-line end (the runner says it);
+                    // later refusals are news while stages run.
+                    if g.acked >= g.claim_seq {
+                        log::error!("coordinator refused our batch: {why}");
+                    } else {
+                        log::debug!("coordinator refused our claim: {why}");
+                    }
                     g.refused = Some(format!("coordinator refused reports: {why}"));
                     self.wake.notify_all();
                     drop(g);

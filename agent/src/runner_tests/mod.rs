@@ -53,11 +53,16 @@ fn ticket(stages: Vec<Stage>, url: Option<String>) -> Option<(Vec<u8>, SecretKey
     )
 }
 
+/// The key the test tickets are signed with (the stub coordinator's).
+fn ticket_key() -> SecretKey {
+    SecretKey::from_seed([9; 32])
+}
+
 fn ticket_for(plan: Plan, url: Option<String>) -> Option<(Vec<u8>, SecretKey, RunId)> {
     fake_sysfs();
     let mac = *HostInfo::detect().macs.first()?;
     assert_eq!(mac, FAKE_MAC);
-    let key = SecretKey::from_seed([9; 32]);
+    let key = ticket_key();
     let mut run = [0u8; 16];
     getrandom::getrandom(&mut run).unwrap();
     let t = Ticket {

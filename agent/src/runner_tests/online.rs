@@ -1,12 +1,31 @@
 //! Online runs against a tiny HTTP stub standing in for the coordinator: 5xx
-//! retries, 422 resends, aborts in acks, resumes from the spool.
-use kiln_protocol::{Ack, Batch, Command, Event, Frame, Outcome};
+//! retries, connection resets, 422 resends, aborts in acks, resumes from the spool,
+//! and impostors whose acks must never end a run as passed.
+use kiln_protocol::{Ack, Batch, Command, Event, Frame, Outcome, PublicKey, SecretKey};
 use std::io::{BufRead, BufReader, Read, Write};
 use std::net::TcpListener;
 use std::sync::{Arc, Mutex};
 
-use super::{exec, finals, opts, ticket};
+use super::{exec, finals, opts, ticket, ticket_key};
 use crate::runner::{RunEnd, run_ticket};
+
+/// How the stub lies instead of acking what it stored.
+#[derive(Default, Clone, Copy, PartialEq)]
+enum Forge {
+    /// It does not.
+    #[default]
+    No,
+    /// Acks seqs never sent, signed with the coordinator key.
+    Overreach,
+    /// Acks everything sent, signed with a key nobody trusts.
+    OtherKey,
+    /// Acks everything sent, unsigned (the bytes of an ack before acks were signed).
+    Unsigned,
+    /// A correctly signed ack for another run.
+    OtherRun,
+    /// Claims with a 422 that seqs far beyond what was sent are stored.
+    Gap,
+}
 
 /// What the stub coordinator does with the next batches.
 #[derive(Default)]
@@ -14,13 +33,19 @@ struct Stub {
     stored: Vec<Frame>,
     /// Answer the next N batches with 503.
     fail_next: usize,
+    /// Reset the next N connections once their request body arrives.
+    reset_next: usize,
     /// Answer with Abort once this many frames are stored.
     abort_after: Option<usize>,
     batches: usize,
+    /// The claim key acks are signed for (else the first stored Claim's).
+    claim: Option<PublicKey>,
+    forge: Forge,
 }
 
 /// A minimal HTTP/1.1 server for `POST /v1/runs/*/events`: dedupes by seq, refuses
-/// gaps with 422 and `Kiln-Expected-Seq`, acks with postcard(Ack).
+/// gaps with 422 and `Kiln-Expected-Seq`, acks with a sealed ack signed by the
+/// tickets' key (or lies as `forge` says).
 fn serve_stub(stub: Arc<Mutex<Stub>>) -> String {
     let l = TcpListener::bind("127.0.0.1:0").unwrap();
     let addr = l.local_addr().unwrap();
@@ -46,6 +71,22 @@ fn serve_stub(stub: Arc<Mutex<Stub>>) -> String {
                         if let Some(v) = h.to_ascii_lowercase().strip_prefix("content-length:") {
                             len = v.trim().parse().unwrap();
                         }
+                    }
+                    let reset = {
+                        let mut s = stub.lock().unwrap();
+                        let reset = s.reset_next > 0;
+                        s.reset_next = s.reset_next.saturating_sub(1);
+                        reset
+                    };
+                    if reset {
+                        // A zero linger time makes the close a RST.
+                        use nix::sys::socket::{setsockopt, sockopt::Linger};
+                        let linger = libc::linger {
+                            l_onoff: 1,
+                            l_linger: 0,
+                        };
+                        setsockopt(&w, Linger, &linger).unwrap();
+                        return;
                     }
                     let mut body = vec![0; len];
                     r.read_exact(&mut body).unwrap();
@@ -79,6 +120,11 @@ fn answer(stub: &Mutex<Stub>, body: &[u8]) -> (&'static str, String, Vec<u8>) {
         return ("503 Service Unavailable", String::new(), b"busy".to_vec());
     }
     let (batch, _) = Batch::open_unverified(body).unwrap();
+    let (run, sent) = (batch.run, batch.frames.last().map(|f| f.seq));
+    if s.forge == Forge::Gap {
+        let extra = "Kiln-Expected-Seq: 1000000\r\n".to_string();
+        return ("422 Unprocessable Entity", extra, b"gap".to_vec());
+    }
     for f in batch.frames {
         let next = s.stored.len() as u64 + 1;
         if f.seq < next {
@@ -96,15 +142,33 @@ fn answer(stub: &Mutex<Stub>, body: &[u8]) -> (&'static str, String, Vec<u8>) {
         },
         _ => Command::Continue,
     };
-    let ack = Ack {
+    let claim = s.claim.or_else(|| {
+        s.stored.iter().find_map(|f| match f.event {
+            Event::Claim { agent_key, .. } => Some(agent_key),
+            _ => None,
+        })
+    });
+    let Some(claim) = claim else {
+        return ("409 Conflict", String::new(), b"not claimed".to_vec());
+    };
+    let mut ack = Ack {
+        run,
         upto: s.stored.len() as u64,
         command,
     };
-    (
-        "200 OK",
-        String::new(),
-        postcard::to_allocvec(&ack).unwrap(),
-    )
+    let mut key = ticket_key();
+    match s.forge {
+        Forge::No | Forge::Gap => {}
+        Forge::Overreach => ack.upto = sent.unwrap_or(0) + 1000,
+        Forge::OtherKey => key = SecretKey::from_seed([7; 32]),
+        Forge::OtherRun => ack.run = kiln_protocol::RunId([0xee; 16]),
+        Forge::Unsigned => {
+            ack.upto = 1_000_000;
+            let bytes = postcard::to_allocvec(&ack).unwrap();
+            return ("200 OK", String::new(), bytes);
+        }
+    }
+    ("200 OK", String::new(), ack.seal(&key, &claim))
 }
 
 #[test]
@@ -301,7 +365,10 @@ fn a_restart_after_the_run_finished_only_resends_what_was_not_acked() {
 
 #[test]
 fn a_frame_over_the_batch_cap_is_cut_and_the_run_goes_on() {
-    let stub = Arc::new(Mutex::new(Stub::default()));
+    let stub = Arc::new(Mutex::new(Stub {
+        claim: Some(kiln_protocol::SecretKey::from_seed([5; 32]).public()),
+        ..Default::default()
+    }));
     let url = serve_stub(stub.clone());
     let d = tempfile::tempdir().unwrap();
     let control = Arc::new(crate::reporter::Control::default());
@@ -309,7 +376,10 @@ fn a_frame_over_the_batch_cap_is_cut_and_the_run_goes_on() {
         kiln_protocol::RunId([5; 16]),
         kiln_protocol::SecretKey::from_seed([5; 32]),
         d.path(),
-        crate::reporter::Mode::Online(crate::client::Client::new(&url)),
+        crate::reporter::Mode::Online {
+            client: crate::client::Client::new(&url),
+            coordinator: ticket_key().public(),
+        },
         control.clone(),
     )
     .unwrap();
@@ -345,4 +415,70 @@ fn a_frame_over_the_batch_cap_is_cut_and_the_run_goes_on() {
         tail.last().unwrap().starts_with("199"),
         "the newest line is kept"
     );
+}
+
+#[test]
+fn connection_resets_are_retried_and_the_run_completes() {
+    let stub = Arc::new(Mutex::new(Stub {
+        reset_next: 3,
+        ..Default::default()
+    }));
+    let url = serve_stub(stub.clone());
+    let d = tempfile::tempdir().unwrap();
+    let Some((bytes, key, _)) = ticket(vec![exec("a", "echo a")], Some(url)) else {
+        return;
+    };
+    let end = run_ticket(opts(bytes, &key, &d.path().join("work"), None));
+    assert_eq!(end.exit_status(), 0, "{end:?}");
+    let s = stub.lock().unwrap();
+    assert_eq!(s.reset_next, 0, "every reset connection was tried again");
+    assert_eq!(finals(&s.stored), [(0, 1, Outcome::Passed)]);
+}
+
+/// A run against a stub that lies as `forge` says: it must end as an
+/// infrastructure error (a protocol error), with nothing of the plan run.
+fn impostor(forge: Forge) {
+    let stub = Arc::new(Mutex::new(Stub {
+        forge,
+        ..Default::default()
+    }));
+    let url = serve_stub(stub.clone());
+    let d = tempfile::tempdir().unwrap();
+    let marker = d.path().join("ran");
+    let stage = exec("a", &format!("touch {}", marker.display()));
+    let Some((bytes, key, _)) = ticket(vec![stage], Some(url)) else {
+        return;
+    };
+    let end = run_ticket(opts(bytes, &key, &d.path().join("work"), None));
+    let RunEnd::Infra(why) = &end else {
+        panic!("an impostor's acks ended the run as {end:?}");
+    };
+    assert_eq!(end.exit_status(), 3);
+    assert!(why.contains("protocol error"), "{why}");
+    assert!(!marker.exists(), "the stage ran on an unverified ack");
+}
+
+#[test]
+fn an_ack_for_frames_never_sent_is_a_protocol_error() {
+    impostor(Forge::Overreach);
+}
+
+#[test]
+fn an_ack_signed_by_another_key_is_a_protocol_error() {
+    impostor(Forge::OtherKey);
+}
+
+#[test]
+fn an_unsigned_ack_is_a_protocol_error() {
+    impostor(Forge::Unsigned);
+}
+
+#[test]
+fn an_ack_for_another_run_is_a_protocol_error() {
+    impostor(Forge::OtherRun);
+}
+
+#[test]
+fn a_422_claiming_unsent_seqs_are_stored_is_a_protocol_error() {
+    impostor(Forge::Gap);
 }

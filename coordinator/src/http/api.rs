@@ -67,18 +67,27 @@ pub fn host_ticket(ctx: &Ctx, mac: &str) -> Reply {
     Ok(resp)
 }
 
-/// `POST /v1/runs/{run}/events`: a sealed batch → postcard(Ack).
+/// `POST /v1/runs/{run}/events`: a sealed batch → a sealed ack (signed by the
+/// coordinator key for the run's bound claim key).
 pub fn post_events(ctx: &Ctx, rq: &mut Request, run: &RunId) -> Reply {
     // 404 for an unknown run, 409 for a broken ticket, before any body byte is read.
-    ctx.ingest.view(run)?;
+    let before = ctx.ingest.view(run)?;
     let from = crate::claims::Source::Net(
         *rq.remote_addr()
             .ok_or_else(|| Refusal::new(400, "request has no peer address"))?,
     );
     let body = read_body(rq, MAX_BATCH_BYTES)?;
     let ack = ctx.ingest.ingest(run, &body, Mode::Online, from)?;
-    let bytes = postcard::to_allocvec(&ack).expect("acks always encode");
-    Ok(text(200, bytes, OCTETS))
+    // A bound claim never changes; the first batch binds it.
+    let claim = match before.claim {
+        Some(k) => k,
+        None => ctx.ingest.view(run)?.claim.ok_or_else(|| {
+            Refusal::internal(anyhow::anyhow!(
+                "run {run}: acked a batch but no claim is bound"
+            ))
+        })?,
+    };
+    Ok(text(200, ack.seal(&ctx.signer, &claim), OCTETS))
 }
 
 /// `POST /v1/runs/{run}/secrets`: a request signed by the run's claim key →

@@ -2,10 +2,12 @@
 //!
 //! The agent uploads a file *before* it reports the `Artifact` frame naming it, so an
 //! upload cannot be matched to a stored frame. What bounds an upload instead: the run
-//! must be claimed and not finished, the request must say its length, one upload is
-//! at most the artifact cap, and all uploads of one run together at most the run
-//! quota (counted in `runs/<run>/uploads`, plus uploads in flight).
-use kiln_protocol::{RunId, Sha256};
+//! must be claimed and not finished, the request must say its length and be signed by
+//! the run's claim key (`Kiln-Upload-Auth`, within 5 minutes of our clock), one upload
+//! is at most the artifact cap, and all uploads of one run together at most the run
+//! quota (counted in `runs/<run>/uploads`, plus uploads in flight). All of it is
+//! checked before a body byte is read or any quota is reserved.
+use kiln_protocol::{RunId, Sha256, UPLOAD_AUTH_HEADER, UploadAuth};
 use std::collections::HashMap;
 use std::io::{self, Read, Write};
 use std::sync::{Mutex, PoisonError};
@@ -70,13 +72,44 @@ impl Read for Capped<'_> {
     }
 }
 
+/// The upload's `Kiln-Upload-Auth` header: signed by the run's claim key over this
+/// run, digest and length, at most 5 minutes off our clock; 403 otherwise.
+fn check_auth(
+    rq: &Request,
+    run: &RunId,
+    sha: &Sha256,
+    len: u64,
+    claim: &kiln_protocol::PublicKey,
+) -> Result<(), Refusal> {
+    let Some(value) = super::header(rq, UPLOAD_AUTH_HEADER) else {
+        return Err(Refusal::new(
+            403,
+            format!("an upload needs a {UPLOAD_AUTH_HEADER} header signed by the run's claim key"),
+        ));
+    };
+    let auth = UploadAuth::verify(&value, *run, *sha, len, claim).map_err(|e| match e {
+        kiln_protocol::Error::BadSignature => Refusal::new(
+            403,
+            "upload signature does not verify against the run's claim key",
+        ),
+        e => Refusal::new(403, format!("{UPLOAD_AUTH_HEADER}: {e}")),
+    })?;
+    if !auth.fresh(crate::fsutil::now_ms()) {
+        return Err(Refusal::new(
+            403,
+            "upload signed more than 5 minutes off the coordinator's clock",
+        ));
+    }
+    Ok(())
+}
+
 /// `PUT /v1/runs/{run}/artifacts/{sha}`: stores the body in the CAS if it hashes to
 /// `sha`. Every check that needs no body comes before the body is read.
 pub fn put(ctx: &Ctx, rq: &mut Request, run: &RunId, sha: &Sha256) -> Reply {
     let view = ctx.ingest.view(run)?;
-    if view.claim.is_none() {
+    let Some(claim) = view.claim else {
         return Err(Refusal::new(409, format!("run {run} is not claimed")));
-    }
+    };
     if view.finished {
         return Err(Refusal::new(
             409,
@@ -93,6 +126,7 @@ pub fn put(ctx: &Ctx, rq: &mut Request, run: &RunId, sha: &Sha256) -> Reply {
             format!("artifact exceeds the {cap}-byte cap"),
         ));
     }
+    check_auth(rq, run, sha, len, &claim)?;
     let cas = ctx.state.cas();
     if cas.has(sha) {
         return Ok(text(200, format!("{sha} already stored\n"), "text/plain"));

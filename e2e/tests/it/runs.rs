@@ -291,3 +291,41 @@ fn a_claimed_agent_gets_its_secrets_and_logs_them_redacted() {
         "[use] env=[redacted:api-token]\n[use] [redacted:api-token]\n[none] x\n"
     );
 }
+
+#[test]
+fn a_replayed_ticket_runs_nothing_and_exits_2() {
+    let fx = Fx::new();
+    let server = Coordinator::start(&fx.state);
+    let marker = fx.dir.join("ran");
+    let plan = fx.plan(
+        "p.toml",
+        &format!(
+            "name = \"p\"\n[[stage]]\nname = \"a\"\nkind = \"exec\"\ncommand = [\"touch\", \"{}\"]\n",
+            marker.display()
+        ),
+    );
+    let run = fx.issue(&plan, Some(&server.url), None);
+    let ticket = fx.state.join("runs").join(&run).join("ticket.kiln");
+    let mut first = fx.spawn_agent(s(&ticket), &fx.dir.join("work1"), &[]);
+    assert_eq!(wait_exit(&mut first, Duration::from_secs(60)), 0);
+    assert!(marker.exists(), "the first run ran its stage");
+    std::fs::remove_file(&marker).unwrap();
+    let stored = fx.stored_frames(&run);
+    // The same ticket again, from a fresh work folder: a new claim key, refused.
+    let o = agent(&[
+        "run",
+        "--ticket",
+        s(&ticket),
+        "--trust",
+        s(&fx.trust()),
+        "--work",
+        s(&fx.dir.join("work2")),
+    ]);
+    assert_eq!(o.code, 2, "{}", o.stderr);
+    assert_eq!(o.stderr.trim().lines().count(), 1, "{}", o.stderr);
+    assert!(o.stderr.contains("claim refused"), "{}", o.stderr);
+    assert!(o.stderr.contains("409"), "{}", o.stderr);
+    assert!(!marker.exists(), "a replayed ticket ran its stage again");
+    assert_eq!(fx.stored_frames(&run), stored, "the finished run changed");
+    assert_eq!(fx.show(&run)["outcome"], "passed");
+}

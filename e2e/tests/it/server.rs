@@ -295,11 +295,29 @@ pub fn post_batch(url: &str, run: &RunId, body: &[u8]) -> Answer {
     )
 }
 
-/// POSTs and expects an ack; returns it.
+/// POSTs and expects an ack for `run`; returns it (its signature is checked by
+/// `ingest::acks_are_signed_for_the_run_and_its_claimant`, which has the keys).
 pub fn ack(url: &str, run: &RunId, body: &[u8]) -> kiln_protocol::Ack {
     let a = post_batch(url, run, body);
     assert_eq!(a.status, 200, "batch refused: {}", a.text());
-    postcard::from_bytes(&a.body).expect("ack decodes")
+    let signed = a.body.len().checked_sub(64).expect("ack has a signature");
+    let (ack, rest) =
+        postcard::take_from_bytes::<kiln_protocol::Ack>(&a.body[..signed]).expect("ack decodes");
+    assert!(rest.is_empty(), "trailing bytes before the ack's signature");
+    assert_eq!(ack.run, *run, "ack for another run");
+    ack
+}
+
+/// The `Kiln-Upload-Auth` header value for `body` as an artifact of `run`, signed
+/// by `key` at `at_ms`.
+pub fn upload_auth(key: &SecretKey, run: &RunId, body: &[u8], at_ms: u64) -> String {
+    kiln_protocol::UploadAuth {
+        run: *run,
+        sha256: kiln_protocol::Sha256::of(body),
+        len: body.len() as u64,
+        at_ms,
+    }
+    .header(key)
 }
 
 /// GETs a path.

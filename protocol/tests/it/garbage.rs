@@ -26,6 +26,9 @@ fn every_decoder(bytes: &[u8]) {
     let _ = ResultRecord::decode(bytes);
     let _ = postcard::from_bytes::<Frame>(bytes);
     let _ = postcard::from_bytes::<Ack>(bytes);
+    let _ = Ack::open(bytes, &key, &key);
+    let text = String::from_utf8_lossy(bytes);
+    let _ = UploadAuth::verify(&text, RunId([1; 16]), Sha256([2; 32]), 3, &key);
     let _ = postcard::from_bytes::<Ticket>(bytes);
     for r in RecordReader::new(bytes) {
         let _ = r.map(|p| ResultRecord::decode(&p));
@@ -55,11 +58,20 @@ fn valid_samples() -> Vec<Vec<u8>> {
         SignedTicket::sign(&sample_ticket(), &key).to_file(),
         batch.seal(&key),
         ResultRecord::Batch(batch.seal(&key)).encode(),
-        postcard::to_allocvec(&Ack {
+        Ack {
+            run: RunId([1; 16]),
             upto: 9,
             command: Command::Abort { reason: "x".into() },
-        })
-        .unwrap(),
+        }
+        .seal(&key, &key.public()),
+        UploadAuth {
+            run: RunId([1; 16]),
+            sha256: Sha256([2; 32]),
+            len: 3,
+            at_ms: 4,
+        }
+        .header(&key)
+        .into_bytes(),
     ]
 }
 

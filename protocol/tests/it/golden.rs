@@ -130,19 +130,21 @@ fn batch_ack_command() {
     );
     golden(
         &Ack {
+            run: RunId([3; 16]),
             upto: 5,
             command: Command::Continue,
         },
-        "0500",
+        &format!("{}0500", "03".repeat(16)),
     );
     golden(
         &Ack {
+            run: RunId([3; 16]),
             upto: 300,
             command: Command::Abort {
                 reason: "no".into(),
             },
         },
-        "ac0201026e6f",
+        &format!("{}ac0201026e6f", "03".repeat(16)),
     );
     golden(&Command::Shutdown, "02");
     golden(&Command::RetryStage { stage: 3 }, "0303");
@@ -287,3 +289,75 @@ fn stage_kinds_round_trip() {
     // Exec is tag 0.
     golden(&StageKind::Exec { command: vec![] }, "0000");
 }
+
+#[test]
+fn sealed_ack() {
+    // The coordinator key signs "kiln-ack-v1\0" ++ claim key ++ postcard(Ack);
+    // ed25519 is deterministic, so the whole wire is pinned.
+    let (coordinator, claim) = (crate::test_key(1), crate::test_key(2).public());
+    let ack = Ack {
+        run: RunId([3; 16]),
+        upto: 5,
+        command: Command::Continue,
+    };
+    let wire = ack.seal(&coordinator, &claim);
+    let body = format!("{}0500", "03".repeat(16));
+    assert_eq!(hex(&wire[..wire.len() - 64]), body);
+    assert_eq!(hex(&wire[wire.len() - 64..]), SEALED_ACK_SIG);
+    let mut signed = ACK_DOMAIN.to_vec();
+    signed.extend(claim.0);
+    signed.extend(&wire[..wire.len() - 64]);
+    let sig = Sig(wire[wire.len() - 64..].try_into().unwrap());
+    coordinator.public().verify(b"", &signed, &sig).unwrap();
+    assert_eq!(
+        Ack::open(&wire, &coordinator.public(), &claim).unwrap(),
+        ack
+    );
+    // Another claimant, another signer, or a changed byte: refused.
+    let other = crate::test_key(3);
+    assert!(Ack::open(&wire, &coordinator.public(), &other.public()).is_err());
+    assert!(Ack::open(&ack.seal(&other, &claim), &coordinator.public(), &claim).is_err());
+    let mut flipped = wire.clone();
+    flipped[17] ^= 1;
+    assert!(Ack::open(&flipped, &coordinator.public(), &claim).is_err());
+    assert!(Ack::open(&wire[..40], &coordinator.public(), &claim).is_err());
+}
+
+const SEALED_ACK_SIG: &str = "4489542c9ca801829531ccfec5ede02f96f26ae8f9f6af102da0ef0f356dca2f20a2731a034f4e51163f4966246574cabb3c91be560cf27f225a2c90686c160d";
+
+#[test]
+fn upload_auth() {
+    let auth = UploadAuth {
+        run: RunId([4; 16]),
+        sha256: Sha256([5; 32]),
+        len: 300,
+        at_ms: 1,
+    };
+    golden(
+        &auth,
+        &format!("{}{}ac0201", "04".repeat(16), "05".repeat(32)),
+    );
+    // The header: at_ms, a dot, the claim key's signature over
+    // "kiln-upload-v1\0" ++ postcard(UploadAuth), padded base64.
+    let key = crate::test_key(2);
+    assert_eq!(auth.header(&key), UPLOAD_HEADER);
+    let (run, sha) = (auth.run, auth.sha256);
+    let ok = UploadAuth::verify(UPLOAD_HEADER, run, sha, 300, &key.public());
+    assert_eq!(ok, Ok(auth));
+    // Any other length, digest, run, time or key does not verify.
+    let bad = |v: &str, run, sha, len, k: &PublicKey| UploadAuth::verify(v, run, sha, len, k);
+    let other = crate::test_key(3).public();
+    assert!(bad(UPLOAD_HEADER, run, sha, 301, &key.public()).is_err());
+    assert!(bad(UPLOAD_HEADER, run, Sha256([6; 32]), 300, &key.public()).is_err());
+    assert!(bad(UPLOAD_HEADER, RunId([5; 16]), sha, 300, &key.public()).is_err());
+    assert!(bad(UPLOAD_HEADER, run, sha, 300, &other).is_err());
+    let later = UPLOAD_HEADER.replacen("1.", "2.", 1);
+    assert!(bad(&later, run, sha, 300, &key.public()).is_err());
+    for junk in ["", ".", "1", "x.AAAA", "-1.AAAA", "1.!!", &"9".repeat(200)] {
+        assert!(bad(junk, run, sha, 300, &key.public()).is_err(), "{junk}");
+    }
+    assert!(auth.fresh(1 + UPLOAD_WINDOW_MS) && !auth.fresh(2 + UPLOAD_WINDOW_MS));
+}
+
+const UPLOAD_HEADER: &str =
+    "1.8erA1ftRdBncxHMwoxSXu3FeZOGWtwMjyZu+27b6bM1m53OJ5HIhPUo1kTUuJJWa4jk5RrR2AWbv6EVKmt0rCw==";

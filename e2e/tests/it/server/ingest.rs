@@ -246,3 +246,24 @@ impl Reporter {
         }
     }
 }
+
+#[test]
+fn acks_are_signed_for_the_run_and_its_claimant() {
+    let (_d, state) = keyed_state();
+    let run = issue(&state);
+    let c = Coordinator::start(&state);
+    let coordinator = state_key(&state).public();
+    let mut r = Reporter::new(run);
+    let claim = r.claim();
+    for events in [vec![claim], vec![log(0, "x")], vec![]] {
+        let f = r.frames(events);
+        let a = post_batch(&c.url, &run, &r.seal(f));
+        assert_eq!(a.status, 200, "{}", a.text());
+        let ack = kiln_protocol::Ack::open(&a.body, &coordinator, &r.key.public())
+            .expect("the ack verifies against the coordinator key and our claim key");
+        assert_eq!((ack.run, ack.upto), (run, r.next - 1));
+        // Good for this claimant only: another agent key does not verify it.
+        let other = SecretKey::from_seed(seed()).public();
+        assert!(kiln_protocol::Ack::open(&a.body, &coordinator, &other).is_err());
+    }
+}

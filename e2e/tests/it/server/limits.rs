@@ -15,12 +15,24 @@ fn claimed(url: &str, run: &RunId) -> Reporter {
     r
 }
 
-fn put(url: &str, run: &RunId, body: &[u8]) -> Answer {
-    let sha = Sha256::of(body);
-    call(
-        ureq::put(&format!("{url}/v1/runs/{run}/artifacts/{sha}")),
-        Some(body),
+/// Uploads `body` as an artifact of the reporter's run, signed by its claim key.
+fn put(url: &str, r: &Reporter, body: &[u8]) -> Answer {
+    put_with(
+        url,
+        &r.run,
+        body,
+        Some(&upload_auth(&r.key, &r.run, body, now_ms())),
     )
+}
+
+/// Uploads `body` with this `Kiln-Upload-Auth` header (or none).
+fn put_with(url: &str, run: &RunId, body: &[u8], auth: Option<&str>) -> Answer {
+    let sha = Sha256::of(body);
+    let mut rq = ureq::put(&format!("{url}/v1/runs/{run}/artifacts/{sha}"));
+    if let Some(a) = auth {
+        rq = rq.set("Kiln-Upload-Auth", a);
+    }
+    call(rq, Some(body))
 }
 
 fn in_cas(state: &Path, body: &[u8]) -> bool {
@@ -48,15 +60,15 @@ fn uploads_are_capped_per_run_and_closed_once_the_run_finished() {
     let (_d, state) = keyed_state();
     let run = issue(&state);
     let c = Coordinator::start_with(&state, &["--upload-quota", "40"]);
-    claimed(&c.url, &run);
+    let r = claimed(&c.url, &run);
     let (a, b, z) = (&[b'a'; 16][..], &[b'b'; 16][..], &[b'z'; 16][..]);
-    assert_eq!(put(&c.url, &run, a).status, 201);
-    assert_eq!(put(&c.url, &run, b).status, 201);
-    let over = put(&c.url, &run, z);
+    assert_eq!(put(&c.url, &r, a).status, 201);
+    assert_eq!(put(&c.url, &r, b).status, 201);
+    let over = put(&c.url, &r, z);
     assert_eq!(over.status, 413, "{}", over.text());
     assert!(over.text().contains("quota"), "{}", over.text());
     assert!(!in_cas(&state, z), "a refused upload was stored");
-    assert_eq!(put(&c.url, &run, a).status, 200, "stored already: no cost");
+    assert_eq!(put(&c.url, &r, a).status, 200, "stored already: no cost");
 
     // A chunked upload does not say its size up front.
     let sha = Sha256::of(z);
@@ -85,18 +97,18 @@ fn uploads_are_capped_per_run_and_closed_once_the_run_finished() {
         "a leftover upload temp file survived a restart"
     );
     assert!(fresh.exists(), "a temp file written just now was swept");
-    assert_eq!(put(&c.url, &run, z).status, 413, "quota reset by a restart");
+    assert_eq!(put(&c.url, &r, z).status, 413, "quota reset by a restart");
 
     // Another run has its own quota; once it finished it takes no uploads.
     let other = issue(&state);
     let mut r = claimed(&c.url, &other);
-    assert_eq!(put(&c.url, &other, z).status, 201);
+    assert_eq!(put(&c.url, &r, z).status, 201);
     let f = r.frames(vec![Event::RunFinished {
         outcome: Outcome::Passed,
     }]);
     ack(&c.url, &other, &r.seal(f));
     let late = &[b'l'; 8][..];
-    let a = put(&c.url, &other, late);
+    let a = put(&c.url, &r, late);
     assert_eq!(a.status, 409, "{}", a.text());
     assert!(a.text().contains("finished"), "{}", a.text());
     assert!(!in_cas(&state, late));
@@ -113,8 +125,18 @@ fn refusals_that_need_no_body_come_before_reading_it() {
         outcome: Outcome::Passed,
     }]);
     ack(&c.url, &done, &r.seal(f));
+    let claimed_run = issue(&state);
+    claimed(&c.url, &claimed_run);
     let nobody = new_run_id();
     let sha = Sha256::of(b"x");
+    // Signed by a key that is not the run's claim key.
+    let forged = kiln_protocol::UploadAuth {
+        run: claimed_run,
+        sha256: sha,
+        len: 100_000,
+        at_ms: now_ms(),
+    }
+    .header(&SecretKey::from_seed(seed()));
     // Over 1 KiB: tiny_http reads smaller bodies itself before the handler runs.
     let len = "Content-Length: 100000\r\n";
     let cases = [
@@ -145,6 +167,16 @@ fn refusals_that_need_no_body_come_before_reading_it() {
         (
             format!("PUT /v1/runs/{done}/artifacts/{sha} HTTP/1.1\r\n{len}"),
             "409",
+        ),
+        (
+            format!("PUT /v1/runs/{claimed_run}/artifacts/{sha} HTTP/1.1\r\n{len}"),
+            "403",
+        ),
+        (
+            format!(
+                "PUT /v1/runs/{claimed_run}/artifacts/{sha} HTTP/1.1\r\n{len}Kiln-Upload-Auth: {forged}\r\n"
+            ),
+            "403",
         ),
     ];
     for (head, want) in &cases {
@@ -228,4 +260,46 @@ fn listings_fold_a_big_events_log_once_and_in_pieces() {
         grown * 1024 < log_len / 2,
         "peak RSS grew by {grown} KiB for a {log_len}-byte events.log"
     );
+}
+
+#[test]
+fn uploads_not_signed_by_the_claim_key_are_refused_and_cost_no_quota() {
+    let (_d, state) = keyed_state();
+    let run = issue(&state);
+    let c = Coordinator::start_with(&state, &["--upload-quota", "32"]);
+    let r = claimed(&c.url, &run);
+    let (a, b) = (&[b'a'; 16][..], &[b'b'; 16][..]);
+    let now = now_ms();
+    let stranger = SecretKey::from_seed(seed());
+    let minutes = |m: u64| m * 60 * 1000;
+    let refused = [
+        ("unsigned", None),
+        ("another key", Some(upload_auth(&stranger, &run, a, now))),
+        (
+            "stale",
+            Some(upload_auth(&r.key, &run, a, now - minutes(6))),
+        ),
+        (
+            "from the future",
+            Some(upload_auth(&r.key, &run, a, now + minutes(6))),
+        ),
+        ("for other bytes", Some(upload_auth(&r.key, &run, b, now))),
+        ("garbage", Some("12.not-base64!".to_string())),
+        ("no signature", Some(format!("{now}."))),
+    ];
+    for (what, auth) in &refused {
+        // Each tried twice: a refusal that reserved quota would fill the 32 bytes.
+        for _ in 0..2 {
+            let got = put_with(&c.url, &run, a, auth.as_deref());
+            assert_eq!(got.status, 403, "{what}: {}", got.text());
+            assert_eq!(got.text().lines().count(), 1, "{what}: {}", got.text());
+        }
+        assert!(!in_cas(&state, a), "{what}: a refused upload was stored");
+    }
+    let ledger = state.join("runs").join(run.to_string()).join("uploads");
+    assert!(!ledger.exists(), "refused uploads were counted");
+    // The whole quota is still there for the claimant.
+    assert_eq!(put(&c.url, &r, a).status, 201);
+    assert_eq!(put(&c.url, &r, b).status, 201);
+    assert_eq!(put(&c.url, &r, b"c").status, 413, "the quota is 32 bytes");
 }

@@ -56,9 +56,19 @@ fn artifacts_are_hash_checked_and_served_with_ranges() {
     let c = Coordinator::start(&state);
     let data = b"0123456789abcdef".to_vec();
     let sha = Sha256::of(&data);
+    let mut r = Reporter::new(run);
+    let key = r.key.clone();
     let put = |sha: &Sha256, body: &[u8]| {
+        let auth = kiln_protocol::UploadAuth {
+            run,
+            sha256: *sha,
+            len: body.len() as u64,
+            at_ms: now_ms(),
+        }
+        .header(&key);
         call(
-            ureq::put(&format!("{}/v1/runs/{run}/artifacts/{sha}", c.url)),
+            ureq::put(&format!("{}/v1/runs/{run}/artifacts/{sha}", c.url))
+                .set("Kiln-Upload-Auth", &auth),
             Some(body),
         )
     };
@@ -67,7 +77,9 @@ fn artifacts_are_hash_checked_and_served_with_ranges() {
         409,
         "unclaimed runs take no uploads"
     );
-    claimed(&c.url, &run);
+    let claim = r.claim();
+    let f = r.frames(vec![claim]);
+    ack(&c.url, &run, &r.seal(f));
     let a = put(&sha, b"other bytes");
     assert_eq!(a.status, 422, "{}", a.text());
     assert!(a.text().contains("hashes to"), "{}", a.text());
