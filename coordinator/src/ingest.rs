@@ -17,6 +17,7 @@ use crate::store::{RunDir, files};
 mod bundle;
 mod check;
 mod logfile;
+mod resend;
 mod stage;
 
 use check::{claimant, validate};
@@ -197,6 +198,7 @@ impl Ingester {
         self.with_run(run, |rd, slot| {
             let c = refresh(rd, &self.key, slot)?;
             let checked = validate(run, body, c, mode, now_s()).and_then(|v| {
+                resend::check_stored(rd, c, &v)?;
                 if v.bind {
                     self.neighbour_check(run, c, from)?;
                 }

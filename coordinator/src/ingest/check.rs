@@ -16,6 +16,12 @@ pub(super) struct Verdict {
     pub upto: u64,
     /// Whether the new frames end the run.
     pub finished: bool,
+    /// Frames the batch resends (seqs the run already holds), as COBS records, and
+    /// the seq of the first: the caller compares them with the stored records
+    /// ([`super::resend`]). Empty when nothing is resent.
+    pub resent: Vec<u8>,
+    /// Seq of the first resent frame (0 when none is).
+    pub resent_from: u64,
 }
 
 impl Cached {
@@ -107,16 +113,14 @@ pub(super) fn validate(
             (agent_key, true)
         }
     };
-    let fresh: &[Frame] = match batch.frames.iter().position(|f| f.seq > c.upto) {
-        Some(i) => &batch.frames[i..],
-        None => &[],
-    };
+    let split = batch
+        .frames
+        .iter()
+        .position(|f| f.seq > c.upto)
+        .unwrap_or(batch.frames.len());
+    let (old, fresh) = batch.frames.split_at(split);
     check_frames(fresh, &key, c)?;
-    let mut records = Vec::new();
-    for f in fresh {
-        let payload = postcard::to_allocvec(f).expect("frames always encode");
-        records.extend(kiln_protocol::encode_record(&payload));
-    }
+    let records = encode(fresh);
     if c.len.saturating_add(records.len() as u64) > MAX_EVENTS_LOG_BYTES {
         return Err(Refusal::new(
             413,
@@ -131,7 +135,19 @@ pub(super) fn validate(
         finished: fresh
             .iter()
             .any(|f| matches!(f.event, Event::RunFinished { .. })),
+        resent: encode(old),
+        resent_from: old.first().map_or(0, |f| f.seq),
     })
+}
+
+/// The frames as COBS records, as events.log holds them.
+fn encode(frames: &[Frame]) -> Vec<u8> {
+    let mut records = Vec::new();
+    for f in frames {
+        let payload = postcard::to_allocvec(f).expect("frames always encode");
+        records.extend(kiln_protocol::encode_record(&payload));
+    }
+    records
 }
 
 /// The key of a batch that opens with a Claim signed by that key (checked or not
