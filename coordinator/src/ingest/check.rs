@@ -40,13 +40,16 @@ impl Cached {
 
 /// Checks one sealed batch for `run` against what the run holds (`c`): size, run,
 /// seq shape, signature and claim, continuity with the stored seqs, stages, and the
-/// events.log cap. Pure: nothing is read or written.
+/// events.log cap (`max_log` bytes, [`MAX_EVENTS_LOG_BYTES`] but in tests). Pure:
+/// nothing is read or written; resent frames are handed back to compare with the
+/// stored ones ([`super::resend`]).
 pub(super) fn validate(
     run: &RunId,
     body: &[u8],
     c: &Cached,
     mode: Mode,
     now_s: u64,
+    max_log: u64,
 ) -> Result<Verdict, Refusal> {
     if body.len() > MAX_BATCH_BYTES {
         return Err(Refusal::new(
@@ -121,10 +124,10 @@ pub(super) fn validate(
     let (old, fresh) = batch.frames.split_at(split);
     check_frames(fresh, &key, c)?;
     let records = encode(fresh);
-    if c.len.saturating_add(records.len() as u64) > MAX_EVENTS_LOG_BYTES {
+    if c.len.saturating_add(records.len() as u64) > max_log {
         return Err(Refusal::new(
             413,
-            format!("events.log of run {run} would exceed its {MAX_EVENTS_LOG_BYTES}-byte cap"),
+            format!("events.log of run {run} would exceed its {max_log}-byte cap"),
         ));
     }
     Ok(Verdict {
@@ -252,16 +255,16 @@ mod tests {
         }
         .seal(&key);
         let near = run_with_log(MAX_EVENTS_LOG_BYTES - 500, &key);
-        let r = validate(&run, &body, &near, Mode::Online, 0).unwrap_err();
+        let r = validate(&run, &body, &near, Mode::Online, 0, MAX_EVENTS_LOG_BYTES).unwrap_err();
         assert_eq!(r.status, 413, "{r}");
         assert!(r.reason.contains("cap"), "{r}");
         let roomy = run_with_log(MAX_EVENTS_LOG_BYTES - 5000, &key);
-        let v = validate(&run, &body, &roomy, Mode::Online, 0).unwrap();
+        let v = validate(&run, &body, &roomy, Mode::Online, 0, MAX_EVENTS_LOG_BYTES).unwrap();
         assert_eq!(v.upto, 2);
         // A resend of what is stored adds nothing, so it is acked even at the cap.
         let mut full = run_with_log(MAX_EVENTS_LOG_BYTES, &key);
         full.upto = 2;
-        let v = validate(&run, &body, &full, Mode::Online, 0).unwrap();
+        let v = validate(&run, &body, &full, Mode::Online, 0, MAX_EVENTS_LOG_BYTES).unwrap();
         assert!(v.records.is_empty());
     }
 }

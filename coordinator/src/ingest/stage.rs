@@ -22,7 +22,7 @@ use std::path::{Path, PathBuf};
 
 use super::check::{Verdict, validate};
 use super::resend;
-use super::{Cached, Mode, Refusal};
+use super::{Cached, MAX_EVENTS_LOG_BYTES, Mode, Refusal};
 use crate::cas::{Cas, Published, Staged};
 use crate::claims::{self, Kind, Source};
 use crate::fsutil::{now_s, sync_dir, write_atomic};
@@ -148,7 +148,14 @@ impl Import {
         self.batches += 1;
         let n = self.batches;
         let v =
-            validate(&self.run, sealed, &self.sim, Mode::Import, now_s()).map_err(|r| Refusal {
+            validate(
+                &self.run,
+                sealed,
+                &self.sim,
+                Mode::Import,
+                now_s(),
+                MAX_EVENTS_LOG_BYTES,
+            ).map_err(|r| Refusal {
                 reason: format!("batch {n}: {}", r.reason),
                 ..r
             })?;
