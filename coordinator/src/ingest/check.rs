@@ -1,7 +1,7 @@
 //! The checks every batch passes before any of it is stored, online or imported.
 use kiln_protocol::{Batch, Event, Frame, MAX_BATCH_BYTES, PublicKey, RunId};
 
-use super::{Cached, MAX_EVENTS_LOG_BYTES, Mode, Refusal};
+use super::{Cached, Mode, Refusal};
 
 /// A batch that passed every check against a run's state: what storing it changes.
 #[derive(Debug)]
@@ -40,7 +40,7 @@ impl Cached {
 
 /// Checks one sealed batch for `run` against what the run holds (`c`): size, run,
 /// seq shape, signature and claim, continuity with the stored seqs, stages, and the
-/// events.log cap (`max_log` bytes, [`MAX_EVENTS_LOG_BYTES`] but in tests). Pure:
+/// events.log cap (`max_log` bytes, [`super::MAX_EVENTS_LOG_BYTES`] but in tests). Pure:
 /// nothing is read or written; resent frames are handed back to compare with the
 /// stored ones ([`super::resend`]).
 pub(super) fn validate(
@@ -220,6 +220,7 @@ fn check_frames(fresh: &[Frame], key: &PublicKey, c: &Cached) -> Result<(), Refu
 
 #[cfg(test)]
 mod tests {
+    use super::super::MAX_EVENTS_LOG_BYTES;
     use super::*;
     use kiln_protocol::SecretKey;
 

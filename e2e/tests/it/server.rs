@@ -7,6 +7,7 @@ use kiln_protocol::{
 use std::path::{Path, PathBuf};
 
 mod cli;
+mod abort;
 mod corrupt;
 mod full_disk;
 mod fuzz;
