@@ -10,8 +10,8 @@ use serde::Serialize;
 
 use crate::claims::{ClaimEvent, Kind};
 use crate::fsutil::now_ms;
-pub use crate::store::Corruption;
 pub use crate::store::AbortRequest;
+pub use crate::store::Corruption;
 use crate::store::{Events, RunDir, files};
 
 /// How long a claimed, unfinished run with an abort request waits for its agent:
@@ -278,10 +278,7 @@ pub fn annotate(rd: &RunDir, s: &mut RunStatus) -> Result<()> {
 pub fn current_with_tails(rd: &RunDir, key: &PublicKey) -> Result<(RunStatus, Vec<Vec<String>>)> {
     let (last_seen, abort) = (rd.last_seen_ms(), rd.abort());
     let (mut s, tails) = with_folded(rd, key, |t, f| {
-        (
-            f.status(t, last_seen, abort.as_ref(), now_ms()),
-            f.tails(),
-        )
+        (f.status(t, last_seen, abort.as_ref(), now_ms()), f.tails())
     })?;
     annotate(rd, &mut s)?;
     Ok((s, tails))

@@ -45,15 +45,11 @@ pub(super) fn check_stored(rd: &RunDir, c: &Cached, v: &Verdict) -> Result<(), R
 
 /// Splits `records` (of seqs `first..`) before the record of seq `at`.
 pub(super) fn split_at_seq(records: &[u8], first: u64, at: u64) -> (&[u8], &[u8]) {
-    let mut seq = first;
-    let mut off = 0;
-    for rec in records.split_inclusive(|b| *b == 0) {
-        if seq == at {
-            break;
-        }
-        off += rec.len();
-        seq += 1;
-    }
+    let off = (first..)
+        .zip(records.split_inclusive(|b| *b == 0))
+        .take_while(|(seq, _)| *seq < at)
+        .map(|(_, rec)| rec.len())
+        .sum();
     records.split_at(off)
 }
 
@@ -75,13 +71,11 @@ pub(super) fn first_difference(
     file.read_exact_at(&mut stored, start)
         .context("reading stored frames")?;
     let mut at = 0;
-    let mut seq = first;
-    for rec in records.split_inclusive(|b| *b == 0) {
+    for (seq, rec) in (first..).zip(records.split_inclusive(|b| *b == 0)) {
         if stored.get(at..at + rec.len()) != Some(rec) {
             return Ok(Some(seq));
         }
         at += rec.len();
-        seq += 1;
     }
     Ok(None)
 }

@@ -147,18 +147,18 @@ impl Import {
     pub(crate) fn batch(&mut self, sealed: &[u8]) -> Result<(), Refusal> {
         self.batches += 1;
         let n = self.batches;
-        let v =
-            validate(
-                &self.run,
-                sealed,
-                &self.sim,
-                Mode::Import,
-                now_s(),
-                MAX_EVENTS_LOG_BYTES,
-            ).map_err(|r| Refusal {
-                reason: format!("batch {n}: {}", r.reason),
-                ..r
-            })?;
+        let v = validate(
+            &self.run,
+            sealed,
+            &self.sim,
+            Mode::Import,
+            now_s(),
+            MAX_EVENTS_LOG_BYTES,
+        )
+        .map_err(|r| Refusal {
+            reason: format!("batch {n}: {}", r.reason),
+            ..r
+        })?;
         self.check_resend(&v).map_err(|r| Refusal {
             reason: format!("batch {n}: {}", r.reason),
             ..r
@@ -198,15 +198,9 @@ impl Import {
             let f = fs::File::open(&self.log)
                 .with_context(|| format!("opening {}", self.log.display()))
                 .map_err(failed)?;
-            let diff = resend::first_difference(
-                &f,
-                self.start.len,
-                0,
-                stored_upto,
-                v.resent_from,
-                old,
-            )
-            .map_err(failed)?;
+            let diff =
+                resend::first_difference(&f, self.start.len, 0, stored_upto, v.resent_from, old)
+                    .map_err(failed)?;
             if let Some(seq) = diff {
                 return Err(resend::conflict(seq));
             }

@@ -85,9 +85,12 @@ impl Fx {
                 frame(1, claim(key)),
                 frame(2, log("a")),
                 frame(3, log("b")),
-                frame(4, Event::RunFinished {
-                    outcome: Outcome::Passed,
-                }),
+                frame(
+                    4,
+                    Event::RunFinished {
+                        outcome: Outcome::Passed,
+                    },
+                ),
             ],
             _ => vec![],
         };
@@ -330,7 +333,12 @@ fn every_refusal_of_the_ingest_check_stores_nothing() {
         assert_eq!(r.status, c.status, "{}: {r}", c.name);
         assert!(r.reason.contains(c.reason), "{}: {r}", c.name);
         assert!(!r.reason.contains('\n'), "{}: {r}", c.name);
-        assert_eq!(fx.stored(&run), before, "{}: the refused batch stored", c.name);
+        assert_eq!(
+            fx.stored(&run),
+            before,
+            "{}: the refused batch stored",
+            c.name
+        );
     }
 }
 
@@ -357,6 +365,12 @@ fn a_faithful_resend_is_acked_and_adds_only_new_frames() {
     assert_eq!(fx.post(&run, &all).unwrap().upto, 4);
     let forged = seal(run, vec![frame(1, claim(&key)), frame(2, log("z"))], &key);
     let r = fx.post(&run, &forged).unwrap_err();
-    assert_eq!((r.status, r.reason.as_str()), (409, "conflicting resend: seq 2 differs from the stored frame"));
+    assert_eq!(
+        (r.status, r.reason.as_str()),
+        (
+            409,
+            "conflicting resend: seq 2 differs from the stored frame"
+        )
+    );
     assert_eq!(fx.stored(&run).0, grown);
 }

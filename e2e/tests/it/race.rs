@@ -49,8 +49,17 @@ fn agents_racing_for_one_run_get_one_claim_and_the_rest_run_nothing() {
     let winner = winners[0];
     for (i, o) in outs.iter().enumerate().filter(|(i, _)| *i != winner) {
         assert_eq!(o.code, 2, "agent {i} lost the race: {o:?}");
-        assert_eq!(o.stderr.trim().lines().count(), 1, "agent {i}: {}", o.stderr);
-        assert!(o.stderr.contains("claim refused"), "agent {i}: {}", o.stderr);
+        assert_eq!(
+            o.stderr.trim().lines().count(),
+            1,
+            "agent {i}: {}",
+            o.stderr
+        );
+        assert!(
+            o.stderr.contains("claim refused"),
+            "agent {i}: {}",
+            o.stderr
+        );
         assert!(
             o.stderr
                 .contains("409 run already claimed by another agent key"),

@@ -6,8 +6,8 @@ use kiln_protocol::{
 };
 use std::path::{Path, PathBuf};
 
-mod cli;
 mod abort;
+mod cli;
 mod corrupt;
 mod full_disk;
 mod fuzz;

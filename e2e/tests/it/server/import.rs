@@ -390,10 +390,9 @@ fn a_bundle_that_would_refork_a_stored_run_is_refused_whole() {
     );
     let o = import(&state, d.path(), "good.kres", &good);
     assert_eq!(o.code, 0, "{}", o.stderr);
-    let v: serde_json::Value = serde_json::from_str(
-        &kc(&state, &["run", "show", &run.to_string(), "--json"]).stdout,
-    )
-    .expect("json");
+    let v: serde_json::Value =
+        serde_json::from_str(&kc(&state, &["run", "show", &run.to_string(), "--json"]).stdout)
+            .expect("json");
     assert_eq!(v["frames"], 5);
 }
 
