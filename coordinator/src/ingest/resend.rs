@@ -38,7 +38,13 @@ pub(super) fn check_stored(rd: &RunDir, c: &Cached, v: &Verdict) -> Result<(), R
         .and_then(|f| first_difference(&f, c.len, 0, c.upto, v.resent_from, &v.resent))
         .map_err(Refusal::internal)?;
     match diff {
-        Some(seq) => Err(conflict(seq)),
+        Some(seq) => {
+            log::warn!(
+                "run {}: refused a resend whose seq {seq} differs from the stored frame",
+                rd.id
+            );
+            Err(conflict(seq))
+        }
         None => Ok(()),
     }
 }
