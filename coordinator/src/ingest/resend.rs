@@ -70,7 +70,11 @@ pub(super) fn first_difference(
     first: u64,
     records: &[u8],
 ) -> Result<Option<u64>> {
-    debug_assert!(base < first && first <= upto);
+    anyhow::ensure!(
+        base < first && first <= upto,
+        "seq {first} is not among the stored seqs {}..={upto}",
+        base + 1
+    );
     let start = record_start(file, len, upto - first + 1, first == base + 1)?;
     let want = records.len().min((len - start) as usize);
     let mut stored = vec![0u8; want];
