@@ -38,7 +38,8 @@ pub enum RunState {
     Aborted,
     /// Nobody claimed it before the ticket's `not_after`.
     Expired,
-    /// Claimed, unfinished, and no batch for [`kiln_protocol::STALE_AFTER_MS`].
+    /// Claimed, unfinished, and no batch for [`kiln_protocol::STALE_AFTER_MS`] (with
+    /// an abort request, only until [`ABORT_GRACE_MS`] passed: then `Aborted`).
     Stale,
     /// events.log holds a record that does not decode ([`RunStatus::corrupt`] says
     /// which); the status is that of the records before it, and nothing more is
