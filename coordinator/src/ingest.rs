@@ -17,7 +17,10 @@ use crate::store::{RunDir, files};
 mod bundle;
 mod check;
 mod logfile;
+mod resend;
 mod stage;
+#[cfg(test)]
+mod tests;
 
 use check::{claimant, validate};
 use logfile::{Cached, refresh, store};
@@ -122,6 +125,8 @@ pub struct Ingester {
     key: PublicKey,
     runs: Mutex<HashMap<RunId, Arc<Mutex<Option<Cached>>>>>,
     claim_check: ClaimCheck,
+    /// The events.log cap: [`MAX_EVENTS_LOG_BYTES`] (lower only in tests).
+    max_log: u64,
 }
 
 impl Ingester {
@@ -132,6 +137,7 @@ impl Ingester {
             key: state.public_key()?,
             runs: Mutex::new(HashMap::new()),
             claim_check: ClaimCheck::Off,
+            max_log: MAX_EVENTS_LOG_BYTES,
         })
     }
 
@@ -141,6 +147,12 @@ impl Ingester {
             claim_check,
             ..self
         }
+    }
+
+    /// The same writer with a lower events.log cap, so a test can reach it.
+    #[cfg(test)]
+    fn with_max_log(self, max_log: u64) -> Self {
+        Ingester { max_log, ..self }
     }
 
     /// The coordinator's public key.
@@ -196,7 +208,8 @@ impl Ingester {
         }
         self.with_run(run, |rd, slot| {
             let c = refresh(rd, &self.key, slot)?;
-            let checked = validate(run, body, c, mode, now_s()).and_then(|v| {
+            let checked = validate(run, body, c, mode, now_s(), self.max_log).and_then(|v| {
+                resend::check_stored(rd, c, &v)?;
                 if v.bind {
                     self.neighbour_check(run, c, from)?;
                 }

@@ -10,8 +10,16 @@ use serde::Serialize;
 
 use crate::claims::{ClaimEvent, Kind};
 use crate::fsutil::now_ms;
+pub use crate::store::AbortRequest;
 pub use crate::store::Corruption;
 use crate::store::{Events, RunDir, files};
+
+/// How long a claimed, unfinished run with an abort request waits for its agent:
+/// once nothing came for this long after the later of the request and the last
+/// batch, the run is [`RunState::Aborted`] (its running stages `lost`), not stale
+/// for ever. The agent would have had the abort with its next heartbeat (every few
+/// seconds), so this is the stale threshold.
+pub const ABORT_GRACE_MS: u64 = kiln_protocol::STALE_AFTER_MS;
 
 /// Where a run is in its life.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
@@ -25,11 +33,13 @@ pub enum RunState {
     Running,
     /// Ended with an outcome.
     Finished,
-    /// Ended on an abort (or aborted before anyone claimed it).
+    /// Ended on an abort (or aborted before anyone claimed it, or its agent sent
+    /// nothing for [`ABORT_GRACE_MS`] after the abort request).
     Aborted,
     /// Nobody claimed it before the ticket's `not_after`.
     Expired,
-    /// Claimed, unfinished, and no batch for [`kiln_protocol::STALE_AFTER_MS`].
+    /// Claimed, unfinished, and no batch for [`kiln_protocol::STALE_AFTER_MS`] (with
+    /// an abort request, only until [`ABORT_GRACE_MS`] passed: then `Aborted`).
     Stale,
     /// events.log holds a record that does not decode ([`RunStatus::corrupt`] says
     /// which); the status is that of the records before it, and nothing more is
@@ -188,8 +198,8 @@ pub struct Inputs<'a> {
     pub frames: &'a [Frame],
     /// Coordinator clock of the last batch.
     pub last_seen_ms: Option<u64>,
-    /// The operator's abort reason.
-    pub abort: Option<&'a str>,
+    /// The operator's abort request.
+    pub abort: Option<&'a AbortRequest>,
     /// Now, unix ms.
     pub now_ms: u64,
     /// The corrupt record `frames` stop before, if any.
@@ -211,12 +221,12 @@ pub struct Loaded {
 pub fn load(rd: &RunDir, key: &PublicKey) -> Result<Loaded> {
     let (_, ticket) = rd.ticket(key)?;
     let Events { frames, corrupt } = rd.events()?;
-    let abort = rd.abort_request();
+    let abort = rd.abort();
     let mut status = fold(Inputs {
         ticket: &ticket,
         frames: &frames,
         last_seen_ms: rd.last_seen_ms(),
-        abort: abort.as_deref(),
+        abort: abort.as_ref(),
         now_ms: now_ms(),
         corrupt: corrupt.as_ref(),
     });
@@ -230,9 +240,9 @@ pub fn load(rd: &RunDir, key: &PublicKey) -> Result<Loaded> {
 
 /// A run's status from the per-process fold cache (only new frames are decoded).
 pub fn current(rd: &RunDir, key: &PublicKey) -> Result<RunStatus> {
-    let (last_seen, abort) = (rd.last_seen_ms(), rd.abort_request());
+    let (last_seen, abort) = (rd.last_seen_ms(), rd.abort());
     let mut s = with_folded(rd, key, |t, f| {
-        f.status(t, last_seen, abort.as_deref(), now_ms())
+        f.status(t, last_seen, abort.as_ref(), now_ms())
     })?;
     annotate(rd, &mut s)?;
     Ok(s)
@@ -267,12 +277,9 @@ pub fn annotate(rd: &RunDir, s: &mut RunStatus) -> Result<()> {
 
 /// A run's status and per-stage log tails, from the fold cache (for the HTML page).
 pub fn current_with_tails(rd: &RunDir, key: &PublicKey) -> Result<(RunStatus, Vec<Vec<String>>)> {
-    let (last_seen, abort) = (rd.last_seen_ms(), rd.abort_request());
+    let (last_seen, abort) = (rd.last_seen_ms(), rd.abort());
     let (mut s, tails) = with_folded(rd, key, |t, f| {
-        (
-            f.status(t, last_seen, abort.as_deref(), now_ms()),
-            f.tails(),
-        )
+        (f.status(t, last_seen, abort.as_ref(), now_ms()), f.tails())
     })?;
     annotate(rd, &mut s)?;
     Ok((s, tails))

@@ -37,6 +37,15 @@ pub mod files {
     pub const CLAIMS: &str = "claims";
 }
 
+/// An operator's abort request of a run (`runs/<run>/abort`).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct AbortRequest {
+    /// The reason the operator gave.
+    pub reason: String,
+    /// When it was requested (the file's mtime), unix ms.
+    pub at_ms: u64,
+}
+
 /// A run folder in a state folder.
 #[derive(Debug, Clone)]
 pub struct RunDir {
@@ -146,6 +155,18 @@ impl RunDir {
         fs::read_to_string(self.path(files::ABORT))
             .ok()
             .map(|s| s.trim().to_string())
+    }
+
+    /// The operator's abort request with its time (the `abort` file's mtime), if one
+    /// was made.
+    pub fn abort(&self) -> Option<AbortRequest> {
+        let reason = self.abort_request()?;
+        let at_ms = fs::metadata(self.path(files::ABORT))
+            .and_then(|m| m.modified())
+            .ok()
+            .and_then(|t| t.duration_since(std::time::UNIX_EPOCH).ok())
+            .map_or(0, |d| d.as_millis() as u64);
+        Some(AbortRequest { reason, at_ms })
     }
 
     /// Takes the run's writer lock (flock on `lock`): held until the guard drops.

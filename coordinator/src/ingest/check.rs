@@ -1,7 +1,7 @@
 //! The checks every batch passes before any of it is stored, online or imported.
 use kiln_protocol::{Batch, Event, Frame, MAX_BATCH_BYTES, PublicKey, RunId};
 
-use super::{Cached, MAX_EVENTS_LOG_BYTES, Mode, Refusal};
+use super::{Cached, Mode, Refusal};
 
 /// A batch that passed every check against a run's state: what storing it changes.
 #[derive(Debug)]
@@ -16,6 +16,12 @@ pub(super) struct Verdict {
     pub upto: u64,
     /// Whether the new frames end the run.
     pub finished: bool,
+    /// Frames the batch resends (seqs the run already holds), as COBS records, and
+    /// the seq of the first: the caller compares them with the stored records
+    /// ([`super::resend`]). Empty when nothing is resent.
+    pub resent: Vec<u8>,
+    /// Seq of the first resent frame (0 when none is).
+    pub resent_from: u64,
 }
 
 impl Cached {
@@ -34,13 +40,16 @@ impl Cached {
 
 /// Checks one sealed batch for `run` against what the run holds (`c`): size, run,
 /// seq shape, signature and claim, continuity with the stored seqs, stages, and the
-/// events.log cap. Pure: nothing is read or written.
+/// events.log cap (`max_log` bytes, [`super::MAX_EVENTS_LOG_BYTES`] but in tests). Pure:
+/// nothing is read or written; resent frames are handed back to compare with the
+/// stored ones ([`super::resend`]).
 pub(super) fn validate(
     run: &RunId,
     body: &[u8],
     c: &Cached,
     mode: Mode,
     now_s: u64,
+    max_log: u64,
 ) -> Result<Verdict, Refusal> {
     if body.len() > MAX_BATCH_BYTES {
         return Err(Refusal::new(
@@ -107,20 +116,18 @@ pub(super) fn validate(
             (agent_key, true)
         }
     };
-    let fresh: &[Frame] = match batch.frames.iter().position(|f| f.seq > c.upto) {
-        Some(i) => &batch.frames[i..],
-        None => &[],
-    };
+    let split = batch
+        .frames
+        .iter()
+        .position(|f| f.seq > c.upto)
+        .unwrap_or(batch.frames.len());
+    let (old, fresh) = batch.frames.split_at(split);
     check_frames(fresh, &key, c)?;
-    let mut records = Vec::new();
-    for f in fresh {
-        let payload = postcard::to_allocvec(f).expect("frames always encode");
-        records.extend(kiln_protocol::encode_record(&payload));
-    }
-    if c.len.saturating_add(records.len() as u64) > MAX_EVENTS_LOG_BYTES {
+    let records = encode(fresh);
+    if c.len.saturating_add(records.len() as u64) > max_log {
         return Err(Refusal::new(
             413,
-            format!("events.log of run {run} would exceed its {MAX_EVENTS_LOG_BYTES}-byte cap"),
+            format!("events.log of run {run} would exceed its {max_log}-byte cap"),
         ));
     }
     Ok(Verdict {
@@ -131,7 +138,19 @@ pub(super) fn validate(
         finished: fresh
             .iter()
             .any(|f| matches!(f.event, Event::RunFinished { .. })),
+        resent: encode(old),
+        resent_from: old.first().map_or(0, |f| f.seq),
     })
+}
+
+/// The frames as COBS records, as events.log holds them.
+fn encode(frames: &[Frame]) -> Vec<u8> {
+    let mut records = Vec::new();
+    for f in frames {
+        let payload = postcard::to_allocvec(f).expect("frames always encode");
+        records.extend(kiln_protocol::encode_record(&payload));
+    }
+    records
 }
 
 /// The key of a batch that opens with a Claim signed by that key (checked or not
@@ -201,6 +220,7 @@ fn check_frames(fresh: &[Frame], key: &PublicKey, c: &Cached) -> Result<(), Refu
 
 #[cfg(test)]
 mod tests {
+    use super::super::MAX_EVENTS_LOG_BYTES;
     use super::*;
     use kiln_protocol::SecretKey;
 
@@ -236,16 +256,16 @@ mod tests {
         }
         .seal(&key);
         let near = run_with_log(MAX_EVENTS_LOG_BYTES - 500, &key);
-        let r = validate(&run, &body, &near, Mode::Online, 0).unwrap_err();
+        let r = validate(&run, &body, &near, Mode::Online, 0, MAX_EVENTS_LOG_BYTES).unwrap_err();
         assert_eq!(r.status, 413, "{r}");
         assert!(r.reason.contains("cap"), "{r}");
         let roomy = run_with_log(MAX_EVENTS_LOG_BYTES - 5000, &key);
-        let v = validate(&run, &body, &roomy, Mode::Online, 0).unwrap();
+        let v = validate(&run, &body, &roomy, Mode::Online, 0, MAX_EVENTS_LOG_BYTES).unwrap();
         assert_eq!(v.upto, 2);
         // A resend of what is stored adds nothing, so it is acked even at the cap.
         let mut full = run_with_log(MAX_EVENTS_LOG_BYTES, &key);
         full.upto = 2;
-        let v = validate(&run, &body, &full, Mode::Online, 0).unwrap();
+        let v = validate(&run, &body, &full, Mode::Online, 0, MAX_EVENTS_LOG_BYTES).unwrap();
         assert!(v.records.is_empty());
     }
 }

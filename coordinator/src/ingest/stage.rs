@@ -20,8 +20,9 @@ use std::fs;
 use std::io::{BufWriter, Write};
 use std::path::{Path, PathBuf};
 
-use super::check::validate;
-use super::{Cached, Mode, Refusal};
+use super::check::{Verdict, validate};
+use super::resend;
+use super::{Cached, MAX_EVENTS_LOG_BYTES, Mode, Refusal};
 use crate::cas::{Cas, Published, Staged};
 use crate::claims::{self, Kind, Source};
 use crate::fsutil::{now_s, sync_dir, write_atomic};
@@ -40,6 +41,8 @@ pub(crate) struct Import {
     start: Cached,
     cas: Cas,
     staging: PathBuf,
+    /// The run's events.log (holding `start`'s frames), for comparing resends.
+    log: PathBuf,
     _lock: nix::fcntl::Flock<fs::File>,
     /// The staged new frames (taken when committing).
     events: Option<BufWriter<fs::File>>,
@@ -87,7 +90,12 @@ impl Import {
             if let Some(t) = ticket_file {
                 write_atomic(&staging.join(files::TICKET), t, 0o644)?;
             }
-            let events = fs::File::create(staging.join(files::EVENTS))?;
+            // Readable too: a later batch's resend is compared with what is staged.
+            let events = fs::OpenOptions::new()
+                .read(true)
+                .write(true)
+                .create_new(true)
+                .open(staging.join(files::EVENTS))?;
             Ok((lock, events))
         })();
         let (lock, events) = match staged {
@@ -103,6 +111,7 @@ impl Import {
             start: c,
             cas,
             staging,
+            log: rd.path(files::EVENTS),
             _lock: lock,
             events: Some(BufWriter::with_capacity(256 * 1024, events)),
             events_len: 0,
@@ -138,11 +147,22 @@ impl Import {
     pub(crate) fn batch(&mut self, sealed: &[u8]) -> Result<(), Refusal> {
         self.batches += 1;
         let n = self.batches;
-        let v =
-            validate(&self.run, sealed, &self.sim, Mode::Import, now_s()).map_err(|r| Refusal {
-                reason: format!("batch {n}: {}", r.reason),
-                ..r
-            })?;
+        let v = validate(
+            &self.run,
+            sealed,
+            &self.sim,
+            Mode::Import,
+            now_s(),
+            MAX_EVENTS_LOG_BYTES,
+        )
+        .map_err(|r| Refusal {
+            reason: format!("batch {n}: {}", r.reason),
+            ..r
+        })?;
+        self.check_resend(&v).map_err(|r| Refusal {
+            reason: format!("batch {n}: {}", r.reason),
+            ..r
+        })?;
         // validate opened it, so this cannot fail.
         let (batch, _) = Batch::open_unverified(sealed)
             .map_err(|e| Refusal::new(400, format!("batch {n}: {e}")))?;
@@ -162,6 +182,48 @@ impl Import {
             .map_err(|e| io_refusal(e.into(), "staging events"))?;
         self.events_len += v.records.len() as u64;
         self.sim.advance(&v);
+        Ok(())
+    }
+
+    /// Refuses resent frames that differ from the stored run (events.log, seqs up to
+    /// `start.upto`) or from what earlier batches staged (the seqs after it).
+    fn check_resend(&mut self, v: &Verdict) -> Result<(), Refusal> {
+        if v.resent.is_empty() {
+            return Ok(());
+        }
+        let stored_upto = self.start.upto;
+        let (old, staged) = resend::split_at_seq(&v.resent, v.resent_from, stored_upto + 1);
+        let failed = |e: anyhow::Error| io_refusal(e, "comparing a resend");
+        if !old.is_empty() {
+            let f = fs::File::open(&self.log)
+                .with_context(|| format!("opening {}", self.log.display()))
+                .map_err(failed)?;
+            let diff =
+                resend::first_difference(&f, self.start.len, 0, stored_upto, v.resent_from, old)
+                    .map_err(failed)?;
+            if let Some(seq) = diff {
+                return Err(resend::conflict(seq));
+            }
+        }
+        if !staged.is_empty() {
+            let events = self.events.as_mut().expect("staging until commit");
+            events
+                .flush()
+                .map_err(|e| io_refusal(e.into(), "staging events"))?;
+            let first = v.resent_from.max(stored_upto + 1);
+            let diff = resend::first_difference(
+                events.get_ref(),
+                self.events_len,
+                stored_upto,
+                self.sim.upto,
+                first,
+                staged,
+            )
+            .map_err(failed)?;
+            if let Some(seq) = diff {
+                return Err(resend::conflict(seq));
+            }
+        }
         Ok(())
     }
 

@@ -36,12 +36,12 @@ pub fn cmd_watch(state: &State, c: &RunWatchCmd) -> Result<i32> {
             let _ = out.flush();
         }
         frames.extend(new);
-        let abort = rd.abort_request();
+        let abort = rd.abort();
         let s = fold(Inputs {
             ticket: &ticket,
             frames: &frames,
             last_seen_ms: rd.last_seen_ms(),
-            abort: abort.as_deref(),
+            abort: abort.as_ref(),
             now_ms: now_ms(),
             corrupt: tail.scan.corrupt.as_ref(),
         });

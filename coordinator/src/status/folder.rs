@@ -170,7 +170,7 @@ impl Folder {
         &self,
         t: &Ticket,
         last_seen_ms: Option<u64>,
-        abort: Option<&str>,
+        abort: Option<&AbortRequest>,
         now_ms: u64,
     ) -> RunStatus {
         let mut stages = self.stages.clone();
@@ -184,7 +184,13 @@ impl Folder {
             (None, None) => RunState::Pending,
             (None, Some(_)) => {
                 let quiet = last_seen_ms.is_some_and(|s| now_ms.saturating_sub(s) > STALE_AFTER_MS);
+                // Aborted and the agent never came back for it: the abort stands.
+                let abandoned = abort.is_some_and(|a| {
+                    let since = a.at_ms.max(last_seen_ms.unwrap_or(0));
+                    now_ms.saturating_sub(since) > ABORT_GRACE_MS
+                });
                 match (quiet, self.started_any) {
+                    _ if abandoned => RunState::Aborted,
                     (true, _) => RunState::Stale,
                     (false, true) => RunState::Running,
                     (false, false) => RunState::Claimed,
@@ -210,7 +216,7 @@ impl Folder {
             state,
             outcome: outcome.map(Outcome::as_str),
             exit_status,
-            abort_requested: abort.map(str::to_string),
+            abort_requested: abort.map(|a| a.reason.clone()),
             agent_version: self.agent_version.clone(),
             hostname: self.hostname.clone(),
             frames: self.last_seq,

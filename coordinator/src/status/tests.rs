@@ -66,11 +66,15 @@ fn done(stage: u16, attempt: u32, outcome: Outcome) -> Event {
 }
 
 fn at(t: &Ticket, f: &[Frame], seen: Option<u64>, abort: Option<&str>, now: u64) -> RunStatus {
+    let abort = abort.map(|reason| AbortRequest {
+        reason: reason.into(),
+        at_ms: NOW,
+    });
     fold(Inputs {
         ticket: t,
         frames: f,
         last_seen_ms: seen,
-        abort,
+        abort: abort.as_ref(),
         now_ms: now,
         corrupt: None,
     })
@@ -85,6 +89,47 @@ fn pending_expires_or_aborts() {
     assert_eq!((s.state, s.exit_status), (RunState::Expired, Some(3)));
     let s = at(&t, &[], None, Some("no"), NOW);
     assert_eq!((s.state, s.exit_status), (RunState::Aborted, Some(1)));
+}
+
+#[test]
+fn an_aborted_run_whose_agent_never_returns_ends_aborted_after_the_grace() {
+    let t = ticket();
+    let f = frames(vec![
+        claim(),
+        Event::StageStarted {
+            stage: 0,
+            attempt: 1,
+        },
+    ]);
+    // The abort was requested at NOW, the last batch came at NOW.
+    let s = at(&t, &f, Some(NOW), Some("stop"), NOW + ABORT_GRACE_MS);
+    assert_eq!((s.state, s.exit_status), (RunState::Running, None));
+    let s = at(&t, &f, Some(NOW), Some("stop"), NOW + ABORT_GRACE_MS + 1);
+    assert_eq!((s.state, s.exit_status), (RunState::Aborted, Some(1)));
+    assert_eq!(s.outcome, None, "no outcome: the agent never reported one");
+    assert_eq!(s.stages[0].outcome, "lost");
+    assert_eq!(s.abort_requested.as_deref(), Some("stop"));
+    // An agent still sending after the request gets the grace from its last batch.
+    let later = NOW + 10 * ABORT_GRACE_MS;
+    let s = at(&t, &f, Some(later), Some("stop"), later + ABORT_GRACE_MS);
+    assert_eq!(s.state, RunState::Running);
+    // A run quiet long before the request is stale until the grace has passed.
+    let abort = AbortRequest {
+        reason: "stop".into(),
+        at_ms: later,
+    };
+    let s = fold(Inputs {
+        ticket: &t,
+        frames: &f,
+        last_seen_ms: Some(NOW),
+        abort: Some(&abort),
+        now_ms: later + 1,
+        corrupt: None,
+    });
+    assert_eq!(s.state, RunState::Stale);
+    // Without an abort request, a quiet run stays stale: it may come back.
+    let s = at(&t, &f, Some(NOW), None, later);
+    assert_eq!(s.state, RunState::Stale);
 }
 
 #[test]

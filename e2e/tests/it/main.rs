@@ -15,6 +15,7 @@ mod netboot;
 mod offline;
 mod qemu;
 mod quickstart;
+mod race;
 mod runs;
 mod server;
 mod ssh;

@@ -6,6 +6,7 @@ use kiln_protocol::{
 };
 use std::path::{Path, PathBuf};
 
+mod abort;
 mod cli;
 mod corrupt;
 mod full_disk;

@@ -314,7 +314,10 @@ fn a_bad_later_batch_stores_nothing_and_a_good_bundle_still_imports() {
     assert_eq!(v["state"], "finished", "{}", show.stdout);
 }
 
-/// A bundle's later batches are checked against what an earlier import stored.
+/// A bundle's frames are checked against what an earlier import stored, and a
+/// later batch's resend against what the bundle's earlier batches hold: every batch
+/// here is well formed (consecutive seqs from 1, the same key), so only those
+/// comparisons can refuse them.
 #[test]
 fn a_bundle_that_would_refork_a_stored_run_is_refused_whole() {
     let (d, state) = keyed_state();
@@ -329,19 +332,68 @@ fn a_bundle_that_would_refork_a_stored_run_is_refused_whole() {
     let o = import(&state, d.path(), "first.kres", &first);
     assert_eq!(o.code, 0, "{}", o.stderr);
     let once = snapshot(&state);
-    // Same key, a batch that restarts at seq 1 with different frames and runs on.
+    // Same key, restarting at seq 1 with another frame 2, then running on.
     let fork = crafted(
         &state,
         run,
-        vec![
-            vec![frame(1, r.claim()), frame(2, hello()), frame(3, hello())],
-            vec![frame(4, hello()), frame(3, hello())],
-        ],
+        vec![vec![
+            frame(1, r.claim()),
+            frame(2, log(0, "another history")),
+            frame(3, hello()),
+            frame(4, hello()),
+        ]],
         &r,
     );
     let o = import(&state, d.path(), "fork.kres", &fork);
     assert_ne!(o.code, 0, "{}", o.stdout);
+    assert!(
+        o.stderr
+            .contains("conflicting resend: seq 2 differs from the stored frame"),
+        "{}",
+        o.stderr
+    );
     assert_eq!(snapshot(&state), once, "a refused bundle changed the run");
+    // Within one bundle: batch 3 resends seq 3 of batch 2 with other content.
+    let inner = crafted(
+        &state,
+        run,
+        vec![
+            vec![frame(1, r.claim()), frame(2, hello())],
+            vec![frame(3, hello()), frame(4, hello())],
+            vec![
+                frame(3, log(1, "not what batch 2 said")),
+                frame(4, hello()),
+                frame(5, hello()),
+            ],
+        ],
+        &r,
+    );
+    let o = import(&state, d.path(), "inner.kres", &inner);
+    assert_ne!(o.code, 0, "{}", o.stdout);
+    assert!(
+        o.stderr
+            .contains("batch 3: conflicting resend: seq 3 differs from the stored frame"),
+        "{}",
+        o.stderr
+    );
+    assert_eq!(snapshot(&state), once, "a refused bundle changed the run");
+    // The same bundle with faithful resends imports, and adds only the new frames.
+    let good = crafted(
+        &state,
+        run,
+        vec![
+            vec![frame(1, r.claim()), frame(2, hello())],
+            vec![frame(3, hello()), frame(4, hello())],
+            vec![frame(3, hello()), frame(4, hello()), frame(5, hello())],
+        ],
+        &r,
+    );
+    let o = import(&state, d.path(), "good.kres", &good);
+    assert_eq!(o.code, 0, "{}", o.stderr);
+    let v: serde_json::Value =
+        serde_json::from_str(&kc(&state, &["run", "show", &run.to_string(), "--json"]).stdout)
+            .expect("json");
+    assert_eq!(v["frames"], 5);
 }
 
 /// Drops the run id, every clock field (`*_ms`, `*_at`) and the claim record (its

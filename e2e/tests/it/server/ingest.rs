@@ -267,3 +267,34 @@ fn acks_are_signed_for_the_run_and_its_claimant() {
         assert!(kiln_protocol::Ack::open(&a.body, &coordinator, &other).is_err());
     }
 }
+
+/// A resend whose frames differ from the stored ones is refused whole over HTTP, and
+/// the agent's faithful resend still goes through.
+#[test]
+fn a_resend_that_differs_from_the_stored_frames_is_refused() {
+    let (_d, state) = keyed_state();
+    let run = issue(&state);
+    let c = Coordinator::start(&state);
+    let mut r = Reporter::new(run);
+    let claim = r.claim();
+    let first = r.frames(vec![claim, log(0, "one"), log(0, "two")]);
+    assert_eq!(ack(&c.url, &run, &r.seal(first.clone())).upto, 3);
+    let events = state.join("runs").join(run.to_string()).join("events.log");
+    let stored = std::fs::read(&events).expect("events.log");
+    // Seq 3 again, other text, plus a new seq 4.
+    let mut forked = first[1..].to_vec();
+    forked[1].event = log(0, "not two");
+    forked.extend(r.clone_frames(vec![log(0, "three")]));
+    let a = post_batch(&c.url, &run, &r.seal(forked));
+    assert_eq!(a.status, 409, "{}", a.text());
+    assert_eq!(
+        a.text().trim(),
+        "conflicting resend: seq 3 differs from the stored frame"
+    );
+    assert_eq!(std::fs::read(&events).expect("events.log"), stored);
+    let mut faithful = first[1..].to_vec();
+    faithful.extend(r.frames(vec![log(0, "three")]));
+    assert_eq!(ack(&c.url, &run, &r.seal(faithful)).upto, 4);
+    let o = kc(&state, &["run", "logs", &run.to_string()]);
+    assert_eq!(o.stdout, "[build] one\n[build] two\n[build] three\n");
+}
