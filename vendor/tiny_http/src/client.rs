@@ -2,15 +2,26 @@ use ascii::AsciiString;
 
 use std::io::Error as IoError;
 use std::io::Result as IoResult;
-use std::io::{BufReader, BufWriter, ErrorKind, Read};
+use std::io::{BufRead, BufReader, BufWriter, ErrorKind, Read, Write};
 
 use std::net::SocketAddr;
 use std::str::FromStr;
+use std::sync::atomic::Ordering;
+use std::time::{Duration, Instant};
 
 use crate::common::{HTTPVersion, Method};
 use crate::util::RefinedTcpStream;
-use crate::util::{SequentialReader, SequentialReaderBuilder, SequentialWriterBuilder};
-use crate::Request;
+use crate::util::{SequentialReader, SequentialReaderBuilder, SequentialWriterBuilder, Unread};
+use crate::{ConnectionLimits, Request};
+
+/// At most this much of a body a handler left unread is read and thrown away to keep
+/// the connection; beyond it the connection is closed.
+const MAX_DISCARD: u64 = 64 * 1024;
+/// After an error response that leaves input unread, the connection's sending side is
+/// closed and input is read and thrown away for up to this long (or this many bytes)
+/// before the socket is closed, so the client sees the response rather than a reset.
+const LINGER: Duration = Duration::from_secs(2);
+const LINGER_BYTES: usize = 256 * 1024;
 
 /// A ClientConnection is an object that will store a socket to a client
 /// and return Request objects.
@@ -34,6 +45,12 @@ pub struct ClientConnection {
 
     // true if the connection goes through SSL
     secure: bool,
+
+    // caps and timeouts
+    limits: ConnectionLimits,
+
+    // how much of the previous request's body its handler left unread
+    unread: Unread,
 }
 
 /// Error that can happen when reading a request.
@@ -44,6 +61,30 @@ enum ReadError {
     /// the client sent an unrecognized `Expect` header
     ExpectationFailed(HTTPVersion),
     ReadIoError(IoError),
+    /// the request line is longer than `ConnectionLimits::max_request_line` (414)
+    RequestLineTooLong,
+    /// the header lines are longer than `ConnectionLimits::max_header_bytes` (431)
+    HeadersTooLarge(HTTPVersion),
+    /// the header did not arrive within `ConnectionLimits::header_timeout` (408)
+    HeaderTimeout,
+    /// no new request within `ConnectionLimits::idle_timeout`, or the client closed:
+    /// close without an answer
+    Idle,
+    /// the previous request left a body unread that cannot be skipped: close
+    /// (its response has been sent)
+    BodyLeftUnread,
+}
+
+/// Why a line could not be read.
+enum LineError {
+    TooLong,
+    TimedOut,
+    Io(IoError),
+}
+
+/// A read timed out (`SO_RCVTIMEO` shows as `WouldBlock` on Unix, `TimedOut` elsewhere).
+fn is_timeout(e: &IoError) -> bool {
+    matches!(e.kind(), ErrorKind::WouldBlock | ErrorKind::TimedOut)
 }
 
 impl ClientConnection {
@@ -51,6 +92,7 @@ impl ClientConnection {
     pub fn new(
         write_socket: RefinedTcpStream,
         mut read_socket: RefinedTcpStream,
+        limits: ConnectionLimits,
     ) -> ClientConnection {
         let remote_addr = read_socket.peer_addr();
         let secure = read_socket.secure();
@@ -65,6 +107,8 @@ impl ClientConnection {
             next_header_source: first_header,
             no_more_requests: false,
             secure,
+            limits,
+            unread: Unread::default(),
         }
     }
 
@@ -76,38 +120,158 @@ impl ClientConnection {
     /// Reads the next line from self.next_header_source.
     ///
     /// Reads until `CRLF` is reached. The next read will start
-    ///  at the first byte of the new line.
-    fn read_next_line(&mut self) -> IoResult<AsciiString> {
+    ///  at the first byte of the new line. A line longer than `max` bytes (without
+    ///  its `CRLF`) is refused as soon as that is known, before more is buffered;
+    ///  `deadline` is checked between reads.
+    fn read_next_line(
+        &mut self,
+        max: usize,
+        deadline: Option<Instant>,
+    ) -> Result<AsciiString, LineError> {
         let mut buf = Vec::new();
         let mut prev_byte_was_cr = false;
 
         loop {
+            if deadline.is_some_and(|d| Instant::now() >= d) {
+                return Err(LineError::TimedOut);
+            }
             let byte = self.next_header_source.by_ref().bytes().next();
 
             let byte = match byte {
-                Some(b) => b?,
-                None => return Err(IoError::new(ErrorKind::ConnectionAborted, "Unexpected EOF")),
+                Some(Ok(b)) => b,
+                Some(Err(e)) if is_timeout(&e) => return Err(LineError::TimedOut),
+                Some(Err(e)) => return Err(LineError::Io(e)),
+                None => {
+                    return Err(LineError::Io(IoError::new(
+                        ErrorKind::ConnectionAborted,
+                        "Unexpected EOF",
+                    )))
+                }
             };
 
             if byte == b'\n' && prev_byte_was_cr {
                 buf.pop(); // removing the '\r'
-                return AsciiString::from_ascii(buf)
-                    .map_err(|_| IoError::new(ErrorKind::InvalidInput, "Header is not in ASCII"));
+                return AsciiString::from_ascii(buf).map_err(|_| {
+                    LineError::Io(IoError::new(ErrorKind::InvalidInput, "Header is not in ASCII"))
+                });
             }
 
             prev_byte_was_cr = byte == b'\r';
 
+            // one byte more than `max` may be the '\r' of the CRLF
+            if buf.len() > max || (buf.len() == max && !prev_byte_was_cr) {
+                return Err(LineError::TooLong);
+            }
             buf.push(byte);
+        }
+    }
+
+    /// Gets ready for the next request: waits until the previous request's body is
+    /// done with, skips what its handler left unread (a little) or gives up on the
+    /// connection (more), then waits at most the idle timeout for the first byte.
+    fn prepare_next(&mut self) -> Result<(), ReadError> {
+        let limits = self.limits.clone();
+        let unread = self.unread.clone();
+        let reader = match self.next_header_source.wait_turn() {
+            Some(r) => r,
+            None => return Err(ReadError::Idle),
+        };
+        let left = unread.swap(0, Ordering::AcqRel);
+        if left > MAX_DISCARD {
+            return Err(ReadError::BodyLeftUnread);
+        }
+        if left > 0 {
+            let deadline = limits.header_timeout.map(|t| Instant::now() + t);
+            let mut rest = left as usize;
+            let mut scratch = [0u8; 4096];
+            while rest > 0 {
+                if deadline.is_some_and(|d| Instant::now() >= d) {
+                    return Err(ReadError::BodyLeftUnread);
+                }
+                let want = rest.min(scratch.len());
+                match reader.read(&mut scratch[..want]) {
+                    Ok(0) | Err(_) => return Err(ReadError::BodyLeftUnread),
+                    Ok(n) => rest -= n,
+                }
+            }
+        }
+        if let Some(idle) = limits.idle_timeout {
+            if reader.buffer().is_empty() {
+                reader.get_mut().set_read_timeout(Some(idle)).ok();
+                let first = reader.fill_buf().map(|b| b.is_empty());
+                reader.get_mut().set_read_timeout(limits.read_timeout).ok();
+                match first {
+                    Ok(false) => {}
+                    Ok(true) => return Err(ReadError::Idle),
+                    Err(e) if is_timeout(&e) => return Err(ReadError::Idle),
+                    Err(e) => return Err(ReadError::ReadIoError(e)),
+                }
+            }
+        }
+        Ok(())
+    }
+
+    /// Answers `response` with `Connection: close`, then closes the connection
+    /// gracefully (see [`LINGER`]).
+    fn refuse_and_close(&mut self, status: u16, version: HTTPVersion) {
+        use crate::{Header, Response, StatusCode};
+        let mut writer = self.sink.next().unwrap();
+        let response = Response::new_empty(StatusCode(status))
+            .with_header(Header::from_bytes(&b"Connection"[..], &b"close"[..]).unwrap());
+        if response
+            .raw_print(&mut writer, version, &[], false, None)
+            .and_then(|_| writer.flush())
+            .is_ok()
+        {
+            drop(writer);
+            self.linger();
+        }
+    }
+
+    /// Closes the sending side, then reads and throws away what the client still sends
+    /// for a moment, so that closing the socket does not reset the connection before
+    /// the client has read the response.
+    fn linger(&mut self) {
+        // wait until every response before has been written, and flush
+        if let Some(mut w) = self.sink.next() {
+            if w.flush().is_err() {
+                return;
+            }
+        }
+        let reader = match self.next_header_source.wait_turn() {
+            Some(r) => r,
+            None => return,
+        };
+        if reader.get_mut().shutdown_write().is_err() {
+            return;
+        }
+        reader.get_mut().set_read_timeout(Some(LINGER)).ok();
+        let deadline = Instant::now() + LINGER;
+        let mut scratch = [0u8; 4096];
+        let mut thrown = 0;
+        while thrown < LINGER_BYTES && Instant::now() < deadline {
+            match reader.read(&mut scratch) {
+                Ok(0) | Err(_) => break,
+                Ok(n) => thrown += n,
+            }
         }
     }
 
     /// Reads a request from the stream.
     /// Blocks until the header has been read.
     fn read(&mut self) -> Result<Request, ReadError> {
+        self.prepare_next()?;
+        let deadline = self.limits.header_timeout.map(|t| Instant::now() + t);
         let (method, path, version, headers) = {
             // reading the request line
             let (method, path, version) = {
-                let line = self.read_next_line().map_err(ReadError::ReadIoError)?;
+                let line = self
+                    .read_next_line(self.limits.max_request_line, deadline)
+                    .map_err(|e| match e {
+                        LineError::TooLong => ReadError::RequestLineTooLong,
+                        LineError::TimedOut => ReadError::HeaderTimeout,
+                        LineError::Io(e) => ReadError::ReadIoError(e),
+                    })?;
 
                 parse_request_line(
                     line.as_str().trim(), // TODO: remove this conversion
@@ -117,12 +281,21 @@ impl ClientConnection {
             // getting all headers
             let headers = {
                 let mut headers = Vec::new();
+                // every header line counts with its CRLF
+                let mut budget = self.limits.max_header_bytes;
                 loop {
-                    let line = self.read_next_line().map_err(ReadError::ReadIoError)?;
+                    let line = self
+                        .read_next_line(budget.saturating_sub(2), deadline)
+                        .map_err(|e| match e {
+                            LineError::TooLong => ReadError::HeadersTooLarge(version.clone()),
+                            LineError::TimedOut => ReadError::HeaderTimeout,
+                            LineError::Io(e) => ReadError::ReadIoError(e),
+                        })?;
 
                     if line.is_empty() {
                         break;
                     };
+                    budget = budget.saturating_sub(line.len() + 2);
                     headers.push(match FromStr::from_str(line.as_str().trim()) {
                         // TODO: remove this conversion
                         Ok(h) => h,
@@ -150,9 +323,10 @@ impl ClientConnection {
             path,
             version.clone(),
             headers,
-            *self.remote_addr.as_ref().unwrap(),
+            self.remote_addr.as_ref().ok().copied().flatten(),
             data_source,
             writer,
+            self.unread.clone(),
         )
         .map_err(|e| {
             use crate::request;
@@ -183,6 +357,11 @@ impl Iterator for ClientConnection {
             return None;
         }
 
+        // the client is already gone (its address cannot be read)
+        if self.remote_addr.is_err() {
+            return None;
+        }
+
         loop {
             let rq = match self.read() {
                 Err(ReadError::WrongRequestLine) => {
@@ -203,15 +382,34 @@ impl Iterator for ClientConnection {
                                  // se we have to close
                 }
 
-                Err(ReadError::ReadIoError(ref err)) if err.kind() == ErrorKind::TimedOut => {
+                Err(ReadError::HeaderTimeout) => {
                     // request timeout
-                    let writer = self.sink.next().unwrap();
-                    let response = Response::new_empty(StatusCode(408));
-                    response
-                        .raw_print(writer, HTTPVersion(1, 1), &[], false, None)
-                        .ok();
+                    self.refuse_and_close(408, HTTPVersion(1, 1));
                     return None; // closing the connection
                 }
+
+                Err(ReadError::ReadIoError(ref err)) if is_timeout(err) => {
+                    // request timeout
+                    self.refuse_and_close(408, HTTPVersion(1, 1));
+                    return None; // closing the connection
+                }
+
+                Err(ReadError::RequestLineTooLong) => {
+                    self.refuse_and_close(414, HTTPVersion(1, 1));
+                    return None;
+                }
+
+                Err(ReadError::HeadersTooLarge(ver)) => {
+                    self.refuse_and_close(431, ver);
+                    return None;
+                }
+
+                Err(ReadError::BodyLeftUnread) => {
+                    self.linger();
+                    return None;
+                }
+
+                Err(ReadError::Idle) => return None,
 
                 Err(ReadError::ExpectationFailed(ver)) => {
                     let writer = self.sink.next().unwrap();

@@ -99,8 +99,9 @@ use std::io::Error as IoError;
 use std::io::ErrorKind as IoErrorKind;
 use std::io::Result as IoResult;
 use std::net::{Shutdown, TcpStream, ToSocketAddrs};
-use std::sync::atomic::AtomicBool;
+use std::io::Write;
 use std::sync::atomic::Ordering::Relaxed;
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::mpsc;
 use std::sync::Arc;
 use std::thread;
@@ -140,6 +141,9 @@ pub struct Server {
 
     // result of TcpListener::local_addr()
     listening_addr: ListenAddr,
+
+    // connections open now
+    open: Arc<AtomicUsize>,
 }
 
 enum Message {
@@ -161,6 +165,7 @@ impl From<Request> for Message {
 
 // this trait is to make sure that Server implements Share and Send
 #[doc(hidden)]
+#[allow(dead_code)]
 trait MustBeShareDummy: Sync + Send {}
 #[doc(hidden)]
 impl MustBeShareDummy for Server {}
@@ -177,6 +182,67 @@ pub struct ServerConfig {
 
     /// If `Some`, then the server will use SSL to encode the communications.
     pub ssl: Option<SslConfig>,
+}
+
+/// Caps and timeouts applied to every connection (see [`Server::from_listener_with_limits`]).
+///
+/// The default caps the request line at 8 KiB (longer: `414 URI Too Long`) and the
+/// header lines at 16 KiB together (more: `431 Request Header Fields Too Large`), both
+/// enforced while reading, before more is buffered; after either answer the connection
+/// is closed. It sets no connection cap and no timeouts, as upstream tiny_http.
+#[derive(Debug, Clone)]
+pub struct ConnectionLimits {
+    /// Longest request line, bytes (without its CRLF).
+    pub max_request_line: usize,
+    /// Most bytes all header lines of one request may take (each with its CRLF).
+    pub max_header_bytes: usize,
+    /// Most connections open at once. Beyond it a new connection is answered
+    /// `503 Service Unavailable` (best effort, without reading it) and closed at once,
+    /// while the open ones keep being served.
+    pub max_connections: Option<usize>,
+    /// Socket read timeout (`SO_RCVTIMEO`) for headers and bodies: a read that waits
+    /// longer fails (`WouldBlock`/`TimedOut`); while reading a header that is a `408`.
+    pub read_timeout: Option<Duration>,
+    /// The request line and headers must arrive within this long of their first byte
+    /// (checked between reads), else `408 Request Timeout` and the connection closes.
+    pub header_timeout: Option<Duration>,
+    /// A connection with no request under way is closed, without an answer, after
+    /// this long without a byte (before its first request too).
+    pub idle_timeout: Option<Duration>,
+}
+
+impl Default for ConnectionLimits {
+    fn default() -> Self {
+        ConnectionLimits {
+            max_request_line: 8 * 1024,
+            max_header_bytes: 16 * 1024,
+            max_connections: None,
+            read_timeout: None,
+            header_timeout: None,
+            idle_timeout: None,
+        }
+    }
+}
+
+/// The wait after the `n`th accept error in a row: 5 ms doubling up to 1 s (as Go's
+/// net/http does).
+fn accept_backoff(previous: Duration) -> Duration {
+    if previous.is_zero() {
+        Duration::from_millis(5)
+    } else {
+        (previous * 2).min(Duration::from_secs(1))
+    }
+}
+
+/// Answers a connection over the cap `503` (if the socket takes it at once) and closes it.
+fn refuse_busy(sock: Connection) {
+    if sock.set_nonblocking(true).is_ok() {
+        let mut sock = sock;
+        let _ = sock.write_all(
+            b"HTTP/1.1 503 Service Unavailable\r\nConnection: close\r\n\
+              Content-Length: 0\r\nRetry-After: 1\r\n\r\n",
+        );
+    }
 }
 
 /// Configuration of the server for SSL.
@@ -243,6 +309,18 @@ impl Server {
         listener: L,
         ssl_config: Option<SslConfig>,
     ) -> Result<Server, Box<dyn Error + Send + Sync + 'static>> {
+        Self::from_listener_with_limits(listener, ssl_config, ConnectionLimits::default())
+    }
+
+    /// [`Server::from_listener`] with explicit caps and timeouts for every connection.
+    ///
+    /// Building the listener yourself also lets you pick its listen backlog (the
+    /// standard library's `TcpListener::bind` uses 128).
+    pub fn from_listener_with_limits<L: Into<Listener>>(
+        listener: L,
+        ssl_config: Option<SslConfig>,
+        limits: ConnectionLimits,
+    ) -> Result<Server, Box<dyn Error + Send + Sync + 'static>> {
         let listener = listener.into();
         // building the "close" variable
         let close_trigger = Arc::new(AtomicBool::new(false));
@@ -285,64 +363,103 @@ impl Server {
 
         let inside_close_trigger = close_trigger.clone();
         let inside_messages = messages.clone();
+        let open = Arc::new(AtomicUsize::new(0));
+        let inside_open = open.clone();
         thread::spawn(move || {
             // a tasks pool is used to dispatch the connections into threads
             let tasks_pool = util::TaskPool::new();
+            // An accept error (out of file descriptors, memory, a connection aborted
+            // before it was accepted...) is waited out and retried, never the end of
+            // the loop: the listener must outlive any passing shortage.
+            let mut backoff = Duration::ZERO;
+            let mut at_cap = false;
 
             log::debug!("Running accept thread");
             while !inside_close_trigger.load(Relaxed) {
-                let new_client = match server.accept() {
-                    Ok((sock, _)) => {
-                        use util::RefinedTcpStream;
-                        let (read_closable, write_closable) = match ssl {
-                            None => RefinedTcpStream::new(sock),
-                            #[cfg(any(feature = "ssl-openssl", feature = "ssl-rustls"))]
-                            Some(ref ssl) => {
-                                // trying to apply SSL over the connection
-                                // if an error occurs, we just close the socket and resume listening
-                                let sock = match ssl.accept(sock) {
-                                    Ok(s) => s,
-                                    Err(_) => continue,
-                                };
-
-                                RefinedTcpStream::new(sock)
-                            }
-                            #[cfg(not(any(feature = "ssl-openssl", feature = "ssl-rustls")))]
-                            Some(ref _ssl) => unreachable!(),
-                        };
-
-                        Ok(ClientConnection::new(write_closable, read_closable))
+                let failed = |backoff: &mut Duration, what: &str, e: &dyn std::fmt::Display| {
+                    *backoff = accept_backoff(*backoff);
+                    log::error!("{}: {}; retrying in {:?}", what, e, backoff);
+                    thread::sleep(*backoff);
+                };
+                let sock = match server.accept() {
+                    Ok((sock, _)) => sock,
+                    Err(e) => {
+                        if inside_close_trigger.load(Relaxed) {
+                            break;
+                        }
+                        failed(&mut backoff, "Error accepting new client", &e);
+                        continue;
                     }
-                    Err(e) => Err(e),
                 };
 
-                match new_client {
-                    Ok(client) => {
-                        let messages = inside_messages.clone();
-                        let mut client = Some(client);
-                        tasks_pool.spawn(Box::new(move || {
-                            if let Some(client) = client.take() {
-                                // Synchronization is needed for HTTPS requests to avoid a deadlock
-                                if client.secure() {
-                                    let (sender, receiver) = mpsc::channel();
-                                    for rq in client {
-                                        messages.push(rq.with_notify_sender(sender.clone()).into());
-                                        receiver.recv().unwrap();
-                                    }
-                                } else {
-                                    for rq in client {
-                                        messages.push(rq.into());
-                                    }
-                                }
-                            }
-                        }));
+                if let Some(max) = limits.max_connections {
+                    if inside_open.load(Ordering::Acquire) >= max {
+                        if !at_cap {
+                            log::warn!("{} connections open: refusing new ones", max);
+                            at_cap = true;
+                        }
+                        refuse_busy(sock);
+                        continue;
                     }
+                    if at_cap {
+                        log::info!("below {} connections again: accepting", max);
+                        at_cap = false;
+                    }
+                }
+                let count = util::refined_tcp_stream::ConnectionCount::new(inside_open.clone());
+                if let Err(e) = sock.set_read_timeout(limits.read_timeout) {
+                    log::debug!("Error setting a read timeout: {}", e);
+                    continue;
+                }
 
-                    Err(e) => {
-                        log::error!("Error accepting new client: {}", e);
-                        inside_messages.push(e.into());
-                        break;
+                use util::RefinedTcpStream;
+                let streams = match ssl {
+                    None => RefinedTcpStream::new(sock, Some(count)),
+                    #[cfg(any(feature = "ssl-openssl", feature = "ssl-rustls"))]
+                    Some(ref ssl) => {
+                        // trying to apply SSL over the connection
+                        // if an error occurs, we just close the socket and resume listening
+                        let sock = match ssl.accept(sock) {
+                            Ok(s) => s,
+                            Err(_) => continue,
+                        };
+
+                        RefinedTcpStream::new(sock, Some(count))
                     }
+                    #[cfg(not(any(feature = "ssl-openssl", feature = "ssl-rustls")))]
+                    Some(ref _ssl) => unreachable!(),
+                };
+                let (read_closable, write_closable) = match streams {
+                    Ok(s) => s,
+                    Err(e) => {
+                        // e.g. no file descriptor left to duplicate the socket
+                        failed(&mut backoff, "Error setting up a new client", &e);
+                        continue;
+                    }
+                };
+                let client = ClientConnection::new(write_closable, read_closable, limits.clone());
+
+                let messages = inside_messages.clone();
+                let mut client = Some(client);
+                let spawned = tasks_pool.spawn(Box::new(move || {
+                    if let Some(client) = client.take() {
+                        // Synchronization is needed for HTTPS requests to avoid a deadlock
+                        if client.secure() {
+                            let (sender, receiver) = mpsc::channel();
+                            for rq in client {
+                                messages.push(rq.with_notify_sender(sender.clone()).into());
+                                receiver.recv().unwrap();
+                            }
+                        } else {
+                            for rq in client {
+                                messages.push(rq.into());
+                            }
+                        }
+                    }
+                }));
+                match spawned {
+                    Ok(()) => backoff = Duration::ZERO,
+                    Err(e) => failed(&mut backoff, "Error starting a client thread", &e),
                 }
             }
             log::debug!("Terminating accept thread");
@@ -353,6 +470,7 @@ impl Server {
             messages,
             close: close_trigger,
             listening_addr: local_addr,
+            open,
         })
     }
 
@@ -372,8 +490,7 @@ impl Server {
 
     /// Returns the number of clients currently connected to the server.
     pub fn num_connections(&self) -> usize {
-        unimplemented!()
-        //self.requests_receiver.lock().len()
+        self.open.load(Ordering::Acquire)
     }
 
     /// Blocks until an HTTP request has been submitted and returns it.

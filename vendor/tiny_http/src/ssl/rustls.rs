@@ -29,6 +29,17 @@ impl RustlsStream {
             .sock
             .shutdown(how)
     }
+
+    pub(crate) fn set_read_timeout(
+        &mut self,
+        t: Option<std::time::Duration>,
+    ) -> std::io::Result<()> {
+        self.0
+            .lock()
+            .expect("Failed to lock SSL stream mutex")
+            .sock
+            .set_read_timeout(t)
+    }
 }
 
 impl Clone for RustlsStream {
