@@ -57,6 +57,17 @@ pub struct ServeCmd {
     /// KILN_RUN_ARTIFACT_QUOTA)
     #[argh(option)]
     pub upload_quota: Option<String>,
+    /// most connections open at once; more are answered 503 and closed (default
+    /// 4096, less if the open-file limit is lower)
+    #[argh(option)]
+    pub max_connections: Option<usize>,
+    /// seconds one read of a request's header or body may wait, and a header may take
+    /// in all (default 30)
+    #[argh(option)]
+    pub read_timeout: Option<u64>,
+    /// seconds an idle keep-alive connection stays open (default 60)
+    #[argh(option)]
+    pub idle_timeout: Option<u64>,
 }
 
 /// Print the public key and its fingerprint.

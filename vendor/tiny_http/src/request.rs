@@ -74,6 +74,9 @@ pub struct Request {
 
     // If Some, a message must be sent after responding
     notify_when_responded: Option<Sender<()>>,
+
+    // how much of the body is left unread once this request is dropped
+    unread: Unread,
 }
 
 struct NotifyOnDrop<R> {
@@ -216,7 +219,7 @@ where
 
             Box::new(Cursor::new(buffer)) as Box<dyn Read + Send + 'static>
         } else {
-            let data_reader = EqualReader::new(source_data, content_length, unread);
+            let data_reader = EqualReader::new(source_data, content_length, unread.clone());
             Box::new(FusedReader::new(data_reader)) as Box<dyn Read + Send + 'static>
         }
     } else if transfer_encoding.is_some() {
@@ -224,7 +227,7 @@ where
         // over the message (RFC2616 #3.6)
         Box::new(UntilEof::new(
             FusedReader::new(Decoder::new(source_data)),
-            unread,
+            unread.clone(),
         )) as Box<dyn Read + Send + 'static>
     } else {
         // if we have neither a Content-Length nor a Transfer-Encoding,
@@ -245,6 +248,7 @@ where
         body_length: content_length,
         must_send_continue: expects_continue,
         notify_when_responded: None,
+        unread,
     })
 }
 
@@ -500,6 +504,13 @@ impl Drop for Request {
             if let Some(sender) = self.notify_when_responded.take() {
                 sender.send(()).unwrap();
             }
+        }
+        // The client waited for `100 Continue` and got a final answer instead: it may
+        // or may not send its body now, so the connection cannot be reused.
+        // (Stored before the body reader hands the connection on.)
+        if self.must_send_continue && self.body_length != Some(0) {
+            self.unread
+                .store(crate::util::UNREAD_UNKNOWN, std::sync::atomic::Ordering::Release);
         }
     }
 }

@@ -10,6 +10,7 @@ use std::sync::Arc;
 /// discards a small rest or closes the connection; dropping a body reader never
 /// blocks the thread that drops it (upstream drained the rest in `Drop`, reading up
 /// to the client's `Content-Length` into one buffer of that size).
+/// Readers only raise the value (`fetch_max`); the connection's thread resets it.
 pub type Unread = Arc<AtomicU64>;
 
 /// An unknown amount is left (an unfinished chunked body, or a read failed).
@@ -82,7 +83,7 @@ where
         } else {
             self.size as u64
         };
-        self.unread.store(left, Ordering::Release);
+        self.unread.fetch_max(left, Ordering::AcqRel);
     }
 }
 
@@ -117,7 +118,7 @@ impl<R: Read> Read for UntilEof<R> {
 impl<R: Read> Drop for UntilEof<R> {
     fn drop(&mut self) {
         let left = if self.eof { 0 } else { UNREAD_UNKNOWN };
-        self.unread.store(left, Ordering::Release);
+        self.unread.fetch_max(left, Ordering::AcqRel);
     }
 }
 
@@ -180,7 +181,7 @@ mod tests {
         let mut r = UntilEof::new(Cursor::new(b"abc".to_vec()), unread.clone());
         r.read_exact(&mut [0; 2]).unwrap();
         drop(r);
-        assert_eq!(unread.load(Ordering::Acquire), UNREAD_UNKNOWN);
+        assert_eq!(unread.swap(0, Ordering::AcqRel), UNREAD_UNKNOWN);
 
         let mut r = UntilEof::new(Cursor::new(b"abc".to_vec()), unread.clone());
         r.read_to_end(&mut Vec::new()).unwrap();
