@@ -8,6 +8,7 @@ use std::path::{Path, PathBuf};
 
 mod cli;
 mod fuzz;
+mod hostile;
 mod import;
 mod ingest;
 mod limits;

@@ -11,17 +11,18 @@ use std::time::{Duration, Instant};
 
 use crate::common::{HTTPVersion, Method};
 use crate::util::RefinedTcpStream;
-use crate::util::{SequentialReader, SequentialReaderBuilder, SequentialWriterBuilder, Unread};
+use crate::util::{
+    SequentialReader, SequentialReaderBuilder, SequentialWriterBuilder, Unread, MAX_DISCARD,
+};
 use crate::{ConnectionLimits, Request};
 
-/// At most this much of a body a handler left unread is read and thrown away to keep
-/// the connection; beyond it the connection is closed.
-const MAX_DISCARD: u64 = 64 * 1024;
-/// After an error response that leaves input unread, the connection's sending side is
-/// closed and input is read and thrown away for up to this long (or this many bytes)
-/// before the socket is closed, so the client sees the response rather than a reset.
-const LINGER: Duration = Duration::from_secs(2);
-const LINGER_BYTES: usize = 256 * 1024;
+/// After a response that leaves input unread, the connection's sending side is
+/// closed and input is read and thrown away until the client closes too, a read
+/// waits [`LINGER_IDLE`], or [`LINGER_TOTAL`] passed, before the socket is closed:
+/// a client that writes its whole body before it reads sees the response rather than
+/// a reset. Only the connection's own thread waits.
+const LINGER_IDLE: Duration = Duration::from_secs(2);
+const LINGER_TOTAL: Duration = Duration::from_secs(30);
 
 /// A ClientConnection is an object that will store a socket to a client
 /// and return Request objects.
@@ -212,7 +213,7 @@ impl ClientConnection {
     }
 
     /// Answers `response` with `Connection: close`, then closes the connection
-    /// gracefully (see [`LINGER`]).
+    /// gracefully (see [`LINGER_IDLE`]).
     fn refuse_and_close(&mut self, status: u16, version: HTTPVersion) {
         use crate::{Header, Response, StatusCode};
         let mut writer = self.sink.next().unwrap();
@@ -245,14 +246,13 @@ impl ClientConnection {
         if reader.get_mut().shutdown_write().is_err() {
             return;
         }
-        reader.get_mut().set_read_timeout(Some(LINGER)).ok();
-        let deadline = Instant::now() + LINGER;
-        let mut scratch = [0u8; 4096];
-        let mut thrown = 0;
-        while thrown < LINGER_BYTES && Instant::now() < deadline {
+        reader.get_mut().set_read_timeout(Some(LINGER_IDLE)).ok();
+        let deadline = Instant::now() + LINGER_TOTAL;
+        let mut scratch = [0u8; 8192];
+        while Instant::now() < deadline {
             match reader.read(&mut scratch) {
                 Ok(0) | Err(_) => break,
-                Ok(n) => thrown += n,
+                Ok(_) => {}
             }
         }
     }

@@ -7,7 +7,8 @@ use std::str::FromStr;
 
 use std::sync::mpsc::Sender;
 
-use crate::util::{EqualReader, FusedReader, Unread, UntilEof};
+use crate::util::{EqualReader, FusedReader, Unread, UntilEof, MAX_DISCARD, UNREAD_UNKNOWN};
+use std::sync::atomic::Ordering;
 use crate::{HTTPVersion, Header, Method, Response, StatusCode};
 use chunked_transfer::Decoder;
 
@@ -451,11 +452,22 @@ impl Request {
         res
     }
 
-    fn respond_impl<R>(&mut self, response: Response<R>) -> Result<(), IoError>
+    fn respond_impl<R>(&mut self, mut response: Response<R>) -> Result<(), IoError>
     where
         R: Read,
     {
         let mut writer = self.extract_writer_impl();
+
+        // More of the body is unread than the connection's thread will skip: the
+        // connection ends after this response, and the client is told so.
+        let unread = if self.must_send_continue && self.body_length != Some(0) {
+            UNREAD_UNKNOWN
+        } else {
+            self.unread.load(Ordering::Acquire)
+        };
+        if unread > MAX_DISCARD {
+            response.add_header(Header::from_bytes(&b"Connection"[..], &b"close"[..]).unwrap());
+        }
 
         let do_not_send_body = self.method == Method::Head;
 
@@ -509,8 +521,7 @@ impl Drop for Request {
         // or may not send its body now, so the connection cannot be reused.
         // (Stored before the body reader hands the connection on.)
         if self.must_send_continue && self.body_length != Some(0) {
-            self.unread
-                .store(crate::util::UNREAD_UNKNOWN, std::sync::atomic::Ordering::Release);
+            self.unread.store(UNREAD_UNKNOWN, Ordering::Release);
         }
     }
 }

@@ -3,23 +3,27 @@ use std::io::Result as IoResult;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 
-/// How much of a request body was left unread on the socket when the handler let go
-/// of it: `0` (all read), a byte count, or [`UNREAD_UNKNOWN`].
+/// How much of the current request's body is still unread on the socket: `0` (all
+/// read), a byte count, or [`UNREAD_UNKNOWN`]. Body readers keep it up to date.
 ///
-/// The connection's own thread looks at it before reading the next request and
-/// discards a small rest or closes the connection; dropping a body reader never
-/// blocks the thread that drops it (upstream drained the rest in `Drop`, reading up
-/// to the client's `Content-Length` into one buffer of that size).
-/// Readers only raise the value (`fetch_max`); the connection's thread resets it.
+/// A response written while more than [`MAX_DISCARD`] is unread says
+/// `Connection: close`. The connection's own thread looks at it before reading the
+/// next request and discards a small rest, or closes the connection; dropping a body
+/// reader never blocks the thread that drops it (upstream drained the rest in `Drop`,
+/// reading up to the client's `Content-Length` into one buffer of that size).
 pub type Unread = Arc<AtomicU64>;
 
 /// An unknown amount is left (an unfinished chunked body, or a read failed).
 pub const UNREAD_UNKNOWN: u64 = u64::MAX;
 
+/// At most this much of a body a handler left unread is read and thrown away to keep
+/// the connection; beyond it the connection is closed.
+pub const MAX_DISCARD: u64 = 64 * 1024;
+
 /// A `Reader` that reads exactly the number of bytes from a sub-reader.
 ///
-/// If the limit is reached, it returns EOF. If the limit is not reached when it is
-/// dropped, the number of bytes left is stored in `unread`.
+/// If the limit is reached, it returns EOF. The number of bytes left is kept in
+/// `unread`.
 pub struct EqualReader<R>
 where
     R: Read,
@@ -35,6 +39,7 @@ where
     R: Read,
 {
     pub fn new(reader: R, size: usize, unread: Unread) -> EqualReader<R> {
+        unread.store(size as u64, Ordering::Release);
         EqualReader {
             reader,
             size,
@@ -62,28 +67,18 @@ where
         match self.reader.read(buf) {
             Ok(len) => {
                 self.size -= len;
+                if !self.failed {
+                    self.unread.store(self.size as u64, Ordering::Release);
+                }
                 Ok(len)
             }
             Err(e) => {
                 // A timed-out or failed read may have consumed part of the stream.
                 self.failed = true;
+                self.unread.store(UNREAD_UNKNOWN, Ordering::Release);
                 Err(e)
             }
         }
-    }
-}
-
-impl<R> Drop for EqualReader<R>
-where
-    R: Read,
-{
-    fn drop(&mut self) {
-        let left = if self.failed && self.size > 0 {
-            UNREAD_UNKNOWN
-        } else {
-            self.size as u64
-        };
-        self.unread.fetch_max(left, Ordering::AcqRel);
     }
 }
 
@@ -91,17 +86,13 @@ where
 /// unknown amount is left unread.
 pub struct UntilEof<R: Read> {
     reader: R,
-    eof: bool,
     unread: Unread,
 }
 
 impl<R: Read> UntilEof<R> {
     pub fn new(reader: R, unread: Unread) -> UntilEof<R> {
-        UntilEof {
-            reader,
-            eof: false,
-            unread,
-        }
+        unread.store(UNREAD_UNKNOWN, Ordering::Release);
+        UntilEof { reader, unread }
     }
 }
 
@@ -109,16 +100,9 @@ impl<R: Read> Read for UntilEof<R> {
     fn read(&mut self, buf: &mut [u8]) -> IoResult<usize> {
         let n = self.reader.read(buf)?;
         if n == 0 && !buf.is_empty() {
-            self.eof = true;
+            self.unread.store(0, Ordering::Release);
         }
         Ok(n)
-    }
-}
-
-impl<R: Read> Drop for UntilEof<R> {
-    fn drop(&mut self) {
-        let left = if self.eof { 0 } else { UNREAD_UNKNOWN };
-        self.unread.fetch_max(left, Ordering::AcqRel);
     }
 }
 
@@ -181,7 +165,7 @@ mod tests {
         let mut r = UntilEof::new(Cursor::new(b"abc".to_vec()), unread.clone());
         r.read_exact(&mut [0; 2]).unwrap();
         drop(r);
-        assert_eq!(unread.swap(0, Ordering::AcqRel), UNREAD_UNKNOWN);
+        assert_eq!(unread.load(Ordering::Acquire), UNREAD_UNKNOWN);
 
         let mut r = UntilEof::new(Cursor::new(b"abc".to_vec()), unread.clone());
         r.read_to_end(&mut Vec::new()).unwrap();
