@@ -314,10 +314,19 @@ fn read_some(s: &mut impl Read) -> usize {
 }
 
 /// Sends `head` announcing a body of `len` bytes, then one byte a second from
-/// another thread until `stop` (a body that would take `len` seconds).
-fn trickle(url: &str, head: String, len: usize, stop: Arc<AtomicBool>) {
+/// another thread until `stop` (a body that would take `len` seconds). With
+/// `refused`, first waits for the answer that needs no body (409, before any byte).
+fn trickle(url: &str, head: String, len: usize, refused: bool, stop: Arc<AtomicBool>) {
     let mut s = TcpStream::connect(addr(url)).unwrap();
     write!(s, "{head}Host: x\r\nContent-Length: {len}\r\n\r\n").unwrap();
+    if refused {
+        s.set_read_timeout(Some(ANSWER)).unwrap();
+        let mut line = String::new();
+        BufReader::new(&s)
+            .read_line(&mut line)
+            .unwrap_or_else(|e| panic!("no answer before the body ({e}): {head}"));
+        assert!(line.starts_with("HTTP/1.1 409"), "{head}: {line}");
+    }
     std::thread::spawn(move || {
         for _ in 0..len {
             if stop.load(Ordering::Relaxed) || s.write_all(b"x").is_err() {
@@ -349,20 +358,24 @@ fn slow_bodies_for_runs_in_every_state_do_not_stop_other_requests() {
 
     let stop = Arc::new(AtomicBool::new(false));
     let sha = Sha256::of(b"x");
-    // 40 slow clients (the server has 16 workers), each a body of 60 s or more.
-    for i in 0..40 {
-        let run = [pending, live, done][i % 3];
-        let (head, len) = if i % 2 == 0 {
-            (format!("POST /v1/runs/{run}/events HTTP/1.1\r\n"), 60)
-        } else {
-            (
-                format!("PUT /v1/runs/{run}/artifacts/{sha} HTTP/1.1\r\n"),
-                100_000,
-            )
-        };
-        trickle(&c.url, head, len, stop.clone());
+    let upload = |run: RunId| format!("PUT /v1/runs/{run}/artifacts/{sha} HTTP/1.1\r\n");
+    let events = |run: RunId| format!("POST /v1/runs/{run}/events HTTP/1.1\r\n");
+    // As many refused uploads as the server has workers (to pending and finished
+    // runs; a rest over and under what the server skips), each answered before its
+    // body and then trickling it anyway...
+    for i in 0..16 {
+        let run = if i % 2 == 0 { pending } else { done };
+        let len = if i % 4 < 2 { 100_000 } else { 5_000 };
+        trickle(&c.url, upload(run), len, true, stop.clone());
     }
-    // The last slow client's header is in before this request is sent.
+    // ...and bodies the server does read, slowly: batches for runs in every state,
+    // uploads for the live run.
+    for run in [pending, live, done, pending, live, done] {
+        trickle(&c.url, events(run), 2_000, false, stop.clone());
+    }
+    for _ in 0..6 {
+        trickle(&c.url, upload(live), 100_000, false, stop.clone());
+    }
     let t0 = Instant::now();
     let answer = boot_ipxe(&c.url);
     stop.store(true, Ordering::Relaxed);
