@@ -215,10 +215,10 @@ impl ClientConnection {
     /// Answers `response` with `Connection: close`, then closes the connection
     /// gracefully (see [`LINGER_IDLE`]).
     fn refuse_and_close(&mut self, status: u16, version: HTTPVersion) {
-        use crate::{Header, Response, StatusCode};
+        use crate::{Response, StatusCode};
         let mut writer = self.sink.next().unwrap();
-        let response = Response::new_empty(StatusCode(status))
-            .with_header(Header::from_bytes(&b"Connection"[..], &b"close"[..]).unwrap());
+        let mut response = Response::new_empty(StatusCode(status));
+        response.add_connection_close();
         if response
             .raw_print(&mut writer, version, &[], false, None)
             .and_then(|_| writer.flush())

@@ -120,6 +120,8 @@ pub use test::TestRequest;
 mod client;
 mod common;
 mod connection;
+#[cfg(test)]
+mod limits_tests;
 mod request;
 mod response;
 mod ssl;

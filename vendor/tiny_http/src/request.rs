@@ -466,7 +466,7 @@ impl Request {
             self.unread.load(Ordering::Acquire)
         };
         if unread > MAX_DISCARD {
-            response.add_header(Header::from_bytes(&b"Connection"[..], &b"close"[..]).unwrap());
+            response.add_connection_close();
         }
 
         let do_not_send_body = self.method == Method::Head;

@@ -246,6 +246,13 @@ where
         self.chunked_threshold.unwrap_or(32768)
     }
 
+    /// Adds `Connection: close` (which [`Response::add_header`] ignores): the server
+    /// closes the connection after this response.
+    pub(crate) fn add_connection_close(&mut self) {
+        self.headers
+            .push(Header::from_bytes(&b"Connection"[..], &b"close"[..]).unwrap());
+    }
+
     /// Adds a header to the list.
     /// Does all the checks.
     pub fn add_header<H>(&mut self, header: H)
