@@ -327,6 +327,7 @@ impl ClientConnection {
             data_source,
             writer,
             self.unread.clone(),
+            deadline,
         )
         .map_err(|e| {
             use crate::request;

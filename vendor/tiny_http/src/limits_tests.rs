@@ -157,6 +157,26 @@ fn a_header_sent_too_slowly_is_408() {
 }
 
 #[test]
+fn a_small_body_sent_too_slowly_is_408() {
+    let (_srv, addr) = serve(ConnectionLimits {
+        header_timeout: Some(Duration::from_millis(300)),
+        read_timeout: Some(Duration::from_millis(100)),
+        ..ConnectionLimits::default()
+    });
+    let mut s = connect(&addr);
+    // Bodies up to 1 KiB are read before the request is handed on: under the same
+    // deadline as the header.
+    write!(s.get_mut(), "POST /slow HTTP/1.1\r\nContent-Length: 100\r\n\r\n").unwrap();
+    for _ in 0..20 {
+        if s.get_mut().write_all(b"x").is_err() {
+            break;
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    assert_eq!(response(&mut s).0, "HTTP/1.1 408 Request Timeout");
+}
+
+#[test]
 fn an_unread_body_is_skipped_or_ends_the_connection_never_blocks_the_handler() {
     let (srv, addr) = serve(ConnectionLimits::default());
     // A small unread body is skipped: the next request on the connection is intact.

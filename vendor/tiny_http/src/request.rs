@@ -130,8 +130,9 @@ impl From<IoError> for RequestCreationError {
 ///
 /// The `Write` object will be used by the `Request` to write the response.
 ///
-/// When the `Request` is dropped with part of its body unread, `unread` says how much
-/// (see [`Unread`]); the body is never drained in the dropping thread.
+/// `unread` follows how much of the body is unread (see [`Unread`]); the body is never
+/// drained in the thread that drops the request. A small body read here, before the
+/// request is handed on, must arrive by `deadline`.
 #[allow(clippy::too_many_arguments)]
 pub fn new_request<R, W>(
     secure: bool,
@@ -143,6 +144,7 @@ pub fn new_request<R, W>(
     mut source_data: R,
     writer: W,
     unread: Unread,
+    deadline: Option<std::time::Instant>,
 ) -> Result<Request, RequestCreationError>
 where
     R: Read + Send + 'static,
@@ -206,6 +208,10 @@ where
             let mut offset = 0;
 
             while offset != content_length {
+                if deadline.is_some_and(|d| std::time::Instant::now() >= d) {
+                    let err = IoError::new(ErrorKind::TimedOut, "request body too slow");
+                    return Err(RequestCreationError::CreationIoError(err));
+                }
                 let read = source_data.read(&mut buffer[offset..])?;
                 if read == 0 {
                     // the socket returned EOF, but we were before the expected content-length
