@@ -50,8 +50,8 @@ pub struct ClientConnection {
     // caps and timeouts
     limits: ConnectionLimits,
 
-    // how much of the previous request's body its handler left unread
-    unread: Unread,
+    // how much of the previous request's body is unread (each request has its own)
+    unread: Option<Unread>,
 }
 
 /// Error that can happen when reading a request.
@@ -109,7 +109,7 @@ impl ClientConnection {
             no_more_requests: false,
             secure,
             limits,
-            unread: Unread::default(),
+            unread: None,
         }
     }
 
@@ -172,12 +172,12 @@ impl ClientConnection {
     /// connection (more), then waits at most the idle timeout for the first byte.
     fn prepare_next(&mut self) -> Result<(), ReadError> {
         let limits = self.limits.clone();
-        let unread = self.unread.clone();
+        let unread = self.unread.take();
         let reader = match self.next_header_source.wait_turn() {
             Some(r) => r,
             None => return Err(ReadError::Idle),
         };
-        let left = unread.swap(0, Ordering::AcqRel);
+        let left = unread.map_or(0, |u| u.load(Ordering::Acquire));
         if left > MAX_DISCARD {
             return Err(ReadError::BodyLeftUnread);
         }
@@ -326,7 +326,7 @@ impl ClientConnection {
             self.remote_addr.as_ref().ok().copied().flatten(),
             data_source,
             writer,
-            self.unread.clone(),
+            self.unread.insert(Unread::default()).clone(),
             deadline,
         )
         .map_err(|e| {

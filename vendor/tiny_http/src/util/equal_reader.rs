@@ -3,8 +3,9 @@ use std::io::Result as IoResult;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 
-/// How much of the current request's body is still unread on the socket: `0` (all
-/// read), a byte count, or [`UNREAD_UNKNOWN`]. Body readers keep it up to date.
+/// How much of a request's body is still unread on the socket: `0` (all read), a
+/// byte count, or [`UNREAD_UNKNOWN`]. Its body reader keeps it up to date; the
+/// connection's thread keeps a handle on the latest request's.
 ///
 /// A response written while more than [`MAX_DISCARD`] is unread says
 /// `Connection: close`. The connection's own thread looks at it before reading the
