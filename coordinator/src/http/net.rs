@@ -39,8 +39,9 @@ pub const BODY_GRACE: Duration = Duration::from_secs(30);
 pub struct Net {
     /// Most connections open at once; beyond it new ones get 503 and are closed.
     pub max_connections: usize,
-    /// Socket read timeout (each read of a header or body) and the time a request's
-    /// line and headers have to arrive.
+    /// Socket read timeout (each read of a header or body), the time a request's
+    /// line and headers have to arrive, and the write timeout (a response write that
+    /// makes no progress for this long fails).
     pub read_timeout: Duration,
     /// An idle keep-alive connection is closed after this long without a byte.
     pub idle_timeout: Duration,
@@ -68,6 +69,7 @@ impl Net {
             read_timeout: Some(self.read_timeout),
             header_timeout: Some(self.read_timeout),
             idle_timeout: Some(self.idle_timeout),
+            write_timeout: Some(self.read_timeout),
         }
     }
 }

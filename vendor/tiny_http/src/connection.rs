@@ -104,6 +104,15 @@ impl Connection {
         }
     }
 
+    /// Sets the socket's write timeout (`SO_SNDTIMEO`).
+    pub(crate) fn set_write_timeout(&self, t: Option<std::time::Duration>) -> std::io::Result<()> {
+        match self {
+            Self::Tcp(s) => s.set_write_timeout(t),
+            #[cfg(unix)]
+            Self::Unix(s) => s.set_write_timeout(t),
+        }
+    }
+
     /// Switches the socket to non-blocking mode (or back).
     pub(crate) fn set_nonblocking(&self, on: bool) -> std::io::Result<()> {
         match self {

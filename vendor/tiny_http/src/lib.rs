@@ -211,6 +211,9 @@ pub struct ConnectionLimits {
     /// A connection with no request under way is closed, without an answer, after
     /// this long without a byte (before its first request too).
     pub idle_timeout: Option<Duration>,
+    /// Socket write timeout (`SO_SNDTIMEO`): a response write that makes no progress
+    /// for this long fails, so a client that stops reading cannot hold a handler.
+    pub write_timeout: Option<Duration>,
 }
 
 impl Default for ConnectionLimits {
@@ -222,6 +225,7 @@ impl Default for ConnectionLimits {
             read_timeout: None,
             header_timeout: None,
             idle_timeout: None,
+            write_timeout: None,
         }
     }
 }
@@ -409,8 +413,11 @@ impl Server {
                     }
                 }
                 let count = util::refined_tcp_stream::ConnectionCount::new(inside_open.clone());
-                if let Err(e) = sock.set_read_timeout(limits.read_timeout) {
-                    log::debug!("Error setting a read timeout: {}", e);
+                if let Err(e) = sock
+                    .set_read_timeout(limits.read_timeout)
+                    .and_then(|_| sock.set_write_timeout(limits.write_timeout))
+                {
+                    log::debug!("Error setting socket timeouts: {}", e);
                     continue;
                 }
 

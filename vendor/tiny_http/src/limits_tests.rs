@@ -216,6 +216,28 @@ fn an_unread_body_is_skipped_or_ends_the_connection_never_blocks_the_handler() {
 }
 
 #[test]
+fn a_client_that_stops_reading_does_not_hold_the_handler() {
+    let l = TcpListener::bind("127.0.0.1:0").unwrap();
+    let addr = l.local_addr().unwrap().to_string();
+    let limits = ConnectionLimits {
+        write_timeout: Some(Duration::from_millis(200)),
+        ..ConnectionLimits::default()
+    };
+    let server = Server::from_listener_with_limits(l, None, limits).unwrap();
+    let (done, finished) = std::sync::mpsc::channel();
+    std::thread::spawn(move || {
+        while let Ok(rq) = server.recv() {
+            let r = rq.respond(Response::from_data(vec![0u8; 64 << 20]));
+            done.send(r.is_err()).unwrap();
+        }
+    });
+    let mut s = connect(&addr);
+    write!(s.get_mut(), "GET /big HTTP/1.1\r\n\r\n").unwrap();
+    // Never read: the response write stalls, times out, and the handler is free.
+    assert_eq!(finished.recv_timeout(ANSWER), Ok(true));
+}
+
+#[test]
 fn accept_back_off_doubles_from_5_ms_to_1_s() {
     let mut d = Duration::ZERO;
     let mut seen = Vec::new();

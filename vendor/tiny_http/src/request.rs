@@ -477,15 +477,21 @@ impl Request {
 
         let do_not_send_body = self.method == Method::Head;
 
-        Self::ignore_client_closing_errors(response.raw_print(
-            writer.by_ref(),
-            self.http_version.clone(),
-            &self.headers,
-            do_not_send_body,
-            None,
-        ))?;
-
-        Self::ignore_client_closing_errors(writer.flush())
+        let written = response
+            .raw_print(
+                writer.by_ref(),
+                self.http_version.clone(),
+                &self.headers,
+                do_not_send_body,
+                None,
+            )
+            .and_then(|_| writer.flush());
+        if written.is_err() {
+            // A response cut off (e.g. by the write timeout) leaves the connection
+            // unusable: its thread ends it.
+            self.unread.store(UNREAD_UNKNOWN, Ordering::Release);
+        }
+        Self::ignore_client_closing_errors(written)
     }
 
     fn ignore_client_closing_errors(result: io::Result<()>) -> io::Result<()> {
