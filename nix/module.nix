@@ -109,6 +109,10 @@ in
         StateDirectoryMode = "0700";
         UMask = "0077";
         WorkingDirectory = stateDir;
+        # Room for the connection cap (4096 by default, three descriptors each):
+        # serve raises its soft open-file limit to this hard limit and sizes the cap
+        # to it.
+        LimitNOFILE = 65536;
 
         # Hardening: the coordinator only needs its state folder and the network.
         ProtectSystem = "strict";

@@ -65,6 +65,17 @@ pub struct ServeCmd {
     /// another file in its format, for tests)
     #[argh(option)]
     pub neigh_table: Option<PathBuf>,
+    /// most connections open at once; more are answered 503 and closed (default
+    /// 4096, less if the open-file limit is lower)
+    #[argh(option)]
+    pub max_connections: Option<usize>,
+    /// seconds one read of a request's header or body may wait, and a header may take
+    /// in all (default 30)
+    #[argh(option)]
+    pub read_timeout: Option<u64>,
+    /// seconds an idle keep-alive connection stays open (default 60)
+    #[argh(option)]
+    pub idle_timeout: Option<u64>,
 }
 
 /// Print the public key and its fingerprint.

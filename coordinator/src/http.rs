@@ -1,9 +1,10 @@
-//! The HTTP server (tiny_http, a small pool of threads) and its routes.
+//! The HTTP server (tiny_http, a pool of threads that grows while all are busy) and
+//! its routes.
 //!
 //! Every handler reads the state folder per request, so tickets issued while the
 //! server runs are served at once. A refusal is a 4xx with a one-line text reason;
 //! a panicking handler answers 500 and the worker carries on. Routes and status codes
-//! are listed in `coordinator/HTTP.md`.
+//! are listed in `coordinator/HTTP.md`; connection limits in `net.rs`.
 use anyhow::{Context, Result};
 use kiln_protocol::{RunId, Sha256};
 use std::io::Read;
@@ -11,7 +12,9 @@ use std::net::SocketAddr;
 use std::panic::AssertUnwindSafe;
 use std::process::{Child, ChildStdin, Command, Stdio};
 use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::thread::JoinHandle;
+use std::time::{Duration, Instant};
 use tiny_http::{Header, Method, Request, Response, ResponseBox, StatusCode};
 
 use crate::cli::ServeCmd;
@@ -21,10 +24,17 @@ use crate::state::State;
 mod api;
 mod artifacts;
 mod cas;
+pub mod net;
 mod pages;
 
-/// Worker threads answering requests.
+pub use net::Net;
+
+/// Worker threads always ready to answer requests. While all are busy (slow clients
+/// sending bodies), more are started, up to the connection cap; those end after
+/// [`EXTRA_WORKER_IDLE`] without work.
 pub const WORKERS: usize = 16;
+/// How long a worker started beyond [`WORKERS`] waits for work before it ends.
+pub const EXTRA_WORKER_IDLE: Duration = Duration::from_secs(10);
 /// Default cap on one artifact upload (`KILN_ARTIFACT_CAP` overrides, e.g. `64M`).
 pub const DEFAULT_ARTIFACT_CAP: u64 = 1 << 30;
 pub use artifacts::DEFAULT_RUN_QUOTA;
@@ -75,9 +85,67 @@ pub type Reply = std::result::Result<ResponseBox, Refusal>;
 
 /// A running server; its workers stop on [`Server::stop`].
 pub struct Server {
-    http: Arc<tiny_http::Server>,
+    pool: Arc<Pool>,
     addr: SocketAddr,
     workers: Vec<JoinHandle<()>>,
+}
+
+/// The workers' shared state: the server, the handlers' context, and counts that
+/// tell a worker taking a request whether it was the last one waiting.
+struct Pool {
+    http: tiny_http::Server,
+    ctx: Ctx,
+    /// Workers waiting for a request.
+    idle: AtomicUsize,
+    /// Workers running.
+    total: AtomicUsize,
+    /// Most workers (the connection cap: each busy one holds a connection).
+    max: usize,
+    stopping: AtomicBool,
+}
+
+impl Pool {
+    /// A worker's loop; `extra` ones end after [`EXTRA_WORKER_IDLE`] without work.
+    fn work(self: &Arc<Self>, extra: bool) {
+        loop {
+            let next = if extra {
+                self.http.recv_timeout(EXTRA_WORKER_IDLE)
+            } else {
+                self.http.recv().map(Some)
+            };
+            let rq = match next {
+                Ok(Some(rq)) if !self.stopping.load(Ordering::Acquire) => rq,
+                _ => {
+                    self.idle.fetch_sub(1, Ordering::AcqRel);
+                    self.total.fetch_sub(1, Ordering::AcqRel);
+                    return;
+                }
+            };
+            if self.idle.fetch_sub(1, Ordering::AcqRel) == 1 {
+                self.grow();
+            }
+            handle(&self.ctx, rq);
+            self.idle.fetch_add(1, Ordering::AcqRel);
+        }
+    }
+
+    /// Starts one more worker, unless there are [`Pool::max`] already.
+    fn grow(self: &Arc<Self>) {
+        if self.total.fetch_add(1, Ordering::AcqRel) >= self.max {
+            self.total.fetch_sub(1, Ordering::AcqRel);
+            return;
+        }
+        self.idle.fetch_add(1, Ordering::AcqRel);
+        let pool = self.clone();
+        let spawned = std::thread::Builder::new()
+            .name("http-extra".into())
+            .spawn(move || pool.work(true));
+        if let Err(e) = spawned {
+            log::warn!("starting another worker thread: {e}");
+            self.idle.fetch_sub(1, Ordering::AcqRel);
+            self.total.fetch_sub(1, Ordering::AcqRel);
+        }
+    }
 }
 
 impl Server {
@@ -94,6 +162,17 @@ impl Server {
         workers: usize,
         limits: Limits,
     ) -> Result<Server> {
+        Self::start_net(state, listen, workers, limits, Net::default())
+    }
+
+    /// [`Server::start_with`] with explicit connection caps and timeouts.
+    pub fn start_net(
+        state: &State,
+        listen: &str,
+        workers: usize,
+        limits: Limits,
+        net: Net,
+    ) -> Result<Server> {
         let Limits {
             artifact_cap,
             run_quota,
@@ -105,13 +184,14 @@ impl Server {
         if swept > 0 {
             log::info!("removed {swept} leftover upload temp file(s) from cas/");
         }
-        let http = tiny_http::Server::http(listen)
+        let listener = net::listen_on(listen)?;
+        let http = tiny_http::Server::from_listener_with_limits(listener, None, net.limits())
             .map_err(|e| anyhow::anyhow!("listening on {listen}: {e}"))?;
         let addr = http
             .server_addr()
             .to_ip()
             .context("listening on a non-IP address")?;
-        let ctx = Arc::new(Ctx {
+        let ctx = Ctx {
             state: state.clone(),
             ingest,
             artifact_cap,
@@ -119,23 +199,27 @@ impl Server {
             uploads: Default::default(),
             addr,
             signer,
+        };
+        let workers = workers.max(1);
+        let pool = Arc::new(Pool {
+            http,
+            ctx,
+            idle: AtomicUsize::new(workers),
+            total: AtomicUsize::new(workers),
+            max: net.max_connections.max(workers),
+            stopping: AtomicBool::new(false),
         });
-        let http = Arc::new(http);
-        let workers = (0..workers.max(1))
+        let workers = (0..workers)
             .map(|n| {
-                let (http, ctx) = (http.clone(), ctx.clone());
+                let pool = pool.clone();
                 std::thread::Builder::new()
                     .name(format!("http-{n}"))
-                    .spawn(move || {
-                        while let Ok(rq) = http.recv() {
-                            handle(&ctx, rq);
-                        }
-                    })
+                    .spawn(move || pool.work(false))
                     .context("starting a worker thread")
             })
             .collect::<Result<Vec<_>>>()?;
         Ok(Server {
-            http,
+            pool,
             addr,
             workers,
         })
@@ -153,13 +237,27 @@ impl Server {
         }
     }
 
+    /// Connections open now.
+    pub fn connections(&self) -> usize {
+        self.pool.http.num_connections()
+    }
+
+    /// Worker threads running now.
+    pub fn workers(&self) -> usize {
+        self.pool.total.load(Ordering::Acquire)
+    }
+
     /// Stops accepting requests and waits for the workers.
     pub fn stop(self) {
-        self.http.unblock();
-        for _ in 1..self.workers.len() {
-            self.http.unblock();
+        self.pool.stopping.store(true, Ordering::Release);
+        for w in self.workers {
+            // An extra worker may take a wake-up meant for this one: repeat.
+            while !w.is_finished() {
+                self.pool.http.unblock();
+                std::thread::sleep(Duration::from_millis(5));
+            }
+            let _ = w.join();
         }
-        self.join();
     }
 }
 
@@ -183,11 +281,21 @@ pub fn cmd_serve(state: &State, c: &ServeCmd) -> Result<i32> {
     limits.claim_check =
         crate::neigh::ClaimCheck::from_flag(&c.claim_check, c.neigh_table.clone())?;
     limits.claim_check.probe();
-    let server = Server::start_with(state, &c.listen, WORKERS, limits)?;
+    let net = net_options(c)?;
+    let server = Server::start_net(state, &c.listen, WORKERS, limits, net)?;
     log::info!(
         "serving {} on http://{}",
         state.root.display(),
         server.addr()
+    );
+    log::info!(
+        "at most {} connections; read timeout {:?}, idle timeout {:?}; listen backlog {}",
+        net.max_connections,
+        net.read_timeout,
+        net.idle_timeout,
+        net::somaxconn().map_or("as the kernel allows".into(), |n| format!(
+            "{n} (net.core.somaxconn)"
+        )),
     );
     if let Some(f) = &c.addr_file {
         // A bare file name has an empty parent; write_atomic wants a real folder.
@@ -197,6 +305,46 @@ pub fn cmd_serve(state: &State, c: &ServeCmd) -> Result<i32> {
     }
     server.join();
     Ok(0)
+}
+
+/// Raises the open-file limit, then sizes the connection cap to it (or checks the
+/// one asked for fits) and reads the timeouts.
+fn net_options(c: &ServeCmd) -> Result<Net> {
+    let soft = match net::raise_fd_limit() {
+        Ok((soft, hard)) => {
+            log::info!("open-file limit: {soft} (hard limit {hard})");
+            soft
+        }
+        Err(e) => {
+            log::warn!("{e:#}");
+            nix::sys::resource::getrlimit(nix::sys::resource::Resource::RLIMIT_NOFILE)
+                .map_or(1024, |(s, _)| s)
+        }
+    };
+    let fits = net::max_connections_for(soft);
+    let max_connections = match c.max_connections {
+        Some(0) => anyhow::bail!("--max-connections must be at least 1"),
+        Some(n) => {
+            if n > fits {
+                log::warn!(
+                    "--max-connections {n} may run out of file descriptors under an \
+                     open-file limit of {soft} (about {fits} fit)"
+                );
+            }
+            n
+        }
+        None => fits,
+    };
+    let secs = |v: Option<u64>, flag: &str, default: Duration| match v {
+        Some(0) => Err(anyhow::anyhow!("{flag} must be at least 1 second")),
+        Some(n) => Ok(Duration::from_secs(n)),
+        None => Ok(default),
+    };
+    Ok(Net {
+        max_connections,
+        read_timeout: secs(c.read_timeout, "--read-timeout", net::DEFAULT_READ_TIMEOUT)?,
+        idle_timeout: secs(c.idle_timeout, "--idle-timeout", net::DEFAULT_IDLE_TIMEOUT)?,
+    })
 }
 
 /// An `iperf3 -s` that dies with this process, however it ends: a shell watches our
@@ -353,19 +501,58 @@ fn refusal(r: &Refusal) -> ResponseBox {
     resp
 }
 
-/// Reads a request body of at most `cap` bytes (413 beyond).
+/// Reads a request body of at most `cap` bytes (413 beyond), under a deadline (408).
 pub(crate) fn read_body(rq: &mut Request, cap: usize) -> std::result::Result<Vec<u8>, Refusal> {
     let too_big = || Refusal::new(413, format!("request body exceeds {cap} bytes"));
     if rq.body_length().is_some_and(|n| n > cap) {
         return Err(too_big());
     }
+    let len = rq.body_length().unwrap_or(cap) as u64;
     let mut body = Vec::new();
-    rq.as_reader()
+    timed(rq.as_reader(), len)
         .take(cap as u64 + 1)
         .read_to_end(&mut body)
-        .map_err(|e| Refusal::new(400, format!("reading the request body: {e}")))?;
+        .map_err(|e| {
+            if matches!(
+                e.kind(),
+                std::io::ErrorKind::TimedOut | std::io::ErrorKind::WouldBlock
+            ) {
+                Refusal::new(408, format!("request body too slow: {e}"))
+            } else {
+                Refusal::new(400, format!("reading the request body: {e}"))
+            }
+        })?;
     if body.len() > cap {
         return Err(too_big());
     }
     Ok(body)
+}
+
+/// A body reader that fails once the body of `len` bytes has taken longer than
+/// [`net::BODY_GRACE`] plus `len` at [`net::BODY_MIN_RATE`] (each read itself waits
+/// at most the socket read timeout).
+pub(crate) fn timed(inner: &mut dyn Read, len: u64) -> Timed<'_> {
+    let allowed = net::BODY_GRACE + Duration::from_secs(len / net::BODY_MIN_RATE);
+    Timed {
+        inner,
+        deadline: Instant::now() + allowed,
+    }
+}
+
+/// See [`timed`].
+pub(crate) struct Timed<'a> {
+    inner: &'a mut dyn Read,
+    deadline: Instant,
+}
+
+impl Read for Timed<'_> {
+    fn read(&mut self, buf: &mut [u8]) -> std::io::Result<usize> {
+        if Instant::now() >= self.deadline {
+            return Err(std::io::Error::new(
+                std::io::ErrorKind::TimedOut,
+                "request body took too long",
+            ));
+        }
+        self.inner.read(buf)
+    }
 }

@@ -152,8 +152,9 @@ pub fn put(ctx: &Ctx, rq: &mut Request, run: &RunId, sha: &Sha256) -> Reply {
             bytes: len,
         }
     };
+    let mut body = super::timed(rq.as_reader(), len);
     let mut capped = Capped {
-        inner: rq.as_reader(),
+        inner: &mut body,
         left: len,
         over: false,
         failed: false,

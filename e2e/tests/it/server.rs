@@ -11,6 +11,7 @@ mod cli;
 mod corrupt;
 mod full_disk;
 mod fuzz;
+mod hostile;
 mod import;
 mod ingest;
 mod limits;
