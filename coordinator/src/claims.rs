@@ -18,9 +18,7 @@ use std::fs;
 use std::io::{Read, Write};
 use std::net::SocketAddr;
 
-use crate::cli::RunAckContestCmd;
 use crate::fsutil::now_ms;
-use crate::state::State;
 use crate::store::{RunDir, files};
 
 /// Size past which only flag-changing lines are appended.
@@ -239,25 +237,19 @@ pub fn append(
     Ok(ev)
 }
 
-/// `run ack-contest`: the operator has looked at the contested claims; the run stops
-/// showing `contested` (the record stays).
-pub fn cmd_ack_contest(state: &State, c: &RunAckContestCmd) -> Result<i32> {
-    let id = state.resolve_run(&c.run)?;
-    let rd = RunDir::new(state, id);
-    rd.ticket(&state.public_key()?)?;
+/// The operator has looked at the run's contested claims (`run ack-contest`): the
+/// run stops showing `contested` (the record stays). Returns how many contested
+/// claims were open; refused when none is.
+pub fn acknowledge(rd: &RunDir) -> Result<usize> {
     let _lock = rd.lock()?;
-    let log = read(&rd)?;
+    let log = read(rd)?;
     let open = log.unresolved();
     if open.is_empty() {
-        bail!("run {id} is not contested");
+        bail!("run {} is not contested", rd.id);
     }
     let n = open.len();
-    append(&rd, Kind::Resolved, Source::Operator, None, "")?;
-    println!(
-        "run {id}: {n} contested claim(s) acknowledged; the record stays in {}",
-        rd.path(files::CLAIMS).display()
-    );
-    Ok(0)
+    append(rd, Kind::Resolved, Source::Operator, None, "")?;
+    Ok(n)
 }
 
 #[cfg(test)]

@@ -1,9 +1,9 @@
-//! The command line (argh) and its dispatch to the library's modules.
-use anyhow::Result;
+//! The command line: argh's types, `--version`, and parsing the process's
+//! arguments. [`crate::commands`] runs what was parsed.
 use argh::FromArgs;
 use std::path::PathBuf;
 
-use crate::state::{State, resolve_root};
+use crate::exit;
 
 /// kiln coordinator: signs run tickets, serves iPXE scripts and artifacts, ingests reports.
 #[derive(FromArgs, Debug)]
@@ -385,61 +385,24 @@ pub struct DnsmasqCmd {
     pub tftp_root: PathBuf,
 }
 
-/// Runs a parsed command line; returns the process exit code.
-pub fn run(cli: Cli) -> Result<i32> {
-    let root = resolve_root(cli.state);
-    if let Command::Init(_) = cli.command {
-        return crate::setup::cmd_init(&root);
-    }
-    if let Command::Dnsmasq(c) = &cli.command {
-        return crate::ipxe::cmd_dnsmasq(c);
-    }
-    let state = State::open(&root)?;
-    match cli.command {
-        Command::Init(_) | Command::Dnsmasq(_) => unreachable!("handled above"),
-        Command::Serve(c) => crate::http::cmd_serve(&state, &c),
-        Command::Key(_) => crate::setup::cmd_key(&state),
-        Command::Host(HostCmd {
-            command: HostSub::Add(c),
-        }) => crate::setup::cmd_host_add(&state, &c),
-        Command::Host(HostCmd {
-            command: HostSub::List(_),
-        }) => crate::setup::cmd_host_list(&state),
-        Command::Secret(SecretCmd {
-            command: SecretSub::Set(c),
-        }) => crate::setup::cmd_secret_set(&state, &c),
-        Command::Ticket(TicketCmd {
-            command: TicketSub::Issue(c),
-        }) => crate::ticket::cmd_issue(&state, &c),
-        Command::Ticket(TicketCmd {
-            command: TicketSub::Show(c),
-        }) => crate::ticket::cmd_show(&state, &c),
-        Command::Runs(c) => crate::report::cmd_runs(&state, &c),
-        Command::Run(RunCmd {
-            command: RunSub::Show(c),
-        }) => crate::report::cmd_show(&state, &c),
-        Command::Run(RunCmd {
-            command: RunSub::Watch(c),
-        }) => crate::report::cmd_watch(&state, &c),
-        Command::Run(RunCmd {
-            command: RunSub::Logs(c),
-        }) => crate::report::cmd_logs(&state, &c),
-        Command::Run(RunCmd {
-            command: RunSub::Abort(c),
-        }) => crate::store::cmd_abort(&state, &c),
-        Command::Run(RunCmd {
-            command: RunSub::AckContest(c),
-        }) => crate::claims::cmd_ack_contest(&state, &c),
-        Command::Import(c) => crate::ingest::cmd_import(&state, &c),
-        Command::Report(c) => crate::report::cmd_report(&state, &c),
-        Command::Image(ImageCmd {
-            command: ImageSub::Add(c),
-        }) => crate::ipxe::cmd_image_add(&state, &c),
-    }
+/// The git commit the binary was built from, when the build knew it (`build.rs`:
+/// `git rev-parse`, or the `KILN_GIT_COMMIT` environment variable).
+pub const GIT_COMMIT: Option<&str> = option_env!("KILN_GIT_COMMIT");
+
+/// What `--version` prints: the crate version, the git commit when known, and the
+/// wire-format version of tickets, batches and bundles.
+pub fn version_text() -> String {
+    format!(
+        "kiln-coordinator {} (commit {}, wire format {})",
+        env!("CARGO_PKG_VERSION"),
+        GIT_COMMIT.filter(|c| !c.is_empty()).unwrap_or("unknown"),
+        kiln_protocol::VERSION
+    )
 }
 
-/// Parses the process's arguments; `--help` prints and exits 0, bad arguments print
-/// the reason and exit 2 (refused), as DESIGN.md's exit statuses ask.
+/// Parses the process's arguments; `--help` prints and exits 0, `--version` (as the
+/// first argument) prints [`version_text`] and exits 0, bad arguments print the
+/// reason and exit 2 (refused), as DESIGN.md's exit statuses ask.
 pub fn from_env() -> Cli {
     let args: Vec<String> = std::env::args().collect();
     let strs: Vec<&str> = args.iter().map(String::as_str).collect();
@@ -447,16 +410,20 @@ pub fn from_env() -> Cli {
         .first()
         .and_then(|p| p.rsplit('/').next())
         .unwrap_or("kiln");
+    if strs.get(1) == Some(&"--version") {
+        println!("{}", version_text());
+        std::process::exit(exit::OK)
+    }
     match <Cli as FromArgs>::from_args(&[name], strs.get(1..).unwrap_or(&[])) {
         Ok(cli) => cli,
         Err(early) => match early.status {
             Ok(()) => {
                 println!("{}", early.output);
-                std::process::exit(0)
+                std::process::exit(exit::OK)
             }
             Err(()) => {
                 eprintln!("{}", early.output);
-                std::process::exit(2)
+                std::process::exit(exit::REFUSED)
             }
         },
     }

@@ -5,33 +5,14 @@
 use kiln_protocol::Sha256;
 use std::fmt::Write;
 
-use crate::report::{fmt_ms, fmt_unix};
+use crate::fmt::{Markup, fmt_ms, fmt_unix};
 use crate::state::Hosts;
 use crate::status::RunStatus;
 
-/// Log lines per stage shown on a run's page.
-pub const LOG_TAIL: usize = 50;
-
-/// Escapes text for HTML element content and quoted attribute values; control and
-/// bidi characters (which could reorder what the page shows) are written as visible
-/// escapes, as on the terminal ([`crate::visible`]); line ends stay.
+/// Escapes text for HTML element content and quoted attribute values
+/// ([`Markup::Html`]: control and bidi characters become visible escapes).
 pub fn escape(s: &str) -> String {
-    let mut out = String::with_capacity(s.len());
-    for c in s.chars() {
-        match c {
-            '&' => out.push_str("&amp;"),
-            '<' => out.push_str("&lt;"),
-            '>' => out.push_str("&gt;"),
-            '"' => out.push_str("&quot;"),
-            '\'' => out.push_str("&#39;"),
-            '\n' => out.push(c),
-            c if crate::visible::is_unsafe(c) => {
-                out.push_str(&crate::visible::visible(c.encode_utf8(&mut [0; 4])));
-            }
-            c => out.push(c),
-        }
-    }
-    out
+    crate::fmt::escape(s, Markup::Html)
 }
 
 const STYLE: &str = "body{font:14px/1.4 system-ui,sans-serif;margin:1.5em;color:#222}\

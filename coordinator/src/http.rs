@@ -10,21 +10,19 @@ use kiln_protocol::{RunId, Sha256};
 use std::io::Read;
 use std::net::SocketAddr;
 use std::panic::AssertUnwindSafe;
-use std::process::{Child, ChildStdin, Command, Stdio};
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 use tiny_http::{Header, Method, Request, Response, ResponseBox, StatusCode};
 
-use crate::cli::ServeCmd;
 use crate::ingest::{Ingester, Refusal};
 use crate::state::State;
 
 mod api;
 mod artifacts;
-mod cas;
 pub mod net;
+mod objects;
 mod pages;
 
 pub use net::Net;
@@ -35,31 +33,7 @@ pub use net::Net;
 pub const WORKERS: usize = 16;
 /// How long a worker started beyond [`WORKERS`] waits for work before it ends.
 pub const EXTRA_WORKER_IDLE: Duration = Duration::from_secs(10);
-/// Default cap on one artifact upload (`KILN_ARTIFACT_CAP` overrides, e.g. `64M`).
-pub const DEFAULT_ARTIFACT_CAP: u64 = 1 << 30;
-pub use artifacts::DEFAULT_RUN_QUOTA;
-
-/// Upload limits and the claim check.
-#[derive(Debug, Clone)]
-pub struct Limits {
-    /// Largest single upload, bytes.
-    pub artifact_cap: u64,
-    /// Most bytes all uploads of one run may take.
-    pub run_quota: u64,
-    /// The neighbour-table check of claims (`serve --claim-check`).
-    pub claim_check: crate::neigh::ClaimCheck,
-}
-
-impl Limits {
-    /// `KILN_ARTIFACT_CAP` and `KILN_RUN_ARTIFACT_QUOTA`, else the defaults.
-    pub fn from_env() -> Result<Limits> {
-        Ok(Limits {
-            artifact_cap: size_env("KILN_ARTIFACT_CAP", DEFAULT_ARTIFACT_CAP)?,
-            run_quota: size_env("KILN_RUN_ARTIFACT_QUOTA", DEFAULT_RUN_QUOTA)?,
-            claim_check: Default::default(),
-        })
-    }
-}
+pub use crate::limits::{DEFAULT_ARTIFACT_CAP, DEFAULT_RUN_QUOTA, Limits};
 
 /// What every handler needs.
 #[derive(Debug)]
@@ -261,121 +235,6 @@ impl Server {
     }
 }
 
-/// A size from the environment variable `name` (`64M`, `4G`), else `default`.
-fn size_env(name: &str, default: u64) -> Result<u64> {
-    match std::env::var(name) {
-        Ok(v) => crate::units::parse_size(&v).map_err(|e| anyhow::anyhow!("{name}: {e}")),
-        Err(_) => Ok(default),
-    }
-}
-
-/// `serve`: bind, write the address file, answer requests until killed.
-pub fn cmd_serve(state: &State, c: &ServeCmd) -> Result<i32> {
-    // Started before the workers; its guard kills it when this process ends.
-    let _iperf = if c.iperf { Some(spawn_iperf()?) } else { None };
-    let mut limits = Limits::from_env()?;
-    if let Some(q) = &c.upload_quota {
-        limits.run_quota =
-            crate::units::parse_size(q).map_err(|e| anyhow::anyhow!("--upload-quota: {e}"))?;
-    }
-    limits.claim_check =
-        crate::neigh::ClaimCheck::from_flag(&c.claim_check, c.neigh_table.clone())?;
-    limits.claim_check.probe();
-    let net = net_options(c)?;
-    let server = Server::start_net(state, &c.listen, WORKERS, limits, net)?;
-    log::info!(
-        "serving {} on http://{}",
-        state.root.display(),
-        server.addr()
-    );
-    log::info!(
-        "at most {} connections; read timeout {:?}, idle timeout {:?}; listen backlog {}",
-        net.max_connections,
-        net.read_timeout,
-        net.idle_timeout,
-        net::somaxconn().map_or("as the kernel allows".into(), |n| format!(
-            "{n} (net.core.somaxconn)"
-        )),
-    );
-    if let Some(f) = &c.addr_file {
-        // A bare file name has an empty parent; write_atomic wants a real folder.
-        let f = std::path::Path::new(".").join(f);
-        crate::fsutil::write_atomic(&f, format!("{}\n", server.addr()).as_bytes(), 0o644)
-            .context("writing the address file")?;
-    }
-    server.join();
-    Ok(0)
-}
-
-/// Raises the open-file limit, then sizes the connection cap to it (or checks the
-/// one asked for fits) and reads the timeouts.
-fn net_options(c: &ServeCmd) -> Result<Net> {
-    let soft = match net::raise_fd_limit() {
-        Ok((soft, hard)) => {
-            log::info!("open-file limit: {soft} (hard limit {hard})");
-            soft
-        }
-        Err(e) => {
-            log::warn!("{e:#}");
-            nix::sys::resource::getrlimit(nix::sys::resource::Resource::RLIMIT_NOFILE)
-                .map_or(1024, |(s, _)| s)
-        }
-    };
-    let fits = net::max_connections_for(soft);
-    let max_connections = match c.max_connections {
-        Some(0) => anyhow::bail!("--max-connections must be at least 1"),
-        Some(n) => {
-            if n > fits {
-                log::warn!(
-                    "--max-connections {n} may run out of file descriptors under an \
-                     open-file limit of {soft} (about {fits} fit)"
-                );
-            }
-            n
-        }
-        None => fits,
-    };
-    let secs = |v: Option<u64>, flag: &str, default: Duration| match v {
-        Some(0) => Err(anyhow::anyhow!("{flag} must be at least 1 second")),
-        Some(n) => Ok(Duration::from_secs(n)),
-        None => Ok(default),
-    };
-    Ok(Net {
-        max_connections,
-        read_timeout: secs(c.read_timeout, "--read-timeout", net::DEFAULT_READ_TIMEOUT)?,
-        idle_timeout: secs(c.idle_timeout, "--idle-timeout", net::DEFAULT_IDLE_TIMEOUT)?,
-    })
-}
-
-/// An `iperf3 -s` that dies with this process, however it ends: a shell watches our
-/// end of a pipe and kills iperf3 once the pipe closes (even on SIGKILL).
-struct Iperf {
-    _child: Child,
-    _pipe: ChildStdin,
-}
-
-fn spawn_iperf() -> Result<Iperf> {
-    let mut child = Command::new("sh")
-        .args([
-            "-c",
-            "command -v iperf3 >/dev/null || { echo 'iperf3 is not installed' >&2; exit 127; }
-             iperf3 -s >/dev/null & p=$!; read -r _; kill -KILL $p",
-        ])
-        .stdin(Stdio::piped())
-        .spawn()
-        .context("starting iperf3")?;
-    let pipe = child.stdin.take().context("iperf3 watcher has no stdin")?;
-    std::thread::sleep(std::time::Duration::from_millis(50));
-    if let Some(st) = child.try_wait()? {
-        anyhow::bail!("iperf3 -s exited at once ({st})");
-    }
-    log::info!("iperf3 server running on its default port (5201)");
-    Ok(Iperf {
-        _child: child,
-        _pipe: pipe,
-    })
-}
-
 fn handle(ctx: &Ctx, mut rq: Request) {
     let method = rq.method().clone();
     let url = rq.url().to_string();
@@ -412,7 +271,9 @@ fn route(ctx: &Ctx, rq: &mut Request, method: &Method, path: &str) -> Reply {
             let script = crate::ipxe::mac_script(&ctx.state, &mac, &base);
             text(200, script, "text/plain; charset=utf-8")
         }),
-        ["cas", sha] => only(get(method), "GET").and_then(|_| cas::get(ctx, rq, &parse_sha(sha)?)),
+        ["cas", sha] => {
+            only(get(method), "GET").and_then(|_| objects::get(ctx, rq, &parse_sha(sha)?))
+        }
         ["runs", run] => only(get(method), "GET").and_then(|_| pages::run(ctx, &parse_run(run)?)),
         ["v1", "runs"] => only(get(method), "GET").and_then(|_| api::list_runs(ctx)),
         ["v1", "runs", run] => {

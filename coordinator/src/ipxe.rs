@@ -1,27 +1,14 @@
-//! Netboot: /boot.ipxe, per-MAC scripts, `image add`, and the dnsmasq snippet.
+//! Netboot: /boot.ipxe, per-MAC scripts, and the dnsmasq snippet.
 use anyhow::Result;
 use kiln_protocol::{Mac, RunId};
 use std::fmt::Write as _;
 
-use crate::cli::*;
 use crate::images::{self, Image};
 use crate::state::State;
 
 /// Console arguments added when an image's cmdline names no `console=`: the serial
 /// port last, so it is `/dev/console` (IPMI serial-over-LAN and qemu tests read it).
 pub const DEFAULT_CONSOLE: &str = "console=tty0 console=ttyS0,115200n8";
-
-/// `image add`.
-pub fn cmd_image_add(state: &State, c: &ImageAddCmd) -> Result<i32> {
-    let (img, ksize, isize) = images::add(state, &c.name, &c.kernel, &c.initrd, &c.cmdline)?;
-    println!("image {}", img.name);
-    println!("  kernel {} ({ksize} bytes)", img.kernel);
-    println!("  initrd {} ({isize} bytes)", img.initrd);
-    if !img.cmdline.is_empty() {
-        println!("  cmdline {}", img.cmdline);
-    }
-    Ok(0)
-}
 
 /// `GET /boot.ipxe`: chains to the per-MAC script. The MAC goes in its hyphenated form:
 /// older iPXE builds (Debian's qemu ROMs among them) read any `:` in a URL as the end
@@ -148,15 +135,24 @@ fn safe_base_url(url: &str) -> bool {
     }
 }
 
-/// `dnsmasq`: print the router snippet.
-pub fn cmd_dnsmasq(c: &DnsmasqCmd) -> Result<i32> {
-    print!("{}", dnsmasq_snippet(c)?);
-    Ok(0)
+/// What the dnsmasq snippet is for (the `dnsmasq` command's flags).
+#[derive(Debug, Clone)]
+pub struct Dnsmasq {
+    /// Coordinator base URL as seen by booting machines.
+    pub url: String,
+    /// Proxy-DHCP subnet, for a network whose router hands out addresses.
+    pub proxy: Option<String>,
+    /// DHCP range for full DHCP mode.
+    pub range: Option<String>,
+    /// Interface to serve on.
+    pub interface: Option<String>,
+    /// TFTP folder holding undionly.kpxe and ipxe.efi.
+    pub tftp_root: std::path::PathBuf,
 }
 
 /// The dnsmasq configuration: plain PXE ROMs get iPXE over TFTP; iPXE (DHCP option
 /// 175) gets `{url}/boot.ipxe`. Full DHCP with `--range`, proxy-DHCP with `--proxy`.
-pub fn dnsmasq_snippet(c: &DnsmasqCmd) -> Result<String> {
+pub fn dnsmasq_snippet(c: &Dnsmasq) -> Result<String> {
     let url = c.url.trim_end_matches('/');
     anyhow::ensure!(safe_base_url(url), "--url must be http://HOST:PORT");
     let one_word = |v: &str, what: &str| -> Result<()> {

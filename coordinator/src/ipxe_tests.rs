@@ -148,7 +148,7 @@ fn missing_cas_object_exits() {
 }
 
 fn dnsmasq(range: Option<&str>, proxy: Option<&str>) -> Result<String> {
-    dnsmasq_snippet(&DnsmasqCmd {
+    dnsmasq_snippet(&Dnsmasq {
         url: "http://10.0.0.1:7373".into(),
         proxy: proxy.map(str::to_string),
         range: range.map(str::to_string),

@@ -2,7 +2,7 @@
 fn main() {
     kiln_coordinator::logger::init();
     let cli = kiln_coordinator::cli::from_env();
-    match kiln_coordinator::cli::run(cli) {
+    match kiln_coordinator::commands::run(cli) {
         Ok(code) => std::process::exit(code),
         Err(e) => {
             // Errors can quote file and agent text: never raw controls on the terminal.
@@ -10,7 +10,7 @@ fn main() {
                 "error: {}",
                 kiln_coordinator::visible::visible(&format!("{e:#}"))
             );
-            std::process::exit(2);
+            std::process::exit(kiln_coordinator::exit::REFUSED);
         }
     }
 }

@@ -23,6 +23,9 @@ pub struct State {
 /// Largest hosts.toml or images.toml the coordinator reads, in bytes.
 pub const MAX_TOML_BYTES: u64 = 4 << 20;
 
+/// Largest secret `secret set` stores; secrets are keys and tokens, not files.
+pub const MAX_SECRET_BYTES: u64 = kiln_protocol::MAX_SECRET_BYTES as u64;
+
 /// `--state`, else `KILN_STATE`, else `./kiln-state`.
 pub fn resolve_root(arg: Option<PathBuf>) -> PathBuf {
     arg.or_else(|| std::env::var_os("KILN_STATE").map(PathBuf::from))
@@ -151,10 +154,9 @@ impl State {
     /// Reads a named secret.
     pub fn secret(&self, name: &str) -> Result<Vec<u8>> {
         let p = self.secret_path(name)?;
-        kiln_protocol::io::read_file_capped(&p, crate::setup::MAX_SECRET_BYTES, "a secret")
-            .with_context(|| {
-                format!("secret {name:?} is not set (kiln-coordinator secret set {name} --file F)")
-            })
+        kiln_protocol::io::read_file_capped(&p, MAX_SECRET_BYTES, "a secret").with_context(|| {
+            format!("secret {name:?} is not set (kiln-coordinator secret set {name} --file F)")
+        })
     }
 
     /// Stores a named secret (0600).

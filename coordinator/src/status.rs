@@ -21,6 +21,9 @@ use crate::store::{Events, RunDir, files};
 /// seconds), so this is the stale threshold.
 pub const ABORT_GRACE_MS: u64 = kiln_protocol::STALE_AFTER_MS;
 
+/// Log lines per stage the fold keeps as the stage's tail (shown on a run's page).
+pub const LOG_TAIL: usize = 50;
+
 /// Where a run is in its life.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
 #[serde(rename_all = "snake_case")]
@@ -275,7 +278,8 @@ pub fn annotate(rd: &RunDir, s: &mut RunStatus) -> Result<()> {
     Ok(())
 }
 
-/// A run's status and per-stage log tails, from the fold cache (for the HTML page).
+/// A run's status and per-stage log tails, from the fold cache: the one loader of
+/// the run page, served (`GET /runs/{run}`) or written (`report --format html`).
 pub fn current_with_tails(rd: &RunDir, key: &PublicKey) -> Result<(RunStatus, Vec<Vec<String>>)> {
     let (last_seen, abort) = (rd.last_seen_ms(), rd.abort());
     let (mut s, tails) = with_folded(rd, key, |t, f| {
@@ -293,6 +297,9 @@ pub fn to_json(s: &RunStatus) -> String {
 
 mod cache;
 mod folder;
+mod query;
+
+pub use query::{Summary, statuses, summaries};
 
 pub use folder::{Folder, fold};
 #[cfg(test)]

@@ -12,7 +12,6 @@ use serde::Serialize;
 use std::fs;
 use std::path::PathBuf;
 
-use crate::cli::RunAbortCmd;
 use crate::fsutil::{now_ms, now_s, write_atomic};
 use crate::state::State;
 
@@ -329,16 +328,15 @@ pub fn next_pending(state: &State, key: &PublicKey, mac: &Mac) -> Result<Option<
     Ok(best.map(|(_, id)| id))
 }
 
-/// `run abort`: records the request; the agent gets it with its next ack.
-pub fn cmd_abort(state: &State, c: &RunAbortCmd) -> Result<i32> {
-    let id = state.resolve_run(&c.run)?;
-    let run = RunDir::new(state, id);
-    let key = state.public_key()?;
-    run.ticket(&key)?;
+/// Records an abort request for the run (its ticket verified against `key`); the
+/// agent gets it with its next ack. Refused once the run finished or without a
+/// reason (line ends become spaces).
+pub fn request_abort(run: &RunDir, key: &PublicKey, reason: &str) -> Result<()> {
+    run.ticket(key)?;
     if is_finished(&run.frames()?) {
-        bail!("run {id} has already finished");
+        bail!("run {} has already finished", run.id);
     }
-    let reason = c.reason.replace(['\n', '\r'], " ");
+    let reason = reason.replace(['\n', '\r'], " ");
     let reason = reason.trim();
     if reason.is_empty() {
         bail!("give a reason (--reason)");
@@ -347,7 +345,5 @@ pub fn cmd_abort(state: &State, c: &RunAbortCmd) -> Result<i32> {
         &run.path(files::ABORT),
         format!("{reason}\n").as_bytes(),
         0o644,
-    )?;
-    println!("abort requested for run {id}: the agent gets it with its next ack");
-    Ok(0)
+    )
 }

@@ -30,7 +30,7 @@ fn existing(ctx: &Ctx, run: &RunId) -> Result<RunDir, Refusal> {
 
 /// `GET /v1/runs`: every run's summary, JSON.
 pub fn list_runs(ctx: &Ctx) -> Reply {
-    let list = crate::report::summaries(&ctx.state, ctx.ingest.key()).map_err(internal)?;
+    let list = crate::status::summaries(&ctx.state, ctx.ingest.key()).map_err(internal)?;
     let body = serde_json::to_string_pretty(&list).expect("summaries always encode");
     Ok(text(200, body, JSON))
 }

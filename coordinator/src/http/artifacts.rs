@@ -17,9 +17,6 @@ use super::{Ctx, Reply, text};
 use crate::ingest::Refusal;
 use crate::store::{RunDir, files};
 
-/// Default cap on all uploads of one run (`KILN_RUN_ARTIFACT_QUOTA` overrides).
-pub const DEFAULT_RUN_QUOTA: u64 = 4 << 30;
-
 /// Bytes of uploads in flight, per run.
 #[derive(Debug, Default)]
 pub struct InFlight(Mutex<HashMap<RunId, u64>>);

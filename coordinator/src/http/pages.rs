@@ -9,7 +9,7 @@ const HTML: &str = "text/html; charset=utf-8";
 
 /// The runs and hosts index.
 pub fn index(ctx: &Ctx) -> Reply {
-    let runs = crate::report::statuses(&ctx.state, ctx.ingest.key())
+    let runs = crate::status::statuses(&ctx.state, ctx.ingest.key())
         .map_err(|e| Refusal::new(500, format!("{e:#}")))?;
     let hosts = ctx.state.hosts().unwrap_or_else(|e| {
         log::warn!("{e:#}");

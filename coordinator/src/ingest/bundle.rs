@@ -18,8 +18,7 @@ use std::io::{self, BufRead, BufReader, Read};
 
 use super::stage::Import;
 use super::{Ingester, MAX_EVENTS_LOG_BYTES, Refusal};
-use crate::cli::ImportCmd;
-use crate::http::Limits;
+use crate::limits::Limits;
 use crate::state::State;
 use crate::store::{RunDir, files};
 
@@ -34,11 +33,10 @@ pub fn bundle_cap(limits: &Limits) -> u64 {
 }
 
 /// `import BUNDLE`.
-pub fn cmd_import(state: &State, c: &ImportCmd) -> Result<i32> {
+pub fn cmd_import(state: &State, bundle: &std::path::Path) -> Result<i32> {
     let limits = Limits::from_env()?;
     let cap = bundle_cap(&limits);
-    let file =
-        fs::File::open(&c.bundle).with_context(|| format!("reading {}", c.bundle.display()))?;
+    let file = fs::File::open(bundle).with_context(|| format!("reading {}", bundle.display()))?;
     let mut input = BufReader::with_capacity(
         1 << 20,
         Capped {

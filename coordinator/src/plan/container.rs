@@ -79,7 +79,7 @@ pub(super) fn build(at: &StageAt, s: &StageToml) -> Result<ContainerSpec> {
         ));
     }
     let command = match &s.command {
-        Some(c) => super::kinds::command(at, c)?,
+        Some(c) => super::command(at, c)?,
         None => Vec::new(),
     };
     if let Some(w) = s.workdir.as_ref().filter(|w| !w.get_ref().starts_with('/')) {

@@ -9,7 +9,7 @@ use std::path::PathBuf;
 use toml::Value;
 
 use super::raw::{Spanned, StageToml};
-use super::{StageAt, val};
+use super::{StageAt, command, val};
 
 /// The stage's kind with its settings; `tests` is the packed test folder, if any.
 pub(super) fn build(
@@ -52,24 +52,6 @@ pub(super) fn build(
         }),
         other => unreachable!("kind {other} was checked against the kind table"),
     })
-}
-
-/// `command`: an argv array, or a string run with `sh -c`.
-pub(super) fn command(at: &StageAt, v: &Spanned<Value>) -> Result<Vec<String>> {
-    let bad = || {
-        at.err(
-            v.span(),
-            "`command` must be a string or a non-empty array of strings",
-        )
-    };
-    match v.get_ref() {
-        Value::String(s) if !s.trim().is_empty() => Ok(vec!["sh".into(), "-c".into(), s.clone()]),
-        Value::Array(items) if !items.is_empty() => items
-            .iter()
-            .map(|i| i.as_str().map(str::to_string).ok_or_else(bad))
-            .collect(),
-        _ => Err(bad()),
-    }
 }
 
 fn ssh(at: &StageAt, s: &StageToml, tests: Option<&(TestBundle, PathBuf)>) -> Result<SshSpec> {

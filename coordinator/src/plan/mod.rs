@@ -400,5 +400,23 @@ fn is_env_name(k: &str) -> bool {
         && b.all(|c| c.is_ascii_alphanumeric() || c == b'_')
 }
 
+/// `command`: an argv array, or a string run with `sh -c`.
+fn command(at: &StageAt, v: &Spanned<Value>) -> Result<Vec<String>> {
+    let bad = || {
+        at.err(
+            v.span(),
+            "`command` must be a string or a non-empty array of strings",
+        )
+    };
+    match v.get_ref() {
+        Value::String(s) if !s.trim().is_empty() => Ok(vec!["sh".into(), "-c".into(), s.clone()]),
+        Value::Array(items) if !items.is_empty() => items
+            .iter()
+            .map(|i| i.as_str().map(str::to_string).ok_or_else(bad))
+            .collect(),
+        _ => Err(bad()),
+    }
+}
+
 #[cfg(test)]
 mod tests;

@@ -1,24 +1,12 @@
 //! JUnit XML: one testcase per stage, for CI systems that render test results.
 use std::fmt::Write;
 
+use crate::fmt::Markup;
 use crate::status::Loaded;
 
 /// Escapes text for XML 1.0, dropping control characters it cannot carry.
 fn xml(s: &str) -> String {
-    let mut out = String::with_capacity(s.len());
-    for c in s.chars() {
-        match c {
-            '&' => out.push_str("&amp;"),
-            '<' => out.push_str("&lt;"),
-            '>' => out.push_str("&gt;"),
-            '"' => out.push_str("&quot;"),
-            '\'' => out.push_str("&apos;"),
-            '\t' | '\n' | '\r' => out.push(c),
-            c if (c as u32) < 0x20 || c == '\u{fffe}' || c == '\u{ffff}' => {}
-            c => out.push(c),
-        }
-    }
-    out
+    crate::fmt::escape(s, Markup::Xml)
 }
 
 /// How a stage outcome maps onto JUnit's result elements.

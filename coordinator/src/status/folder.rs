@@ -16,7 +16,7 @@ pub fn fold(i: Inputs<'_>) -> RunStatus {
 #[derive(Debug, Clone)]
 pub struct Folder {
     stages: Vec<StageStatus>,
-    /// Per stage, the last [`crate::html::LOG_TAIL`] log lines.
+    /// Per stage, the last [`super::LOG_TAIL`] log lines.
     tails: Vec<std::collections::VecDeque<String>>,
     claimed: Option<u64>,
     finished: Option<u64>,
@@ -67,7 +67,7 @@ impl Folder {
         }
     }
 
-    /// Per stage, the last log lines (at most [`crate::html::LOG_TAIL`]).
+    /// Per stage, the last log lines (at most [`super::LOG_TAIL`]).
     pub fn tails(&self) -> Vec<Vec<String>> {
         self.tails
             .iter()
@@ -108,7 +108,7 @@ impl Folder {
             (Event::Log { text, .. }, Some(s)) => {
                 s.log_lines += 1;
                 if let Some(t) = idx.and_then(|i| self.tails.get_mut(i)) {
-                    if t.len() == crate::html::LOG_TAIL {
+                    if t.len() == super::LOG_TAIL {
                         t.pop_front();
                     }
                     t.push_back(text.clone());
@@ -206,7 +206,7 @@ impl Folder {
             RunState::Finished | RunState::Aborted => {
                 Some(outcome.unwrap_or(Outcome::Aborted).exit_status())
             }
-            RunState::Expired | RunState::Corrupt => Some(3),
+            RunState::Expired | RunState::Corrupt => Some(crate::exit::error()),
             _ => None,
         };
         RunStatus {

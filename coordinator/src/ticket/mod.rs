@@ -8,13 +8,11 @@ use kiln_protocol::{HostBinding, RunId, Sha256, SignedTicket, Ticket, VERSION};
 use std::fs;
 use std::path::{Path, PathBuf};
 
-use crate::cli::{TicketIssueCmd, TicketShowCmd};
 use crate::fsutil::{now_s, sync_dir, write_atomic};
 use crate::plan::load_plan;
 use crate::state::State;
-use crate::units::parse_duration;
 
-mod show;
+pub mod show;
 
 /// A freshly signed ticket.
 #[derive(Debug, Clone)]
@@ -98,17 +96,6 @@ pub fn issue(
     })
 }
 
-/// `ticket issue`: prints only the run id on stdout.
-pub fn cmd_issue(state: &State, c: &TicketIssueCmd) -> Result<i32> {
-    let ttl_s = parse_duration(&c.ttl).map_err(|e| anyhow::anyhow!("--ttl: {e}"))?;
-    let issued = issue(state, &c.plan, &c.host, ttl_s, c.url.as_deref())?;
-    if let Some(out) = &c.out {
-        write_out(state, &issued, out)?;
-    }
-    println!("{}", issued.run);
-    Ok(0)
-}
-
 /// Writes the ticket to `out` and the CAS objects it references to `out.cas/`.
 pub fn write_out(state: &State, issued: &Issued, out: &Path) -> Result<()> {
     write_atomic(out, &issued.file, 0o644)?;
@@ -133,11 +120,6 @@ pub fn cas_dir(ticket: &Path) -> PathBuf {
     let mut name = ticket.as_os_str().to_owned();
     name.push(".cas");
     PathBuf::from(name)
-}
-
-/// `ticket show`: decode, verify against this coordinator's key, print.
-pub fn cmd_show(state: &State, c: &TicketShowCmd) -> Result<i32> {
-    show::show(state, &c.file, c.json)
 }
 
 fn check_url(url: &str) -> Result<String> {

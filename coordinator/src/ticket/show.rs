@@ -1,5 +1,5 @@
 //! `ticket show`: a ticket file for people (or `--json` for scripts).
-use crate::report::fmt_unix;
+use crate::fmt::fmt_unix;
 use anyhow::{Result, anyhow};
 use kiln_protocol::{ImageRef, SignedTicket, StageKind, TestBundle, Ticket};
 use serde_json::{Value, json};

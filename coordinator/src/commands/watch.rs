@@ -5,8 +5,10 @@ use std::io::{Read, Seek, SeekFrom, Write};
 use std::time::Duration;
 
 use crate::cli::RunWatchCmd;
+use crate::exit;
+use crate::fmt::fmt_ms;
 use crate::fsutil::now_ms;
-use crate::report::{fmt_ms, stage_name};
+use crate::report::stage_name;
 use crate::state::State;
 use crate::status::{Inputs, RunState, fold};
 use crate::store::{RunDir, Scan, files};
@@ -15,7 +17,7 @@ use crate::visible::visible;
 const POLL: Duration = Duration::from_millis(200);
 
 /// `run watch`: prints until the run ends; exits like the agent would (0 passed,
-/// 1 failed or aborted, 3 error or expired).
+/// 1 failed or aborted, 3 error or expired: [`crate::exit`]).
 pub fn cmd_watch(state: &State, c: &RunWatchCmd) -> Result<i32> {
     let id = state.resolve_run(&c.run)?;
     let rd = RunDir::new(state, id);
@@ -61,7 +63,7 @@ pub fn cmd_watch(state: &State, c: &RunWatchCmd) -> Result<i32> {
             last_state = Some(s.state);
         }
         if !s.state.is_live() {
-            return Ok(s.exit_status.unwrap_or(3));
+            return Ok(s.exit_status.unwrap_or_else(exit::error));
         }
         std::thread::sleep(POLL);
     }

@@ -1,15 +1,13 @@
-//! Setup commands: init, key, hosts, secrets.
+//! Admin commands: init, key, hosts, secrets, netboot images, the dnsmasq snippet.
 use anyhow::{Context, Result, bail};
 use kiln_protocol::{Mac, PublicKey};
 use std::io::Read;
 use std::path::Path;
 
 use crate::cli::*;
-use crate::state::{Host, State, check_name};
+use crate::exit;
+use crate::state::{Host, MAX_SECRET_BYTES, State, check_name};
 use crate::visible::visible;
-
-/// Largest secret `secret set` stores; secrets are keys and tokens, not files.
-pub const MAX_SECRET_BYTES: u64 = kiln_protocol::MAX_SECRET_BYTES as u64;
 
 /// `init`: create the state folder and key (idempotent), print the public key.
 pub fn cmd_init(root: &Path) -> Result<i32> {
@@ -27,13 +25,13 @@ pub fn cmd_init(root: &Path) -> Result<i32> {
         );
     }
     print_key(&line)?;
-    Ok(0)
+    Ok(exit::OK)
 }
 
 /// `key`: print the public key line and fingerprint.
 pub fn cmd_key(state: &State) -> Result<i32> {
     print_key(&public_line(state)?)?;
-    Ok(0)
+    Ok(exit::OK)
 }
 
 fn print_key(line: &str) -> Result<()> {
@@ -147,7 +145,7 @@ pub fn cmd_host_add(state: &State, c: &HostAddCmd) -> Result<i32> {
         "added"
     };
     println!("{verb} host {summary}");
-    Ok(0)
+    Ok(exit::OK)
 }
 
 /// `host list`.
@@ -155,7 +153,7 @@ pub fn cmd_host_list(state: &State) -> Result<i32> {
     let hosts = state.hosts()?;
     if hosts.hosts.is_empty() {
         eprintln!("no hosts (kiln-coordinator host add NAME --mac M)");
-        return Ok(0);
+        return Ok(exit::OK);
     }
     let width = hosts
         .hosts
@@ -188,7 +186,7 @@ pub fn cmd_host_list(state: &State) -> Result<i32> {
             visible(&enrolled),
         );
     }
-    Ok(0)
+    Ok(exit::OK)
 }
 
 /// `secret set`: store a file's bytes under a name (0600); the value is never printed.
@@ -209,7 +207,7 @@ pub fn cmd_secret_set(state: &State, c: &SecretSetCmd) -> Result<i32> {
         .map_err(|e| anyhow::anyhow!("reading {e}"))?;
     state.set_secret(&c.name, &value)?;
     println!("stored secret {} ({} bytes)", c.name, value.len());
-    Ok(0)
+    Ok(exit::OK)
 }
 
 /// Largest `--agent-key` file read: one key line.
@@ -257,4 +255,29 @@ fn describe(h: &Host) -> String {
         s += &format!(" agent key {}", k.fingerprint());
     }
     s
+}
+
+/// `image add`.
+pub fn cmd_image_add(state: &State, c: &ImageAddCmd) -> Result<i32> {
+    let (img, ksize, isize) = crate::images::add(state, &c.name, &c.kernel, &c.initrd, &c.cmdline)?;
+    println!("image {}", img.name);
+    println!("  kernel {} ({ksize} bytes)", img.kernel);
+    println!("  initrd {} ({isize} bytes)", img.initrd);
+    if !img.cmdline.is_empty() {
+        println!("  cmdline {}", img.cmdline);
+    }
+    Ok(exit::OK)
+}
+
+/// `dnsmasq`: print the router snippet.
+pub fn cmd_dnsmasq(c: &DnsmasqCmd) -> Result<i32> {
+    let snippet = crate::ipxe::dnsmasq_snippet(&crate::ipxe::Dnsmasq {
+        url: c.url.clone(),
+        proxy: c.proxy.clone(),
+        range: c.range.clone(),
+        interface: c.interface.clone(),
+        tftp_root: c.tftp_root.clone(),
+    })?;
+    print!("{snippet}");
+    Ok(exit::OK)
 }

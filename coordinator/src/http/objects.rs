@@ -1,4 +1,5 @@
-//! `GET /cas/{sha256}`: artifact bytes with ETag and single byte ranges.
+//! `GET /cas/{sha256}`: serves stored objects (artifact bytes) from the CAS
+//! ([`crate::cas`]) with ETag and single byte ranges.
 use kiln_protocol::Sha256;
 use std::fs::File;
 use std::io::{Read, Seek, SeekFrom};

@@ -1,0 +1,126 @@
+//! Run commands: `runs`, `run show|logs|abort|ack-contest`, `import`, `report`.
+use anyhow::{Context, Result, bail};
+use std::io::Write;
+
+use crate::cli::{
+    ImportCmd, ReportCmd, RunAbortCmd, RunAckContestCmd, RunLogsCmd, RunShowCmd, RunsCmd,
+};
+use crate::exit;
+use crate::report::{log_lines, runs_table, show_text, stage_index, stage_name};
+use crate::state::State;
+use crate::status::{load, summaries};
+use crate::store::{Events, RunDir, files};
+use crate::visible::{json_safe, shown, visible};
+
+/// `runs`.
+pub fn cmd_runs(state: &State, c: &RunsCmd) -> Result<i32> {
+    let list = summaries(state, &state.public_key()?)?;
+    if c.json {
+        println!("{}", json_safe(serde_json::to_string_pretty(&list)?));
+    } else {
+        print!("{}", runs_table(&list));
+    }
+    Ok(exit::OK)
+}
+
+/// `run show`: text from the run goes through [`visible`] unless `--raw`.
+pub fn cmd_show(state: &State, c: &RunShowCmd) -> Result<i32> {
+    let id = state.resolve_run(&c.run)?;
+    let l = load(&RunDir::new(state, id), &state.public_key()?)?;
+    let s = &l.status;
+    if c.json {
+        println!("{}", crate::status::to_json(s));
+        return Ok(exit::OK);
+    }
+    let text = show_text(s, c.raw);
+    // A closed pipe (`| head`) is not an error worth a message.
+    let _ = std::io::stdout().lock().write_all(text.as_bytes());
+    Ok(exit::OK)
+}
+
+/// `run logs`: every Log line once, in seq order; control characters are shown as
+/// escapes unless `--raw`.
+pub fn cmd_logs(state: &State, c: &RunLogsCmd) -> Result<i32> {
+    let id = state.resolve_run(&c.run)?;
+    let rd = RunDir::new(state, id);
+    let (_, ticket) = rd.ticket(&state.public_key()?)?;
+    let only = match &c.stage {
+        Some(name) => Some(stage_index(&ticket, name)?),
+        None => None,
+    };
+    let Events { frames, corrupt } = rd.events()?;
+    let mut out = std::io::BufWriter::new(std::io::stdout().lock());
+    for (stage, text) in log_lines(&frames) {
+        let text = shown(text, c.raw);
+        let line = match only {
+            Some(i) if i != stage => continue,
+            Some(_) => format!("{text}\n"),
+            None => format!("[{}] {text}\n", shown(&stage_name(&ticket, stage), c.raw)),
+        };
+        if out.write_all(line.as_bytes()).is_err() {
+            return Ok(exit::OK); // the reader went away (e.g. `| head`)
+        }
+    }
+    let _ = out.flush();
+    if let Some(c) = corrupt {
+        // The readable part is printed; the exit status says it is not all.
+        eprintln!(
+            "error: run {id}: {}; the lines above are those of the {} records before it",
+            visible(&c.to_string()),
+            c.record
+        );
+        return Ok(exit::REFUSED);
+    }
+    Ok(exit::OK)
+}
+
+/// `run abort`: records the request; the agent gets it with its next ack.
+pub fn cmd_abort(state: &State, c: &RunAbortCmd) -> Result<i32> {
+    let id = state.resolve_run(&c.run)?;
+    crate::store::request_abort(&RunDir::new(state, id), &state.public_key()?, &c.reason)?;
+    println!("abort requested for run {id}: the agent gets it with its next ack");
+    Ok(exit::OK)
+}
+
+/// `run ack-contest`: the operator has looked at the contested claims; the run stops
+/// showing `contested` (the record stays).
+pub fn cmd_ack_contest(state: &State, c: &RunAckContestCmd) -> Result<i32> {
+    let id = state.resolve_run(&c.run)?;
+    let rd = RunDir::new(state, id);
+    rd.ticket(&state.public_key()?)?;
+    let n = crate::claims::acknowledge(&rd)?;
+    println!(
+        "run {id}: {n} contested claim(s) acknowledged; the record stays in {}",
+        rd.path(files::CLAIMS).display()
+    );
+    Ok(exit::OK)
+}
+
+/// `import BUNDLE`.
+pub fn cmd_import(state: &State, c: &ImportCmd) -> Result<i32> {
+    crate::ingest::cmd_import(state, &c.bundle)
+}
+
+/// `report`: the run as JSON, HTML (the run page, loaded as `GET /runs/{run}` loads
+/// it) or JUnit.
+pub fn cmd_report(state: &State, c: &ReportCmd) -> Result<i32> {
+    let id = state.resolve_run(&c.run)?;
+    let rd = RunDir::new(state, id);
+    let key = state.public_key()?;
+    let l = load(&rd, &key)?;
+    let body = match c.format.as_str() {
+        "json" => format!("{}\n", crate::status::to_json(&l.status)),
+        "html" => {
+            let cas = state.cas();
+            let (status, tails) = crate::status::current_with_tails(&rd, &key)?;
+            crate::html::run_page(&status, &tails, &|sha| cas.has(sha))
+        }
+        "junit" => crate::report::junit::render(&l),
+        other => bail!("unknown report format {other:?} (json, html or junit)"),
+    };
+    match &c.out {
+        Some(p) => std::fs::write(p, body).with_context(|| format!("writing {}", p.display()))?,
+        None => print!("{body}"),
+    }
+    Ok(exit::OK)
+}

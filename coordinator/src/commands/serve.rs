@@ -1,0 +1,116 @@
+//! `serve`: the HTTP server's flags, the optional iperf3 server, then [`Server`].
+use anyhow::{Context, Result};
+use std::process::{Child, ChildStdin, Command, Stdio};
+use std::time::Duration;
+
+use crate::cli::ServeCmd;
+use crate::exit;
+use crate::http::{Limits, Net, Server, WORKERS, net};
+use crate::state::State;
+
+/// `serve`: bind, write the address file, answer requests until killed.
+pub fn cmd_serve(state: &State, c: &ServeCmd) -> Result<i32> {
+    // Started before the workers; its guard kills it when this process ends.
+    let _iperf = if c.iperf { Some(spawn_iperf()?) } else { None };
+    let mut limits = Limits::from_env()?;
+    if let Some(q) = &c.upload_quota {
+        limits.run_quota =
+            crate::units::parse_size(q).map_err(|e| anyhow::anyhow!("--upload-quota: {e}"))?;
+    }
+    limits.claim_check =
+        crate::neigh::ClaimCheck::from_flag(&c.claim_check, c.neigh_table.clone())?;
+    limits.claim_check.probe();
+    let net = net_options(c)?;
+    let server = Server::start_net(state, &c.listen, WORKERS, limits, net)?;
+    log::info!(
+        "serving {} on http://{}",
+        state.root.display(),
+        server.addr()
+    );
+    log::info!(
+        "at most {} connections; read timeout {:?}, idle timeout {:?}; listen backlog {}",
+        net.max_connections,
+        net.read_timeout,
+        net.idle_timeout,
+        net::somaxconn().map_or("as the kernel allows".into(), |n| format!(
+            "{n} (net.core.somaxconn)"
+        )),
+    );
+    if let Some(f) = &c.addr_file {
+        // A bare file name has an empty parent; write_atomic wants a real folder.
+        let f = std::path::Path::new(".").join(f);
+        crate::fsutil::write_atomic(&f, format!("{}\n", server.addr()).as_bytes(), 0o644)
+            .context("writing the address file")?;
+    }
+    server.join();
+    Ok(exit::OK)
+}
+
+/// Raises the open-file limit, then sizes the connection cap to it (or checks the
+/// one asked for fits) and reads the timeouts.
+fn net_options(c: &ServeCmd) -> Result<Net> {
+    let soft = match net::raise_fd_limit() {
+        Ok((soft, hard)) => {
+            log::info!("open-file limit: {soft} (hard limit {hard})");
+            soft
+        }
+        Err(e) => {
+            log::warn!("{e:#}");
+            nix::sys::resource::getrlimit(nix::sys::resource::Resource::RLIMIT_NOFILE)
+                .map_or(1024, |(s, _)| s)
+        }
+    };
+    let fits = net::max_connections_for(soft);
+    let max_connections = match c.max_connections {
+        Some(0) => anyhow::bail!("--max-connections must be at least 1"),
+        Some(n) => {
+            if n > fits {
+                log::warn!(
+                    "--max-connections {n} may run out of file descriptors under an \
+                     open-file limit of {soft} (about {fits} fit)"
+                );
+            }
+            n
+        }
+        None => fits,
+    };
+    let secs = |v: Option<u64>, flag: &str, default: Duration| match v {
+        Some(0) => Err(anyhow::anyhow!("{flag} must be at least 1 second")),
+        Some(n) => Ok(Duration::from_secs(n)),
+        None => Ok(default),
+    };
+    Ok(Net {
+        max_connections,
+        read_timeout: secs(c.read_timeout, "--read-timeout", net::DEFAULT_READ_TIMEOUT)?,
+        idle_timeout: secs(c.idle_timeout, "--idle-timeout", net::DEFAULT_IDLE_TIMEOUT)?,
+    })
+}
+
+/// An `iperf3 -s` that dies with this process, however it ends: a shell watches our
+/// end of a pipe and kills iperf3 once the pipe closes (even on SIGKILL).
+struct Iperf {
+    _child: Child,
+    _pipe: ChildStdin,
+}
+
+fn spawn_iperf() -> Result<Iperf> {
+    let mut child = Command::new("sh")
+        .args([
+            "-c",
+            "command -v iperf3 >/dev/null || { echo 'iperf3 is not installed' >&2; exit 127; }
+             iperf3 -s >/dev/null & p=$!; read -r _; kill -KILL $p",
+        ])
+        .stdin(Stdio::piped())
+        .spawn()
+        .context("starting iperf3")?;
+    let pipe = child.stdin.take().context("iperf3 watcher has no stdin")?;
+    std::thread::sleep(std::time::Duration::from_millis(50));
+    if let Some(st) = child.try_wait()? {
+        anyhow::bail!("iperf3 -s exited at once ({st})");
+    }
+    log::info!("iperf3 server running on its default port (5201)");
+    Ok(Iperf {
+        _child: child,
+        _pipe: pipe,
+    })
+}
