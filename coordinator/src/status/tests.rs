@@ -286,3 +286,28 @@ fn a_corrupt_record_has_the_same_numbers_however_the_log_is_read() {
     assert_eq!(json["corrupt"]["offset"], starts[4] as u64);
     assert_eq!(json["corrupt"]["record"], 4);
 }
+
+#[test]
+fn a_summary_serializes_the_headline_fields_of_its_status_in_order() {
+    let t = ticket();
+    let f = frames(vec![
+        claim(),
+        Event::StageStarted {
+            stage: 0,
+            attempt: 1,
+        },
+        done(0, 1, Outcome::Passed),
+    ]);
+    let s = at(&t, &f, Some(NOW), None, NOW);
+    let json = serde_json::to_string(&Summary(s)).unwrap();
+    assert_eq!(
+        json,
+        format!(
+            "{{\"run\":\"{}\",\"plan\":\"p\",\"host\":\"n\",\"state\":\"running\",\
+             \"outcome\":null,\"exit_status\":null,\"frames\":3,\"stages\":2,\
+             \"stages_done\":1,\"issued_at\":{},\"expires_at\":{},\"last_seen_ms\":{NOW},\
+             \"corrupt\":null,\"contested\":false}}",
+            t.run, t.issued_at, t.not_after
+        )
+    );
+}
