@@ -11,6 +11,7 @@ mod corrupt;
 mod full_disk;
 mod fuzz;
 mod import;
+mod interrupted;
 mod ingest;
 mod limits;
 mod pending;
