@@ -169,9 +169,9 @@ fn bind_work(work: &Path, run: &RunId) -> Result<WorkLock, String> {
 /// Whether `work` holds a spool of `run` (bound to it, frames spooled): what lets
 /// an expired ticket deliver what a previous start claimed in time.
 fn spooled_here(work: &Path, run: &RunId) -> bool {
-    let bound = std::fs::read_to_string(work.join("run")).is_ok_and(|s| s.trim() == run.to_string());
-    bound
-        && std::fs::metadata(work.join(crate::spool::SPOOL_FILE)).is_ok_and(|m| m.len() > 0)
+    let bound =
+        std::fs::read_to_string(work.join("run")).is_ok_and(|s| s.trim() == run.to_string());
+    bound && std::fs::metadata(work.join(crate::spool::SPOOL_FILE)).is_ok_and(|m| m.len() > 0)
 }
 
 /// Verifies the ticket, claims the run, runs the stages, reports; blocking.
@@ -305,6 +305,7 @@ pub fn run_ticket(opts: RunOptions) -> RunEnd {
             if expired.is_some() {
                 // Past expiry nothing new starts: an attempt a previous start died in
                 // is closed `interrupted` (announce), and the run ends `error`.
+                crate::attempts::settle_leftovers(&work, &ticket.plan);
                 session.finish(resume.run_finished.unwrap_or(Outcome::Error))
             } else {
                 match session.body(&opts.secrets) {

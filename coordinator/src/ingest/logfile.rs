@@ -1,5 +1,5 @@
 //! A run's stored state as the writer sees it, and appending checked batches.
-use anyhow::Result;
+use anyhow::{Context, Result};
 use kiln_protocol::{Event, Mac, PublicKey, Ticket};
 use std::fs;
 use std::io::Write;
@@ -57,14 +57,17 @@ pub(super) fn store(rd: &RunDir, c: &mut Cached, v: &Verdict, from: Source) -> R
     if !v.records.is_empty() {
         let path = rd.path(files::EVENTS);
         let created = !path.exists();
+        let what = || format!("storing frames of run {}", rd.id);
         let mut file = fs::OpenOptions::new()
             .create(true)
             .append(true)
-            .open(&path)?;
+            .open(&path)
+            .with_context(what)?;
         if let Err(e) = file.write_all(&v.records).and_then(|_| file.sync_data()) {
-            // Cut a partial write back so the log never holds half a batch.
+            // Cut a partial write back so the log never holds half a batch (a full
+            // disk included: truncating needs no space).
             let _ = file.set_len(c.len);
-            return Err(e.into());
+            return Err(anyhow::Error::from(e).context(what()));
         }
         if created {
             sync_dir(&rd.dir)?;

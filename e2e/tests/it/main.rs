@@ -9,6 +9,8 @@ mod artifacts;
 mod claims;
 mod container;
 mod crash;
+mod expiry;
+mod full_disk;
 mod hardware;
 mod image;
 mod netboot;

@@ -8,11 +8,11 @@ use std::path::{Path, PathBuf};
 
 mod cli;
 mod corrupt;
-mod full_disk;
+pub(crate) mod full_disk;
 mod fuzz;
 mod import;
-mod interrupted;
 mod ingest;
+mod interrupted;
 mod limits;
 mod pending;
 mod routes;

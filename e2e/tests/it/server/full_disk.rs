@@ -13,12 +13,12 @@ use super::*;
 use crate::common::kc;
 
 /// A tmpfs of `size` mounted on a temp folder, unmounted when dropped.
-pub(super) struct Tmpfs {
+pub(crate) struct Tmpfs {
     dir: tempfile::TempDir,
 }
 
 impl Tmpfs {
-    pub(super) fn mount(size: &str) -> Option<Tmpfs> {
+    pub(crate) fn mount(size: &str) -> Option<Tmpfs> {
         let dir = tempfile::tempdir().expect("tempdir");
         let out = Command::new("mount")
             .args([
@@ -43,7 +43,7 @@ impl Tmpfs {
         }
     }
 
-    pub(super) fn path(&self) -> &Path {
+    pub(crate) fn path(&self) -> &Path {
         self.dir.path()
     }
 }
@@ -55,7 +55,7 @@ impl Drop for Tmpfs {
 }
 
 /// Fills the file system of `filler` up, then frees `pages` 4 KiB pages.
-pub(super) fn leave_free(filler: &Path, pages: u64) {
+pub(crate) fn leave_free(filler: &Path, pages: u64) {
     let mut f = std::fs::File::create(filler).expect("filler");
     let buf = vec![0x5a; 64 * 1024];
     while f.write(&buf).is_ok_and(|n| n > 0) {}
@@ -123,7 +123,7 @@ pub(super) fn snapshot(dir: &Path) -> Snapshot {
     Snapshot(out)
 }
 
-pub(super) fn copy_dir(from: &Path, to: &Path) {
+pub(crate) fn copy_dir(from: &Path, to: &Path) {
     let ok = Command::new("cp")
         .arg("-a")
         .arg(from)

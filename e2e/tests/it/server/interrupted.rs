@@ -53,21 +53,26 @@ fn killed_then_imported(half_stored: bool) {
     let before = snapshot(&state);
 
     let pause = d.path().join("pause");
-    let mut child = Killed(Command::new(bin("kiln-coordinator"))
-        .arg("--state")
-        .arg(&state)
-        .arg("import")
-        .arg(&whole)
-        .env("KILN_TEST_PAUSE_IMPORT", &pause)
-        .spawn()
-        .expect("starting import"));
+    let mut child = Killed(
+        Command::new(bin("kiln-coordinator"))
+            .arg("--state")
+            .arg(&state)
+            .arg("import")
+            .arg(&whole)
+            .env("KILN_TEST_PAUSE_IMPORT", &pause)
+            .spawn()
+            .expect("starting import"),
+    );
     let paused = d.path().join("pause.paused");
     let mut exited = None;
     wait_until(Duration::from_secs(60), "the import to pause", || {
         exited = child.0.try_wait().unwrap();
         exited.is_some() || paused.exists()
     });
-    assert!(exited.is_none(), "the import ended before pausing: {exited:?}");
+    assert!(
+        exited.is_none(),
+        "the import ended before pausing: {exited:?}"
+    );
     // Paused between blobs and frames: a blob is staged (in a temp file), nothing
     // is committed.
     let staging = named(&state.join("runs"), ".import-");
