@@ -13,6 +13,7 @@ mod expiry;
 mod full_disk;
 mod hardware;
 mod image;
+mod live_import;
 mod netboot;
 mod offline;
 mod qemu;
