@@ -51,8 +51,25 @@ impl Cached {
 /// frames (cut back on a failed write), then updates the cache.
 pub(super) fn store(rd: &RunDir, c: &mut Cached, v: &Verdict, from: Source) -> Result<()> {
     if v.bind {
-        claims::append(rd, claims::Kind::Claim, from, Some(&v.key), "")?;
-        rd.bind_claim(&v.key)?;
+        // Recorded and bound, or (a full disk) neither: the claim record is cut back,
+        // so a retried claim is recorded once.
+        let record = rd.path(files::CLAIMS);
+        let old = fs::metadata(&record).map(|m| m.len()).ok();
+        let bound = claims::append(rd, claims::Kind::Claim, from, Some(&v.key), "")
+            .and_then(|_| rd.bind_claim(&v.key));
+        if let Err(e) = bound {
+            match old {
+                Some(len) => {
+                    if let Ok(f) = fs::OpenOptions::new().write(true).open(&record) {
+                        let _ = f.set_len(len);
+                    }
+                }
+                None => {
+                    let _ = fs::remove_file(&record);
+                }
+            }
+            return Err(e.context(format!("binding the claim of run {}", rd.id)));
+        }
     }
     if !v.records.is_empty() {
         let path = rd.path(files::EVENTS);

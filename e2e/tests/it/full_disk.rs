@@ -162,6 +162,9 @@ fn a_full_disk_answers_507_and_every_frame_arrives_once_after_space_is_freed() {
             && log_lines(&state, &run).len() == 300
     });
 
+    // Issued now, claimed once the disk is full.
+    let late = issue();
+
     // Full, but for one page: batches and the upload run out of space part-way.
     let filler = fs.path().join("filler");
     leave_free(&filler, 1);
@@ -185,8 +188,46 @@ fn a_full_disk_answers_507_and_every_frame_arrives_once_after_space_is_freed() {
         );
     }
 
+    // A claim on the full disk: refused 507 until there is room, recorded once.
+    let late_ticket = state.join("runs").join(&late).join("ticket.kiln");
+    let (mut late_agent, late_lines) = spawn_agent(&state, &late_ticket, &dir.join("work-late"));
+    wait_until(
+        Duration::from_secs(120),
+        "the claim to meet the full disk",
+        || count(&late_lines, &["sending batch: 507", "retrying"]) >= 2,
+    );
+    assert!(
+        late_agent.try_wait().unwrap().is_none(),
+        "the late agent gave up"
+    );
+
     std::fs::remove_file(&filler).unwrap();
     assert_eq!(wait_exit(&mut agent, Duration::from_secs(180)), 0);
+    assert_eq!(wait_exit(&mut late_agent, Duration::from_secs(180)), 0);
+    let late_dir = state.join("runs").join(&late);
+    let record = std::fs::read_to_string(late_dir.join("claims")).unwrap();
+    assert_eq!(
+        record.lines().filter(|l| l.starts_with("claim ")).count(),
+        1,
+        "one claim recorded: {record}"
+    );
+    let temps: Vec<_> = std::fs::read_dir(&late_dir)
+        .unwrap()
+        .flatten()
+        .map(|e| e.file_name().to_string_lossy().into_owned())
+        .filter(|n| n.starts_with('.'))
+        .collect();
+    assert!(
+        temps.is_empty(),
+        "temp files left in {}: {temps:?}",
+        late_dir.display()
+    );
+    assert_eq!(log_lines(&state, &late), {
+        let mut w: Vec<String> = (1..=300).map(|i| format!("line {i}")).collect();
+        w.extend((301..=5000).map(|i| format!("line {i} {pad}")));
+        w.push("done".into());
+        w
+    });
 
     let frames = stored_frames(&state, &run);
     let seqs: Vec<u64> = frames.iter().map(|f| f.seq).collect();
