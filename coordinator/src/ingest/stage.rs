@@ -1,9 +1,9 @@
 //! An import staged beside the state and committed with renames, or rolled back.
 //!
-//! While a bundle is read, everything it adds is written where nobody looks: blobs
-//! to `.in-*` temp files in the staging folder, the run's new files (`events.log` holding only the new
-//! frames, `claim.pub`, `ticket.kiln`) to `runs/.import-<run>-<nonce>/`. Only when the
-//! whole bundle checked out is it committed: blobs linked into the CAS, then the new
+//! While a bundle is read, everything it adds is written where nobody looks, in the
+//! staging folder `runs/.import-<run>-<nonce>/`: blobs to `.in-*` temp files, the
+//! run's new files (`events.log` holding only the new frames, `claim.pub`,
+//! `ticket.kiln`). Only when the whole bundle checked out is it committed: blobs linked into the CAS, then the new
 //! frames appended to events.log (or the file renamed into place), then claim and
 //! ticket renamed in. Any error on the way (ENOSPC included) undoes what the commit
 //! did — objects it created removed, events.log cut back to its old length, files it
