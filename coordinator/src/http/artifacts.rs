@@ -170,8 +170,12 @@ pub fn put(ctx: &Ctx, rq: &mut Request, run: &RunId, sha: &Sha256) -> Reply {
         Err(e) if capped.failed => {
             return Err(Refusal::new(400, format!("reading the upload: {e}")));
         }
-        Err(e) if e.downcast_ref::<io::Error>().is_some() => {
-            return Err(Refusal::new(500, format!("{e:#}")));
+        Err(e) if e.chain().any(|c| c.downcast_ref::<io::Error>().is_some()) => {
+            // A full disk (507) or a broken state folder (500): the agent retries.
+            return Err(Refusal::new(
+                crate::ingest::storage_status(&e),
+                format!("storing the upload: {e:#}"),
+            ));
         }
         Err(e) => return Err(Refusal::new(422, format!("{e}"))),
     };

@@ -133,6 +133,8 @@ fn feed<R: BufRead>(
     import: &mut Import,
     limits: &Limits,
 ) -> Result<(), Refusal> {
+    // A blob was staged since the last batch (for the test hook).
+    let mut blobs_seen = false;
     loop {
         if !records.next_record().map_err(refusal)? {
             return Ok(());
@@ -161,6 +163,9 @@ fn feed<R: BufRead>(
                     return Err(at(anyhow::anyhow!("the batch is cut short")));
                 }
                 records.expect_end("batch").map_err(|e| at(e.into()))?;
+                if std::mem::take(&mut blobs_seen) {
+                    test_pause();
+                }
                 import.batch(&body)?;
             }
             2 => {
@@ -174,10 +179,10 @@ fn feed<R: BufRead>(
                         ),
                     ));
                 }
-                let cas = import.cas().clone();
-                let blob = cas
-                    .stage(&mut records.by_ref().take(len), len, "blob")
+                let blob = import
+                    .stage_blob(&mut records.by_ref().take(len), len)
                     .map_err(at)?;
+                blobs_seen = true;
                 if blob.size != len {
                     return Err(at(anyhow::anyhow!("the blob is cut short")));
                 }
@@ -195,6 +200,21 @@ fn feed<R: BufRead>(
             }
             tag => return Err(at(anyhow::anyhow!("unknown record kind {tag}"))),
         }
+    }
+}
+
+/// The test hook `KILN_TEST_PAUSE_IMPORT=<path>` (tests only, see `stage`): says
+/// `<path>.paused` and waits for `<path>`.
+fn test_pause() {
+    let Some(path) = std::env::var_os("KILN_TEST_PAUSE_IMPORT") else {
+        return;
+    };
+    let path = std::path::PathBuf::from(path);
+    let mut paused = path.clone().into_os_string();
+    paused.push(".paused");
+    let _ = fs::write(&paused, b"");
+    while !path.exists() {
+        std::thread::sleep(std::time::Duration::from_millis(20));
     }
 }
 
