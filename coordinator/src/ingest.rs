@@ -19,6 +19,8 @@ mod logfile;
 use check::validate;
 use logfile::{Cached, refresh, store};
 
+#[doc(hidden)]
+pub use bundle::check_for_fuzzing as check_bundle_for_fuzzing;
 pub use bundle::cmd_import;
 
 /// A refused request: HTTP status, one-line reason, and for a seq gap the seq wanted.

@@ -61,6 +61,13 @@ pub fn cmd_import(state: &State, c: &ImportCmd) -> Result<i32> {
     Ok(0)
 }
 
+/// The bundle check of `import` with nothing written: `Ok(frames)` for a bundle
+/// `import` would go on with. For the fuzz targets in `fuzz/`; not a stable API.
+#[doc(hidden)]
+pub fn check_for_fuzzing(bytes: &[u8], key: &PublicKey) -> Result<u64> {
+    check(bytes, key).map(|c| c.frames)
+}
+
 /// Checks magic, every record, the ticket, and that blobs and Artifact frames match
 /// one to one. The batches themselves are checked by [`Ingester::import`].
 fn check(bytes: &[u8], key: &PublicKey) -> Result<Checked> {

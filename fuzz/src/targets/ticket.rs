@@ -1,0 +1,89 @@
+//! Ticket files (`KILNTKT\x01` + postcard(SignedTicket)): the agent's whole check
+//! (`kiln_agent::verify::check_ticket`: size, format, key, signature, version,
+//! expiry, host binding) and the protocol's decode without a signature (what
+//! `ticket show` and the coordinator's store use). Some inputs that still parse are
+//! signed again with the trusted key, so the body decoder behind the signature gets
+//! fuzzed through the real verify path too.
+use kiln_protocol::{PublicKey, SecretKey, SignedTicket, TICKET_DOMAIN};
+
+use super::{class, pick};
+use crate::fixtures::{self, NOW};
+
+/// The target.
+pub struct Ticket {
+    trusted: Vec<PublicKey>,
+    key: SecretKey,
+    host: kiln_agent::hostinfo::HostInfo,
+}
+
+impl Ticket {
+    /// Sets the target up.
+    pub fn new() -> Self {
+        let key = fixtures::coordinator_key();
+        Ticket {
+            trusted: vec![key.public()],
+            key,
+            host: fixtures::host_info(),
+        }
+    }
+
+    /// What every decoded ticket must allow: the time and host checks, and a
+    /// re-encoding that decodes to the same bytes.
+    fn exercise(&self, t: &kiln_protocol::Ticket) -> u64 {
+        let time = t.check_time(NOW).is_ok();
+        let host = t
+            .check_host(&self.host.macs, self.host.serial.as_deref())
+            .is_ok();
+        let bytes = postcard::to_allocvec(t).expect("re-encode ticket");
+        let st = SignedTicket::sign(t, &self.key);
+        let back = SignedTicket::from_file(&st.to_file())
+            .and_then(|s| s.verify(&self.trusted))
+            .expect("a re-signed ticket verifies");
+        assert_eq!(
+            postcard::to_allocvec(&back).expect("re-encode"),
+            bytes,
+            "ticket does not round-trip"
+        );
+        crate::stable_hash((time, host, t.plan.stages.len().min(4)))
+    }
+}
+
+impl Default for Ticket {
+    fn default() -> Self {
+        Ticket::new()
+    }
+}
+
+impl crate::Target for Ticket {
+    fn run(&mut self, data: &[u8]) -> u64 {
+        let agent = kiln_agent::verify::check_ticket(data, &self.trusted, NOW, &self.host);
+        let mut c = match &agent {
+            Ok((_, t)) => self.exercise(t),
+            Err(e) => class("agent", e),
+        };
+        match SignedTicket::from_file(data) {
+            Err(e) => c ^= class("file", &e),
+            Ok(st) => {
+                let again = SignedTicket::from_file(&st.to_file()).expect("re-parse");
+                assert_eq!(again, st, "signed ticket does not round-trip");
+                match st.decode_unverified() {
+                    Ok(t) => c ^= self.exercise(&t).rotate_left(1),
+                    Err(e) => c ^= class("body", &e),
+                }
+                if pick(data, 4) {
+                    let resigned = SignedTicket {
+                        key_id: self.key.public().key_id(),
+                        sig: self.key.sign(TICKET_DOMAIN, &st.body),
+                        body: st.body,
+                    };
+                    let file = resigned.to_file();
+                    match kiln_agent::verify::check_ticket(&file, &self.trusted, NOW, &self.host) {
+                        Ok((_, t)) => c ^= self.exercise(&t).rotate_left(2),
+                        Err(e) => c ^= class("resigned", &e).rotate_left(2),
+                    }
+                }
+            }
+        }
+        c
+    }
+}
