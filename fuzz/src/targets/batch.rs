@@ -5,7 +5,9 @@
 //! the checks behind the signature (claim, seqs, stages, caps) get fuzzed too.
 //! Each input starts from the same lab state: an accepted batch resets it.
 use kiln_coordinator::ingest::{Ingester, Mode};
-use kiln_protocol::{BATCH_DOMAIN, Batch as WireBatch, PublicKey, SecretKey, SecretsRequest};
+use kiln_protocol::{
+    BATCH_DOMAIN, Batch as WireBatch, PublicKey, SECRETS_DOMAIN, SecretKey, SecretsRequest,
+};
 
 use super::{class, pick};
 use crate::fixtures::{self, Lab, RUN_CLAIMED, RUN_PENDING};
@@ -39,23 +41,53 @@ impl Default for Batch {
     }
 }
 
+impl Batch {
+    /// What the coordinator makes of stored frames: the run page, its JSON, the
+    /// index and the listing, the log lines. Each must work for whatever it stored.
+    fn show(&self, run: kiln_protocol::RunId) {
+        use kiln_coordinator::{html, report, status, store::RunDir};
+        let (state, key) = (&self.lab.state, self.ingester.key());
+        let rd = RunDir::new(state, run);
+        let (s, tails) = status::current_with_tails(&rd, key).expect("status of a stored run");
+        let _ = html::run_page(&s, &tails, &|_| true);
+        let _ = status::to_json(&s);
+        let runs = report::statuses(state, key).expect("statuses");
+        let _ = html::index(&runs, &Default::default());
+        report::summaries(state, key).expect("summaries");
+        let frames = rd.frames().expect("stored frames");
+        let _ = report::log_lines(&frames).count();
+    }
+}
+
+/// `data`'s body (all but the last 64 bytes) signed again under `domain`.
+fn resealed_with(key: &SecretKey, data: &[u8], domain: &[u8]) -> Vec<u8> {
+    let body = &data[..data.len() - 64];
+    let mut v = body.to_vec();
+    v.extend_from_slice(&key.sign(domain, body).0);
+    v
+}
+
+/// `data`'s body sealed again as a batch.
+fn resealed(key: &SecretKey, data: &[u8]) -> Vec<u8> {
+    resealed_with(key, data, BATCH_DOMAIN)
+}
+
 impl crate::Target for Batch {
     fn run(&mut self, data: &[u8]) -> u64 {
-        let mut c = match SecretsRequest::open(data, &self.agent_pub) {
-            Ok(r) => crate::stable_hash(("secrets", r.names.len().min(2))),
-            Err(e) => class("secrets", &e),
-        };
+        let mut c = 0;
         let decoded = WireBatch::open_unverified(data);
         let (run, body) = match &decoded {
-            Ok((b, check)) => {
-                let signed = check.verify(&self.agent_pub).is_ok();
-                assert_eq!(WireBatch::open(data, &self.agent_pub).is_ok(), signed);
+            Ok((b, _)) => {
+                // One signature check per path: `open` is `open_unverified` + verify.
+                let signed = WireBatch::open(data, &self.agent_pub).is_ok();
                 let _ = b.claim_key();
-                let again = b.seal(&self.agent);
-                let (back, _) = WireBatch::open_unverified(&again).expect("re-open");
+                let again = postcard::to_allocvec(b).expect("encode");
+                let (back, rest) =
+                    postcard::take_from_bytes::<WireBatch>(&again).expect("re-decode");
+                assert!(rest.is_empty());
                 assert_eq!(
                     postcard::to_allocvec(&back).expect("encode"),
-                    postcard::to_allocvec(b).expect("encode"),
+                    again,
                     "batch does not round-trip"
                 );
                 c ^= crate::stable_hash(("batch", signed, b.frames.len().min(3)));
@@ -65,10 +97,7 @@ impl crate::Target for Batch {
                     RUN_PENDING
                 };
                 let body = if pick(data, 2) {
-                    let body = &data[..data.len() - 64];
-                    let mut v = body.to_vec();
-                    v.extend_from_slice(&self.agent.sign(BATCH_DOMAIN, body).0);
-                    v
+                    resealed(&self.agent, data)
                 } else {
                     data.to_vec()
                 };
@@ -84,9 +113,21 @@ impl crate::Target for Batch {
                 (run, data.to_vec())
             }
         };
+        // A secrets request has the same shape (body ++ sig); it is decoded only
+        // once its signature checks, so only inputs signed again get that far.
+        if data.len() >= 64 && pick(data, 4) {
+            c ^= match SecretsRequest::open(
+                &resealed_with(&self.agent, data, SECRETS_DOMAIN),
+                &self.agent_pub,
+            ) {
+                Ok(r) => crate::stable_hash(("secrets", r.names.len().min(2))),
+                Err(e) => class("secrets", &e),
+            };
+        }
         match self.ingester.ingest(&run, &body, Mode::Online) {
             Ok(ack) => {
                 c ^= crate::stable_hash(("acked", run, ack.upto.min(3)));
+                self.show(run);
                 // Stored frames (or a claim): back to the start for the next input.
                 self.lab.reset_runs();
                 self.ingester = Ingester::new(&self.lab.state).expect("ingester");

@@ -62,8 +62,9 @@ impl crate::Target for Bundle {
             match r {
                 Ok(rec) => {
                     match &rec {
+                        // The check above verified the ticket; here only its body.
                         ResultRecord::Ticket(t) => {
-                            let _ = t.verify(std::slice::from_ref(&self.trusted));
+                            let _ = t.decode_unverified();
                         }
                         ResultRecord::Batch(b) => {
                             let _ = Batch::open_unverified(b);
@@ -79,7 +80,7 @@ impl crate::Target for Bundle {
             }
         }
         c ^= crate::stable_hash(("records", ok.len().min(4), torn > 0));
-        if pick(data, 2)
+        if pick(data, 4)
             && let Some(ResultRecord::Ticket(t)) = ok.first()
         {
             // Sign the ticket again, keep everything else, and check once more.

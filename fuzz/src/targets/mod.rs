@@ -24,5 +24,5 @@ pub fn class(prefix: &str, err: &dyn std::fmt::Display) -> u64 {
 /// Whether this input (by its bytes) takes the structure-aware path: signed again
 /// with the trusted key. One in `n`, fixed per input so a saved input replays.
 pub fn pick(data: &[u8], n: u64) -> bool {
-    crate::stable_hash(data) % n == 0
+    crate::stable_hash(data).is_multiple_of(n)
 }

@@ -34,11 +34,17 @@ impl Ticket {
         let host = t
             .check_host(&self.host.macs, self.host.serial.as_deref())
             .is_ok();
+        // The round trip goes through the same decoder as the signed path, without
+        // the signature (fuzzed through `check_ticket` for the signed inputs).
         let bytes = postcard::to_allocvec(t).expect("re-encode ticket");
-        let st = SignedTicket::sign(t, &self.key);
+        let st = SignedTicket {
+            key_id: self.key.public().key_id(),
+            body: bytes.clone(),
+            sig: kiln_protocol::Sig([0; 64]),
+        };
         let back = SignedTicket::from_file(&st.to_file())
-            .and_then(|s| s.verify(&self.trusted))
-            .expect("a re-signed ticket verifies");
+            .and_then(|s| s.decode_unverified())
+            .expect("a re-encoded ticket decodes");
         assert_eq!(
             postcard::to_allocvec(&back).expect("re-encode"),
             bytes,
