@@ -1,4 +1,4 @@
-//! Sealed batches (`postcard(Batch) ++ sig[64]`): the protocol's open/verify, the
+//! Sealed batches (`postcard(Batch) ++ sig[64]`): the protocol's decoder, the
 //! secrets request decoder (same shape), and the coordinator's whole ingest
 //! (`Ingester::ingest`, online) against a lab with a pending and a claimed run.
 //! Some inputs whose body still decodes are sealed again with the agent's key, so
@@ -78,8 +78,7 @@ impl crate::Target for Batch {
         let decoded = WireBatch::open_unverified(data);
         let (run, body) = match &decoded {
             Ok((b, _)) => {
-                // One signature check per path: `open` is `open_unverified` + verify.
-                let signed = WireBatch::open(data, &self.agent_pub).is_ok();
+                // The signature is checked once, by the ingest below (as online).
                 let _ = b.claim_key();
                 let again = postcard::to_allocvec(b).expect("encode");
                 let (back, rest) =
@@ -90,7 +89,7 @@ impl crate::Target for Batch {
                     again,
                     "batch does not round-trip"
                 );
-                c ^= crate::stable_hash(("batch", signed, b.frames.len().min(3)));
+                c ^= crate::stable_hash(("batch", b.frames.len().min(3)));
                 let run = if b.run == RUN_CLAIMED {
                     RUN_CLAIMED
                 } else {
