@@ -10,6 +10,7 @@
 //! steps live in the targets: tickets, bundles and batches that still decode are,
 //! for some inputs, signed again with the trusted key, so the code behind the
 //! signature checks gets fuzzed too. `fuzz/README.md` says how to run them.
+#![warn(missing_docs)]
 use std::hash::{Hash, Hasher};
 
 pub mod fixtures;
