@@ -37,6 +37,10 @@ struct RunCmd {
     /// the corpus folder (default fuzz/corpus/TARGET)
     #[argh(option)]
     corpus: Option<PathBuf>,
+    /// save up to this many of the inputs that reached a new outcome class into the
+    /// corpus folder as `found-<hash>` (default 0)
+    #[argh(option, default = "0")]
+    keep: usize,
     /// seconds between progress lines (default 30; 0: none)
     #[argh(option, default = "30")]
     progress: u64,
@@ -159,6 +163,9 @@ fn run_cmd(c: RunCmd) -> ExitCode {
         s.live,
         s.slowest_ms
     );
+    for input in s.found.iter().take(c.keep) {
+        println!("  kept {}", run::save(&dir, "found", input).display());
+    }
     for (input, msg) in &s.crash_inputs {
         println!("  crash ({} bytes): {msg}", input.len());
     }

@@ -58,6 +58,8 @@ pub struct Stats {
     pub classes: usize,
     /// Inputs in the live corpus at the end.
     pub live: usize,
+    /// The inputs that joined the live corpus (each reached a new outcome class).
+    pub found: Vec<Vec<u8>>,
     /// Wall time, seconds.
     pub secs: f64,
     /// The slowest single execution, milliseconds.
@@ -184,6 +186,7 @@ pub fn fuzz(name: &str, target: &mut dyn Target, corpus: Vec<Vec<u8>>, opts: &Op
     stats.secs = start.elapsed().as_secs_f64();
     stats.classes = classes.len();
     stats.live = live.len();
+    stats.found = live.split_off(kept);
     stats
 }
 

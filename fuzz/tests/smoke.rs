@@ -88,7 +88,10 @@ fn seeds_are_accepted() {
         kiln_coordinator::ingest::check_bundle_for_fuzzing(whole, &key).expect("bundle seed"),
         9
     );
-    assert_eq!(seeds::example_plans().len(), 4, "examples/plans changed");
+    assert!(
+        seeds::example_plans().len() >= 4,
+        "examples/plans is missing plans"
+    );
 }
 
 /// A panic inside a target is counted and its input kept, and the runner goes on.

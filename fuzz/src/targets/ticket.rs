@@ -4,7 +4,7 @@
 //! `ticket show` and the coordinator's store use). Some inputs that still parse are
 //! signed again with the trusted key, so the body decoder behind the signature gets
 //! fuzzed through the real verify path too.
-use kiln_protocol::{PublicKey, SecretKey, SignedTicket, TICKET_DOMAIN};
+use kiln_protocol::{PublicKey, SecretKey, SignedTicket, TICKET_DOMAIN, TICKET_MAGIC};
 
 use super::{class, pick};
 use crate::fixtures::{self, NOW};
@@ -54,6 +54,29 @@ impl Ticket {
     }
 }
 
+impl Ticket {
+    /// `body` signed with the trusted key into a ticket file, through the agent's check.
+    fn resigned(&self, body: &[u8]) -> u64 {
+        let st = SignedTicket {
+            key_id: self.key.public().key_id(),
+            sig: self.key.sign(TICKET_DOMAIN, body),
+            body: body.to_vec(),
+        };
+        match kiln_agent::verify::check_ticket(&st.to_file(), &self.trusted, NOW, &self.host) {
+            Ok((_, t)) => self.exercise(&t),
+            Err(e) => class("resigned", &e),
+        }
+    }
+}
+
+/// The body of a ticket file whatever its length prefix says: the bytes between the
+/// magic, key id and length varint, and the 64-byte signature.
+fn body_of(data: &[u8]) -> Option<&[u8]> {
+    let rest = data.strip_prefix(&TICKET_MAGIC[..])?.get(8..)?;
+    let varint = rest.iter().position(|b| b & 0x80 == 0)? + 1;
+    rest.get(varint..rest.len().checked_sub(64)?)
+}
+
 impl Default for Ticket {
     fn default() -> Self {
         Ticket::new()
@@ -68,7 +91,17 @@ impl crate::Target for Ticket {
             Err(e) => class("agent", e),
         };
         match SignedTicket::from_file(data) {
-            Err(e) => c ^= class("file", &e),
+            Err(e) => {
+                c ^= class("file", &e);
+                // A mutation that changed the body's length breaks the file's
+                // framing, not the body: frame it again and sign it, so body
+                // mutations of every kind reach the ticket decoder.
+                if pick(data, 4)
+                    && let Some(body) = body_of(data)
+                {
+                    c ^= self.resigned(body).rotate_left(3);
+                }
+            }
             Ok(st) => {
                 let again = SignedTicket::from_file(&st.to_file()).expect("re-parse");
                 assert_eq!(again, st, "signed ticket does not round-trip");
@@ -77,16 +110,7 @@ impl crate::Target for Ticket {
                     Err(e) => c ^= class("body", &e),
                 }
                 if pick(data, 4) {
-                    let resigned = SignedTicket {
-                        key_id: self.key.public().key_id(),
-                        sig: self.key.sign(TICKET_DOMAIN, &st.body),
-                        body: st.body,
-                    };
-                    let file = resigned.to_file();
-                    match kiln_agent::verify::check_ticket(&file, &self.trusted, NOW, &self.host) {
-                        Ok((_, t)) => c ^= self.exercise(&t).rotate_left(2),
-                        Err(e) => c ^= class("resigned", &e).rotate_left(2),
-                    }
+                    c ^= self.resigned(&st.body).rotate_left(2);
                 }
             }
         }
