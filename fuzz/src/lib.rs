@@ -25,6 +25,11 @@ pub trait Target {
     /// (accepted, refused and why, in a few words); an input that reaches a new
     /// class joins the runner's live corpus.
     fn run(&mut self, data: &[u8]) -> u64;
+
+    /// How many inputs so far got all the way through: accepted by the deepest
+    /// check the target drives (a ticket the agent accepts, a batch acked, a plan
+    /// compiled, a request answered below 400).
+    fn accepted(&self) -> u64;
 }
 
 /// Every target, by name (also the folder names under `fuzz/corpus/`).
@@ -35,7 +40,7 @@ pub fn target(name: &str) -> Option<Box<dyn Target>> {
     Some(match name {
         "ticket" => Box::new(targets::ticket::Ticket::new()),
         "batch" => Box::new(targets::batch::Batch::new()),
-        "ack" => Box::new(targets::ack::Ack),
+        "ack" => Box::new(targets::ack::Ack::default()),
         "bundle" => Box::new(targets::bundle::Bundle::new()),
         "plan" => Box::new(targets::plan::Plan::new()),
         "http" => Box::new(targets::http::Http::new()),

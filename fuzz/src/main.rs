@@ -153,12 +153,13 @@ fn run_cmd(c: RunCmd) -> ExitCode {
     );
     let s = run::fuzz(&c.target, t.as_mut(), corpus, &opts);
     println!(
-        "{}: {} execs in {:.0} s ({:.0}/s), {} crashes, {} outcome classes, {} live inputs, slowest exec {:.1} ms",
+        "{}: {} execs in {:.0} s ({:.0}/s), {} crashes, {} accepted, {} outcome classes, {} live inputs, slowest exec {:.1} ms",
         c.target,
         s.execs,
         s.secs,
         s.rate(),
         s.crashes,
+        s.accepted,
         s.classes,
         s.live,
         s.slowest_ms

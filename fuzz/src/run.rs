@@ -62,6 +62,8 @@ pub struct Stats {
     pub found: Vec<Vec<u8>>,
     /// Wall time, seconds.
     pub secs: f64,
+    /// Inputs that got all the way through ([`Target::accepted`]).
+    pub accepted: u64,
     /// The slowest single execution, milliseconds.
     pub slowest_ms: f64,
 }
@@ -187,6 +189,7 @@ pub fn fuzz(name: &str, target: &mut dyn Target, corpus: Vec<Vec<u8>>, opts: &Op
     stats.classes = classes.len();
     stats.live = live.len();
     stats.found = live.split_off(kept);
+    stats.accepted = target.accepted();
     stats
 }
 

@@ -103,6 +103,9 @@ fn a_panicking_target_is_a_crash() {
             assert!(!data.starts_with(b"AB"), "found it");
             0
         }
+        fn accepted(&self) -> u64 {
+            0
+        }
     }
     let dir = tempfile::tempdir().expect("tempdir");
     let opts = Options {

@@ -12,9 +12,15 @@ pub fn decode_ack(data: &[u8]) -> Result<WireAck, postcard::Error> {
 
 /// The target.
 #[derive(Debug, Default)]
-pub struct Ack;
+pub struct Ack {
+    accepted: u64,
+}
 
 impl crate::Target for Ack {
+    fn accepted(&self) -> u64 {
+        self.accepted
+    }
+
     fn run(&mut self, data: &[u8]) -> u64 {
         let secrets = postcard::from_bytes::<Vec<(String, Vec<u8>)>>(data);
         if let Ok(list) = &secrets {
@@ -27,6 +33,7 @@ impl crate::Target for Ack {
         }
         match decode_ack(data) {
             Ok(ack) => {
+                self.accepted += 1;
                 let again = postcard::to_allocvec(&ack).expect("re-encode ack");
                 assert_eq!(
                     decode_ack(&again),

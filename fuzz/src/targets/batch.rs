@@ -18,6 +18,7 @@ pub struct Batch {
     ingester: Ingester,
     agent: SecretKey,
     agent_pub: PublicKey,
+    accepted: u64,
 }
 
 impl Batch {
@@ -30,6 +31,7 @@ impl Batch {
             lab,
             ingester,
             agent_pub: agent.public(),
+            accepted: 0,
             agent,
         }
     }
@@ -73,6 +75,10 @@ fn resealed(key: &SecretKey, data: &[u8]) -> Vec<u8> {
 }
 
 impl crate::Target for Batch {
+    fn accepted(&self) -> u64 {
+        self.accepted
+    }
+
     fn run(&mut self, data: &[u8]) -> u64 {
         let mut c = 0;
         let decoded = WireBatch::open_unverified(data);
@@ -125,6 +131,7 @@ impl crate::Target for Batch {
         }
         match self.ingester.ingest(&run, &body, Mode::Online) {
             Ok(ack) => {
+                self.accepted += 1;
                 c ^= crate::stable_hash(("acked", run, ack.upto.min(3)));
                 self.show(run);
                 // Stored frames (or a claim): back to the start for the next input.

@@ -15,6 +15,7 @@ use crate::fixtures;
 pub struct Bundle {
     key: SecretKey,
     trusted: PublicKey,
+    accepted: u64,
 }
 
 impl Bundle {
@@ -23,6 +24,7 @@ impl Bundle {
         let key = fixtures::coordinator_key();
         Bundle {
             trusted: key.public(),
+            accepted: 0,
             key,
         }
     }
@@ -50,9 +52,16 @@ fn records(stream: &[u8]) -> (Vec<Result<ResultRecord, kiln_protocol::Error>>, u
 }
 
 impl crate::Target for Bundle {
+    fn accepted(&self) -> u64 {
+        self.accepted
+    }
+
     fn run(&mut self, data: &[u8]) -> u64 {
         let mut c = match kiln_coordinator::ingest::check_bundle_for_fuzzing(data, &self.trusted) {
-            Ok(frames) => crate::stable_hash(("ok", frames.min(3))),
+            Ok(frames) => {
+                self.accepted += 1;
+                crate::stable_hash(("ok", frames.min(3)))
+            }
             Err(e) => class("check", &e),
         };
         let stream = data.get(BUNDLE_MAGIC.len()..).unwrap_or_default();
@@ -95,7 +104,10 @@ impl crate::Target for Bundle {
                 bundle.extend(r.encode());
             }
             c ^= match kiln_coordinator::ingest::check_bundle_for_fuzzing(&bundle, &self.trusted) {
-                Ok(frames) => crate::stable_hash(("resigned ok", frames.min(3))),
+                Ok(frames) => {
+                    self.accepted += 1;
+                    crate::stable_hash(("resigned ok", frames.min(3)))
+                }
                 Err(e) => class("resigned", &e),
             };
         }

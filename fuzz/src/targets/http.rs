@@ -18,6 +18,7 @@ pub const BLOB: &[u8] = b"artifact bytes for range requests\n";
 pub struct Http {
     _lab: Lab,
     ctx: Ctx,
+    accepted: u64,
 }
 
 impl Http {
@@ -33,7 +34,11 @@ impl Http {
             uploads: Default::default(),
             addr: "127.0.0.1:7373".parse().expect("addr"),
         };
-        Http { _lab: lab, ctx }
+        Http {
+            _lab: lab,
+            ctx,
+            accepted: 0,
+        }
     }
 }
 
@@ -56,6 +61,10 @@ fn check_range(h: &str, len: u64) -> u64 {
 }
 
 impl crate::Target for Http {
+    fn accepted(&self) -> u64 {
+        self.accepted
+    }
+
     fn run(&mut self, data: &[u8]) -> u64 {
         let text = String::from_utf8_lossy(data);
         let mut lines = text.splitn(5, '\n');
@@ -77,6 +86,7 @@ impl crate::Target for Http {
         let mut rq: tiny_http::Request = rq.into();
         let status = route_for_fuzzing(&self.ctx, &mut rq);
         assert!((200..500).contains(&status), "{path:?} answered {status}");
+        self.accepted += u64::from(status < 400);
         crate::stable_hash((status, c))
     }
 }

@@ -7,13 +7,13 @@ pub mod plan;
 pub mod ticket;
 
 /// The class of an error: the first words of its message, leaving out numbers,
-/// hex ids, quoted names and what follows a colon, so that the values inside a
+/// hex ids, quoted names and what follows them or a colon, so that the values inside a
 /// message do not make every input a new class.
 pub fn class(prefix: &str, err: &dyn std::fmt::Display) -> u64 {
     let msg = err.to_string();
     let words: Vec<&str> = msg
         .split_whitespace()
-        .take_while(|w| !w.contains([':', '"']))
+        .take_while(|w| !w.contains([':', '"', '`', '\'']))
         .filter(|w| !w.contains(|c: char| c.is_ascii_digit()))
         .filter(|w| !(w.len() >= 8 && w.chars().all(|c| c.is_ascii_hexdigit())))
         .take(6)

@@ -16,6 +16,7 @@ use crate::fixtures::{self, Lab, NOW, RUN_PENDING};
 pub struct Plan {
     lab: Lab,
     file: PathBuf,
+    accepted: u64,
 }
 
 impl Plan {
@@ -39,6 +40,7 @@ impl Plan {
             .expect("archive");
         Plan {
             file: root.join("plans/plan.toml"),
+            accepted: 0,
             lab,
         }
     }
@@ -100,6 +102,10 @@ impl Default for Plan {
 }
 
 impl crate::Target for Plan {
+    fn accepted(&self) -> u64 {
+        self.accepted
+    }
+
     fn run(&mut self, data: &[u8]) -> u64 {
         if let Ok(text) = std::str::from_utf8(data)
             && !Self::paths_stay_inside(text)
@@ -132,6 +138,7 @@ impl crate::Target for Plan {
         {
             panic!("the agent refuses a ticket for a plan the coordinator compiled: {e}");
         }
+        self.accepted += 1;
         crate::stable_hash(("ok", stages.min(8)))
     }
 }

@@ -14,6 +14,7 @@ pub struct Ticket {
     trusted: Vec<PublicKey>,
     key: SecretKey,
     host: kiln_agent::hostinfo::HostInfo,
+    accepted: u64,
 }
 
 impl Ticket {
@@ -24,6 +25,7 @@ impl Ticket {
             trusted: vec![key.public()],
             key,
             host: fixtures::host_info(),
+            accepted: 0,
         }
     }
 
@@ -56,14 +58,17 @@ impl Ticket {
 
 impl Ticket {
     /// `body` signed with the trusted key into a ticket file, through the agent's check.
-    fn resigned(&self, body: &[u8]) -> u64 {
+    fn resigned(&mut self, body: &[u8]) -> u64 {
         let st = SignedTicket {
             key_id: self.key.public().key_id(),
             sig: self.key.sign(TICKET_DOMAIN, body),
             body: body.to_vec(),
         };
         match kiln_agent::verify::check_ticket(&st.to_file(), &self.trusted, NOW, &self.host) {
-            Ok((_, t)) => self.exercise(&t),
+            Ok((_, t)) => {
+                self.accepted += 1;
+                self.exercise(&t)
+            }
             Err(e) => class("resigned", &e),
         }
     }
@@ -84,10 +89,17 @@ impl Default for Ticket {
 }
 
 impl crate::Target for Ticket {
+    fn accepted(&self) -> u64 {
+        self.accepted
+    }
+
     fn run(&mut self, data: &[u8]) -> u64 {
         let agent = kiln_agent::verify::check_ticket(data, &self.trusted, NOW, &self.host);
         let mut c = match &agent {
-            Ok((_, t)) => self.exercise(t),
+            Ok((_, t)) => {
+                self.accepted += 1;
+                self.exercise(t)
+            }
             Err(e) => class("agent", e),
         };
         match SignedTicket::from_file(data) {
