@@ -15,6 +15,7 @@ pub fn class(prefix: &str, err: &dyn std::fmt::Display) -> u64 {
         .split_whitespace()
         .take_while(|w| !w.contains([':', '"', '`', '\'']))
         .filter(|w| !w.contains(|c: char| c.is_ascii_digit()))
+        .map(|w| w.trim_matches(|c: char| c.is_ascii_punctuation()))
         .filter(|w| !(w.len() >= 8 && w.chars().all(|c| c.is_ascii_hexdigit())))
         .take(6)
         .collect();
