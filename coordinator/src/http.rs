@@ -38,6 +38,8 @@ pub const EXTRA_WORKER_IDLE: Duration = Duration::from_secs(10);
 /// Default cap on one artifact upload (`KILN_ARTIFACT_CAP` overrides, e.g. `64M`).
 pub const DEFAULT_ARTIFACT_CAP: u64 = 1 << 30;
 pub use artifacts::DEFAULT_RUN_QUOTA;
+#[doc(hidden)]
+pub use cas::{Range, parse_range};
 
 /// Upload limits and the claim check.
 #[derive(Debug, Clone)]
@@ -431,6 +433,20 @@ fn route(ctx: &Ctx, rq: &mut Request, method: &Method, path: &str) -> Reply {
             only(get(method), "GET").and_then(|_| api::host_ticket(ctx, mac))
         }
         _ => Err(Refusal::new(404, format!("no route {path}"))),
+    }
+}
+
+/// Routes one request as a worker would, without catching panics or writing the
+/// answer anywhere, and returns its status code. For the in-process fuzz targets in
+/// `fuzz/` (a panic there is a finding); not a stable API.
+#[doc(hidden)]
+pub fn route_for_fuzzing(ctx: &Ctx, rq: &mut Request) -> u16 {
+    let method = rq.method().clone();
+    let url = rq.url().to_string();
+    let path = url.split(['?', '#']).next().unwrap_or("").to_string();
+    match route(ctx, rq, &method, &path) {
+        Ok(r) => r.status_code().0,
+        Err(r) => r.status,
     }
 }
 

@@ -27,6 +27,8 @@ use logfile::{Cached, refresh, store};
 use stage::Import;
 
 pub use bundle::cmd_import;
+#[doc(hidden)]
+pub use bundle::{Imported, import_bundle};
 
 /// A refused request: HTTP status, one-line reason, and for a seq gap the seq wanted.
 #[derive(Debug, Clone, PartialEq, Eq)]

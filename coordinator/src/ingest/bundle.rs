@@ -33,16 +33,46 @@ pub fn bundle_cap(limits: &Limits) -> u64 {
         .saturating_add(2 * MAX_TICKET_BYTES as u64)
 }
 
+/// What one import stored.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Imported {
+    /// The run.
+    pub run: kiln_protocol::RunId,
+    /// Its plan's name.
+    pub plan: String,
+    /// Frames in the bundle.
+    pub frames: u64,
+    /// The run's last stored seq after the import.
+    pub upto: u64,
+    /// Artifacts (blobs) in the bundle.
+    pub artifacts: u64,
+}
+
 /// `import BUNDLE`.
 pub fn cmd_import(state: &State, c: &ImportCmd) -> Result<i32> {
     let limits = Limits::from_env()?;
-    let cap = bundle_cap(&limits);
     let file =
         fs::File::open(&c.bundle).with_context(|| format!("reading {}", c.bundle.display()))?;
+    let i = import_bundle(state, file, &limits)?;
+    println!(
+        "imported run {} ({}): {} frames in the bundle, {} stored, {} artifacts",
+        i.run,
+        crate::visible::visible(&i.plan),
+        i.frames,
+        i.upto,
+        i.artifacts
+    );
+    Ok(0)
+}
+
+/// Imports the bundle read from `input` (at most [`bundle_cap`] bytes of it) into
+/// `state`: all of it, or on any refusal or error none of it.
+pub fn import_bundle(state: &State, input: impl Read, limits: &Limits) -> Result<Imported> {
+    let cap = bundle_cap(limits);
     let mut input = BufReader::with_capacity(
         1 << 20,
         Capped {
-            inner: file,
+            inner: input,
             left: cap,
             cap,
         },
@@ -64,7 +94,7 @@ pub fn cmd_import(state: &State, c: &ImportCmd) -> Result<i32> {
     let mut counts = (0, 0);
     let upto = ingester
         .import(&parsed, &file, |import| {
-            feed(&mut records, import, &limits)?;
+            feed(&mut records, import, limits)?;
             counts = import.counts();
             Ok(())
         })
@@ -75,11 +105,13 @@ pub fn cmd_import(state: &State, c: &ImportCmd) -> Result<i32> {
                 anyhow::anyhow!("bundle refused, nothing imported: run {run}: {r}")
             }
         })?;
-    println!(
-        "imported run {run} ({}): {} frames in the bundle, {upto} stored, {} artifacts",
-        parsed.plan.name, counts.0, counts.1
-    );
-    Ok(0)
+    Ok(Imported {
+        run,
+        plan: parsed.plan.name.clone(),
+        frames: counts.0,
+        upto,
+        artifacts: counts.1 as u64,
+    })
 }
 
 /// Checks the magic, the bytes before the first record.
