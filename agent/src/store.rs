@@ -328,4 +328,102 @@ mod tests {
         assert_eq!(fs::read(p).unwrap(), data);
         assert!(rx.recv().unwrap().contains("range: bytes=10000-"));
     }
+
+    /// Reads a request body of `n` bytes after its head.
+    fn body_of(s: &mut std::net::TcpStream, n: usize) -> Vec<u8> {
+        let mut b = vec![0u8; n];
+        s.read_exact(&mut b).unwrap();
+        b
+    }
+
+    fn answer(s: &mut std::net::TcpStream, status: &str, extra: &str) {
+        write!(
+            s,
+            "HTTP/1.1 {status}\r\n{extra}Content-Length: 0\r\nConnection: close\r\n\r\n"
+        )
+        .unwrap();
+    }
+
+    fn claim_key() -> SecretKey {
+        SecretKey::from_seed([7; 32])
+    }
+
+    #[test]
+    fn a_503_is_retried_and_the_upload_resumes_from_the_offset_the_coordinator_holds() {
+        let data = body();
+        let sha = Sha256::of(&data);
+        let n = data.len();
+        let d = tempfile::tempdir().unwrap();
+        let f = d.path().join("a.bin");
+        fs::write(&f, &data).unwrap();
+        let rest = data[20_000..].to_vec();
+        let (url, rx) = serve(vec![
+            Box::new(|_h, s| answer(s, "204 No Content", "Kiln-Upload-Offset: 0\r\n")),
+            // The whole body read, then busy.
+            Box::new(move |_h, s| {
+                assert_eq!(body_of(s, n), data);
+                answer(s, "503 Service Unavailable", "");
+            }),
+            Box::new(|_h, s| answer(s, "204 No Content", "Kiln-Upload-Offset: 20000\r\n")),
+            Box::new(move |_h, s| {
+                assert_eq!(body_of(s, n - 20_000), rest);
+                answer(s, "201 Created", "");
+            }),
+        ]);
+        let c = quick(&url);
+        let run = RunId([1; 16]);
+        let file = fs::File::open(&f).unwrap();
+        let got = upload_artifact(&c, &run, &claim_key(), file).unwrap();
+        assert_eq!(got, (sha, n as u64));
+        let heads: Vec<String> = rx.iter().take(4).collect();
+        assert!(heads[0].starts_with("head "), "{heads:?}");
+        assert!(
+            heads[0].contains(&format!("kiln-upload-length: {n}")),
+            "{heads:?}"
+        );
+        assert!(heads[1].starts_with("put "), "{heads:?}");
+        assert!(
+            heads[1].contains(&format!("content-length: {n}")),
+            "{heads:?}"
+        );
+        assert!(!heads[1].contains("content-range"), "{heads:?}");
+        assert!(!heads[1].contains("chunked"), "{heads:?}");
+        assert!(heads[2].starts_with("head "), "{heads:?}");
+        assert!(heads[3].starts_with("put "), "{heads:?}");
+        assert!(
+            heads[3].contains(&format!("content-range: bytes 20000-{}/{n}", n - 1)),
+            "{heads:?}"
+        );
+        assert!(
+            heads[3].contains(&format!("content-length: {}", n - 20_000)),
+            "{heads:?}"
+        );
+    }
+
+    #[test]
+    fn over_the_quota_is_its_own_error_and_is_not_retried() {
+        let d = tempfile::tempdir().unwrap();
+        let f = d.path().join("a.bin");
+        fs::write(&f, body()).unwrap();
+        let n = body().len();
+        // Refused when asking for the offset, or on the PUT itself.
+        let (url, rx) = serve(vec![
+            Box::new(|_h, s| answer(s, "413 Payload Too Large", "")),
+            Box::new(|_h, s| answer(s, "204 No Content", "Kiln-Upload-Offset: 0\r\n")),
+            Box::new(move |_h, s| {
+                body_of(s, n);
+                answer(s, "413 Payload Too Large", "");
+            }),
+        ]);
+        let c = quick(&url);
+        let run = RunId([1; 16]);
+        for _ in 0..2 {
+            let e =
+                upload_artifact(&c, &run, &claim_key(), fs::File::open(&f).unwrap()).unwrap_err();
+            assert_eq!(e.kind(), io::ErrorKind::QuotaExceeded, "{e}");
+            assert!(e.to_string().contains("over the run's quota"), "{e}");
+        }
+        assert_eq!(rx.iter().take(3).count(), 3);
+        assert!(rx.try_recv().is_err(), "a 413 was retried");
+    }
 }

@@ -18,6 +18,7 @@ mod limits;
 mod pending;
 mod routes;
 mod terminal;
+mod uploads;
 
 /// A state folder with a coordinator key, made without `init` (another part's
 /// command) so these tests only need what they exercise: `State::open` wants the key.
@@ -276,6 +277,7 @@ pub fn call(req: ureq::Request, body: Option<&[u8]>) -> Answer {
         "ETag",
         "Kiln-Run",
         "Content-Type",
+        "Kiln-Upload-Offset",
     ]
     .iter()
     .filter_map(|h| resp.header(h).map(|v| (h.to_string(), v.to_string())))
