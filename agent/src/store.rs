@@ -73,7 +73,7 @@ pub fn upload_artifact(
             Put::OverQuota(why) => {
                 return Err(io::Error::new(
                     io::ErrorKind::QuotaExceeded,
-                    format!("over the run's quota ({why})"),
+                    format!("over the run's upload quota or the artifact cap ({why})"),
                 ));
             }
             Put::Refused(why) => {
@@ -421,7 +421,7 @@ mod tests {
             let e =
                 upload_artifact(&c, &run, &claim_key(), fs::File::open(&f).unwrap()).unwrap_err();
             assert_eq!(e.kind(), io::ErrorKind::QuotaExceeded, "{e}");
-            assert!(e.to_string().contains("over the run's quota"), "{e}");
+            assert!(e.to_string().contains("over the run's upload quota"), "{e}");
         }
         assert_eq!(rx.iter().take(3).count(), 3);
         assert!(rx.try_recv().is_err(), "a 413 was retried");

@@ -175,7 +175,7 @@ command = ["sh", "-c", "mkdir -p artifacts && echo later > artifacts/later.txt"]
     assert_eq!(artifact_names(&stages[1]), vec!["later.txt"], "{show}");
     let logs = kc(&fx.state, &["run", "logs", &run]).stdout;
     assert!(
-        logs.contains("artifact big.bin not uploaded: over the run's quota"),
+        logs.contains("artifact big.bin not uploaded: over the run's upload quota"),
         "{logs}"
     );
 }
