@@ -80,7 +80,9 @@ pub trait Sink: Send + Sync {
     /// Queues an event; never blocks on the network.
     fn emit(&self, event: Event);
     /// Stores an open file's bytes (CAS upload or bundle blob); returns digest and
-    /// size. The caller opened it without following links ([`artifacts`]).
+    /// size. The caller opened it without following links ([`artifacts`]). An error
+    /// of kind [`io::ErrorKind::QuotaExceeded`] means the coordinator will not take it
+    /// (the run's upload quota, the artifact cap): the caller leaves it out and goes on.
     /// Blocking: call through `smol::unblock` (as [`StageCtx::artifact`] does).
     fn store_artifact(&self, file: std::fs::File) -> io::Result<(Sha256, u64)>;
     /// A local path holding the CAS object `sha` (downloaded and verified if needed).
