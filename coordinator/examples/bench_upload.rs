@@ -87,8 +87,8 @@ fn serve(state: &Path, addr_file: &Path, cap: u64) {
         run_quota: cap,
         ..Limits::from_env().expect("limits")
     };
-    let server = Server::start_net(&state, "127.0.0.1:0", WORKERS, limits, Net::default())
-        .expect("server");
+    let server =
+        Server::start_net(&state, "127.0.0.1:0", WORKERS, limits, Net::default()).expect("server");
     std::fs::write(addr_file, server.addr().to_string()).expect("address file");
     server.join();
 }
