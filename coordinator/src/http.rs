@@ -182,7 +182,9 @@ impl Server {
         } = limits;
         let ingest = Ingester::new(state)?.with_claim_check(claim_check);
         let signer = state.signing_key()?;
-        let swept = state.cas().sweep_temp(std::time::Duration::from_secs(60));
+        let idle = std::time::Duration::from_secs(60);
+        let swept =
+            state.cas().sweep_temp(idle) + artifacts::sweep_at_start(state.cas().dir(), idle);
         if swept > 0 {
             log::info!("removed {swept} leftover upload temp file(s) from cas/");
         }
@@ -427,8 +429,11 @@ fn route(ctx: &Ctx, rq: &mut Request, method: &Method, path: &str) -> Reply {
             .and_then(|_| api::post_events(ctx, rq, &parse_run(run)?)),
         ["v1", "runs", run, "secrets"] => only(*method == Method::Post, "POST")
             .and_then(|_| api::post_secrets(ctx, rq, &parse_run(run)?)),
-        ["v1", "runs", run, "artifacts", sha] => only(*method == Method::Put, "PUT")
-            .and_then(|_| artifacts::put(ctx, rq, &parse_run(run)?, &parse_sha(sha)?)),
+        ["v1", "runs", run, "artifacts", sha] => match method {
+            Method::Put => artifacts::put(ctx, rq, &parse_run(run)?, &parse_sha(sha)?),
+            Method::Head => artifacts::offset(ctx, rq, &parse_run(run)?, &parse_sha(sha)?),
+            _ => Err(Refusal::new(405, "method not allowed (use PUT or HEAD)")),
+        },
         ["v1", "hosts", mac, "ticket"] => {
             only(get(method), "GET").and_then(|_| api::host_ticket(ctx, mac))
         }

@@ -19,6 +19,7 @@ mod limits;
 mod pending;
 mod routes;
 mod terminal;
+mod uploads;
 
 /// A state folder with a coordinator key, made without `init` (another part's
 /// command) so these tests only need what they exercise: `State::open` wants the key.
@@ -277,6 +278,7 @@ pub fn call(req: ureq::Request, body: Option<&[u8]>) -> Answer {
         "ETag",
         "Kiln-Run",
         "Content-Type",
+        "Kiln-Upload-Offset",
     ]
     .iter()
     .filter_map(|h| resp.header(h).map(|v| (h.to_string(), v.to_string())))
