@@ -10,7 +10,6 @@ pub mod cli;
 pub mod client;
 pub mod hostinfo;
 pub mod hostkey;
-pub mod logger;
 pub mod progress;
 pub mod reaper;
 pub mod reporter;

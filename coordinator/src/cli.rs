@@ -1,9 +1,23 @@
-//! The command line: argh's types, `--version`, and parsing the process's
-//! arguments. [`crate::commands`] runs what was parsed.
+//! The command line, the top of the coordinator: the top-level argh types,
+//! `--version`, parsing the process's arguments and the dispatch to the command
+//! handlers (`commands/`, one file per command group, each with its argh types).
+//! Nothing below imports this file.
+use anyhow::Result;
 use argh::FromArgs;
 use std::path::PathBuf;
 
+use crate::commands::admin::{
+    DnsmasqCmd, HostAddCmd, HostListCmd, ImageAddCmd, InitCmd, KeyCmd, SecretSetCmd,
+};
+use crate::commands::runs::{
+    ImportCmd, ReportCmd, RunAbortCmd, RunAckContestCmd, RunLogsCmd, RunShowCmd, RunsCmd,
+};
+use crate::commands::serve::ServeCmd;
+use crate::commands::ticket::{TicketIssueCmd, TicketShowCmd};
+use crate::commands::watch::RunWatchCmd;
+use crate::commands::{admin, runs, serve, ticket, watch};
 use crate::exit;
+use crate::state::{State, resolve_root};
 
 /// kiln coordinator: signs run tickets, serves iPXE scripts and artifacts, ingests reports.
 #[derive(FromArgs, Debug)]
@@ -35,54 +49,6 @@ pub enum Command {
     Dnsmasq(DnsmasqCmd),
 }
 
-/// Create the state folder and signing key (idempotent); print the public key.
-#[derive(FromArgs, Debug)]
-#[argh(subcommand, name = "init")]
-pub struct InitCmd {}
-
-/// Run the HTTP server.
-#[derive(FromArgs, Debug)]
-#[argh(subcommand, name = "serve")]
-pub struct ServeCmd {
-    /// address to listen on (default 127.0.0.1:7373; port 0 picks one)
-    #[argh(option, default = "kiln_protocol::DEFAULT_LISTEN.to_string()")]
-    pub listen: String,
-    /// also run an iperf3 server for network stages (on iperf3's default port)
-    #[argh(switch)]
-    pub iperf: bool,
-    /// write the bound address to this file once listening (for scripts and tests)
-    #[argh(option)]
-    pub addr_file: Option<PathBuf>,
-    /// most bytes all artifact uploads of one run may take (default 4G, or
-    /// KILN_RUN_ARTIFACT_QUOTA)
-    #[argh(option)]
-    pub upload_quota: Option<String>,
-    /// check a claim's source address against the neighbour table: on (default) or
-    /// off. A claim whose address maps to a MAC the ticket does not name is refused
-    #[argh(option, default = "String::from(\"on\")")]
-    pub claim_check: String,
-    /// the IPv4 neighbour table read by the claim check (default /proc/net/arp;
-    /// another file in its format, for tests)
-    #[argh(option)]
-    pub neigh_table: Option<PathBuf>,
-    /// most connections open at once; more are answered 503 and closed (default
-    /// 4096, less if the open-file limit is lower)
-    #[argh(option)]
-    pub max_connections: Option<usize>,
-    /// seconds one read of a request's header or body may wait, and a header may take
-    /// in all (default 30)
-    #[argh(option)]
-    pub read_timeout: Option<u64>,
-    /// seconds an idle keep-alive connection stays open (default 60)
-    #[argh(option)]
-    pub idle_timeout: Option<u64>,
-}
-
-/// Print the public key and its fingerprint.
-#[derive(FromArgs, Debug)]
-#[argh(subcommand, name = "key")]
-pub struct KeyCmd {}
-
 /// Manage hosts.
 #[derive(FromArgs, Debug)]
 #[argh(subcommand, name = "host")]
@@ -101,33 +67,6 @@ pub enum HostSub {
     List(HostListCmd),
 }
 
-/// Add a host (or update it): name, MACs, serial, image.
-#[derive(FromArgs, Debug)]
-#[argh(subcommand, name = "add")]
-pub struct HostAddCmd {
-    /// host name
-    #[argh(positional)]
-    pub name: String,
-    /// MAC address (repeatable)
-    #[argh(option)]
-    pub mac: Vec<String>,
-    /// DMI product serial
-    #[argh(option)]
-    pub serial: Option<String>,
-    /// netboot image name
-    #[argh(option)]
-    pub image: Option<String>,
-    /// enrol the host's agent key: the line `kiln-agent enroll` printed
-    /// (`kiln-ed25519 <base64> [comment]`), a file holding it, or `none` to unenrol
-    #[argh(option)]
-    pub agent_key: Option<String>,
-}
-
-/// List hosts.
-#[derive(FromArgs, Debug)]
-#[argh(subcommand, name = "list")]
-pub struct HostListCmd {}
-
 /// Manage secrets.
 #[derive(FromArgs, Debug)]
 #[argh(subcommand, name = "secret")]
@@ -143,18 +82,6 @@ pub struct SecretCmd {
 #[allow(missing_docs)]
 pub enum SecretSub {
     Set(SecretSetCmd),
-}
-
-/// Store a secret a plan can name.
-#[derive(FromArgs, Debug)]
-#[argh(subcommand, name = "set")]
-pub struct SecretSetCmd {
-    /// secret name
-    #[argh(positional)]
-    pub name: String,
-    /// file holding the value
-    #[argh(option)]
-    pub file: PathBuf,
 }
 
 /// Issue and inspect tickets.
@@ -173,48 +100,6 @@ pub struct TicketCmd {
 pub enum TicketSub {
     Issue(TicketIssueCmd),
     Show(TicketShowCmd),
-}
-
-/// Sign a ticket for a host; prints the run id.
-#[derive(FromArgs, Debug)]
-#[argh(subcommand, name = "issue")]
-pub struct TicketIssueCmd {
-    /// plan file (TOML)
-    #[argh(option)]
-    pub plan: PathBuf,
-    /// host name (hosts.toml)
-    #[argh(option)]
-    pub host: String,
-    /// validity, e.g. 24h (default 24h)
-    #[argh(option, default = "String::from(\"24h\")")]
-    pub ttl: String,
-    /// coordinator URL the agent reports to (default: none, offline)
-    #[argh(option)]
-    pub url: Option<String>,
-    /// also write the ticket file here
-    #[argh(option)]
-    pub out: Option<PathBuf>,
-}
-
-/// Decode, verify and pretty-print a ticket file.
-#[derive(FromArgs, Debug)]
-#[argh(subcommand, name = "show")]
-pub struct TicketShowCmd {
-    /// ticket file
-    #[argh(positional)]
-    pub file: PathBuf,
-    /// JSON output
-    #[argh(switch)]
-    pub json: bool,
-}
-
-/// List runs and their status.
-#[derive(FromArgs, Debug)]
-#[argh(subcommand, name = "runs")]
-pub struct RunsCmd {
-    /// JSON output
-    #[argh(switch)]
-    pub json: bool,
 }
 
 /// Inspect and steer one run.
@@ -238,95 +123,6 @@ pub enum RunSub {
     AckContest(RunAckContestCmd),
 }
 
-/// Stages, outcomes, measurements, artifacts.
-#[derive(FromArgs, Debug)]
-#[argh(subcommand, name = "show")]
-pub struct RunShowCmd {
-    /// run id or unique prefix (8+ hex digits)
-    #[argh(positional)]
-    pub run: String,
-    /// JSON output
-    #[argh(switch)]
-    pub json: bool,
-    /// print text from the run as stored, control characters included (by default
-    /// they are shown as escapes such as \x1b)
-    #[argh(switch)]
-    pub raw: bool,
-}
-
-/// Follow a run live until it ends.
-#[derive(FromArgs, Debug)]
-#[argh(subcommand, name = "watch")]
-pub struct RunWatchCmd {
-    /// run id or unique prefix
-    #[argh(positional)]
-    pub run: String,
-}
-
-/// The full log, every line once, in order.
-#[derive(FromArgs, Debug)]
-#[argh(subcommand, name = "logs")]
-pub struct RunLogsCmd {
-    /// run id or unique prefix
-    #[argh(positional)]
-    pub run: String,
-    /// only this stage
-    #[argh(option)]
-    pub stage: Option<String>,
-    /// print the lines' exact bytes, control characters included (by default they
-    /// are shown as escapes such as \x1b)
-    #[argh(switch)]
-    pub raw: bool,
-}
-
-/// Abort a run: reaches the agent with its next ack.
-#[derive(FromArgs, Debug)]
-#[argh(subcommand, name = "abort")]
-pub struct RunAbortCmd {
-    /// run id or unique prefix
-    #[argh(positional)]
-    pub run: String,
-    /// why
-    #[argh(option, default = "String::from(\"aborted by operator\")")]
-    pub reason: String,
-}
-
-/// Acknowledge a run's contested claims: it stops showing `contested` (the record
-/// of every claim stays in runs/<run>/claims).
-#[derive(FromArgs, Debug)]
-#[argh(subcommand, name = "ack-contest")]
-// The doc comment is argh's --help text, where `<run>` reads as a placeholder.
-#[allow(rustdoc::invalid_html_tags)]
-pub struct RunAckContestCmd {
-    /// run id or unique prefix
-    #[argh(positional)]
-    pub run: String,
-}
-
-/// Ingest an offline result bundle (same path as online reports).
-#[derive(FromArgs, Debug)]
-#[argh(subcommand, name = "import")]
-pub struct ImportCmd {
-    /// bundle file
-    #[argh(positional)]
-    pub bundle: PathBuf,
-}
-
-/// Write a run's report.
-#[derive(FromArgs, Debug)]
-#[argh(subcommand, name = "report")]
-pub struct ReportCmd {
-    /// run id or unique prefix
-    #[argh(positional)]
-    pub run: String,
-    /// html, json or junit (default json)
-    #[argh(option, default = "String::from(\"json\")")]
-    pub format: String,
-    /// output file (default stdout)
-    #[argh(option)]
-    pub out: Option<PathBuf>,
-}
-
 /// Manage netboot images.
 #[derive(FromArgs, Debug)]
 #[argh(subcommand, name = "image")]
@@ -344,45 +140,57 @@ pub enum ImageSub {
     Add(ImageAddCmd),
 }
 
-/// Store a kernel + initrd pair in the CAS under a name.
-#[derive(FromArgs, Debug)]
-#[argh(subcommand, name = "add")]
-pub struct ImageAddCmd {
-    /// image name
-    #[argh(positional)]
-    pub name: String,
-    /// kernel file
-    #[argh(option)]
-    pub kernel: PathBuf,
-    /// initrd file
-    #[argh(option)]
-    pub initrd: PathBuf,
-    /// extra kernel command line
-    #[argh(option, default = "String::new()")]
-    pub cmdline: String,
-}
-
-/// Print a dnsmasq snippet that chains PXE ROMs to iPXE and iPXE to /boot.ipxe.
-#[derive(FromArgs, Debug)]
-#[argh(subcommand, name = "dnsmasq")]
-pub struct DnsmasqCmd {
-    /// coordinator base URL as seen by booting machines, e.g. http://10.0.0.1:7373
-    #[argh(option)]
-    pub url: String,
-    /// proxy-DHCP mode for a network whose router already hands out addresses,
-    /// given as the subnet, e.g. 10.0.0.0
-    #[argh(option)]
-    pub proxy: Option<String>,
-    /// DHCP range for full DHCP mode, e.g. 10.0.0.100,10.0.0.200,12h
-    #[argh(option)]
-    pub range: Option<String>,
-    /// interface to serve on
-    #[argh(option)]
-    pub interface: Option<String>,
-    /// TFTP folder holding undionly.kpxe and ipxe.efi for plain PXE ROMs
-    /// (default /usr/lib/ipxe, Debian's `ipxe` package)
-    #[argh(option, default = "PathBuf::from(\"/usr/lib/ipxe\")")]
-    pub tftp_root: PathBuf,
+/// Runs a parsed command line; returns the process exit code ([`crate::exit`]).
+pub fn run(cli: Cli) -> Result<i32> {
+    let root = resolve_root(cli.state);
+    if let Command::Init(_) = cli.command {
+        return admin::cmd_init(&root);
+    }
+    if let Command::Dnsmasq(c) = &cli.command {
+        return admin::cmd_dnsmasq(c);
+    }
+    let state = State::open(&root)?;
+    match cli.command {
+        Command::Init(_) | Command::Dnsmasq(_) => unreachable!("handled above"),
+        Command::Serve(c) => serve::cmd_serve(&state, &c),
+        Command::Key(_) => admin::cmd_key(&state),
+        Command::Host(HostCmd {
+            command: HostSub::Add(c),
+        }) => admin::cmd_host_add(&state, &c),
+        Command::Host(HostCmd {
+            command: HostSub::List(_),
+        }) => admin::cmd_host_list(&state),
+        Command::Secret(SecretCmd {
+            command: SecretSub::Set(c),
+        }) => admin::cmd_secret_set(&state, &c),
+        Command::Ticket(TicketCmd {
+            command: TicketSub::Issue(c),
+        }) => ticket::cmd_issue(&state, &c),
+        Command::Ticket(TicketCmd {
+            command: TicketSub::Show(c),
+        }) => ticket::cmd_show(&state, &c),
+        Command::Runs(c) => runs::cmd_runs(&state, &c),
+        Command::Run(RunCmd {
+            command: RunSub::Show(c),
+        }) => runs::cmd_show(&state, &c),
+        Command::Run(RunCmd {
+            command: RunSub::Watch(c),
+        }) => watch::cmd_watch(&state, &c),
+        Command::Run(RunCmd {
+            command: RunSub::Logs(c),
+        }) => runs::cmd_logs(&state, &c),
+        Command::Run(RunCmd {
+            command: RunSub::Abort(c),
+        }) => runs::cmd_abort(&state, &c),
+        Command::Run(RunCmd {
+            command: RunSub::AckContest(c),
+        }) => runs::cmd_ack_contest(&state, &c),
+        Command::Import(c) => runs::cmd_import(&state, &c),
+        Command::Report(c) => runs::cmd_report(&state, &c),
+        Command::Image(ImageCmd {
+            command: ImageSub::Add(c),
+        }) => admin::cmd_image_add(&state, &c),
+    }
 }
 
 /// The git commit the binary was built from, when the build knew it (`build.rs`:
@@ -402,29 +210,11 @@ pub fn version_text() -> String {
 
 /// Parses the process's arguments; `--help` prints and exits 0, `--version` (as the
 /// first argument) prints [`version_text`] and exits 0, bad arguments print the
-/// reason and exit 2 (refused), as DESIGN.md's exit statuses ask.
+/// reason and exit 2 (refused).
 pub fn from_env() -> Cli {
-    let args: Vec<String> = std::env::args().collect();
-    let strs: Vec<&str> = args.iter().map(String::as_str).collect();
-    let name = strs
-        .first()
-        .and_then(|p| p.rsplit('/').next())
-        .unwrap_or("kiln");
-    if strs.get(1) == Some(&"--version") {
+    if std::env::args().nth(1).as_deref() == Some("--version") {
         println!("{}", version_text());
         std::process::exit(exit::OK)
     }
-    match <Cli as FromArgs>::from_args(&[name], strs.get(1..).unwrap_or(&[])) {
-        Ok(cli) => cli,
-        Err(early) => match early.status {
-            Ok(()) => {
-                println!("{}", early.output);
-                std::process::exit(exit::OK)
-            }
-            Err(()) => {
-                eprintln!("{}", early.output);
-                std::process::exit(exit::REFUSED)
-            }
-        },
-    }
+    kiln_cmdline::args::from_env()
 }

@@ -7,7 +7,7 @@ use kiln_protocol::Outcome;
 pub const OK: i32 = 0;
 /// Refused: bad arguments, an error, or output known to be partial (a corrupt
 /// events.log under `run logs`).
-pub const REFUSED: i32 = 2;
+pub const REFUSED: i32 = kiln_cmdline::args::EXIT_USAGE;
 
 /// The exit status of a run that ended in error, expired or is corrupt (3), the
 /// agent's status for [`Outcome::Error`].

@@ -1,8 +1,8 @@
 //! `kiln-coordinator`: parse the command line, set up logging, hand over to the library.
 fn main() {
-    kiln_coordinator::logger::init();
+    kiln_cmdline::logger::init("kiln-coordinator");
     let cli = kiln_coordinator::cli::from_env();
-    match kiln_coordinator::commands::run(cli) {
+    match kiln_coordinator::cli::run(cli) {
         Ok(code) => std::process::exit(code),
         Err(e) => {
             // Errors can quote file and agent text: never raw controls on the terminal.

@@ -32,7 +32,7 @@ pub mod files {
     /// Agent uploads stored for the run: `<sha256> <bytes>` lines (the quota ledger).
     pub const UPLOADS: &str = "uploads";
     /// Claim events: who claimed the run from where, contested and refused claims
-    /// (`crate::claims`).
+    /// (written and read by `claims.rs`).
     pub const CLAIMS: &str = "claims";
 }
 

@@ -1,10 +1,11 @@
 //! Admin commands: init, key, hosts, secrets, netboot images, the dnsmasq snippet.
 use anyhow::{Context, Result, bail};
+use argh::FromArgs;
 use kiln_protocol::{Mac, PublicKey};
 use std::io::Read;
 use std::path::Path;
+use std::path::PathBuf;
 
-use crate::cli::*;
 use crate::exit;
 use crate::state::{Host, MAX_SECRET_BYTES, State, check_name};
 use crate::visible::visible;
@@ -280,4 +281,94 @@ pub fn cmd_dnsmasq(c: &DnsmasqCmd) -> Result<i32> {
     })?;
     print!("{snippet}");
     Ok(exit::OK)
+}
+
+/// Create the state folder and signing key (idempotent); print the public key.
+#[derive(FromArgs, Debug)]
+#[argh(subcommand, name = "init")]
+pub struct InitCmd {}
+
+/// Print the public key and its fingerprint.
+#[derive(FromArgs, Debug)]
+#[argh(subcommand, name = "key")]
+pub struct KeyCmd {}
+
+/// Add a host (or update it): name, MACs, serial, image.
+#[derive(FromArgs, Debug)]
+#[argh(subcommand, name = "add")]
+pub struct HostAddCmd {
+    /// host name
+    #[argh(positional)]
+    pub name: String,
+    /// MAC address (repeatable)
+    #[argh(option)]
+    pub mac: Vec<String>,
+    /// DMI product serial
+    #[argh(option)]
+    pub serial: Option<String>,
+    /// netboot image name
+    #[argh(option)]
+    pub image: Option<String>,
+    /// enrol the host's agent key: the line `kiln-agent enroll` printed
+    /// (`kiln-ed25519 <base64> [comment]`), a file holding it, or `none` to unenrol
+    #[argh(option)]
+    pub agent_key: Option<String>,
+}
+
+/// List hosts.
+#[derive(FromArgs, Debug)]
+#[argh(subcommand, name = "list")]
+pub struct HostListCmd {}
+
+/// Store a secret a plan can name.
+#[derive(FromArgs, Debug)]
+#[argh(subcommand, name = "set")]
+pub struct SecretSetCmd {
+    /// secret name
+    #[argh(positional)]
+    pub name: String,
+    /// file holding the value
+    #[argh(option)]
+    pub file: PathBuf,
+}
+
+/// Store a kernel + initrd pair in the CAS under a name.
+#[derive(FromArgs, Debug)]
+#[argh(subcommand, name = "add")]
+pub struct ImageAddCmd {
+    /// image name
+    #[argh(positional)]
+    pub name: String,
+    /// kernel file
+    #[argh(option)]
+    pub kernel: PathBuf,
+    /// initrd file
+    #[argh(option)]
+    pub initrd: PathBuf,
+    /// extra kernel command line
+    #[argh(option, default = "String::new()")]
+    pub cmdline: String,
+}
+
+/// Print a dnsmasq snippet that chains PXE ROMs to iPXE and iPXE to /boot.ipxe.
+#[derive(FromArgs, Debug)]
+#[argh(subcommand, name = "dnsmasq")]
+pub struct DnsmasqCmd {
+    /// coordinator base URL as seen by booting machines, e.g. http://10.0.0.1:7373
+    #[argh(option)]
+    pub url: String,
+    /// proxy-DHCP mode for a network whose router already hands out addresses,
+    /// given as the subnet, e.g. 10.0.0.0
+    #[argh(option)]
+    pub proxy: Option<String>,
+    /// DHCP range for full DHCP mode, e.g. 10.0.0.100,10.0.0.200,12h
+    #[argh(option)]
+    pub range: Option<String>,
+    /// interface to serve on
+    #[argh(option)]
+    pub interface: Option<String>,
+    /// TFTP folder holding undionly.kpxe and ipxe.efi for plain PXE ROMs
+    /// (default /usr/lib/ipxe, Debian's `ipxe` package)
+    #[argh(option, default = "PathBuf::from(\"/usr/lib/ipxe\")")]
+    pub tftp_root: PathBuf,
 }

@@ -1,11 +1,11 @@
 //! Run commands: `runs`, `run show|logs|abort|ack-contest`, `import`, `report`.
 use anyhow::{Context, Result, bail};
+use argh::FromArgs;
 use std::io::Write;
+use std::path::PathBuf;
 
-use crate::cli::{
-    ImportCmd, ReportCmd, RunAbortCmd, RunAckContestCmd, RunLogsCmd, RunShowCmd, RunsCmd,
-};
 use crate::exit;
+use crate::limits::Limits;
 use crate::report::{log_lines, runs_table, show_text, stage_index, stage_name};
 use crate::state::State;
 use crate::status::{load, summaries};
@@ -96,9 +96,21 @@ pub fn cmd_ack_contest(state: &State, c: &RunAckContestCmd) -> Result<i32> {
     Ok(exit::OK)
 }
 
-/// `import BUNDLE`.
+/// `import BUNDLE`: all of the bundle or, on any refusal or error, none of it.
 pub fn cmd_import(state: &State, c: &ImportCmd) -> Result<i32> {
-    crate::ingest::cmd_import(state, &c.bundle)
+    let limits = Limits::from_env()?;
+    let file = std::fs::File::open(&c.bundle)
+        .with_context(|| format!("reading {}", c.bundle.display()))?;
+    let i = crate::ingest::import_bundle(state, file, &limits)?;
+    println!(
+        "imported run {} ({}): {} frames in the bundle, {} stored, {} artifacts",
+        i.run,
+        visible(&i.plan),
+        i.frames,
+        i.upto,
+        i.artifacts
+    );
+    Ok(exit::OK)
 }
 
 /// `report`: the run as JSON, HTML (the run page, loaded as `GET /runs/{run}` loads
@@ -123,4 +135,93 @@ pub fn cmd_report(state: &State, c: &ReportCmd) -> Result<i32> {
         None => print!("{body}"),
     }
     Ok(exit::OK)
+}
+
+/// List runs and their status.
+#[derive(FromArgs, Debug)]
+#[argh(subcommand, name = "runs")]
+pub struct RunsCmd {
+    /// JSON output
+    #[argh(switch)]
+    pub json: bool,
+}
+
+/// Stages, outcomes, measurements, artifacts.
+#[derive(FromArgs, Debug)]
+#[argh(subcommand, name = "show")]
+pub struct RunShowCmd {
+    /// run id or unique prefix (8+ hex digits)
+    #[argh(positional)]
+    pub run: String,
+    /// JSON output
+    #[argh(switch)]
+    pub json: bool,
+    /// print text from the run as stored, control characters included (by default
+    /// they are shown as escapes such as \x1b)
+    #[argh(switch)]
+    pub raw: bool,
+}
+
+/// The full log, every line once, in order.
+#[derive(FromArgs, Debug)]
+#[argh(subcommand, name = "logs")]
+pub struct RunLogsCmd {
+    /// run id or unique prefix
+    #[argh(positional)]
+    pub run: String,
+    /// only this stage
+    #[argh(option)]
+    pub stage: Option<String>,
+    /// print the lines' exact bytes, control characters included (by default they
+    /// are shown as escapes such as \x1b)
+    #[argh(switch)]
+    pub raw: bool,
+}
+
+/// Abort a run: reaches the agent with its next ack.
+#[derive(FromArgs, Debug)]
+#[argh(subcommand, name = "abort")]
+pub struct RunAbortCmd {
+    /// run id or unique prefix
+    #[argh(positional)]
+    pub run: String,
+    /// why
+    #[argh(option, default = "String::from(\"aborted by operator\")")]
+    pub reason: String,
+}
+
+/// Acknowledge a run's contested claims: it stops showing `contested` (the record
+/// of every claim stays in runs/<run>/claims).
+#[derive(FromArgs, Debug)]
+#[argh(subcommand, name = "ack-contest")]
+// The doc comment is argh's --help text, where `<run>` reads as a placeholder.
+#[allow(rustdoc::invalid_html_tags)]
+pub struct RunAckContestCmd {
+    /// run id or unique prefix
+    #[argh(positional)]
+    pub run: String,
+}
+
+/// Ingest an offline result bundle (same path as online reports).
+#[derive(FromArgs, Debug)]
+#[argh(subcommand, name = "import")]
+pub struct ImportCmd {
+    /// bundle file
+    #[argh(positional)]
+    pub bundle: PathBuf,
+}
+
+/// Write a run's report.
+#[derive(FromArgs, Debug)]
+#[argh(subcommand, name = "report")]
+pub struct ReportCmd {
+    /// run id or unique prefix
+    #[argh(positional)]
+    pub run: String,
+    /// html, json or junit (default json)
+    #[argh(option, default = "String::from(\"json\")")]
+    pub format: String,
+    /// output file (default stdout)
+    #[argh(option)]
+    pub out: Option<PathBuf>,
 }

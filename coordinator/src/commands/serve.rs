@@ -1,9 +1,10 @@
 //! `serve`: the HTTP server's flags, the optional iperf3 server, then [`Server`].
 use anyhow::{Context, Result};
+use argh::FromArgs;
+use std::path::PathBuf;
 use std::process::{Child, ChildStdin, Command, Stdio};
 use std::time::Duration;
 
-use crate::cli::ServeCmd;
 use crate::exit;
 use crate::http::{Limits, Net, Server, WORKERS, net};
 use crate::state::State;
@@ -113,4 +114,42 @@ fn spawn_iperf() -> Result<Iperf> {
         _child: child,
         _pipe: pipe,
     })
+}
+
+/// Run the HTTP server.
+#[derive(FromArgs, Debug)]
+#[argh(subcommand, name = "serve")]
+pub struct ServeCmd {
+    /// address to listen on (default 127.0.0.1:7373; port 0 picks one)
+    #[argh(option, default = "kiln_protocol::DEFAULT_LISTEN.to_string()")]
+    pub listen: String,
+    /// also run an iperf3 server for network stages (on iperf3's default port)
+    #[argh(switch)]
+    pub iperf: bool,
+    /// write the bound address to this file once listening (for scripts and tests)
+    #[argh(option)]
+    pub addr_file: Option<PathBuf>,
+    /// most bytes all artifact uploads of one run may take (default 4G, or
+    /// KILN_RUN_ARTIFACT_QUOTA)
+    #[argh(option)]
+    pub upload_quota: Option<String>,
+    /// check a claim's source address against the neighbour table: on (default) or
+    /// off. A claim whose address maps to a MAC the ticket does not name is refused
+    #[argh(option, default = "String::from(\"on\")")]
+    pub claim_check: String,
+    /// the IPv4 neighbour table read by the claim check (default /proc/net/arp;
+    /// another file in its format, for tests)
+    #[argh(option)]
+    pub neigh_table: Option<PathBuf>,
+    /// most connections open at once; more are answered 503 and closed (default
+    /// 4096, less if the open-file limit is lower)
+    #[argh(option)]
+    pub max_connections: Option<usize>,
+    /// seconds one read of a request's header or body may wait, and a header may take
+    /// in all (default 30)
+    #[argh(option)]
+    pub read_timeout: Option<u64>,
+    /// seconds an idle keep-alive connection stays open (default 60)
+    #[argh(option)]
+    pub idle_timeout: Option<u64>,
 }

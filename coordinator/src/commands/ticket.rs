@@ -1,7 +1,8 @@
 //! `ticket issue` and `ticket show`.
 use anyhow::Result;
+use argh::FromArgs;
+use std::path::PathBuf;
 
-use crate::cli::{TicketIssueCmd, TicketShowCmd};
 use crate::exit;
 use crate::state::State;
 use crate::ticket::{issue, show, write_out};
@@ -21,4 +22,37 @@ pub fn cmd_issue(state: &State, c: &TicketIssueCmd) -> Result<i32> {
 /// `ticket show`: decode, verify against this coordinator's key, print.
 pub fn cmd_show(state: &State, c: &TicketShowCmd) -> Result<i32> {
     show::show(state, &c.file, c.json)
+}
+
+/// Sign a ticket for a host; prints the run id.
+#[derive(FromArgs, Debug)]
+#[argh(subcommand, name = "issue")]
+pub struct TicketIssueCmd {
+    /// plan file (TOML)
+    #[argh(option)]
+    pub plan: PathBuf,
+    /// host name (hosts.toml)
+    #[argh(option)]
+    pub host: String,
+    /// validity, e.g. 24h (default 24h)
+    #[argh(option, default = "String::from(\"24h\")")]
+    pub ttl: String,
+    /// coordinator URL the agent reports to (default: none, offline)
+    #[argh(option)]
+    pub url: Option<String>,
+    /// also write the ticket file here
+    #[argh(option)]
+    pub out: Option<PathBuf>,
+}
+
+/// Decode, verify and pretty-print a ticket file.
+#[derive(FromArgs, Debug)]
+#[argh(subcommand, name = "show")]
+pub struct TicketShowCmd {
+    /// ticket file
+    #[argh(positional)]
+    pub file: PathBuf,
+    /// JSON output
+    #[argh(switch)]
+    pub json: bool,
 }

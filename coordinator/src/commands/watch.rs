@@ -1,10 +1,10 @@
 //! `run watch`: follows events.log as it grows and prints stage and log lines.
 use anyhow::{Context, Result};
+use argh::FromArgs;
 use kiln_protocol::{Event, Frame, Ticket};
 use std::io::{Read, Seek, SeekFrom, Write};
 use std::time::Duration;
 
-use crate::cli::RunWatchCmd;
 use crate::exit;
 use crate::fmt::fmt_ms;
 use crate::fsutil::now_ms;
@@ -143,4 +143,13 @@ fn describe(t: &Ticket, f: &Frame) -> Option<String> {
         Event::RunFinished { outcome } => format!("== run finished: {outcome}"),
         _ => return None,
     })
+}
+
+/// Follow a run live until it ends.
+#[derive(FromArgs, Debug)]
+#[argh(subcommand, name = "watch")]
+pub struct RunWatchCmd {
+    /// run id or unique prefix
+    #[argh(positional)]
+    pub run: String,
 }

@@ -32,15 +32,29 @@ pub fn bundle_cap(limits: &Limits) -> u64 {
         .saturating_add(2 * MAX_TICKET_BYTES as u64)
 }
 
-/// `import BUNDLE`.
-pub fn cmd_import(state: &State, bundle: &std::path::Path) -> Result<i32> {
-    let limits = Limits::from_env()?;
-    let cap = bundle_cap(&limits);
-    let file = fs::File::open(bundle).with_context(|| format!("reading {}", bundle.display()))?;
+/// What one import stored.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Imported {
+    /// The run.
+    pub run: kiln_protocol::RunId,
+    /// Its plan's name.
+    pub plan: String,
+    /// Frames in the bundle.
+    pub frames: u64,
+    /// The run's last stored seq after the import.
+    pub upto: u64,
+    /// Artifacts (blobs) in the bundle.
+    pub artifacts: u64,
+}
+
+/// Imports the bundle read from `input` (at most [`bundle_cap`] bytes of it) into
+/// `state`: all of it, or on any refusal or error none of it.
+pub fn import_bundle(state: &State, input: impl Read, limits: &Limits) -> Result<Imported> {
+    let cap = bundle_cap(limits);
     let mut input = BufReader::with_capacity(
         1 << 20,
         Capped {
-            inner: file,
+            inner: input,
             left: cap,
             cap,
         },
@@ -62,7 +76,7 @@ pub fn cmd_import(state: &State, bundle: &std::path::Path) -> Result<i32> {
     let mut counts = (0, 0);
     let upto = ingester
         .import(&parsed, &file, |import| {
-            feed(&mut records, import, &limits)?;
+            feed(&mut records, import, limits)?;
             counts = import.counts();
             Ok(())
         })
@@ -73,11 +87,13 @@ pub fn cmd_import(state: &State, bundle: &std::path::Path) -> Result<i32> {
                 anyhow::anyhow!("bundle refused, nothing imported: run {run}: {r}")
             }
         })?;
-    println!(
-        "imported run {run} ({}): {} frames in the bundle, {upto} stored, {} artifacts",
-        parsed.plan.name, counts.0, counts.1
-    );
-    Ok(0)
+    Ok(Imported {
+        run,
+        plan: parsed.plan.name.clone(),
+        frames: counts.0,
+        upto,
+        artifacts: counts.1 as u64,
+    })
 }
 
 /// Checks the magic, the bytes before the first record.
@@ -131,6 +147,8 @@ fn feed<R: BufRead>(
     import: &mut Import,
     limits: &Limits,
 ) -> Result<(), Refusal> {
+    // A blob was staged since the last batch (for the test hook).
+    let mut blobs_seen = false;
     loop {
         if !records.next_record().map_err(refusal)? {
             return Ok(());
@@ -159,6 +177,9 @@ fn feed<R: BufRead>(
                     return Err(at(anyhow::anyhow!("the batch is cut short")));
                 }
                 records.expect_end("batch").map_err(|e| at(e.into()))?;
+                if std::mem::take(&mut blobs_seen) {
+                    test_pause();
+                }
                 import.batch(&body)?;
             }
             2 => {
@@ -172,10 +193,10 @@ fn feed<R: BufRead>(
                         ),
                     ));
                 }
-                let cas = import.cas().clone();
-                let blob = cas
-                    .stage(&mut records.by_ref().take(len), len, "blob")
+                let blob = import
+                    .stage_blob(&mut records.by_ref().take(len), len)
                     .map_err(at)?;
+                blobs_seen = true;
                 if blob.size != len {
                     return Err(at(anyhow::anyhow!("the blob is cut short")));
                 }
@@ -193,6 +214,21 @@ fn feed<R: BufRead>(
             }
             tag => return Err(at(anyhow::anyhow!("unknown record kind {tag}"))),
         }
+    }
+}
+
+/// The test hook `KILN_TEST_PAUSE_IMPORT=<path>` (tests only, see `stage`): says
+/// `<path>.paused` and waits for `<path>`.
+fn test_pause() {
+    let Some(path) = std::env::var_os("KILN_TEST_PAUSE_IMPORT") else {
+        return;
+    };
+    let path = std::path::PathBuf::from(path);
+    let mut paused = path.clone().into_os_string();
+    paused.push(".paused");
+    let _ = fs::write(&paused, b"");
+    while !path.exists() {
+        std::thread::sleep(std::time::Duration::from_millis(20));
     }
 }
 
