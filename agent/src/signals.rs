@@ -45,7 +45,7 @@ pub fn install_stop_signals() {
                         "{} again: killed {n} stage process group(s); exiting",
                         sig.as_str()
                     );
-                    std::process::exit(crate::cli::EXIT_INFRA);
+                    std::process::exit(crate::exit::EXIT_INFRA);
                 }
             }
         });

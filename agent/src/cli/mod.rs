@@ -1,0 +1,67 @@
+//! The command layer, on top of the agent: argh types and `cmd_*` handlers that
+//! translate arguments into plain calls of the domain modules, which never import
+//! this one. One file per command; exit statuses are [`crate::exit`]'s.
+use argh::FromArgs;
+
+mod boot;
+mod enroll;
+mod run;
+mod verify;
+
+pub use boot::BootCmd;
+pub use enroll::EnrollCmd;
+pub use run::RunCmd;
+pub use verify::VerifyCmd;
+
+/// kiln agent: verifies a run ticket, runs its stages, reports signed frames.
+#[derive(FromArgs, Debug)]
+pub struct Cli {
+    #[argh(subcommand)]
+    /// the command
+    pub command: Command,
+}
+
+/// Agent commands.
+#[derive(FromArgs, Debug)]
+#[argh(subcommand)]
+#[allow(missing_docs)]
+pub enum Command {
+    Verify(VerifyCmd),
+    Run(RunCmd),
+    Boot(BootCmd),
+    Enroll(EnrollCmd),
+}
+
+/// Runs a parsed command line; returns the exit status.
+pub fn run(cli: Cli) -> i32 {
+    match cli.command {
+        Command::Verify(c) => verify::cmd_verify(&c),
+        Command::Run(c) => run::cmd_run(&c),
+        Command::Boot(c) => boot::cmd_boot(&c),
+        Command::Enroll(c) => enroll::cmd_enroll(&c),
+    }
+}
+
+/// Parses the process's arguments; `--help` prints and exits 0, bad arguments print
+/// the reason and exit 2 (refused, [`crate::exit::EXIT_REFUSED`]).
+pub fn from_env() -> Cli {
+    let args: Vec<String> = std::env::args().collect();
+    let strs: Vec<&str> = args.iter().map(String::as_str).collect();
+    let name = strs
+        .first()
+        .and_then(|p| p.rsplit('/').next())
+        .unwrap_or("kiln");
+    match <Cli as FromArgs>::from_args(&[name], strs.get(1..).unwrap_or(&[])) {
+        Ok(cli) => cli,
+        Err(early) => match early.status {
+            Ok(()) => {
+                println!("{}", early.output);
+                std::process::exit(0)
+            }
+            Err(()) => {
+                eprintln!("{}", early.output);
+                std::process::exit(crate::exit::EXIT_REFUSED)
+            }
+        },
+    }
+}
