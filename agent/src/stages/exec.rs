@@ -96,6 +96,10 @@ pub async fn run(ctx: &StageCtx, command: &[String]) -> StageResult {
             StageResult::new(stop.outcome(), stop.detail(ctx.stage.timeout_s))
         }
         ProcEnd::SpawnFailed(e) => StageResult::error(format!("could not start: {e}")),
+        // The stage's timeout is its stop; the spec sets no timeout of its own.
+        ProcEnd::TimedOut(d) => {
+            StageResult::error(format!("did not finish within {}s", d.as_secs()))
+        }
     }
 }
 

@@ -204,6 +204,10 @@ pub async fn run(ctx: &StageCtx, shared: &Shared<'_>, cell: &Cell) -> CellRun {
         ),
         ProcEnd::Stopped(s) => CellRun::stopped(s, ctx.stage.timeout_s),
         ProcEnd::SpawnFailed(e) => CellRun::new(Outcome::Error, format!("could not start: {e}")),
+        ProcEnd::TimedOut(d) => CellRun::new(
+            Outcome::Error,
+            format!("did not finish within {}s", d.as_secs()),
+        ),
     };
     run.tail = out.tail;
     let prefix = if shared.multi {

@@ -135,6 +135,10 @@ impl Engine {
             ProcEnd::Exited(c) => Err(ImageError::Failed(format!("exit {c}: {last}"))),
             ProcEnd::Signaled(s) => Err(ImageError::Failed(format!("killed by signal {s}"))),
             ProcEnd::SpawnFailed(e) => Err(ImageError::Failed(e)),
+            ProcEnd::TimedOut(d) => Err(ImageError::Failed(format!(
+                "did not finish within {}s",
+                d.as_secs()
+            ))),
         }
     }
 

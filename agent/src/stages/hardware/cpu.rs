@@ -125,11 +125,13 @@ pub async fn run(ctx: &StageCtx, spec: &CpuStressSpec) -> StageResult {
         let _ = ctx.artifact(&yaml, "stress-ng.yaml").await;
     }
     let mut problems: Vec<(Outcome, String)> = Vec::new();
-    if let Some(sig) = c.signal {
+    if let Some(sig) = c.signal() {
         // stress-ng itself died: its exit statuses say nothing here.
         problems.push((Outcome::Error, format!("stress-ng killed by signal {sig}")));
-    } else if let Some((o, why)) = judge_exit(c.code) {
-        problems.push((o, format!("stress-ng exit {}: {why}", c.code)));
+    } else if let Some(code) = c.code()
+        && let Some((o, why)) = judge_exit(code)
+    {
+        problems.push((o, format!("stress-ng exit {code}: {why}")));
     }
     let metrics = parse_yaml(&std::fs::read_to_string(&yaml).unwrap_or_default());
     let ops: f64 = metrics.iter().map(|m| m.per_s_real).sum();
@@ -189,7 +191,7 @@ pub async fn run(ctx: &StageCtx, spec: &CpuStressSpec) -> StageResult {
     };
     StageResult {
         outcome,
-        exit_code: c.signal.is_none().then_some(c.code),
+        exit_code: c.code(),
         detail,
     }
 }

@@ -77,11 +77,11 @@ async fn wipefs(
         Err(e @ ToolError::Stopped(_)) => return Err(e),
         Err(e) => return Ok(Err(e.to_string())),
     };
-    Ok(if let Some(sig) = c.signal {
+    Ok(if let Some(sig) = c.signal() {
         Err(format!("{program} killed by signal {sig}"))
-    } else if c.code != 0 {
+    } else if let Some(code) = c.code().filter(|&c| c != 0) {
         let tail = c.stderr.last().cloned().unwrap_or_default();
-        Err(format!("{program} exited {}: {tail}", c.code))
+        Err(format!("{program} exited {code}: {tail}"))
     } else {
         wipe::parse_wipefs(&c.text()).map_err(|e| format!("{program}: {e}"))
     })

@@ -55,14 +55,14 @@ async fn query(ctx: &StageCtx, smi: &str) -> Result<(Vec<GpuReading>, String), S
         Err(e) => return Err(e.result(ctx)),
     };
     let text = c.text();
-    if let Some(sig) = c.signal {
+    if let Some(sig) = c.signal() {
         return Err(StageResult::error(format!(
             "nvidia-smi killed by signal {sig}"
         )));
     }
-    if c.code != 0 {
+    if let Some(code) = c.code().filter(|&c| c != 0) {
         let all = format!("{text}\n{}", c.stderr.join("\n"));
-        let (outcome, detail) = nvsmi::judge_failure(c.code, &all);
+        let (outcome, detail) = nvsmi::judge_failure(code, &all);
         return Err(StageResult::new(outcome, detail));
     }
     match nvsmi::parse(&text) {
@@ -186,7 +186,7 @@ async fn health_query<T>(
     parse: fn(&str) -> Result<Vec<T>, String>,
 ) -> Result<Vec<T>, String> {
     match Tool::new(argv, 60).run(ctx).await {
-        Ok(c) if c.code == 0 && c.signal.is_none() => parse(&c.text()),
+        Ok(c) if c.success() => parse(&c.text()),
         Ok(c) => {
             let text = format!("{}\n{}", c.text(), c.stderr.join("\n"));
             let first = text.lines().map(str::trim).find(|l| !l.is_empty());
@@ -322,7 +322,7 @@ async fn load(
         ));
     }
     let report = gpuburn::parse(&c.text());
-    if c.code != 0 {
+    if !c.success() {
         // gpu_burn gave up (no GPU could be initialised, every worker died): its
         // last stderr line says why.
         let why = c.stderr.iter().rev().find(|l| !l.trim().is_empty());

@@ -74,9 +74,13 @@ pub fn gpus_from_pci(inv: &Inventory) -> Vec<Gpu> {
 /// when it is missing or fails; `Err` only when the stage was stopped.
 async fn optional(ctx: &StageCtx, tool: Tool, why: &str) -> Result<Option<String>, StageResult> {
     match tool.run(ctx).await {
-        Ok(c) if c.code == 0 => Ok(Some(c.text())),
+        Ok(c) if c.success() => Ok(Some(c.text())),
         Ok(c) => {
-            ctx.note(&format!("{} exited {}: {why}", tool.name(), c.code));
+            let how = match c.code() {
+                Some(code) => format!("exited {code}"),
+                None => c.status(),
+            };
+            ctx.note(&format!("{} {how}: {why}", tool.name()));
             Ok(None)
         }
         Err(e @ ToolError::Stopped(_)) => Err(e.result(ctx)),

@@ -113,14 +113,14 @@ async fn check(
     test: Option<&SelfTest>,
 ) -> Result<Outcome, ToolError> {
     let c = smartctl(ctx, prog, &["-a"], dev).await?;
-    if let Some(sig) = c.signal {
+    if let Some(sig) = c.signal() {
         // A crash says nothing about the disk: no exit bits to decode, output cut short.
         let detail = format!("smartctl killed by signal {sig}");
         ctx.note(&format!("{dev}: {detail}"));
         ctx.part(dev, Outcome::Error, &detail, vec![]);
         return Ok(Outcome::Error);
     }
-    let (code, text) = (c.code, c.text());
+    let (code, text) = (c.code().unwrap_or(-1), c.text());
     let mut problems: Vec<(Outcome, String)> = smartparse::decode_exit(code)
         .into_iter()
         .map(|(bit, what, o)| (o, format!("smartctl exit bit {bit}: {what}")))

@@ -122,7 +122,7 @@ async fn run_fio(
         };
         return Ok((o, format!("fio errors: {}", errs.join(", "))));
     }
-    if c.code != 0 {
+    if !c.success() {
         return Ok((Outcome::Error, format!("fio {}", c.status())));
     }
     if let Some(why) = fio::unverified(&run) {
@@ -172,7 +172,7 @@ async fn run_badblocks(
             format!("{} bad blocks (first {})", bad.len(), bad[0]),
         ));
     }
-    if c.code != 0 {
+    if !c.success() {
         let tail = c.stderr.last().cloned().unwrap_or_default();
         return Ok((Outcome::Error, format!("badblocks {}: {tail}", c.status())));
     }

@@ -131,6 +131,10 @@ pub async fn run(ctx: &StageCtx, conn: &Conn, r: &RemoteRun, bundle: Vec<u8>) ->
             teardown(ctx, conn, r).await;
             return StageResult::error(format!("could not start ssh: {e}"));
         }
+        ProcEnd::TimedOut(d) => {
+            teardown(ctx, conn, r).await;
+            return StageResult::error(format!("ssh did not finish within {}s", d.as_secs()));
+        }
     };
     match fetched {
         Captured::Done(0, ..) => match store_fetched(ctx, conn, tar).await {

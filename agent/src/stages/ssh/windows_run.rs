@@ -118,6 +118,10 @@ pub async fn run(ctx: &StageCtx, conn: &Conn, r: &RemoteRun, bundle: Vec<u8>) ->
             teardown(true).await;
             return StageResult::error(format!("could not start ssh: {e}"));
         }
+        ProcEnd::TimedOut(d) => {
+            teardown(true).await;
+            return StageResult::error(format!("ssh did not finish within {}s", d.as_secs()));
+        }
     };
     let tar = conn.private_dir().join("artifacts.tar");
     let fetched = match std::fs::File::create(&tar) {
