@@ -14,7 +14,7 @@ use std::time::{Duration, Instant};
 
 use crate::client::Client;
 use crate::spool::Spool;
-use crate::stages::Sink;
+use crate::stages::ctx::Sink;
 use crate::store;
 
 mod cap;

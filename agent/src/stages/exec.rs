@@ -8,8 +8,8 @@ use std::io::Write;
 use std::os::unix::fs::OpenOptionsExt;
 use std::path::{Path, PathBuf};
 
+use super::ctx::{StageCtx, StageResult};
 use super::proc::{ProcEnd, ProcSpec, run_streamed};
-use super::{StageCtx, StageResult};
 
 /// `KILN_SECRET_` plus the name upper-cased, other characters as `_`.
 pub fn secret_var(name: &str) -> String {

@@ -21,9 +21,9 @@ use std::path::PathBuf;
 use std::process::Stdio;
 use std::time::Duration;
 
+use super::ctx::{StageCtx, Stop};
 use super::groups::Group;
 use super::lines::LineSplitter;
-use super::{StageCtx, Stop};
 
 /// Longest line sent as one `Log` frame; longer output is split.
 pub const MAX_LINE: usize = 16 * 1024;
@@ -317,36 +317,6 @@ impl Tail {
     }
 }
 
-/// Largest tail a report part keeps, all lines together: a Part is one frame, and a
-/// batch of frames must stay under the coordinator's 1 MiB cap.
-pub const MAX_TAIL_BYTES: usize = 64 * 1024;
-/// Longest tail line kept whole; longer ones keep their start and a marker.
-pub const MAX_TAIL_LINE: usize = 4 * 1024;
-
-/// The last lines of `lines` that fit in `max_total` bytes, each line longer than
-/// `max_line` cut (at a character boundary) with a `… [cut N bytes]` marker.
-pub fn cap_tail(lines: Vec<String>, max_total: usize, max_line: usize) -> Vec<String> {
-    let mut kept = VecDeque::new();
-    let mut total = 0;
-    for mut line in lines.into_iter().rev() {
-        if line.len() > max_line {
-            let mut end = max_line;
-            while !line.is_char_boundary(end) {
-                end -= 1;
-            }
-            let cut = line.len() - end;
-            line.truncate(end);
-            line.push_str(&format!("… [cut {cut} bytes]"));
-        }
-        if total + line.len() > max_total {
-            break;
-        }
-        total += line.len();
-        kept.push_front(line);
-    }
-    kept.into()
-}
-
 /// Reads one pipe to its end: logs its lines (unless quiet), feeds the shared tail,
 /// keeps what the spec asks for this stream.
 async fn pump(
@@ -414,14 +384,10 @@ async fn pump(
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::stages::{StageCtx, Stop};
+    use crate::stages::ctx::{MemorySink, StageCtx, Stop};
     use kiln_protocol::{Stage, StageKind};
 
-    fn ctx() -> (
-        StageCtx,
-        std::sync::Arc<crate::stages::MemorySink>,
-        tempfile::TempDir,
-    ) {
+    fn ctx() -> (StageCtx, std::sync::Arc<MemorySink>, tempfile::TempDir) {
         let dir = tempfile::tempdir().expect("tempdir");
         let stage = Stage::new("t", StageKind::Exec { command: vec![] });
         let (c, s) = StageCtx::for_test(stage, dir.path().to_path_buf());
@@ -523,30 +489,6 @@ mod tests {
         let mut t = Tail::new(0);
         fill(&mut t, Stream::Stdout, "o", 10);
         assert!(t.lines().is_empty());
-    }
-
-    #[test]
-    fn tails_are_capped_to_the_last_lines_with_long_ones_cut() {
-        // 200 lines of 16 KiB (what a container cell may keep) is 3.2 MB: too big.
-        let lines: Vec<String> = (0..200)
-            .map(|i| format!("{i:03}{}", "é".repeat(8 * 1024)))
-            .collect();
-        let t = cap_tail(lines, MAX_TAIL_BYTES, MAX_TAIL_LINE);
-        let total: usize = t.iter().map(String::len).sum();
-        assert!(total <= MAX_TAIL_BYTES, "{total}");
-        assert!(t.len() >= 10, "{}", t.len());
-        assert!(t.last().unwrap().starts_with("199"));
-        assert!(
-            t[0].ends_with(&format!("[cut {} bytes]", 3 + 16 * 1024 - 4096 + 1)),
-            "{}",
-            &t[0][4000..]
-        );
-        let short = vec!["a".to_string(), "b".to_string()];
-        assert_eq!(
-            cap_tail(short.clone(), MAX_TAIL_BYTES, MAX_TAIL_LINE),
-            short
-        );
-        assert_eq!(cap_tail(short, 1, 10), ["b"]);
     }
 
     #[test]

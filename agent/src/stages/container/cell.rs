@@ -8,8 +8,8 @@ use std::path::{Path, PathBuf};
 
 use super::args::{self, Cell, Mounts};
 use super::engine::{Engine, ImageError};
+use crate::stages::ctx::{StageCtx, Stop};
 use crate::stages::proc::{ProcEnd, ProcSpec, run_streamed};
-use crate::stages::{StageCtx, Stop};
 
 /// Lines of each cell's output kept for the report.
 pub const TAIL_LINES: usize = 200;

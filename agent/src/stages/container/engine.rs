@@ -7,8 +7,8 @@ use std::process::Stdio;
 use std::time::Duration;
 
 use super::args::EngineKind;
+use crate::stages::ctx::{StageCtx, Stop};
 use crate::stages::proc::{ProcEnd, ProcSpec, run_streamed};
-use crate::stages::{StageCtx, Stop};
 
 /// Pull attempts before an image counts as unavailable.
 pub const PULL_ATTEMPTS: u32 = 3;

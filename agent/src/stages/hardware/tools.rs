@@ -5,8 +5,8 @@
 use std::path::PathBuf;
 use std::time::Duration;
 
+use crate::stages::ctx::{StageCtx, StageResult, Stop};
 use crate::stages::proc::{Keep, ProcEnd, ProcSpec, run_streamed};
-use crate::stages::{StageCtx, StageResult, Stop};
 
 /// Most stdout bytes kept from one tool run; the rest is dropped.
 pub const MAX_STDOUT: usize = 32 * 1024 * 1024;

@@ -5,8 +5,8 @@ use std::time::Duration;
 use super::conn::{Captured, Conn, Out};
 use super::errors::{classify, last_line};
 use super::{CLEANUP_LIMIT, RemoteRun, exited, reply_line, stopped, store_fetched, windows};
+use crate::stages::ctx::{StageCtx, StageResult};
 use crate::stages::proc::{ProcEnd, ProcSpec, run_streamed};
-use crate::stages::{StageCtx, StageResult};
 
 /// Windows: start (lock + folder), upload, entrypoint streamed, fetch, teardown.
 pub async fn run(ctx: &StageCtx, conn: &Conn, r: &RemoteRun, bundle: Vec<u8>) -> StageResult {

@@ -6,11 +6,11 @@ use kiln_protocol::DiskSpec;
 use std::fs::File;
 use std::path::{Path, PathBuf};
 
-use super::collect::{self, Roots};
-use super::tools::{Tool, ToolError};
-use super::usage::{self, BlockDev};
 use super::wipe::{self, Ends};
-use crate::stages::StageCtx;
+use crate::stages::ctx::StageCtx;
+use crate::stages::hardware::collect::{self, Roots};
+use crate::stages::hardware::tools::{Tool, ToolError};
+use crate::stages::hardware::usage::{self, BlockDev};
 
 /// A disk that passed every gate: held open exclusively until dropped.
 #[derive(Debug)]

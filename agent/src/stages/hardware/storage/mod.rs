@@ -3,14 +3,25 @@
 //! expected, unused, blank, wipefs clean; held open with `O_EXCL` meanwhile);
 //! otherwise its part ends `held` and it is not touched. The tools get the canonical
 //! device node; parts and measurements keep the path the plan gave.
+pub mod fio;
+pub mod gate;
+pub mod wipe;
+
+#[cfg(test)]
+mod gate_tests;
+
+#[cfg(test)]
+mod tests;
+
+#[cfg(test)]
+mod wipe_tests;
+
 use kiln_protocol::{Outcome, StorageSpec, StorageTool};
 use std::path::Path;
 
-use super::collect::{self, Roots};
-use super::fio;
-use super::gate;
-use super::tools::{Tool, ToolError, find};
-use crate::stages::{StageCtx, StageResult};
+use crate::stages::ctx::{StageCtx, StageResult};
+use crate::stages::hardware::collect::{self, Roots};
+use crate::stages::hardware::tools::{Tool, ToolError, find};
 
 fn base(dev: &str) -> String {
     dev.rsplit('/').next().unwrap_or(dev).to_string()

@@ -1,14 +1,16 @@
 //! The `cpu_stress` stage: stress-ng on every CPU for the plan's duration, with
 //! `--verify`; bogo ops/s from its YAML metrics and temperatures sampled from hwmon
 //! and thermal zones meanwhile; optional minimum ops/s and maximum temperature.
+pub mod thermal;
+
 use kiln_protocol::{CpuStressSpec, Outcome};
 use smol::future::FutureExt;
 use std::time::Duration;
 
-use super::collect::Roots;
-use super::thermal::{self, Peaks};
-use super::tools::Tool;
-use crate::stages::{StageCtx, StageResult};
+use crate::stages::ctx::{StageCtx, StageResult};
+use crate::stages::hardware::collect::Roots;
+use crate::stages::hardware::tools::Tool;
+use thermal::Peaks;
 
 /// How often temperatures are sampled during the run.
 const SAMPLE_EVERY: Duration = Duration::from_secs(1);
@@ -203,7 +205,7 @@ mod tests {
     #[test]
     fn captured_yaml() {
         let m = parse_yaml(include_str!(
-            "../../../tests/fixtures/hardware/stress-ng/cpu-2.yaml"
+            "../../../../tests/fixtures/hardware/stress-ng/cpu-2.yaml"
         ));
         assert_eq!(m.len(), 1);
         assert_eq!(m[0].stressor, "cpu");

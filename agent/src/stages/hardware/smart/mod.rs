@@ -2,14 +2,16 @@
 //! media errors, temperature and power-on hours as measurements, judged against the
 //! plan's thresholds; an optional short self-test, polled to its end; smartctl's
 //! exit-status bits decoded per disk. One part per disk; the stage folds them.
+pub mod smartparse;
+
 use kiln_protocol::{Outcome, SmartSpec};
 use std::collections::BTreeMap;
 use std::time::{Duration, Instant};
 
-use super::collect::{self, Roots};
-use super::smartparse::{self, SelfTest, SmartReport};
-use super::tools::{Captured, Tool, ToolError, find};
-use crate::stages::{StageCtx, StageResult};
+use crate::stages::ctx::{StageCtx, StageResult};
+use crate::stages::hardware::collect::{self, Roots};
+use crate::stages::hardware::tools::{Captured, Tool, ToolError, find};
+use smartparse::{SelfTest, SmartReport};
 
 /// How often a running self-test is polled.
 const POLL: Duration = Duration::from_secs(5);
