@@ -15,6 +15,7 @@ pub use verify::VerifyCmd;
 
 /// kiln agent: verifies a run ticket, runs its stages, reports signed frames.
 #[derive(FromArgs, Debug)]
+#[argh(note = "kiln-agent --version prints the version, the git commit and the wire format.")]
 pub struct Cli {
     #[argh(subcommand)]
     /// the command
@@ -42,7 +43,19 @@ pub fn run(cli: Cli) -> i32 {
     }
 }
 
-/// Parses the process's arguments; `--help` prints and exits 0, bad arguments print
+/// `kiln-agent --version`'s line: the crate version, the git commit it was built from
+/// when the build knew it, and the wire-format version ([`kiln_protocol::VERSION`]).
+pub fn version_line() -> String {
+    let commit = option_env!("KILN_GIT_COMMIT").unwrap_or("unknown");
+    format!(
+        "kiln-agent {} (commit {commit}, wire format {})",
+        env!("CARGO_PKG_VERSION"),
+        kiln_protocol::VERSION
+    )
+}
+
+/// Parses the process's arguments (`--version` alone prints [`version_line`] and
+/// exits 0); `--help` prints and exits 0, bad arguments print
 /// the reason and exit 2 (refused, [`crate::exit::EXIT_REFUSED`]).
 pub fn from_env() -> Cli {
     let args: Vec<String> = std::env::args().collect();
@@ -51,6 +64,10 @@ pub fn from_env() -> Cli {
         .first()
         .and_then(|p| p.rsplit('/').next())
         .unwrap_or("kiln");
+    if strs.get(1..) == Some(&["--version"][..]) {
+        println!("{}", version_line());
+        std::process::exit(crate::exit::EXIT_PASSED);
+    }
     match <Cli as FromArgs>::from_args(&[name], strs.get(1..).unwrap_or(&[])) {
         Ok(cli) => cli,
         Err(early) => match early.status {
