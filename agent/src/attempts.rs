@@ -212,6 +212,17 @@ impl Attempts<'_> {
 /// Removes the secret material earlier attempts of a stage may have left in `base`
 /// (an agent killed mid-stage never cleans up): exec's `.secrets-*` folders and the
 /// ssh stage's `.kiln-ssh-*` key folders inside attempt folders. Best effort.
+/// What a killed start left in the stage folders of `plan` under `work`: its
+/// stages' process groups killed, secret files removed. For a restart that starts
+/// no attempt (an expired ticket's), which would otherwise leave them running.
+pub fn settle_leftovers(work: &Path, plan: &kiln_protocol::Plan) {
+    for (i, stage) in plan.stages.iter().enumerate() {
+        let base = work.join("stages").join(stage_folder(i, &stage.name));
+        crate::stages::groups::kill_leftover_groups(&base);
+        scrub_secrets(&base);
+    }
+}
+
 fn scrub_secrets(base: &Path) {
     let Ok(entries) = std::fs::read_dir(base) else {
         return;

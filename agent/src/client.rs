@@ -1,6 +1,9 @@
 //! HTTP to the coordinator (ureq): batches, artifacts, CAS objects, secrets, tickets;
 //! and the jittered exponential backoff every retry uses.
-use kiln_protocol::{Ack, PublicKey, RunId, SecretKey, Sha256, UPLOAD_AUTH_HEADER, UploadAuth};
+use kiln_protocol::{
+    Ack, PublicKey, RunId, SecretKey, Sha256, UPLOAD_AUTH_HEADER, UPLOAD_LENGTH_HEADER,
+    UPLOAD_OFFSET_HEADER, UploadAuth,
+};
 use std::io::{self, Read};
 use std::time::Duration;
 
@@ -37,6 +40,44 @@ fn fail(e: ureq::Error) -> Fail {
         ureq::Error::Status(code, r) if code >= 500 || code == 429 => Fail::Transient(reason(r)),
         ureq::Error::Status(_, r) => Fail::Refused(reason(r)),
         e => Fail::Transient(e.to_string()),
+    }
+}
+
+/// What became of an artifact upload request.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Put {
+    /// 200 or 201: the object is in the CAS.
+    Stored,
+    /// 413: over the artifact cap or the run's upload quota; it will not be stored
+    /// (one-line reason).
+    OverQuota(String),
+    /// 416: the coordinator holds another part than the request assumed; ask again
+    /// where to go on from.
+    Resync,
+    /// Any other 4xx: the coordinator will never take it (one-line reason).
+    Refused(String),
+    /// A connection error, a 503 (busy, or over the connection cap) or another 5xx, a
+    /// 429: ask where to go on from and resume after a backoff.
+    Retry(String),
+}
+
+/// How much of an upload the coordinator holds.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Offset {
+    /// The object is in the CAS already.
+    Stored,
+    /// This many bytes of it are staged (0: none): send the rest.
+    Have(u64),
+}
+
+fn put_fail(e: ureq::Error) -> Put {
+    match e {
+        ureq::Error::Status(413, r) => Put::OverQuota(reason(r)),
+        ureq::Error::Status(416, _) => Put::Resync,
+        e => match fail(e) {
+            Fail::Refused(why) => Put::Refused(why),
+            Fail::Transient(why) => Put::Retry(why),
+        },
     }
 }
 
@@ -156,29 +197,80 @@ impl Client {
         }
     }
 
-    /// PUT `/v1/runs/{run}/artifacts/{sha}`, signed by the claim key (a fresh
-    /// `Kiln-Upload-Auth` per try).
+    /// A fresh `Kiln-Upload-Auth` for an object of `total` bytes.
+    fn upload_auth(run: &RunId, sha: &Sha256, total: u64, claim: &SecretKey) -> String {
+        UploadAuth {
+            run: *run,
+            sha256: *sha,
+            len: total,
+            at_ms: now_ms(),
+        }
+        .header(claim)
+    }
+
+    /// HEAD `/v1/runs/{run}/artifacts/{sha}`: how much of an upload of `total` bytes
+    /// the coordinator holds, signed by the claim key. A 413 (the run's quota) is
+    /// [`Put::OverQuota`] in the `Err`.
+    pub fn artifact_offset(
+        &self,
+        run: &RunId,
+        sha: &Sha256,
+        total: u64,
+        claim: &SecretKey,
+    ) -> Result<Offset, Put> {
+        let url = format!("{}/v1/runs/{run}/artifacts/{sha}", self.base);
+        let r = self
+            .agent
+            .head(&url)
+            .set(UPLOAD_LENGTH_HEADER, &total.to_string())
+            .set(
+                UPLOAD_AUTH_HEADER,
+                &Self::upload_auth(run, sha, total, claim),
+            )
+            .call()
+            .map_err(put_fail)?;
+        if r.status() == 200 {
+            return Ok(Offset::Stored);
+        }
+        r.header(UPLOAD_OFFSET_HEADER)
+            .and_then(|v| v.trim().parse::<u64>().ok())
+            .map(Offset::Have)
+            .ok_or_else(|| Put::Retry(format!("{} without {UPLOAD_OFFSET_HEADER}", r.status())))
+    }
+
+    /// PUT `/v1/runs/{run}/artifacts/{sha}` of an object of `total` bytes: `body`
+    /// holds its bytes from `from` on, sent as they are read, with `Content-Length`
+    /// (and `Content-Range: bytes from-(total-1)/total` when `from > 0`); signed by
+    /// the claim key (a fresh `Kiln-Upload-Auth` per try).
     pub fn put_artifact(
         &self,
         run: &RunId,
         sha: &Sha256,
-        bytes: &[u8],
+        total: u64,
+        from: u64,
+        body: impl Read,
         claim: &SecretKey,
-    ) -> Result<(), Fail> {
+    ) -> Put {
         let url = format!("{}/v1/runs/{run}/artifacts/{sha}", self.base);
-        let auth = UploadAuth {
-            run: *run,
-            sha256: *sha,
-            len: bytes.len() as u64,
-            at_ms: now_ms(),
-        };
-        self.bulk
+        let mut rq = self
+            .bulk
             .put(&url)
             .set("Content-Type", "application/octet-stream")
-            .set(UPLOAD_AUTH_HEADER, &auth.header(claim))
-            .send_bytes(bytes)
-            .map(|_| ())
-            .map_err(fail)
+            .set("Content-Length", &(total - from).to_string())
+            .set(
+                UPLOAD_AUTH_HEADER,
+                &Self::upload_auth(run, sha, total, claim),
+            );
+        if from > 0 {
+            rq = rq.set(
+                "Content-Range",
+                &format!("bytes {from}-{}/{total}", total - 1),
+            );
+        }
+        match rq.send(body) {
+            Ok(_) => Put::Stored,
+            Err(e) => put_fail(e),
+        }
     }
 
     /// GET `/cas/{sha}` into `part`, resuming after the bytes it already holds with

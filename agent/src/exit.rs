@@ -47,5 +47,7 @@ mod tests {
             Outcome::Error,
         ];
         assert!(all.iter().all(|o| for_outcome(*o) != EXIT_REFUSED));
+        // Bad arguments (parsed by the shared command-line crate) are a refusal too.
+        assert_eq!(kiln_cmdline::args::EXIT_USAGE, EXIT_REFUSED);
     }
 }

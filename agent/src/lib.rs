@@ -12,7 +12,6 @@ pub mod end;
 pub mod exit;
 pub mod hostinfo;
 pub mod hostkey;
-pub mod logger;
 pub mod progress;
 pub mod reaper;
 pub mod reporter;

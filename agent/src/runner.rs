@@ -1,5 +1,5 @@
 //! The run loop: claim, stages in order with timeouts and retries, fail_fast, outcome.
-use kiln_protocol::{PublicKey, RunId, SecretKey};
+use kiln_protocol::{Outcome, PublicKey, RunId, SecretKey};
 use std::collections::BTreeMap;
 use std::io::{Read, Write};
 use std::path::{Path, PathBuf};
@@ -14,7 +14,7 @@ use crate::hostinfo::HostInfo;
 use crate::reporter::{Control, Mode, Reporter};
 use crate::resume::Resume;
 use crate::session::Session;
-use crate::verify::{check_ticket, now_s};
+use crate::verify::{check_expired_ticket, check_ticket, now_s};
 
 use crate::end::{ACK_LIMIT, RunEnd};
 
@@ -137,13 +137,30 @@ fn bind_work(work: &Path, run: &RunId) -> Result<WorkLock, String> {
     }
 }
 
+/// Whether `work` holds a spool of `run` (bound to it, frames spooled): what lets
+/// an expired ticket deliver what a previous start claimed in time.
+fn spooled_here(work: &Path, run: &RunId) -> bool {
+    let bound =
+        std::fs::read_to_string(work.join("run")).is_ok_and(|s| s.trim() == run.to_string());
+    bound && std::fs::metadata(work.join(crate::spool::SPOOL_FILE)).is_ok_and(|m| m.len() > 0)
+}
+
 /// Verifies the ticket, claims the run, runs the stages, reports; blocking.
 pub fn run_ticket(opts: RunOptions) -> RunEnd {
     let host = HostInfo::detect();
-    let (signed, ticket) = match check_ticket(&opts.ticket_bytes, &opts.trusted, now_s(), &host) {
-        Ok(t) => t,
-        Err(reason) => return RunEnd::Refused(reason),
-    };
+    let now = now_s();
+    // An expired ticket is refused, unless its run was claimed here in time: then
+    // the spool is delivered and the run ended, and nothing new starts (`expired`).
+    let (signed, ticket, expired) =
+        match check_ticket(&opts.ticket_bytes, &opts.trusted, now, &host) {
+            Ok((s, t)) => (s, t, None),
+            Err(reason) => {
+                match check_expired_ticket(&opts.ticket_bytes, &opts.trusted, now, &host) {
+                    Some((s, t)) => (s, t, Some(reason)),
+                    None => return RunEnd::Refused(reason),
+                }
+            }
+        };
     // An enrolled host's ticket is claimed with its host key, or not run at all.
     let host_key = match crate::hostkey::for_ticket(&ticket, opts.agent_key.as_deref()) {
         Ok(k) => k,
@@ -164,6 +181,11 @@ pub fn run_ticket(opts: RunOptions) -> RunEnd {
         .work
         .clone()
         .unwrap_or_else(|| Path::new("kiln-work").join(run.to_string()));
+    if let Some(reason) = &expired
+        && !spooled_here(&work, &run)
+    {
+        return RunEnd::Refused(reason.clone());
+    }
     // Held until the run returns.
     let _lock = match bind_work(&work, &run) {
         Ok(l) => l,
@@ -203,6 +225,20 @@ pub fn run_ticket(opts: RunOptions) -> RunEnd {
                 return RunEnd::Infra(format!("opening the spool in {}: {e}", work.display()));
             }
         };
+    if let Some(reason) = &expired {
+        if !old
+            .iter()
+            .any(|f| matches!(f.event, kiln_protocol::Event::Claim { .. }))
+        {
+            reporter.close();
+            return RunEnd::Refused(reason.clone());
+        }
+        log::warn!(
+            "run {run}: {reason}, but this work folder claimed the run in time: \
+             delivering its {} spooled frames and ending the run without starting a stage",
+            old.len()
+        );
+    }
     let resume = Resume::fold(&old, &ticket.plan);
     let session = Session {
         ticket: &ticket,
@@ -237,9 +273,16 @@ pub fn run_ticket(opts: RunOptions) -> RunEnd {
                     reporter.acked()
                 );
             }
-            match session.body(&opts.secrets) {
-                Ok(outcome) => session.finish(outcome),
-                Err(e) => RunEnd::Infra(e),
+            if expired.is_some() {
+                // Past expiry nothing new starts: an attempt a previous start died in
+                // is closed `interrupted` (announce), and the run ends `error`.
+                crate::attempts::settle_leftovers(&work, &ticket.plan);
+                session.finish(resume.run_finished.unwrap_or(Outcome::Error))
+            } else {
+                match session.body(&opts.secrets) {
+                    Ok(outcome) => session.finish(outcome),
+                    Err(e) => RunEnd::Infra(e),
+                }
             }
         }
     };

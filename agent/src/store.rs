@@ -4,11 +4,11 @@
 use kiln_protocol::{RunId, SecretKey, Sha256};
 use sha2::Digest;
 use std::fs;
-use std::io::{self, Read, Write};
+use std::io::{self, Read, Seek, SeekFrom, Write};
 use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 
-use crate::client::{Backoff, Client, Fail, Fetched};
+use crate::client::{Backoff, Client, Fail, Fetched, Offset, Put};
 
 /// How long uploads and downloads keep retrying transient failures.
 pub const TRANSFER_LIMIT: Duration = Duration::from_secs(120);
@@ -17,71 +17,128 @@ fn other(msg: String) -> io::Error {
     io::Error::other(msg)
 }
 
-/// Reads an open file and its digest.
-fn read_with_sha(mut file: fs::File) -> io::Result<(Vec<u8>, Sha256)> {
-    let mut bytes = Vec::new();
-    file.read_to_end(&mut bytes)?;
-    let sha = Sha256::of(&bytes);
-    Ok((bytes, sha))
+/// Reads an open file through once from its start: its digest and length, in
+/// memory flat in the file's size.
+fn hash_file(file: &mut fs::File) -> io::Result<(Sha256, u64)> {
+    file.seek(SeekFrom::Start(0))?;
+    let mut h = sha2::Sha256::new();
+    let mut buf = vec![0u8; 64 * 1024];
+    let mut len = 0u64;
+    loop {
+        let n = file.read(&mut buf)?;
+        if n == 0 {
+            return Ok((Sha256(h.finalize().into()), len));
+        }
+        h.update(&buf[..n]);
+        len += n as u64;
+    }
 }
 
 /// The digest of a file's bytes, streamed.
 pub fn sha_of_file(path: &Path) -> io::Result<Sha256> {
-    let mut f = fs::File::open(path)?;
-    let mut h = sha2::Sha256::new();
-    let mut buf = vec![0u8; 64 * 1024];
-    loop {
-        let n = f.read(&mut buf)?;
-        if n == 0 {
-            break;
-        }
-        h.update(&buf[..n]);
-    }
-    Ok(Sha256(h.finalize().into()))
+    Ok(hash_file(&mut fs::File::open(path)?)?.0)
 }
 
-/// Uploads an open file as an artifact of `run`, signed by the run's claim key,
-/// retrying transient failures.
+/// Uploads an open file as an artifact of `run`, signed by the run's claim key:
+/// hashed in one streaming pass (the digest names the object), then sent from disk
+/// as it is read. A broken connection, a 503 or another 5xx is retried with
+/// [`Backoff`] for [`TRANSFER_LIMIT`], each retry asking the coordinator how many
+/// bytes it holds and sending only the rest. A 413 (the run's upload quota, or the
+/// artifact cap) is an error of kind [`io::ErrorKind::QuotaExceeded`]: the artifact
+/// is not stored, nothing else is wrong.
 pub fn upload_artifact(
     c: &Client,
     run: &RunId,
     claim: &SecretKey,
-    file: fs::File,
+    mut file: fs::File,
 ) -> io::Result<(Sha256, u64)> {
-    let (bytes, sha) = read_with_sha(file)?;
+    let (sha, len) = hash_file(&mut file)?;
     let deadline = Instant::now() + TRANSFER_LIMIT;
     let mut backoff = Backoff::default();
     loop {
-        match c.put_artifact(run, &sha, &bytes, claim) {
-            Ok(()) => return Ok((sha, bytes.len() as u64)),
-            Err(Fail::Refused(refused)) => {
-                return Err(other(format!("artifact {sha} refused: {refused}")));
+        let put = match c.artifact_offset(run, &sha, len, claim) {
+            Ok(Offset::Stored) => return Ok((sha, len)),
+            Ok(Offset::Have(have)) => {
+                // All bytes staged: send the last one again, so the coordinator
+                // finishes the upload (a range cannot be empty).
+                let from = have.min(len.saturating_sub(1));
+                file.seek(SeekFrom::Start(from))?;
+                let body = io::Read::take(&mut file, len - from);
+                c.put_artifact(run, &sha, len, from, body, claim)
             }
-            Err(Fail::Transient(why)) if Instant::now() < deadline => {
-                log::warn!("uploading artifact {sha}: {why} (retrying)");
+            Err(put) => put,
+        };
+        match put {
+            Put::Stored => return Ok((sha, len)),
+            Put::OverQuota(why) => {
+                return Err(io::Error::new(
+                    io::ErrorKind::QuotaExceeded,
+                    format!("over the run's upload quota or the artifact cap ({why})"),
+                ));
+            }
+            Put::Refused(why) => {
+                return Err(other(format!("artifact {sha} refused: {why}")));
+            }
+            Put::Resync if Instant::now() < deadline => {
+                log::warn!(
+                    "uploading artifact {sha}: the coordinator holds another part (asking again)"
+                );
+            }
+            Put::Retry(why) if Instant::now() < deadline => {
+                log::warn!("uploading artifact {sha}: {why} (resuming)");
                 std::thread::sleep(backoff.next_delay());
             }
-            Err(Fail::Transient(why)) => {
+            Put::Resync => {
+                return Err(other(format!(
+                    "uploading artifact {sha}: no agreement on the offset"
+                )));
+            }
+            Put::Retry(why) => {
                 return Err(other(format!("uploading artifact {sha}: {why}")));
             }
         }
     }
 }
 
-/// Offline: keeps a copy of the open file in `work/blobs/<sha>` for the bundle.
-pub fn keep_blob(work: &Path, file: fs::File) -> io::Result<(Sha256, u64)> {
-    let (bytes, sha) = read_with_sha(file)?;
+/// Offline: keeps a copy of the open file in `work/blobs/<sha>` for the bundle,
+/// copied as it is hashed (memory flat in the file's size).
+pub fn keep_blob(work: &Path, mut file: fs::File) -> io::Result<(Sha256, u64)> {
     let dir = work.join("blobs");
     fs::create_dir_all(&dir)?;
+    let mut nonce = [0u8; 8];
+    getrandom::getrandom(&mut nonce).map_err(io::Error::other)?;
+    let tmp = dir.join(format!(".in-{}.tmp", kiln_protocol::hex(&nonce)));
+    let copied = (|| {
+        let mut out = fs::File::create(&tmp)?;
+        let mut h = sha2::Sha256::new();
+        let mut buf = vec![0u8; 64 * 1024];
+        let mut len = 0u64;
+        loop {
+            let n = file.read(&mut buf)?;
+            if n == 0 {
+                break;
+            }
+            h.update(&buf[..n]);
+            out.write_all(&buf[..n])?;
+            len += n as u64;
+        }
+        out.sync_all()?;
+        Ok::<_, io::Error>((Sha256(h.finalize().into()), len))
+    })();
+    let (sha, len) = match copied {
+        Ok(v) => v,
+        Err(e) => {
+            let _ = fs::remove_file(&tmp);
+            return Err(e);
+        }
+    };
     let dest = dir.join(sha.to_string());
-    if !dest.exists() {
-        let tmp = dir.join(format!("{sha}.tmp"));
-        let mut f = fs::File::create(&tmp)?;
-        f.write_all(&bytes)?;
-        f.sync_all()?;
+    if dest.exists() {
+        fs::remove_file(&tmp)?;
+    } else {
         fs::rename(&tmp, &dest)?;
     }
-    Ok((sha, bytes.len() as u64))
+    Ok((sha, len))
 }
 
 /// The kept blob of an offline run.
@@ -270,5 +327,103 @@ mod tests {
         let p = download_cas(&quick(&url), work.path(), &sha).unwrap();
         assert_eq!(fs::read(p).unwrap(), data);
         assert!(rx.recv().unwrap().contains("range: bytes=10000-"));
+    }
+
+    /// Reads a request body of `n` bytes after its head.
+    fn body_of(s: &mut std::net::TcpStream, n: usize) -> Vec<u8> {
+        let mut b = vec![0u8; n];
+        s.read_exact(&mut b).unwrap();
+        b
+    }
+
+    fn answer(s: &mut std::net::TcpStream, status: &str, extra: &str) {
+        write!(
+            s,
+            "HTTP/1.1 {status}\r\n{extra}Content-Length: 0\r\nConnection: close\r\n\r\n"
+        )
+        .unwrap();
+    }
+
+    fn claim_key() -> SecretKey {
+        SecretKey::from_seed([7; 32])
+    }
+
+    #[test]
+    fn a_503_is_retried_and_the_upload_resumes_from_the_offset_the_coordinator_holds() {
+        let data = body();
+        let sha = Sha256::of(&data);
+        let n = data.len();
+        let d = tempfile::tempdir().unwrap();
+        let f = d.path().join("a.bin");
+        fs::write(&f, &data).unwrap();
+        let rest = data[20_000..].to_vec();
+        let (url, rx) = serve(vec![
+            Box::new(|_h, s| answer(s, "204 No Content", "Kiln-Upload-Offset: 0\r\n")),
+            // The whole body read, then busy.
+            Box::new(move |_h, s| {
+                assert_eq!(body_of(s, n), data);
+                answer(s, "503 Service Unavailable", "");
+            }),
+            Box::new(|_h, s| answer(s, "204 No Content", "Kiln-Upload-Offset: 20000\r\n")),
+            Box::new(move |_h, s| {
+                assert_eq!(body_of(s, n - 20_000), rest);
+                answer(s, "201 Created", "");
+            }),
+        ]);
+        let c = quick(&url);
+        let run = RunId([1; 16]);
+        let file = fs::File::open(&f).unwrap();
+        let got = upload_artifact(&c, &run, &claim_key(), file).unwrap();
+        assert_eq!(got, (sha, n as u64));
+        let heads: Vec<String> = rx.iter().take(4).collect();
+        assert!(heads[0].starts_with("head "), "{heads:?}");
+        assert!(
+            heads[0].contains(&format!("kiln-upload-length: {n}")),
+            "{heads:?}"
+        );
+        assert!(heads[1].starts_with("put "), "{heads:?}");
+        assert!(
+            heads[1].contains(&format!("content-length: {n}")),
+            "{heads:?}"
+        );
+        assert!(!heads[1].contains("content-range"), "{heads:?}");
+        assert!(!heads[1].contains("chunked"), "{heads:?}");
+        assert!(heads[2].starts_with("head "), "{heads:?}");
+        assert!(heads[3].starts_with("put "), "{heads:?}");
+        assert!(
+            heads[3].contains(&format!("content-range: bytes 20000-{}/{n}", n - 1)),
+            "{heads:?}"
+        );
+        assert!(
+            heads[3].contains(&format!("content-length: {}", n - 20_000)),
+            "{heads:?}"
+        );
+    }
+
+    #[test]
+    fn over_the_quota_is_its_own_error_and_is_not_retried() {
+        let d = tempfile::tempdir().unwrap();
+        let f = d.path().join("a.bin");
+        fs::write(&f, body()).unwrap();
+        let n = body().len();
+        // Refused when asking for the offset, or on the PUT itself.
+        let (url, rx) = serve(vec![
+            Box::new(|_h, s| answer(s, "413 Payload Too Large", "")),
+            Box::new(|_h, s| answer(s, "204 No Content", "Kiln-Upload-Offset: 0\r\n")),
+            Box::new(move |_h, s| {
+                body_of(s, n);
+                answer(s, "413 Payload Too Large", "");
+            }),
+        ]);
+        let c = quick(&url);
+        let run = RunId([1; 16]);
+        for _ in 0..2 {
+            let e =
+                upload_artifact(&c, &run, &claim_key(), fs::File::open(&f).unwrap()).unwrap_err();
+            assert_eq!(e.kind(), io::ErrorKind::QuotaExceeded, "{e}");
+            assert!(e.to_string().contains("over the run's upload quota"), "{e}");
+        }
+        assert_eq!(rx.iter().take(3).count(), 3);
+        assert!(rx.try_recv().is_err(), "a 413 was retried");
     }
 }

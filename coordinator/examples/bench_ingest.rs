@@ -138,7 +138,7 @@ fn pct(sorted: &[Duration], p: f64) -> Duration {
 
 fn main() {
     // The server's warnings and errors (KILN_LOG=debug for more).
-    kiln_coordinator::logger::init();
+    kiln_cmdline::logger::init("bench_ingest");
     let (agents, batches, frames) = (arg(1, 64), arg(2, 50), arg(3, 32));
     let base = std::env::var_os("KILN_BENCH_DIR")
         .map(std::path::PathBuf::from)

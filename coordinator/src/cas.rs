@@ -108,12 +108,25 @@ impl Cas {
     pub fn stage(&self, reader: &mut dyn Read, cap: u64, what: &str) -> Result<Staged> {
         fs::create_dir_all(&self.dir)
             .with_context(|| format!("creating {}", self.dir.display()))?;
+        self.stage_in(&self.dir, reader, cap, what)
+    }
+
+    /// [`Cas::stage`] into a temp file in `dir` instead of `cas/` (an import's
+    /// staging folder, so a killed importer's blobs go with that folder). `dir` must
+    /// be on the CAS's file system: [`Cas::publish`] hard-links from it.
+    pub fn stage_in(
+        &self,
+        dir: &Path,
+        reader: &mut dyn Read,
+        cap: u64,
+        what: &str,
+    ) -> Result<Staged> {
         let mut nonce = [0u8; 8];
         getrandom::getrandom(&mut nonce).context("reading random bytes")?;
         let mut staged = Staged {
             sha: Sha256([0; 32]),
             size: 0,
-            tmp: Some(self.dir.join(format!(".in-{}", kiln_protocol::hex(&nonce)))),
+            tmp: Some(dir.join(format!(".in-{}", kiln_protocol::hex(&nonce)))),
         };
         let tmp = staged.tmp.clone().expect("just set");
         let mut f = fs::OpenOptions::new()
@@ -153,6 +166,10 @@ impl Cas {
             .take()
             .expect("a staged object has its temp file");
         let path = self.path(&staged.sha);
+        if let Err(e) = fs::create_dir_all(&self.dir) {
+            let _ = fs::remove_file(&tmp);
+            return Err(e).with_context(|| format!("creating {}", self.dir.display()));
+        }
         let created = match fs::hard_link(&tmp, &path) {
             Ok(()) => true,
             Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists => false,

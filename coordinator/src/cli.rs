@@ -439,25 +439,7 @@ pub fn run(cli: Cli) -> Result<i32> {
 }
 
 /// Parses the process's arguments; `--help` prints and exits 0, bad arguments print
-/// the reason and exit 2 (refused), as DESIGN.md's exit statuses ask.
+/// the reason and exit 2 (refused).
 pub fn from_env() -> Cli {
-    let args: Vec<String> = std::env::args().collect();
-    let strs: Vec<&str> = args.iter().map(String::as_str).collect();
-    let name = strs
-        .first()
-        .and_then(|p| p.rsplit('/').next())
-        .unwrap_or("kiln");
-    match <Cli as FromArgs>::from_args(&[name], strs.get(1..).unwrap_or(&[])) {
-        Ok(cli) => cli,
-        Err(early) => match early.status {
-            Ok(()) => {
-                println!("{}", early.output);
-                std::process::exit(0)
-            }
-            Err(()) => {
-                eprintln!("{}", early.output);
-                std::process::exit(2)
-            }
-        },
-    }
+    kiln_cmdline::args::from_env()
 }

@@ -38,6 +38,8 @@ pub const EXTRA_WORKER_IDLE: Duration = Duration::from_secs(10);
 /// Default cap on one artifact upload (`KILN_ARTIFACT_CAP` overrides, e.g. `64M`).
 pub const DEFAULT_ARTIFACT_CAP: u64 = 1 << 30;
 pub use artifacts::DEFAULT_RUN_QUOTA;
+#[doc(hidden)]
+pub use cas::{Range, parse_range};
 
 /// Upload limits and the claim check.
 #[derive(Debug, Clone)]
@@ -180,7 +182,9 @@ impl Server {
         } = limits;
         let ingest = Ingester::new(state)?.with_claim_check(claim_check);
         let signer = state.signing_key()?;
-        let swept = state.cas().sweep_temp(std::time::Duration::from_secs(60));
+        let idle = std::time::Duration::from_secs(60);
+        let swept =
+            state.cas().sweep_temp(idle) + artifacts::sweep_at_start(state.cas().dir(), idle);
         if swept > 0 {
             log::info!("removed {swept} leftover upload temp file(s) from cas/");
         }
@@ -425,12 +429,29 @@ fn route(ctx: &Ctx, rq: &mut Request, method: &Method, path: &str) -> Reply {
             .and_then(|_| api::post_events(ctx, rq, &parse_run(run)?)),
         ["v1", "runs", run, "secrets"] => only(*method == Method::Post, "POST")
             .and_then(|_| api::post_secrets(ctx, rq, &parse_run(run)?)),
-        ["v1", "runs", run, "artifacts", sha] => only(*method == Method::Put, "PUT")
-            .and_then(|_| artifacts::put(ctx, rq, &parse_run(run)?, &parse_sha(sha)?)),
+        ["v1", "runs", run, "artifacts", sha] => match method {
+            Method::Put => artifacts::put(ctx, rq, &parse_run(run)?, &parse_sha(sha)?),
+            Method::Head => artifacts::offset(ctx, rq, &parse_run(run)?, &parse_sha(sha)?),
+            _ => Err(Refusal::new(405, "method not allowed (use PUT or HEAD)")),
+        },
         ["v1", "hosts", mac, "ticket"] => {
             only(get(method), "GET").and_then(|_| api::host_ticket(ctx, mac))
         }
         _ => Err(Refusal::new(404, format!("no route {path}"))),
+    }
+}
+
+/// Routes one request as a worker would, without catching panics or writing the
+/// answer anywhere, and returns its status code. For the in-process fuzz targets in
+/// `fuzz/` (a panic there is a finding); not a stable API.
+#[doc(hidden)]
+pub fn route_for_fuzzing(ctx: &Ctx, rq: &mut Request) -> u16 {
+    let method = rq.method().clone();
+    let url = rq.url().to_string();
+    let path = url.split(['?', '#']).next().unwrap_or("").to_string();
+    match route(ctx, rq, &method, &path) {
+        Ok(r) => r.status_code().0,
+        Err(r) => r.status,
     }
 }
 

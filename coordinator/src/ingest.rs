@@ -27,11 +27,13 @@ use logfile::{Cached, refresh, store};
 use stage::Import;
 
 pub use bundle::cmd_import;
+#[doc(hidden)]
+pub use bundle::{Imported, import_bundle};
 
 /// A refused request: HTTP status, one-line reason, and for a seq gap the seq wanted.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Refusal {
-    /// HTTP status code (4xx, or 500 for a broken state folder).
+    /// HTTP status code (4xx; 500 for a broken state folder, 507 for a full one).
     pub status: u16,
     /// One line for people.
     pub reason: String,
@@ -57,10 +59,23 @@ impl Refusal {
         }
     }
 
+    /// A failure of the state folder: 507 when the disk or quota is full (the
+    /// request may succeed later, so clients retry it like any 5xx), 500 otherwise.
     pub(crate) fn internal(e: anyhow::Error) -> Self {
         log::error!("{e:#}");
-        Refusal::new(500, format!("{e:#}"))
+        Refusal::new(storage_status(&e), format!("{e:#}"))
     }
+}
+
+/// 507 (Insufficient Storage) for an error caused by a full disk or quota (ENOSPC,
+/// EDQUOT anywhere in its chain), else 500.
+pub(crate) fn storage_status(e: &anyhow::Error) -> u16 {
+    let full = e.chain().any(|c| {
+        c.downcast_ref::<std::io::Error>()
+            .and_then(std::io::Error::raw_os_error)
+            .is_some_and(|n| n == libc::ENOSPC || n == libc::EDQUOT)
+    });
+    if full { 507 } else { 500 }
 }
 
 impl std::fmt::Display for Refusal {

@@ -1,6 +1,6 @@
 //! `kiln-coordinator`: parse the command line, set up logging, hand over to the library.
 fn main() {
-    kiln_coordinator::logger::init();
+    kiln_cmdline::logger::init("kiln-coordinator");
     let cli = kiln_coordinator::cli::from_env();
     match kiln_coordinator::cli::run(cli) {
         Ok(code) => std::process::exit(code),

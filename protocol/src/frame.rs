@@ -221,7 +221,8 @@ impl Outcome {
         }
     }
 
-    /// The agent's exit status for a run that ended so (DESIGN.md).
+    /// The agent's exit status for a run that ended so: 0 passed, warning or skipped;
+    /// 1 failed, timed out, held or aborted; 3 error.
     pub fn exit_status(self) -> i32 {
         match self {
             Outcome::Passed | Outcome::Warning | Outcome::Skipped => 0,

@@ -37,7 +37,9 @@ pub use plan::{
 };
 pub use records::{RecordReader, ResultRecord, encode_record};
 pub use ticket::{HostBinding, SignedTicket, Ticket};
-pub use upload::{UPLOAD_AUTH_HEADER, UPLOAD_WINDOW_MS, UploadAuth};
+pub use upload::{
+    UPLOAD_AUTH_HEADER, UPLOAD_LENGTH_HEADER, UPLOAD_OFFSET_HEADER, UPLOAD_WINDOW_MS, UploadAuth,
+};
 
 /// Format version of tickets, batches and bundles; a changed encoding is a new version.
 pub const VERSION: u16 = 2;

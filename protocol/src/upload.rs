@@ -3,8 +3,13 @@
 //! `PUT /v1/runs/{run}/artifacts/{sha256}` carries the header
 //! `Kiln-Upload-Auth: <at_ms>.<base64 sig>`: the signature by the run's bound claim key
 //! over `UPLOAD_DOMAIN ++ postcard(UploadAuth { run, sha256, len, at_ms })`, `len`
-//! being the request's `Content-Length`. The coordinator checks it, and that `at_ms` is
-//! within [`UPLOAD_WINDOW_MS`] of its clock, before it reads the body or reserves quota.
+//! being the whole object's length: the request's `Content-Length`, or `T` of its
+//! `Content-Range: bytes N-M/T` when it resumes an upload from byte `N` (a `HEAD`
+//! asking for the offset says `T` in [`UPLOAD_LENGTH_HEADER`]). The range itself is
+//! not signed, as the body is not: what protects the content is that the whole object
+//! must hash to `sha256` before it is stored. The coordinator checks the signature,
+//! and that `at_ms` is within [`UPLOAD_WINDOW_MS`] of its clock, before it reads the
+//! body or reserves quota.
 use alloc::format;
 use alloc::string::String;
 use base64::Engine;
@@ -15,6 +20,10 @@ use crate::{Error, PublicKey, RunId, SecretKey, Sha256, Sig, UPLOAD_DOMAIN};
 
 /// The request header that carries an upload's signature.
 pub const UPLOAD_AUTH_HEADER: &str = "Kiln-Upload-Auth";
+/// The request header of a `HEAD` on an upload URL that says the object's length.
+pub const UPLOAD_LENGTH_HEADER: &str = "Kiln-Upload-Length";
+/// The answer header that says how many bytes of an upload the coordinator holds.
+pub const UPLOAD_OFFSET_HEADER: &str = "Kiln-Upload-Offset";
 /// An upload signed further than this from the coordinator's clock is refused.
 pub const UPLOAD_WINDOW_MS: u64 = 5 * 60 * 1000;
 /// Longest header value: a u64 in decimal, a dot, 64 bytes in padded base64.
@@ -27,7 +36,8 @@ pub struct UploadAuth {
     pub run: RunId,
     /// The digest the upload must hash to (the URL's).
     pub sha256: Sha256,
-    /// The upload's length in bytes (its `Content-Length`).
+    /// The whole object's length in bytes (`Content-Length` of a whole upload, `T` of
+    /// `Content-Range: bytes N-M/T` of a resumed one).
     pub len: u64,
     /// The agent's clock when it signed, unix milliseconds.
     pub at_ms: u64,
@@ -41,7 +51,7 @@ impl UploadAuth {
         format!("{}.{}", self.at_ms, STANDARD.encode(sig.0))
     }
 
-    /// Checks a header value for an upload of `len` bytes to `run` named `sha256`
+    /// Checks a header value for an upload of an object of `len` bytes to `run` named `sha256`
     /// against the run's claim key. Returns the signed fields; the caller checks
     /// [`UploadAuth::fresh`] against its clock.
     pub fn verify(

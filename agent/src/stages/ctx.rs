@@ -69,7 +69,9 @@ pub trait Sink: Send + Sync {
     /// Queues an event; never blocks on the network.
     fn emit(&self, event: Event);
     /// Stores an open file's bytes (CAS upload or bundle blob); returns digest and
-    /// size. The caller opened it without following links ([`artifacts`]).
+    /// size. The caller opened it without following links ([`artifacts`]). An error
+    /// of kind [`io::ErrorKind::QuotaExceeded`] means the coordinator will not take it
+    /// (the run's upload quota, the artifact cap): the caller leaves it out and goes on.
     /// Blocking: call through `smol::unblock` (as [`StageCtx::artifact`] does).
     fn store_artifact(&self, file: std::fs::File) -> io::Result<(Sha256, u64)>;
     /// A local path holding the CAS object `sha` (downloaded and verified if needed).
@@ -219,22 +221,35 @@ impl StageCtx {
     /// Stores a file as an artifact named `name` and reports it. The file is opened
     /// without following a link at `path`'s last component, and must be a regular
     /// file (for files a stage wrote at a known path, such as a hardware report).
-    pub async fn artifact(&self, path: &Path, name: &str) -> io::Result<Sha256> {
+    /// `None` when the coordinator refused it for the run's upload quota (see
+    /// [`StageCtx::artifacts_under`]).
+    pub async fn artifact(&self, path: &Path, name: &str) -> io::Result<Option<Sha256>> {
         let p = path.to_path_buf();
         let file = smol::unblock(move || artifacts::open_file(&p)).await?;
         self.store(file, name).await
     }
 
-    async fn store(&self, file: std::fs::File, name: &str) -> io::Result<Sha256> {
+    /// Stores one artifact and reports it. Over the run's upload quota (the
+    /// coordinator's 413) the artifact is left out with a log line
+    /// `artifact NAME not uploaded: over the run's quota (...)` and `None`: the stage's
+    /// outcome stays the test's verdict.
+    async fn store(&self, file: std::fs::File, name: &str) -> io::Result<Option<Sha256>> {
         let sink = self.sink.clone();
-        let (sha256, size) = smol::unblock(move || sink.store_artifact(file)).await?;
+        let (sha256, size) = match smol::unblock(move || sink.store_artifact(file)).await {
+            Ok(stored) => stored,
+            Err(e) if e.kind() == io::ErrorKind::QuotaExceeded => {
+                self.note(&format!("artifact {name} not uploaded: {e}"));
+                return Ok(None);
+            }
+            Err(e) => return Err(e),
+        };
         self.sink.emit(Event::Artifact {
             stage: self.index,
             name: name.into(),
             sha256,
             size,
         });
-        Ok(sha256)
+        Ok(Some(sha256))
     }
 
     /// Stores every regular file under `dir` as an artifact named by its relative
@@ -246,7 +261,8 @@ impl StageCtx {
     /// Stores every regular file under `dir` as an artifact named `<prefix><relative
     /// path>` (sorted), walking the folder without following any link
     /// ([`artifacts::list`]); links, special files and files that change into one
-    /// while collected are noted in the log and skipped. Returns how many were stored.
+    /// while collected are noted in the log and skipped, and so is a file over the
+    /// run's upload quota (the rest are still tried). Returns how many were stored.
     pub async fn artifacts_under(&self, dir: &Path, prefix: &str) -> io::Result<usize> {
         let d = dir.to_path_buf();
         let listing = smol::unblock(move || artifacts::list(&d)).await?;
@@ -262,8 +278,9 @@ impl StageCtx {
             let (d, r) = (dir.to_path_buf(), rel.clone());
             match smol::unblock(move || artifacts::open_inside(&d, &r)).await {
                 Ok(file) => {
-                    self.store(file, &format!("{prefix}{rel}")).await?;
-                    n += 1;
+                    if self.store(file, &format!("{prefix}{rel}")).await?.is_some() {
+                        n += 1;
+                    }
                 }
                 Err(e) => self.note(&format!("artifact {prefix}{rel} skipped: {e}")),
             }

@@ -33,16 +33,46 @@ pub fn bundle_cap(limits: &Limits) -> u64 {
         .saturating_add(2 * MAX_TICKET_BYTES as u64)
 }
 
+/// What one import stored.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Imported {
+    /// The run.
+    pub run: kiln_protocol::RunId,
+    /// Its plan's name.
+    pub plan: String,
+    /// Frames in the bundle.
+    pub frames: u64,
+    /// The run's last stored seq after the import.
+    pub upto: u64,
+    /// Artifacts (blobs) in the bundle.
+    pub artifacts: u64,
+}
+
 /// `import BUNDLE`.
 pub fn cmd_import(state: &State, c: &ImportCmd) -> Result<i32> {
     let limits = Limits::from_env()?;
-    let cap = bundle_cap(&limits);
     let file =
         fs::File::open(&c.bundle).with_context(|| format!("reading {}", c.bundle.display()))?;
+    let i = import_bundle(state, file, &limits)?;
+    println!(
+        "imported run {} ({}): {} frames in the bundle, {} stored, {} artifacts",
+        i.run,
+        crate::visible::visible(&i.plan),
+        i.frames,
+        i.upto,
+        i.artifacts
+    );
+    Ok(0)
+}
+
+/// Imports the bundle read from `input` (at most [`bundle_cap`] bytes of it) into
+/// `state`: all of it, or on any refusal or error none of it.
+pub fn import_bundle(state: &State, input: impl Read, limits: &Limits) -> Result<Imported> {
+    let cap = bundle_cap(limits);
     let mut input = BufReader::with_capacity(
         1 << 20,
         Capped {
-            inner: file,
+            inner: input,
             left: cap,
             cap,
         },
@@ -64,7 +94,7 @@ pub fn cmd_import(state: &State, c: &ImportCmd) -> Result<i32> {
     let mut counts = (0, 0);
     let upto = ingester
         .import(&parsed, &file, |import| {
-            feed(&mut records, import, &limits)?;
+            feed(&mut records, import, limits)?;
             counts = import.counts();
             Ok(())
         })
@@ -75,11 +105,13 @@ pub fn cmd_import(state: &State, c: &ImportCmd) -> Result<i32> {
                 anyhow::anyhow!("bundle refused, nothing imported: run {run}: {r}")
             }
         })?;
-    println!(
-        "imported run {run} ({}): {} frames in the bundle, {upto} stored, {} artifacts",
-        parsed.plan.name, counts.0, counts.1
-    );
-    Ok(0)
+    Ok(Imported {
+        run,
+        plan: parsed.plan.name.clone(),
+        frames: counts.0,
+        upto,
+        artifacts: counts.1 as u64,
+    })
 }
 
 /// Checks the magic, the bytes before the first record.
@@ -133,6 +165,8 @@ fn feed<R: BufRead>(
     import: &mut Import,
     limits: &Limits,
 ) -> Result<(), Refusal> {
+    // A blob was staged since the last batch (for the test hook).
+    let mut blobs_seen = false;
     loop {
         if !records.next_record().map_err(refusal)? {
             return Ok(());
@@ -161,6 +195,9 @@ fn feed<R: BufRead>(
                     return Err(at(anyhow::anyhow!("the batch is cut short")));
                 }
                 records.expect_end("batch").map_err(|e| at(e.into()))?;
+                if std::mem::take(&mut blobs_seen) {
+                    test_pause();
+                }
                 import.batch(&body)?;
             }
             2 => {
@@ -174,10 +211,10 @@ fn feed<R: BufRead>(
                         ),
                     ));
                 }
-                let cas = import.cas().clone();
-                let blob = cas
-                    .stage(&mut records.by_ref().take(len), len, "blob")
+                let blob = import
+                    .stage_blob(&mut records.by_ref().take(len), len)
                     .map_err(at)?;
+                blobs_seen = true;
                 if blob.size != len {
                     return Err(at(anyhow::anyhow!("the blob is cut short")));
                 }
@@ -195,6 +232,21 @@ fn feed<R: BufRead>(
             }
             tag => return Err(at(anyhow::anyhow!("unknown record kind {tag}"))),
         }
+    }
+}
+
+/// The test hook `KILN_TEST_PAUSE_IMPORT=<path>` (tests only, see `stage`): says
+/// `<path>.paused` and waits for `<path>`.
+fn test_pause() {
+    let Some(path) = std::env::var_os("KILN_TEST_PAUSE_IMPORT") else {
+        return;
+    };
+    let path = std::path::PathBuf::from(path);
+    let mut paused = path.clone().into_os_string();
+    paused.push(".paused");
+    let _ = fs::write(&paused, b"");
+    while !path.exists() {
+        std::thread::sleep(std::time::Duration::from_millis(20));
     }
 }
 

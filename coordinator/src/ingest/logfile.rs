@@ -1,5 +1,5 @@
 //! A run's stored state as the writer sees it, and appending checked batches.
-use anyhow::Result;
+use anyhow::{Context, Result};
 use kiln_protocol::{Event, Mac, PublicKey, Ticket};
 use std::fs;
 use std::io::Write;
@@ -51,20 +51,40 @@ impl Cached {
 /// frames (cut back on a failed write), then updates the cache.
 pub(super) fn store(rd: &RunDir, c: &mut Cached, v: &Verdict, from: Source) -> Result<()> {
     if v.bind {
-        claims::append(rd, claims::Kind::Claim, from, Some(&v.key), "")?;
-        rd.bind_claim(&v.key)?;
+        // Recorded and bound, or (a full disk) neither: the claim record is cut back,
+        // so a retried claim is recorded once.
+        let record = rd.path(files::CLAIMS);
+        let old = fs::metadata(&record).map(|m| m.len()).ok();
+        let bound = claims::append(rd, claims::Kind::Claim, from, Some(&v.key), "")
+            .and_then(|_| rd.bind_claim(&v.key));
+        if let Err(e) = bound {
+            match old {
+                Some(len) => {
+                    if let Ok(f) = fs::OpenOptions::new().write(true).open(&record) {
+                        let _ = f.set_len(len);
+                    }
+                }
+                None => {
+                    let _ = fs::remove_file(&record);
+                }
+            }
+            return Err(e.context(format!("binding the claim of run {}", rd.id)));
+        }
     }
     if !v.records.is_empty() {
         let path = rd.path(files::EVENTS);
         let created = !path.exists();
+        let what = || format!("storing frames of run {}", rd.id);
         let mut file = fs::OpenOptions::new()
             .create(true)
             .append(true)
-            .open(&path)?;
+            .open(&path)
+            .with_context(what)?;
         if let Err(e) = file.write_all(&v.records).and_then(|_| file.sync_data()) {
-            // Cut a partial write back so the log never holds half a batch.
+            // Cut a partial write back so the log never holds half a batch (a full
+            // disk included: truncating needs no space).
             let _ = file.set_len(c.len);
-            return Err(e.into());
+            return Err(anyhow::Error::from(e).context(what()));
         }
         if created {
             sync_dir(&rd.dir)?;

@@ -1,9 +1,9 @@
 //! An import staged beside the state and committed with renames, or rolled back.
 //!
-//! While a bundle is read, everything it adds is written where nobody looks: blobs
-//! to `cas/.in-*` temp files, the run's new files (`events.log` holding only the new
-//! frames, `claim.pub`, `ticket.kiln`) to `runs/.import-<run>-<nonce>/`. Only when the
-//! whole bundle checked out is it committed: blobs linked into the CAS, then the new
+//! While a bundle is read, everything it adds is written where nobody looks, in the
+//! staging folder `runs/.import-<run>-<nonce>/`: blobs to `.in-*` temp files, the
+//! run's new files (`events.log` holding only the new frames, `claim.pub`,
+//! `ticket.kiln`). Only when the whole bundle checked out is it committed: blobs linked into the CAS, then the new
 //! frames appended to events.log (or the file renamed into place), then claim and
 //! ticket renamed in. Any error on the way (ENOSPC included) undoes what the commit
 //! did — objects it created removed, events.log cut back to its old length, files it
@@ -12,7 +12,13 @@
 //! A run with no folder yet is committed by renaming the staging folder itself into
 //! `runs/<run>`, in one step. The staging folder holds a `lock` its importer flocks,
 //! so a later import can tell a folder left by a killed importer (unlocked) from a
-//! live one, and removes it.
+//! live one, and removes it, staged blobs and all: a killed import leaves nothing
+//! that the next one does not clear.
+//!
+//! Test hook (for tests only, not an interface): with `KILN_TEST_PAUSE_IMPORT=<path>`
+//! in its environment, an import that reaches its first batch after staging a blob
+//! creates `<path>.paused` and waits until `<path>` exists, so a test can SIGKILL it
+//! between blobs and frames.
 use anyhow::{Context, Result, bail};
 use kiln_protocol::{Batch, Event, PublicKey, RunId, Sha256};
 use std::collections::BTreeSet;
@@ -127,9 +133,10 @@ impl Import {
         })
     }
 
-    /// The CAS blobs are staged in.
-    pub(crate) fn cas(&self) -> &Cas {
-        &self.cas
+    /// Streams one blob of at most `cap` bytes into a temp file in the staging
+    /// folder (not `cas/`: a killed import's blobs go with its folder).
+    pub(crate) fn stage_blob(&self, reader: &mut dyn std::io::Read, cap: u64) -> Result<Staged> {
+        self.cas.stage_in(&self.staging, reader, cap, "blob")
     }
 
     /// Bytes of distinct blobs the bundle carried so far.

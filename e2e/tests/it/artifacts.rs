@@ -141,3 +141,41 @@ command = ["sh", "-c", "echo mine > /artifacts/ok.txt && ln -s {o}/secret /artif
         "{logs}"
     );
 }
+
+#[test]
+fn an_artifact_over_the_run_quota_is_left_out_with_a_log_line_and_the_run_goes_on() {
+    let fx = Fx::new();
+    // 4 000 bytes in all: the 5 000-byte file does not fit, the small ones do.
+    let server = Coordinator::start_with(&fx.state, &["--upload-quota", "4000"]);
+    let plan = fx.plan(
+        "quota.toml",
+        r#"name = "quota"
+
+[[stage]]
+name = "big"
+kind = "exec"
+command = ["sh", "-c", "mkdir -p artifacts && head -c 5000 /dev/zero > artifacts/big.bin && echo small > artifacts/small.txt"]
+
+[[stage]]
+name = "after"
+kind = "exec"
+command = ["sh", "-c", "mkdir -p artifacts && echo later > artifacts/later.txt"]
+"#,
+    );
+    let run = fx.issue(&plan, Some(&server.url), None);
+    let ticket = fx.state.join("runs").join(&run).join("ticket.kiln");
+    let mut a = fx.spawn_agent(s(&ticket), &fx.dir.join("work"), &[]);
+    let code = wait_exit(&mut a, Duration::from_secs(60));
+    let show = fx.show(&run);
+    assert_eq!(code, 0, "the run passes: {show}");
+    let stages = show["stages"].as_array().expect("stages");
+    assert_eq!(stages[0]["outcome"], "passed", "{show}");
+    assert_eq!(stages[1]["outcome"], "passed", "{show}");
+    assert_eq!(artifact_names(&stages[0]), vec!["small.txt"], "{show}");
+    assert_eq!(artifact_names(&stages[1]), vec!["later.txt"], "{show}");
+    let logs = kc(&fx.state, &["run", "logs", &run]).stdout;
+    assert!(
+        logs.contains("artifact big.bin not uploaded: over the run's upload quota"),
+        "{logs}"
+    );
+}

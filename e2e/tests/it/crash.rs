@@ -16,7 +16,7 @@ use std::time::Duration;
 
 /// `serve --listen ADDR` (a fixed address, so a restart is reachable at the same URL),
 /// waiting on its address file.
-fn serve_at(state: &Path, addr: &str) -> Child {
+pub(crate) fn serve_at(state: &Path, addr: &str) -> Child {
     let addr_file = state.join("addr.crash");
     let _ = std::fs::remove_file(&addr_file);
     let mut child = Command::new(bin("kiln-coordinator"))
@@ -44,7 +44,7 @@ fn serve_at(state: &Path, addr: &str) -> Child {
 }
 
 /// A loopback address nobody listens on right now.
-fn free_addr() -> String {
+pub(crate) fn free_addr() -> String {
     let l = TcpListener::bind("127.0.0.1:0").expect("bind");
     l.local_addr().expect("addr").to_string()
 }
@@ -187,7 +187,7 @@ fn an_agent_killed_mid_run_resumes_from_its_spool() {
 }
 
 /// Whether process `pid` runs (exists and is not a zombie).
-fn alive(pid: &str) -> bool {
+pub(crate) fn alive(pid: &str) -> bool {
     std::fs::read_to_string(format!("/proc/{pid}/stat")).is_ok_and(|s| {
         s.rsplit_once(") ")
             .is_some_and(|(_, r)| !r.starts_with(['Z', 'X']))

@@ -9,15 +9,17 @@ use std::path::{Path, PathBuf};
 mod abort;
 mod cli;
 mod corrupt;
-mod full_disk;
+pub(crate) mod full_disk;
 mod fuzz;
 mod hostile;
 mod import;
 mod ingest;
+mod interrupted;
 mod limits;
 mod pending;
 mod routes;
 mod terminal;
+mod uploads;
 
 /// A state folder with a coordinator key, made without `init` (another part's
 /// command) so these tests only need what they exercise: `State::open` wants the key.
@@ -276,6 +278,7 @@ pub fn call(req: ureq::Request, body: Option<&[u8]>) -> Answer {
         "ETag",
         "Kiln-Run",
         "Content-Type",
+        "Kiln-Upload-Offset",
     ]
     .iter()
     .filter_map(|h| resp.header(h).map(|v| (h.to_string(), v.to_string())))
