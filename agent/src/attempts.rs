@@ -10,7 +10,8 @@ use std::time::{Duration, Instant};
 use crate::progress::Progress;
 use crate::reporter::{Control, Reporter};
 use crate::resume::{Resume, retryable};
-use crate::stages::{Sink, StageCtx, StageResult, Stop, StopSignal, run_stage};
+use crate::stages::ctx::{Sink, StageCtx, StageResult, Stop, StopSignal};
+use crate::stages::run_stage;
 
 /// What the stage loop works with.
 pub struct Attempts<'a> {

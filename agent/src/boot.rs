@@ -5,9 +5,10 @@ use std::io::Read;
 use std::path::PathBuf;
 use std::time::{Duration, Instant};
 
-use crate::cli::{BootCmd, EXIT_INFRA, EXIT_REFUSED};
+use crate::end::RunEnd;
+use crate::exit::{EXIT_INFRA, EXIT_REFUSED};
 use crate::hostinfo::HostInfo;
-use crate::runner::{RunEnd, RunOptions, run_ticket};
+use crate::runner::{RunOptions, run_ticket};
 use crate::verify::{check_ticket, load_trust, now_s};
 
 /// Work folder inside the image (a tmpfs mounted by its init).
@@ -19,6 +20,19 @@ pub const OFFLINE_DIR: &str = "/media/kiln";
 
 /// Longest pause between two tries to reach the coordinator.
 const MAX_BACKOFF: Duration = Duration::from_secs(5);
+
+/// What netboot mode reads and whether it powers off (from `kiln-agent boot`'s flags).
+#[derive(Debug, Clone)]
+pub struct BootConfig {
+    /// Kernel command line file (`/proc/cmdline` on a booted machine).
+    pub cmdline: PathBuf,
+    /// Trusted key file baked into the image.
+    pub trust: PathBuf,
+    /// Stay on at the end (for debugging) instead of powering off or idling as PID 1.
+    pub no_poweroff: bool,
+    /// The enrolled host key file, for tickets that name one.
+    pub agent_key: Option<PathBuf>,
+}
 
 /// What the kernel command line tells the agent.
 #[derive(Debug, Clone, PartialEq)]
@@ -84,8 +98,9 @@ fn say(line: &str) {
     eprintln!("kiln: {line}");
 }
 
-/// `boot`: returns the exit status (when it does not power off or idle).
-pub fn cmd_boot(c: &BootCmd) -> i32 {
+/// Netboot mode, start to end: returns the exit status (when it does not power off or
+/// idle).
+pub fn boot_main(c: &BootConfig) -> i32 {
     // As PID 1 the agent runs as a child of a reaper (this never returns as PID 1).
     crate::reaper::supervise_if_init();
     say(&format!("agent {} booting", env!("CARGO_PKG_VERSION")));
@@ -109,7 +124,7 @@ pub fn cmd_boot(c: &BootCmd) -> i32 {
 
 /// Everything up to the end of the run (and whether it was offline); `Err` is a
 /// refusal before anything ran.
-fn boot(c: &BootCmd) -> Result<(RunEnd, bool), String> {
+fn boot(c: &BootConfig) -> Result<(RunEnd, bool), String> {
     let text = kiln_protocol::io::read_text_capped(&c.cmdline, 64 * 1024, "a kernel command line")
         .map_err(|e| format!("cannot read {e}"))?;
     let args = parse_cmdline(&text)?;
@@ -152,7 +167,7 @@ fn boot(c: &BootCmd) -> Result<(RunEnd, bool), String> {
 }
 
 /// Acts on how the run ended: power off when it finished, idle otherwise.
-fn finish(c: &BootCmd, end: RunEnd) -> i32 {
+fn finish(c: &BootConfig, end: RunEnd) -> i32 {
     let code = end.exit_status();
     match end {
         RunEnd::Finished { outcome, shutdown } => {
@@ -241,7 +256,7 @@ fn fetch_with_retries(url: &str) -> Result<Vec<u8>, String> {
 }
 
 /// `sync`, then power off; returns only when that is impossible or not wanted.
-fn power_off(c: &BootCmd, code: i32) -> i32 {
+fn power_off(c: &BootConfig, code: i32) -> i32 {
     if c.no_poweroff {
         return code;
     }
@@ -257,7 +272,7 @@ fn power_off(c: &BootCmd, code: i32) -> i32 {
 
 /// Leaves the machine on and doing nothing (an operator reads the console). As PID 1
 /// the agent must never exit: the kernel would panic.
-fn idle(c: &BootCmd, code: i32) -> i32 {
+fn idle(c: &BootConfig, code: i32) -> i32 {
     if c.no_poweroff || std::process::id() != 1 {
         return code;
     }

@@ -5,7 +5,7 @@ use std::io::{Read, Write};
 use std::os::unix::fs::{OpenOptionsExt, PermissionsExt};
 use std::path::{Path, PathBuf};
 
-use crate::cli::{EXIT_INFRA, EXIT_PASSED, EXIT_REFUSED, EnrollCmd};
+use crate::exit::{EXIT_INFRA, EXIT_REFUSED};
 
 /// Where the host key lives unless `--key`/`--agent-key` says otherwise.
 pub const DEFAULT_AGENT_KEY: &str = "/var/lib/kiln/agent.key";
@@ -66,7 +66,7 @@ pub fn for_ticket(t: &Ticket, path: Option<&Path>) -> Result<Option<SecretKey>, 
 }
 
 /// The public key line printed for `host add --agent-key`.
-fn public_line(key: &PublicKey) -> String {
+pub fn public_line(key: &PublicKey) -> String {
     let host = std::fs::read_to_string("/proc/sys/kernel/hostname").unwrap_or_default();
     let host: String = host
         .trim()
@@ -77,39 +77,10 @@ fn public_line(key: &PublicKey) -> String {
     key.to_line(&format!("kiln-agent@{host}"))
 }
 
-/// `enroll`: makes the host key (0600) unless one exists, and prints its public key
-/// line. An existing key is never overwritten: its public line is printed again.
-pub fn cmd_enroll(c: &EnrollCmd) -> i32 {
-    let path = c
-        .key
-        .clone()
-        .unwrap_or_else(|| PathBuf::from(DEFAULT_AGENT_KEY));
-    match enroll(&path) {
-        Ok((key, created)) => {
-            println!("{}", public_line(&key.public()));
-            let what = if created {
-                format!("created host key {} (0600)", path.display())
-            } else {
-                format!(
-                    "{} already holds a host key; kept it (enroll never overwrites)",
-                    path.display()
-                )
-            };
-            eprintln!(
-                "{what}, {}; bind it on the coordinator: kiln-coordinator host add NAME --agent-key '<the line above>'",
-                key.public().fingerprint()
-            );
-            EXIT_PASSED
-        }
-        Err((code, e)) => {
-            eprintln!("kiln-agent: {e}");
-            code
-        }
-    }
-}
-
-/// The key at `path` and whether it was made now.
-fn enroll(path: &Path) -> Result<(SecretKey, bool), (i32, String)> {
+/// Makes the host key at `path` (0600) unless one exists: the key and whether it was
+/// made now. An existing key is never overwritten. `Err` carries the exit status
+/// ([`crate::exit`]) and a one-line reason.
+pub fn enroll(path: &Path) -> Result<(SecretKey, bool), (i32, String)> {
     if path.exists() || path.is_symlink() {
         return load(path).map(|k| (k, false)).map_err(|e| {
             (

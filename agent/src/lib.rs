@@ -8,6 +8,8 @@ pub mod boot;
 pub mod bundle;
 pub mod cli;
 pub mod client;
+pub mod end;
+pub mod exit;
 pub mod hostinfo;
 pub mod hostkey;
 pub mod progress;

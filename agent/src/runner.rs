@@ -9,16 +9,14 @@ use std::time::Duration;
 use nix::errno::Errno;
 use nix::fcntl::{Flock, FlockArg};
 
-use crate::cli::RunCmd;
 use crate::client::Client;
 use crate::hostinfo::HostInfo;
 use crate::reporter::{Control, Mode, Reporter};
 use crate::resume::Resume;
 use crate::session::Session;
-use crate::verify::{check_expired_ticket, check_ticket, load_trust, now_s};
+use crate::verify::{check_expired_ticket, check_ticket, now_s};
 
-/// How long the agent keeps trying to get its claim and its final frame acked.
-pub const ACK_LIMIT: Duration = Duration::from_secs(300);
+use crate::end::{ACK_LIMIT, RunEnd};
 
 /// Everything a run needs; built by `run` from flags and by `boot` from the kernel
 /// command line.
@@ -43,33 +41,6 @@ pub struct RunOptions {
     /// The enrolled host key file, for tickets that name one (default
     /// [`crate::hostkey::DEFAULT_AGENT_KEY`]).
     pub agent_key: Option<PathBuf>,
-}
-
-/// How a run ended.
-#[derive(Debug, Clone, PartialEq)]
-pub enum RunEnd {
-    /// The ticket was refused before anything ran (one-line reason).
-    Refused(String),
-    /// The stages ran; `shutdown` when the coordinator asked the machine to power off.
-    Finished {
-        /// The folded outcome.
-        outcome: Outcome,
-        /// A `Shutdown` command arrived.
-        shutdown: bool,
-    },
-    /// Infrastructure failure outside any stage (one-line reason).
-    Infra(String),
-}
-
-impl RunEnd {
-    /// The agent's exit status for this end (DESIGN.md).
-    pub fn exit_status(&self) -> i32 {
-        match self {
-            RunEnd::Refused(_) => crate::cli::EXIT_REFUSED,
-            RunEnd::Finished { outcome, .. } => outcome.exit_status(),
-            RunEnd::Infra(_) => crate::cli::EXIT_INFRA,
-        }
-    }
 }
 
 /// Loads the claim key kept in the work folder, or makes and keeps a new one (0600),
@@ -337,28 +308,10 @@ fn claim_acked(reporter: &Reporter, run: RunId, claim_seq: u64) -> Result<(), Ru
         })
 }
 
-/// `run`: returns the exit status.
-pub fn cmd_run(c: &RunCmd) -> i32 {
-    let opts = match options(c) {
-        Ok(o) => o,
-        Err((code, e)) => {
-            eprintln!("kiln-agent: {e}");
-            return code;
-        }
-    };
-    let end = run_ticket(opts);
-    match &end {
-        RunEnd::Refused(r) => eprintln!("{r}"),
-        RunEnd::Infra(r) => eprintln!("kiln-agent: {r}"),
-        RunEnd::Finished { .. } => {}
-    }
-    end.exit_status()
-}
-
 /// GETs a ticket from a URL, once. A 4xx is a bad argument (exit 2); no answer, a
 /// 5xx or 429 is an infrastructure error (exit 3). One line naming the URL once.
 pub fn fetch_ticket(url: &str) -> Result<Vec<u8>, (i32, String)> {
-    use crate::cli::{EXIT_INFRA, EXIT_REFUSED};
+    use crate::exit::{EXIT_INFRA, EXIT_REFUSED};
     let agent = ureq::AgentBuilder::new()
         .timeout_connect(Duration::from_secs(5))
         .timeout(Duration::from_secs(30))
@@ -394,30 +347,4 @@ pub fn fetch_ticket(url: &str) -> Result<Vec<u8>, (i32, String)> {
         .read_to_end(&mut out)
         .map_err(|e| infra(e.to_string()))?;
     Ok(out)
-}
-
-/// Builds run options from the flags (reads the ticket, trusted keys and secrets);
-/// `Err` carries the exit status and a one-line reason.
-fn options(c: &RunCmd) -> Result<RunOptions, (i32, String)> {
-    let refused = |e: String| (crate::cli::EXIT_REFUSED, e);
-    let trusted = load_trust(&c.trust).map_err(refused)?;
-    let (ticket_bytes, ticket_path) =
-        if c.ticket.starts_with("http://") || c.ticket.starts_with("https://") {
-            (fetch_ticket(&c.ticket)?, None)
-        } else {
-            let p = PathBuf::from(&c.ticket);
-            let bytes = crate::verify::read_ticket_file(&p).map_err(refused)?;
-            (bytes, Some(p))
-        };
-    Ok(RunOptions {
-        ticket_bytes,
-        ticket_path,
-        trusted,
-        url: c.url.clone(),
-        out: c.out.clone(),
-        work: c.work.clone(),
-        cas_dir: c.cas.clone(),
-        secrets: crate::secrets::from_flags(&c.secret).map_err(refused)?,
-        agent_key: c.agent_key.clone(),
-    })
 }

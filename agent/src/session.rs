@@ -7,10 +7,10 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use crate::attempts::Attempts;
+use crate::end::{ACK_LIMIT, RunEnd};
 use crate::hostinfo::{HostInfo, boot_id};
 use crate::reporter::{Control, Mode, Reporter};
 use crate::resume::Resume;
-use crate::runner::{ACK_LIMIT, RunEnd};
 use crate::verify::now_s;
 
 /// What a verified, claimed run works with.

@@ -2,7 +2,8 @@
 //! process group is killed and the run ends `aborted`), a second exits at once.
 use nix::sys::signal::{SigSet, Signal};
 
-use crate::stages::{Stop, groups, stop_all};
+use crate::stages::ctx::{Stop, stop_all};
+use crate::stages::groups;
 
 /// Blocks SIGTERM, SIGINT and SIGHUP and starts a thread that takes them with
 /// `sigwait`. The first fires every stage's stop as an abort ("agent stopped by
@@ -45,7 +46,7 @@ pub fn install_stop_signals() {
                         "{} again: killed {n} stage process group(s); exiting",
                         sig.as_str()
                     );
-                    std::process::exit(crate::cli::EXIT_INFRA);
+                    std::process::exit(crate::exit::EXIT_INFRA);
                 }
             }
         });

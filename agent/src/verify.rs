@@ -2,7 +2,6 @@
 use kiln_protocol::{PublicKey, SignedTicket, Ticket};
 use std::path::Path;
 
-use crate::cli::{EXIT_PASSED, EXIT_REFUSED, VerifyCmd};
 use crate::hostinfo::HostInfo;
 
 /// Reads a trusted-keys file: one or more `kiln-ed25519 …` lines.
@@ -83,29 +82,6 @@ pub fn now_s() -> u64 {
         .duration_since(std::time::UNIX_EPOCH)
         .map(|d| d.as_secs())
         .unwrap_or(0)
-}
-
-/// `verify`: exit 0 when valid (and print the plan), 2 with a one-line reason otherwise.
-pub fn cmd_verify(c: &VerifyCmd) -> i32 {
-    let result = (|| {
-        let trusted = load_trust(&c.trust)?;
-        let bytes = read_ticket_file(&c.ticket)?;
-        check_ticket(&bytes, &trusted, now_s(), &HostInfo::detect())
-    })();
-    match result {
-        Ok((_, t)) => {
-            println!("ticket ok: run {} for host {}", t.run, t.host.name);
-            println!("plan {:?}: {} stage(s)", t.plan.name, t.plan.stages.len());
-            for (i, s) in t.plan.stages.iter().enumerate() {
-                println!("  {}. {} ({})", i + 1, s.name, s.kind.name());
-            }
-            EXIT_PASSED
-        }
-        Err(reason) => {
-            eprintln!("{reason}");
-            EXIT_REFUSED
-        }
-    }
 }
 
 #[cfg(test)]

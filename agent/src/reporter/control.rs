@@ -1,7 +1,7 @@
 //! Orders from the coordinator (abort, shutdown) and the running stage's stop signal.
 use std::sync::Mutex;
 
-use crate::stages::{Stop, StopSignal};
+use crate::stages::ctx::{Stop, StopSignal};
 
 /// Orders from the coordinator, shared by the sender and the runner.
 #[derive(Debug, Default)]

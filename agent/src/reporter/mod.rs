@@ -14,7 +14,7 @@ use std::time::{Duration, Instant};
 
 use crate::client::Client;
 use crate::spool::Spool;
-use crate::stages::Sink;
+use crate::stages::ctx::Sink;
 use crate::store;
 
 mod cap;
@@ -312,7 +312,7 @@ impl Sink for Reporter {
         match &self.mode {
             Mode::Online { client, .. } => {
                 // The coordinator takes uploads for claimed runs only.
-                self.wait_acked(1, crate::runner::ACK_LIMIT)
+                self.wait_acked(1, crate::end::ACK_LIMIT)
                     .map_err(io::Error::other)?;
                 store::upload_artifact(client, &self.run, &self.key, file)
             }

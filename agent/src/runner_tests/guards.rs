@@ -3,7 +3,8 @@
 use kiln_protocol::{Event, Frame, Outcome, Plan};
 
 use super::{bundle_frames, exec, finals, opts, ticket, ticket_for};
-use crate::runner::{RunEnd, fetch_ticket, lock_work, run_ticket};
+use crate::end::RunEnd;
+use crate::runner::{fetch_ticket, lock_work, run_ticket};
 use crate::spool::Spool;
 
 fn frame(seq: u64, event: Event) -> Frame {

@@ -7,8 +7,9 @@ use kiln_protocol::{
 use std::collections::BTreeMap;
 use std::path::Path;
 
+use crate::end::RunEnd;
 use crate::hostinfo::HostInfo;
-use crate::runner::{RunEnd, RunOptions, run_ticket};
+use crate::runner::{RunOptions, run_ticket};
 
 mod guards;
 mod online;

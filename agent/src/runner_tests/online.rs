@@ -7,7 +7,8 @@ use std::net::TcpListener;
 use std::sync::{Arc, Mutex};
 
 use super::{exec, finals, opts, ticket, ticket_key};
-use crate::runner::{RunEnd, run_ticket};
+use crate::end::RunEnd;
+use crate::runner::run_ticket;
 
 /// How the stub lies instead of acking what it stored.
 #[derive(Default, Clone, Copy, PartialEq)]

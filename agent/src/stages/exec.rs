@@ -8,8 +8,8 @@ use std::io::Write;
 use std::os::unix::fs::OpenOptionsExt;
 use std::path::{Path, PathBuf};
 
+use super::ctx::{StageCtx, StageResult};
 use super::proc::{ProcEnd, ProcSpec, run_streamed};
-use super::{StageCtx, StageResult};
 
 /// `KILN_SECRET_` plus the name upper-cased, other characters as `_`.
 pub fn secret_var(name: &str) -> String {
@@ -96,6 +96,10 @@ pub async fn run(ctx: &StageCtx, command: &[String]) -> StageResult {
             StageResult::new(stop.outcome(), stop.detail(ctx.stage.timeout_s))
         }
         ProcEnd::SpawnFailed(e) => StageResult::error(format!("could not start: {e}")),
+        // The stage's timeout is its stop; the spec sets no timeout of its own.
+        ProcEnd::TimedOut(d) => {
+            StageResult::error(format!("did not finish within {}s", d.as_secs()))
+        }
     }
 }
 

@@ -6,6 +6,7 @@
 //! bars (`gpu_burn`, `curl`, `fio`) print hundreds of updates on one line that way, and
 //! the log keeps only the last of them, as the screen would. Lines longer than the cap
 //! are cut into pieces, so memory stays bounded whatever the child prints.
+use std::collections::VecDeque;
 
 /// Splits a byte stream into lines; see the module docs.
 #[derive(Debug)]
@@ -88,9 +89,63 @@ fn visible(mut line: &[u8]) -> &[u8] {
     }
 }
 
+/// Largest tail a report part keeps, all lines together: a Part is one frame, and a
+/// batch of frames must stay under the coordinator's 1 MiB cap.
+pub const MAX_TAIL_BYTES: usize = 64 * 1024;
+/// Longest tail line kept whole; longer ones keep their start and a marker.
+pub const MAX_TAIL_LINE: usize = 4 * 1024;
+
+/// The last lines of `lines` that fit in `max_total` bytes, each line longer than
+/// `max_line` cut (at a character boundary) with a `… [cut N bytes]` marker.
+pub fn cap_tail(lines: Vec<String>, max_total: usize, max_line: usize) -> Vec<String> {
+    let mut kept = VecDeque::new();
+    let mut total = 0;
+    for mut line in lines.into_iter().rev() {
+        if line.len() > max_line {
+            let mut end = max_line;
+            while !line.is_char_boundary(end) {
+                end -= 1;
+            }
+            let cut = line.len() - end;
+            line.truncate(end);
+            line.push_str(&format!("… [cut {cut} bytes]"));
+        }
+        if total + line.len() > max_total {
+            break;
+        }
+        total += line.len();
+        kept.push_front(line);
+    }
+    kept.into()
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn tails_are_capped_to_the_last_lines_with_long_ones_cut() {
+        // 200 lines of 16 KiB (what a container cell may keep) is 3.2 MB: too big.
+        let lines: Vec<String> = (0..200)
+            .map(|i| format!("{i:03}{}", "é".repeat(8 * 1024)))
+            .collect();
+        let t = cap_tail(lines, MAX_TAIL_BYTES, MAX_TAIL_LINE);
+        let total: usize = t.iter().map(String::len).sum();
+        assert!(total <= MAX_TAIL_BYTES, "{total}");
+        assert!(t.len() >= 10, "{}", t.len());
+        assert!(t.last().unwrap().starts_with("199"));
+        assert!(
+            t[0].ends_with(&format!("[cut {} bytes]", 3 + 16 * 1024 - 4096 + 1)),
+            "{}",
+            &t[0][4000..]
+        );
+        let short = vec!["a".to_string(), "b".to_string()];
+        assert_eq!(
+            cap_tail(short.clone(), MAX_TAIL_BYTES, MAX_TAIL_LINE),
+            short
+        );
+        assert_eq!(cap_tail(short, 1, 10), ["b"]);
+    }
 
     /// Feeds `chunks` one after another; returns the lines as strings.
     fn split(max: usize, chunks: &[&[u8]]) -> Vec<String> {

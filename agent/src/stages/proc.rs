@@ -1,6 +1,14 @@
-//! Child processes for stages: own process group, output streamed line by line as
-//! `Log` frames while it runs, the whole group killed on stop (timeout or abort)
-//! and swept when the main process exits.
+//! The one process supervisor of the agent: stage commands (exec, container cells,
+//! ssh) and hardware tools ([`super::hardware::tools::Tool`]) all run through
+//! [`run_streamed`]. A child runs in its own process group (tracked in memory and in
+//! the attempt folder, [`super::groups`]); its output is split into lines, logged as
+//! `Log` frames and kept as the [`ProcSpec`] asks (a shared tail, raw bytes, last
+//! lines); it ends by itself, by its own timeout or by the stage's stop.
+//!
+//! One stop policy: SIGTERM to the whole group, [`GRACE`] to exit, then SIGKILL; a
+//! group whose main process exited is swept with SIGKILL, and a dropped (cancelled)
+//! run SIGKILLs its group. One exit encoding: [`ProcEnd::Exited`] with the exit code,
+//! [`ProcEnd::Signaled`] with the signal that killed it (never `128 + signal`).
 use kiln_protocol::Stream;
 use nix::sys::signal::{Signal, killpg};
 use nix::unistd::Pid;
@@ -13,9 +21,9 @@ use std::path::PathBuf;
 use std::process::Stdio;
 use std::time::Duration;
 
+use super::ctx::{StageCtx, Stop};
 use super::groups::Group;
 use super::lines::LineSplitter;
-use super::{StageCtx, Stop};
 
 /// Longest line sent as one `Log` frame; longer output is split.
 pub const MAX_LINE: usize = 16 * 1024;
@@ -23,6 +31,18 @@ pub const MAX_LINE: usize = 16 * 1024;
 pub const GRACE: Duration = Duration::from_secs(2);
 /// How long output is still drained after the main process ended.
 const DRAIN: Duration = Duration::from_secs(2);
+
+/// What is kept of one stream, besides logging it and the shared [`ProcOutput::tail`].
+#[derive(Debug, Clone, Copy, Default, PartialEq)]
+pub enum Keep {
+    /// Nothing more.
+    #[default]
+    Nothing,
+    /// The raw bytes, up to this many (the rest is dropped).
+    Raw(usize),
+    /// The last this many lines.
+    Lines(usize),
+}
 
 /// What to run.
 #[derive(Debug, Clone, Default)]
@@ -33,12 +53,23 @@ pub struct ProcSpec {
     pub cwd: Option<PathBuf>,
     /// Extra environment.
     pub env: Vec<(String, String)>,
+    /// Variables removed from the inherited environment.
+    pub env_remove: Vec<String>,
     /// Shown before each line as `[prefix] ` (matrix cells).
     pub prefix: Option<String>,
     /// How many of the last lines to keep in [`ProcOutput::tail`].
     pub tail_lines: usize,
     /// Bytes written to the child's stdin (then closed); `None`: /dev/null.
     pub stdin: Option<Vec<u8>>,
+    /// Ends the process after this long ([`ProcEnd::TimedOut`]); `None`: only the
+    /// stage's stop ends it early.
+    pub timeout: Option<Duration>,
+    /// Do not log stdout lines (a tool's machine-readable output is kept, not shown).
+    pub quiet_stdout: bool,
+    /// What to keep of stdout ([`ProcOutput::stdout`]).
+    pub keep_stdout: Keep,
+    /// What to keep of stderr ([`ProcOutput::stderr`]).
+    pub keep_stderr: Keep,
 }
 
 impl ProcSpec {
@@ -58,10 +89,21 @@ pub enum ProcEnd {
     Exited(i32),
     /// Killed by this signal (not by us).
     Signaled(i32),
-    /// We stopped it (timeout or abort).
+    /// We stopped it (the stage's timeout or abort).
     Stopped(Stop),
+    /// We stopped it: it ran past [`ProcSpec::timeout`].
+    TimedOut(Duration),
     /// It could not be started.
     SpawnFailed(String),
+}
+
+/// What was kept of one stream ([`Keep`]).
+#[derive(Debug, Clone, Default)]
+pub struct Kept {
+    /// The raw bytes ([`Keep::Raw`]).
+    pub raw: Vec<u8>,
+    /// The last lines ([`Keep::Lines`]).
+    pub lines: Vec<String>,
 }
 
 /// The end and the last lines of output.
@@ -72,6 +114,21 @@ pub struct ProcOutput {
     /// The last `tail_lines` lines (both streams, in arrival order, unprefixed), with
     /// the last of stderr always among them ([`Tail`]).
     pub tail: Vec<String>,
+    /// What [`ProcSpec::keep_stdout`] kept.
+    pub stdout: Kept,
+    /// What [`ProcSpec::keep_stderr`] kept.
+    pub stderr: Kept,
+}
+
+impl ProcOutput {
+    fn failed(why: String) -> Self {
+        ProcOutput {
+            end: ProcEnd::SpawnFailed(why),
+            tail: vec![],
+            stdout: Kept::default(),
+            stderr: Kept::default(),
+        }
+    }
 }
 
 fn signal_group(pgid: i32, sig: Signal) {
@@ -79,20 +136,21 @@ fn signal_group(pgid: i32, sig: Signal) {
     let _ = killpg(Pid::from_raw(pgid), sig);
 }
 
-/// Runs a process in its own group, streaming its output; ends it on `ctx.stopped()`.
+/// Runs a process in its own group, streaming its output; ends it on `ctx.stopped()`
+/// or its own timeout.
 pub async fn run_streamed(ctx: &StageCtx, spec: &ProcSpec) -> ProcOutput {
     let tail = RefCell::new(Tail::new(spec.tail_lines));
     let Some(program) = spec.argv.first() else {
-        return ProcOutput {
-            end: ProcEnd::SpawnFailed("empty command".into()),
-            tail: vec![],
-        };
+        return ProcOutput::failed("empty command".into());
     };
     let mut cmd = std::process::Command::new(program);
     cmd.args(&spec.argv[1..])
         .current_dir(spec.cwd.as_ref().unwrap_or(&ctx.dir))
         .envs(spec.env.iter().map(|(k, v)| (k, v)))
         .process_group(0);
+    for k in &spec.env_remove {
+        cmd.env_remove(k);
+    }
     // async-process tracks stdio itself: set it on its Command, not the std one.
     let mut cmd = async_process::Command::from(cmd);
     cmd.stdin(if spec.stdin.is_some() {
@@ -104,19 +162,18 @@ pub async fn run_streamed(ctx: &StageCtx, spec: &ProcSpec) -> ProcOutput {
     .stderr(Stdio::piped());
     let mut child = match cmd.spawn() {
         Ok(c) => c,
-        Err(e) => {
-            return ProcOutput {
-                end: ProcEnd::SpawnFailed(format!("{program}: {e}")),
-                tail: vec![],
-            };
-        }
+        Err(e) => return ProcOutput::failed(format!("{program}: {e}")),
     };
     let pgid = child.id() as i32;
+    // Killed when dropped unended: a cancelled run (a sampler dropped when the load
+    // it samples ends) leaves nothing behind; recorded for a crashed agent's next
+    // attempt.
     let group = Group::track(pgid, &ctx.dir);
     let stdout = child.stdout.take();
     let stderr = child.stderr.take();
     let stdin = child.stdin.take();
     let (done_tx, done_rx) = smol::channel::bounded::<()>(1);
+    let kept = RefCell::new((Kept::default(), Kept::default()));
 
     let feed = async {
         if let (Some(mut w), Some(bytes)) = (stdin, spec.stdin.as_ref()) {
@@ -126,8 +183,14 @@ pub async fn run_streamed(ctx: &StageCtx, spec: &ProcSpec) -> ProcOutput {
         }
     };
     let pumps = async {
-        let a = pump(ctx, spec, stdout, Stream::Stdout, &tail);
-        let b = pump(ctx, spec, stderr, Stream::Stderr, &tail);
+        let a = async {
+            let k = pump(ctx, spec, stdout, Stream::Stdout, &tail).await;
+            kept.borrow_mut().0 = k;
+        };
+        let b = async {
+            let k = pump(ctx, spec, stderr, Stream::Stderr, &tail).await;
+            kept.borrow_mut().1 = k;
+        };
         smol::future::zip(smol::future::zip(a, b), feed).await;
     }
     .or(async {
@@ -135,11 +198,25 @@ pub async fn run_streamed(ctx: &StageCtx, spec: &ProcSpec) -> ProcOutput {
         smol::Timer::after(DRAIN).await;
     });
     let waiter = async {
-        let first = async { Ok(child.status().await) }
-            .or(async { Err(ctx.stopped().await) })
+        enum First {
+            Status(std::io::Result<std::process::ExitStatus>),
+            Stop(Stop),
+            Timeout(Duration),
+        }
+        let first = async { First::Status(child.status().await) }
+            .or(async { First::Stop(ctx.stopped().await) })
+            .or(async {
+                match spec.timeout {
+                    Some(d) => {
+                        smol::Timer::after(d).await;
+                        First::Timeout(d)
+                    }
+                    None => std::future::pending().await,
+                }
+            })
             .await;
         let end = match first {
-            Ok(Ok(status)) => {
+            First::Status(Ok(status)) => {
                 // Sweep what the main process left behind in its group.
                 signal_group(pgid, Signal::SIGKILL);
                 match (status.code(), status.signal()) {
@@ -148,20 +225,14 @@ pub async fn run_streamed(ctx: &StageCtx, spec: &ProcSpec) -> ProcOutput {
                     (None, None) => ProcEnd::Signaled(0),
                 }
             }
-            Ok(Err(e)) => ProcEnd::SpawnFailed(format!("waiting for {program}: {e}")),
-            Err(stop) => {
-                signal_group(pgid, Signal::SIGTERM);
-                let exited = async { child.status().await.is_ok() }
-                    .or(async {
-                        smol::Timer::after(GRACE).await;
-                        false
-                    })
-                    .await;
-                signal_group(pgid, Signal::SIGKILL);
-                if !exited {
-                    let _ = child.status().await;
-                }
+            First::Status(Err(e)) => ProcEnd::SpawnFailed(format!("waiting for {program}: {e}")),
+            First::Stop(stop) => {
+                stop_group(pgid, &mut child).await;
                 ProcEnd::Stopped(stop)
+            }
+            First::Timeout(d) => {
+                stop_group(pgid, &mut child).await;
+                ProcEnd::TimedOut(d)
             }
         };
         done_tx.close();
@@ -169,9 +240,28 @@ pub async fn run_streamed(ctx: &StageCtx, spec: &ProcSpec) -> ProcOutput {
     };
     let ((), end) = smol::future::zip(pumps, waiter).await;
     group.ended();
+    let (stdout, stderr) = kept.into_inner();
     ProcOutput {
         end,
         tail: tail.into_inner().lines(),
+        stdout,
+        stderr,
+    }
+}
+
+/// The stop policy: SIGTERM to the group, [`GRACE`] for the main process to exit,
+/// then SIGKILL to whatever is left, and the main process reaped.
+async fn stop_group(pgid: i32, child: &mut async_process::Child) {
+    signal_group(pgid, Signal::SIGTERM);
+    let exited = async { child.status().await.is_ok() }
+        .or(async {
+            smol::Timer::after(GRACE).await;
+            false
+        })
+        .await;
+    signal_group(pgid, Signal::SIGKILL);
+    if !exited {
+        let _ = child.status().await;
     }
 }
 
@@ -227,77 +317,77 @@ impl Tail {
     }
 }
 
-/// Largest tail a report part keeps, all lines together: a Part is one frame, and a
-/// batch of frames must stay under the coordinator's 1 MiB cap.
-pub const MAX_TAIL_BYTES: usize = 64 * 1024;
-/// Longest tail line kept whole; longer ones keep their start and a marker.
-pub const MAX_TAIL_LINE: usize = 4 * 1024;
-
-/// The last lines of `lines` that fit in `max_total` bytes, each line longer than
-/// `max_line` cut (at a character boundary) with a `… [cut N bytes]` marker.
-pub fn cap_tail(lines: Vec<String>, max_total: usize, max_line: usize) -> Vec<String> {
-    let mut kept = VecDeque::new();
-    let mut total = 0;
-    for mut line in lines.into_iter().rev() {
-        if line.len() > max_line {
-            let mut end = max_line;
-            while !line.is_char_boundary(end) {
-                end -= 1;
-            }
-            let cut = line.len() - end;
-            line.truncate(end);
-            line.push_str(&format!("… [cut {cut} bytes]"));
-        }
-        if total + line.len() > max_total {
-            break;
-        }
-        total += line.len();
-        kept.push_front(line);
-    }
-    kept.into()
-}
-
+/// Reads one pipe to its end: logs its lines (unless quiet), feeds the shared tail,
+/// keeps what the spec asks for this stream.
 async fn pump(
     ctx: &StageCtx,
     spec: &ProcSpec,
     reader: Option<impl smol::io::AsyncRead + Unpin>,
     stream: Stream,
     tail: &RefCell<Tail>,
-) {
-    let Some(mut reader) = reader else { return };
+) -> Kept {
+    let mut kept = Kept::default();
+    let Some(mut reader) = reader else {
+        return kept;
+    };
+    let (log, keep) = match stream {
+        Stream::Stdout => (!spec.quiet_stdout, spec.keep_stdout),
+        _ => (true, spec.keep_stderr),
+    };
+    let last: RefCell<VecDeque<String>> = RefCell::default();
     let emit = |raw: &[u8]| {
         let line = String::from_utf8_lossy(raw).into_owned();
-        match &spec.prefix {
-            Some(p) => ctx.log(stream, &format!("[{p}] {line}")),
-            None => ctx.log(stream, &line),
+        if log {
+            match &spec.prefix {
+                Some(p) => ctx.log(stream, &format!("[{p}] {line}")),
+                None => ctx.log(stream, &line),
+            }
         }
         if spec.tail_lines > 0 {
             tail.borrow_mut().push(stream, ctx.redact(&line));
         }
+        if let Keep::Lines(n) = keep
+            && n > 0
+        {
+            let mut l = last.borrow_mut();
+            if l.len() == n {
+                l.pop_front();
+            }
+            l.push_back(line);
+        }
     };
+    let split = log || spec.tail_lines > 0 || matches!(keep, Keep::Lines(_));
     let mut lines = LineSplitter::new(MAX_LINE);
-    let mut buf = vec![0u8; 8192];
+    let mut buf = vec![0u8; 16 * 1024];
     loop {
         let n = match reader.read(&mut buf).await {
             Ok(0) | Err(_) => break,
             Ok(n) => n,
         };
-        lines.push(&buf[..n], &emit);
+        if let Keep::Raw(max) = keep
+            && kept.raw.len() < max
+        {
+            let room = max - kept.raw.len();
+            kept.raw.extend_from_slice(&buf[..n.min(room)]);
+        }
+        if split {
+            lines.push(&buf[..n], &emit);
+        }
     }
-    lines.finish(&emit);
+    if split {
+        lines.finish(&emit);
+    }
+    kept.lines = last.into_inner().into();
+    kept
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::stages::{StageCtx, Stop};
+    use crate::stages::ctx::{MemorySink, StageCtx, Stop};
     use kiln_protocol::{Stage, StageKind};
 
-    fn ctx() -> (
-        StageCtx,
-        std::sync::Arc<crate::stages::MemorySink>,
-        tempfile::TempDir,
-    ) {
+    fn ctx() -> (StageCtx, std::sync::Arc<MemorySink>, tempfile::TempDir) {
         let dir = tempfile::tempdir().expect("tempdir");
         let stage = Stage::new("t", StageKind::Exec { command: vec![] });
         let (c, s) = StageCtx::for_test(stage, dir.path().to_path_buf());
@@ -402,30 +492,6 @@ mod tests {
     }
 
     #[test]
-    fn tails_are_capped_to_the_last_lines_with_long_ones_cut() {
-        // 200 lines of 16 KiB (what a container cell may keep) is 3.2 MB: too big.
-        let lines: Vec<String> = (0..200)
-            .map(|i| format!("{i:03}{}", "é".repeat(8 * 1024)))
-            .collect();
-        let t = cap_tail(lines, MAX_TAIL_BYTES, MAX_TAIL_LINE);
-        let total: usize = t.iter().map(String::len).sum();
-        assert!(total <= MAX_TAIL_BYTES, "{total}");
-        assert!(t.len() >= 10, "{}", t.len());
-        assert!(t.last().unwrap().starts_with("199"));
-        assert!(
-            t[0].ends_with(&format!("[cut {} bytes]", 3 + 16 * 1024 - 4096 + 1)),
-            "{}",
-            &t[0][4000..]
-        );
-        let short = vec!["a".to_string(), "b".to_string()];
-        assert_eq!(
-            cap_tail(short.clone(), MAX_TAIL_BYTES, MAX_TAIL_LINE),
-            short
-        );
-        assert_eq!(cap_tail(short, 1, 10), ["b"]);
-    }
-
-    #[test]
     fn a_running_group_is_recorded_in_the_attempt_folder_and_removed_after() {
         let (c, _sink, d) = ctx();
         let spec = ProcSpec::new(["sh", "-c", "sleep 300"]);
@@ -454,6 +520,55 @@ mod tests {
         assert_eq!(out.end, ProcEnd::Stopped(Stop::Abort("test".into())));
         assert_eq!(seen.borrow().len(), 1);
         assert!(records().is_empty(), "record left after the stage ended");
+    }
+
+    /// One exit encoding on the stage path too: the signal, not 128 + signal.
+    #[test]
+    fn a_signal_is_reported_as_the_signal() {
+        let (c, _sink, _d) = ctx();
+        let out = smol::block_on(run_streamed(
+            &c,
+            &ProcSpec::new(["sh", "-c", "kill -FPE $$"]),
+        ));
+        assert_eq!(out.end, ProcEnd::Signaled(libc::SIGFPE));
+    }
+
+    /// The spec's own timeout stops the group as a stage's stop does: SIGTERM first.
+    #[test]
+    fn a_timeout_stops_the_group_with_sigterm_first() {
+        let (c, sink, d) = ctx();
+        let ready = d.path().join("ready");
+        let script = format!(
+            "trap 'echo cleaned up; exit 0' TERM; touch '{}'; while :; do sleep 1; done",
+            ready.display()
+        );
+        let mut spec = ProcSpec::new(["sh", "-c", script.as_str()]);
+        // Long enough for the shell to set its trap (checked below), short for a test.
+        spec.timeout = Some(Duration::from_secs(3));
+        let out = smol::block_on(run_streamed(&c, &spec));
+        assert!(ready.exists(), "the shell never got to its loop");
+        assert_eq!(out.end, ProcEnd::TimedOut(Duration::from_secs(3)));
+        // (The shell may also report its `sleep` as "Terminated".)
+        assert!(
+            sink.lines().contains(&"cleaned up".to_string()),
+            "{:?}",
+            sink.lines()
+        );
+    }
+
+    /// Stdout kept raw and unlogged, stderr's last lines kept and logged (a tool's run).
+    #[test]
+    fn streams_can_be_kept_and_quiet() {
+        let (c, sink, _d) = ctx();
+        let mut spec = ProcSpec::new(["sh", "-c", "printf 'a\\nb'; echo e1 >&2; echo e2 >&2"]);
+        spec.quiet_stdout = true;
+        spec.keep_stdout = Keep::Raw(3);
+        spec.keep_stderr = Keep::Lines(1);
+        let out = smol::block_on(run_streamed(&c, &spec));
+        assert_eq!(out.end, ProcEnd::Exited(0));
+        assert_eq!(out.stdout.raw, b"a\nb");
+        assert_eq!(out.stderr.lines, ["e2"]);
+        assert_eq!(sink.lines(), ["e1", "e2"]);
     }
 
     #[test]

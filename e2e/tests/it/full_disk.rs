@@ -174,7 +174,7 @@ fn a_full_disk_answers_507_and_every_frame_arrives_once_after_space_is_freed() {
         "batches and the upload to meet the full disk",
         || {
             count(&lines, &["sending batch: 507", "retrying"]) >= 3
-                && count(&lines, &["uploading artifact", "507", "retrying"]) >= 1
+                && count(&lines, &["uploading artifact", "507", "resuming"]) >= 1
         },
     );
     // Still running, still spooling; the CAS holds no torn object.

@@ -8,8 +8,8 @@ use std::path::{Path, PathBuf};
 
 use super::args::{self, Cell, Mounts};
 use super::engine::{Engine, ImageError};
+use crate::stages::ctx::{StageCtx, Stop};
 use crate::stages::proc::{ProcEnd, ProcSpec, run_streamed};
-use crate::stages::{StageCtx, Stop};
 
 /// Lines of each cell's output kept for the report.
 pub const TAIL_LINES: usize = 200;
@@ -204,6 +204,10 @@ pub async fn run(ctx: &StageCtx, shared: &Shared<'_>, cell: &Cell) -> CellRun {
         ),
         ProcEnd::Stopped(s) => CellRun::stopped(s, ctx.stage.timeout_s),
         ProcEnd::SpawnFailed(e) => CellRun::new(Outcome::Error, format!("could not start: {e}")),
+        ProcEnd::TimedOut(d) => CellRun::new(
+            Outcome::Error,
+            format!("did not finish within {}s", d.as_secs()),
+        ),
     };
     run.tail = out.tail;
     let prefix = if shared.multi {

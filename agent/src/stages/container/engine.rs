@@ -7,8 +7,8 @@ use std::process::Stdio;
 use std::time::Duration;
 
 use super::args::EngineKind;
+use crate::stages::ctx::{StageCtx, Stop};
 use crate::stages::proc::{ProcEnd, ProcSpec, run_streamed};
-use crate::stages::{StageCtx, Stop};
 
 /// Pull attempts before an image counts as unavailable.
 pub const PULL_ATTEMPTS: u32 = 3;
@@ -135,6 +135,10 @@ impl Engine {
             ProcEnd::Exited(c) => Err(ImageError::Failed(format!("exit {c}: {last}"))),
             ProcEnd::Signaled(s) => Err(ImageError::Failed(format!("killed by signal {s}"))),
             ProcEnd::SpawnFailed(e) => Err(ImageError::Failed(e)),
+            ProcEnd::TimedOut(d) => Err(ImageError::Failed(format!(
+                "did not finish within {}s",
+                d.as_secs()
+            ))),
         }
     }
 

@@ -5,7 +5,7 @@ use std::cell::{Cell as Slot, RefCell};
 
 use super::args::Cell;
 use super::cell::{self, CellRun, Shared};
-use crate::stages::{StageCtx, Stop, StopSignal};
+use crate::stages::ctx::{StageCtx, Stop, StopSignal};
 
 /// A cell's result, and whether fail_fast cut it short (such cells do not count
 /// towards the stage's outcome: the failure that stopped them does).

@@ -16,7 +16,7 @@
 use kiln_protocol::{ContainerSpec, Outcome};
 use std::path::{Path, PathBuf};
 
-use super::{StageCtx, StageResult};
+use super::ctx::{StageCtx, StageResult};
 
 pub mod args;
 pub mod cell;

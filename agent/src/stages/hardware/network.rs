@@ -6,7 +6,7 @@ use serde_json::Value;
 use std::time::Duration;
 
 use super::tools::Tool;
-use crate::stages::{StageCtx, StageResult};
+use crate::stages::ctx::{StageCtx, StageResult};
 
 /// Tries against a server busy with another client's test.
 const BUSY_TRIES: u32 = 6;

@@ -2,7 +2,7 @@
 use kiln_protocol::{Event, Outcome, Stage, StageKind};
 use std::sync::Arc;
 
-use crate::stages::{MemorySink, StageCtx};
+use crate::stages::ctx::{MemorySink, StageCtx};
 
 /// A stage of `kind` with defaults.
 pub fn stage(kind: StageKind) -> Stage {

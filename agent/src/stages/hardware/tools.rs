@@ -1,19 +1,12 @@
-//! Running a hardware tool: looked up on PATH first (a missing tool is an error that
-//! names it), own process group, stdout captured, stderr streamed as `Log` lines, and
-//! the whole group killed on its timeout or when the stage is stopped.
-use kiln_protocol::Stream;
-use nix::sys::signal::{Signal, killpg};
-use nix::unistd::Pid;
-use smol::future::FutureExt;
-use smol::io::AsyncReadExt;
-use std::os::unix::process::{CommandExt, ExitStatusExt};
+//! Hardware tools: looked up on PATH first (a missing tool is an error that names
+//! it), run by the agent's one process supervisor ([`crate::stages::proc`]: own
+//! process group, stderr streamed as `Log` lines, the group stopped on the tool's
+//! timeout or the stage's stop), stdout captured; and the errors of a tool run.
 use std::path::PathBuf;
-use std::process::Stdio;
 use std::time::Duration;
 
-use crate::stages::groups::Group;
-use crate::stages::lines::LineSplitter;
-use crate::stages::{StageCtx, StageResult, Stop};
+use crate::stages::ctx::{StageCtx, StageResult, Stop};
+use crate::stages::proc::{Keep, ProcEnd, ProcSpec, run_streamed};
 
 /// Most stdout bytes kept from one tool run; the rest is dropped.
 pub const MAX_STDOUT: usize = 32 * 1024 * 1024;
@@ -22,17 +15,13 @@ pub const MAX_STDOUT: usize = 32 * 1024 * 1024;
 pub const STREAMED_TAIL: usize = 200;
 /// Lines of stderr kept.
 const STDERR_TAIL: usize = 50;
-/// Longest line logged as one; longer ones are cut.
-const MAX_LINE: usize = 16 * 1024;
 
 /// What a tool run printed and how it exited.
 #[derive(Debug, Clone)]
 pub struct Captured {
-    /// Exit code; 128 + signal (as a shell reports it) when killed by a signal we did
-    /// not send. Judges of a tool's own exit status check [`Captured::signal`] first.
-    pub code: i32,
-    /// The signal that killed the tool, if one did (then `code` is no exit status).
-    pub signal: Option<i32>,
+    /// How it ended: [`ProcEnd::Exited`] or [`ProcEnd::Signaled`] (a signal we did
+    /// not send); the other ends are a [`ToolError`].
+    pub end: ProcEnd,
     /// All of stdout (up to [`MAX_STDOUT`]); for a [`Tool::streamed`] tool, its last
     /// [`STREAMED_TAIL`] lines as a terminal shows them (the whole is in the log).
     pub stdout: Vec<u8>,
@@ -46,11 +35,32 @@ impl Captured {
         String::from_utf8_lossy(&self.stdout).into_owned()
     }
 
+    /// The exit code, if it exited (rather than being killed by a signal).
+    pub fn code(&self) -> Option<i32> {
+        match self.end {
+            ProcEnd::Exited(c) => Some(c),
+            _ => None,
+        }
+    }
+
+    /// The signal that killed the tool, if one did.
+    pub fn signal(&self) -> Option<i32> {
+        match self.end {
+            ProcEnd::Signaled(s) => Some(s),
+            _ => None,
+        }
+    }
+
+    /// It exited with status 0.
+    pub fn success(&self) -> bool {
+        self.code() == Some(0)
+    }
+
     /// How it ended, for details: `exit N` or `killed by signal N`.
     pub fn status(&self) -> String {
-        match self.signal {
+        match self.signal() {
             Some(s) => format!("killed by signal {s}"),
-            None => format!("exit {}", self.code),
+            None => format!("exit {}", self.code().unwrap_or(-1)),
         }
     }
 }
@@ -150,150 +160,62 @@ impl Tool {
         let Some(program) = find(&name) else {
             return Err(ToolError::Missing(name));
         };
-        let mut cmd = std::process::Command::new(&program);
-        cmd.args(&self.argv[1..])
-            .current_dir(self.cwd.as_ref().unwrap_or(&ctx.dir))
-            .env("LC_ALL", "C")
-            .process_group(0);
+        let mut spec = ProcSpec::new(
+            std::iter::once(program.to_string_lossy().into_owned())
+                .chain(self.argv[1..].iter().cloned()),
+        );
+        spec.cwd = self.cwd.clone();
+        spec.env.push(("LC_ALL".into(), "C".into()));
         for (k, v) in &self.env {
             match v {
-                Some(v) => cmd.env(k, v),
-                None => cmd.env_remove(k),
-            };
+                Some(v) => spec.env.push((k.clone(), v.clone())),
+                None => spec.env_remove.push(k.clone()),
+            }
         }
-        let mut cmd = async_process::Command::from(cmd);
-        cmd.stdin(Stdio::null())
-            .stdout(Stdio::piped())
-            .stderr(Stdio::piped());
-        let mut child = cmd
-            .spawn()
-            .map_err(|e| ToolError::Spawn(name.clone(), e.to_string()))?;
-        let pgid = child.id() as i32;
-        // Killed when dropped unended: a cancelled run (a sampler dropped when the load
-        // it samples ends) leaves no tool behind; recorded for a crashed agent's next
-        // attempt, as stage processes are.
-        let group = Group::track(pgid, &ctx.dir);
-        let stdout = child.stdout.take();
-        let stderr = child.stderr.take();
-        enum End {
-            Done(i32, Option<i32>, Vec<u8>, Vec<String>),
-            Timeout,
-            Stop(Stop),
+        spec.timeout = Some(self.timeout);
+        spec.keep_stderr = Keep::Lines(STDERR_TAIL);
+        if self.stream_stdout {
+            spec.keep_stdout = Keep::Lines(STREAMED_TAIL);
+        } else {
+            spec.quiet_stdout = true;
+            spec.keep_stdout = Keep::Raw(MAX_STDOUT);
         }
-        let work = async {
-            let out = match self.stream_stdout {
-                true => read_lines(ctx, stdout, Stream::Stdout, true, Keep::Tail(STREAMED_TAIL)),
-                false => read_lines(ctx, stdout, Stream::Stdout, false, Keep::Raw),
-            };
-            let err = read_lines(ctx, stderr, Stream::Stderr, true, Keep::Tail(STDERR_TAIL));
-            let ((raw, out_tail), (_, err)) = smol::future::zip(out, err).await;
-            let out = match self.stream_stdout {
-                true => out_tail
-                    .iter()
-                    .flat_map(|l| [l.as_bytes(), b"\n"])
-                    .flatten()
-                    .copied()
-                    .collect(),
-                false => raw,
-            };
-            let (code, signal) = match child.status().await {
-                Ok(s) => match (s.code(), s.signal()) {
-                    (Some(c), _) => (c, None),
-                    (None, sig) => (128 + sig.unwrap_or(0), sig),
-                },
-                Err(_) => (-1, None),
-            };
-            End::Done(code, signal, out, err)
+        let out = run_streamed(ctx, &spec).await;
+        let stdout = match self.stream_stdout {
+            true => out
+                .stdout
+                .lines
+                .iter()
+                .flat_map(|l| [l.as_bytes(), b"\n"])
+                .flatten()
+                .copied()
+                .collect(),
+            false => out.stdout.raw,
         };
-        let timer = async {
-            smol::Timer::after(self.timeout).await;
-            End::Timeout
-        };
-        let stop = async { End::Stop(ctx.stopped().await) };
-        let end = work.or(timer).or(stop).await;
-        // Sweep the group either way: a finished tool may have left helpers behind.
-        let _ = killpg(Pid::from_raw(pgid), Signal::SIGKILL);
-        group.ended();
-        match end {
-            End::Done(code, signal, stdout, stderr) => Ok(Captured {
-                code,
-                signal,
+        match out.end {
+            end @ (ProcEnd::Exited(_) | ProcEnd::Signaled(_)) => Ok(Captured {
+                end,
                 stdout,
-                stderr,
+                stderr: out.stderr.lines,
             }),
-            End::Timeout => {
-                let _ = child.status().await;
-                Err(ToolError::TimedOut(name, self.timeout.as_secs()))
-            }
-            End::Stop(s) => {
-                let _ = child.status().await;
-                Err(ToolError::Stopped(s))
+            ProcEnd::TimedOut(_) => Err(ToolError::TimedOut(name, self.timeout.as_secs())),
+            ProcEnd::Stopped(s) => Err(ToolError::Stopped(s)),
+            ProcEnd::SpawnFailed(e) => {
+                // The supervisor names the program; the error names the tool already.
+                let e = e
+                    .strip_prefix(&format!("{}: ", spec.argv[0]))
+                    .map_or(e.clone(), str::to_string);
+                Err(ToolError::Spawn(name, e))
             }
         }
     }
-}
-
-/// What [`read_lines`] keeps of a pipe.
-#[derive(Debug, Clone, Copy)]
-enum Keep {
-    /// The raw bytes, up to [`MAX_STDOUT`].
-    Raw,
-    /// The last this many lines.
-    Tail(usize),
-}
-
-/// Reads a pipe to its end; logs its lines when `log`; keeps what `keep` says.
-async fn read_lines(
-    ctx: &StageCtx,
-    reader: Option<impl smol::io::AsyncRead + Unpin>,
-    stream: Stream,
-    log: bool,
-    keep: Keep,
-) -> (Vec<u8>, Vec<String>) {
-    let mut raw = Vec::new();
-    let tail: std::cell::RefCell<std::collections::VecDeque<String>> = Default::default();
-    let Some(mut reader) = reader else {
-        return (raw, vec![]);
-    };
-    let mut lines = LineSplitter::new(MAX_LINE);
-    let mut buf = vec![0u8; 16 * 1024];
-    let emit = |line: &[u8]| {
-        let text = String::from_utf8_lossy(line).into_owned();
-        if log {
-            ctx.log(stream, &text);
-        }
-        if let Keep::Tail(n) = keep {
-            let mut t = tail.borrow_mut();
-            if t.len() == n {
-                t.pop_front();
-            }
-            t.push_back(text);
-        }
-    };
-    loop {
-        let n = match reader.read(&mut buf).await {
-            Ok(0) | Err(_) => break,
-            Ok(n) => n,
-        };
-        match keep {
-            Keep::Raw if raw.len() < MAX_STDOUT => {
-                let room = MAX_STDOUT - raw.len();
-                raw.extend_from_slice(&buf[..n.min(room)]);
-            }
-            _ => {}
-        }
-        if log || matches!(keep, Keep::Tail(_)) {
-            lines.push(&buf[..n], &emit);
-        }
-    }
-    lines.finish(&emit);
-    (raw, tail.into_inner().into())
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
     use crate::stages::hardware::testutil::ctx;
+    use smol::future::FutureExt;
 
     #[test]
     fn a_streamed_tool_logs_everything_and_keeps_its_last_lines() {
@@ -357,7 +279,7 @@ mod tests {
         let (c, sink, _d) = ctx();
         let t = Tool::new(["sh", "-c", "echo out; echo err >&2; exit 3"], 10);
         let r = smol::block_on(t.run(&c)).expect("runs");
-        assert_eq!((r.code, r.signal), (3, None));
+        assert_eq!(r.end, ProcEnd::Exited(3));
         assert_eq!(r.status(), "exit 3");
         assert_eq!(r.text(), "out\n");
         assert_eq!(r.stderr, ["err"]);
@@ -369,7 +291,7 @@ mod tests {
         let (c, _s, _d) = ctx();
         let t = Tool::new(["sh", "-c", "kill -FPE $$"], 10);
         let r = smol::block_on(t.run(&c)).expect("runs");
-        assert_eq!(r.signal, Some(libc::SIGFPE), "{r:?}");
+        assert_eq!(r.end, ProcEnd::Signaled(libc::SIGFPE), "{r:?}");
         assert_eq!(r.status(), format!("killed by signal {}", libc::SIGFPE));
     }
 
@@ -392,6 +314,38 @@ mod tests {
         let e = smol::block_on(t.run(&c)).unwrap_err();
         assert!(matches!(e, ToolError::TimedOut(..)), "{e:?}");
         assert!(start.elapsed() < Duration::from_secs(20));
+    }
+
+    /// The one stop policy on the tool path: SIGTERM first (the tool may clean up and
+    /// say so), then SIGKILL after the grace. Tools were SIGKILLed at once before.
+    #[test]
+    fn a_stopped_tool_gets_sigterm_first() {
+        let (c, sink, d) = ctx();
+        let ready = d.path().join("ready");
+        let script = format!(
+            "trap 'echo cleaned up >&2; exit 0' TERM; touch '{}'; while :; do sleep 1; done",
+            ready.display()
+        );
+        let t = Tool::new(["sh", "-c", script.as_str()], 600);
+        let stop = c.stop.clone();
+        let e = smol::block_on(async {
+            let fire = async {
+                while !ready.exists() {
+                    smol::Timer::after(Duration::from_millis(10)).await;
+                }
+                stop.fire(Stop::Abort("test".into()));
+                std::future::pending().await
+            };
+            t.run(&c).or(fire).await
+        })
+        .unwrap_err();
+        assert_eq!(e, ToolError::Stopped(Stop::Abort("test".into())));
+        // (The shell may also report its `sleep` as "Terminated".)
+        assert!(
+            sink.lines().contains(&"cleaned up".to_string()),
+            "{:?}",
+            sink.lines()
+        );
     }
 
     #[test]

@@ -13,7 +13,7 @@ use std::path::{Path, PathBuf};
 use std::process::Stdio;
 use std::time::Duration;
 
-use crate::stages::{StageCtx, Stop};
+use crate::stages::ctx::{StageCtx, Stop};
 
 /// How long a master stays up with no session on it (so a crashed agent leaves none).
 const PERSIST_S: u32 = 60;

@@ -5,8 +5,8 @@ use std::time::Duration;
 use super::conn::{Captured, Conn, Out};
 use super::errors::{classify, last_line};
 use super::{CLEANUP_LIMIT, RemoteRun, exited, linux, stopped, store_fetched};
+use crate::stages::ctx::{StageCtx, StageResult};
 use crate::stages::proc::{ProcEnd, ProcSpec, run_streamed};
-use crate::stages::{StageCtx, StageResult};
 
 async fn teardown(ctx: &StageCtx, conn: &Conn, r: &RemoteRun) {
     let cmd = linux::remote_command(&linux::teardown(r));
@@ -130,6 +130,10 @@ pub async fn run(ctx: &StageCtx, conn: &Conn, r: &RemoteRun, bundle: Vec<u8>) ->
         ProcEnd::SpawnFailed(e) => {
             teardown(ctx, conn, r).await;
             return StageResult::error(format!("could not start ssh: {e}"));
+        }
+        ProcEnd::TimedOut(d) => {
+            teardown(ctx, conn, r).await;
+            return StageResult::error(format!("ssh did not finish within {}s", d.as_secs()));
         }
     };
     match fetched {

@@ -13,7 +13,7 @@
 use kiln_protocol::{Os, Outcome, SshSpec};
 use std::time::Duration;
 
-use super::{StageCtx, StageResult, Stop};
+use super::ctx::{StageCtx, StageResult, Stop};
 
 mod conn;
 mod errors;

@@ -5,8 +5,8 @@ use std::time::Duration;
 use super::conn::{Captured, Conn, Out};
 use super::errors::{classify, last_line};
 use super::{CLEANUP_LIMIT, RemoteRun, exited, reply_line, stopped, store_fetched, windows};
+use crate::stages::ctx::{StageCtx, StageResult};
 use crate::stages::proc::{ProcEnd, ProcSpec, run_streamed};
-use crate::stages::{StageCtx, StageResult};
 
 /// Windows: start (lock + folder), upload, entrypoint streamed, fetch, teardown.
 pub async fn run(ctx: &StageCtx, conn: &Conn, r: &RemoteRun, bundle: Vec<u8>) -> StageResult {
@@ -117,6 +117,10 @@ pub async fn run(ctx: &StageCtx, conn: &Conn, r: &RemoteRun, bundle: Vec<u8>) ->
         ProcEnd::SpawnFailed(e) => {
             teardown(true).await;
             return StageResult::error(format!("could not start ssh: {e}"));
+        }
+        ProcEnd::TimedOut(d) => {
+            teardown(true).await;
+            return StageResult::error(format!("ssh did not finish within {}s", d.as_secs()));
         }
     };
     let tar = conn.private_dir().join("artifacts.tar");

@@ -2,7 +2,7 @@
 //! failures (no driver or no GPU is a skip; a GPU fallen off the bus is a failure).
 use kiln_protocol::Outcome;
 
-use super::model::Gpu;
+use crate::stages::hardware::model::Gpu;
 
 /// The fields the `gpu` stage asks for, in order.
 pub const QUERY: &str = "index,pci.bus_id,name,memory.total,temperature.gpu,power.draw,\

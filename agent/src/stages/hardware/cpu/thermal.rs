@@ -3,7 +3,7 @@
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 
-use super::collect::attr;
+use crate::stages::hardware::collect::attr;
 
 /// A readable temperature sensor.
 #[derive(Debug, Clone, PartialEq)]

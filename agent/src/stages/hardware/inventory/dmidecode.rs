@@ -1,5 +1,5 @@
 //! Parsing `dmidecode -t 17` (memory devices) into populated DIMMs.
-use super::model::Dimm;
+use crate::stages::hardware::model::Dimm;
 
 /// A dmidecode size (`16 GB`, `16384 MB`, `512 kB`) in MiB; `None` for
 /// `No Module Installed`, `Unknown` and other text.
@@ -77,7 +77,7 @@ mod tests {
 
     #[test]
     fn qemu_fixture_has_one_1g_dimm() {
-        let text = include_str!("../../../tests/fixtures/hardware/dmidecode/qemu.txt");
+        let text = include_str!("../../../../tests/fixtures/hardware/dmidecode/qemu.txt");
         let d = parse_dimms(text);
         assert_eq!(d.len(), 1, "{d:?}");
         assert_eq!(d[0].size_mib, 1024);
@@ -88,7 +88,7 @@ mod tests {
 
     #[test]
     fn server_fixture_skips_empty_slots() {
-        let text = include_str!("../../../tests/fixtures/hardware/dmidecode/server-4x32g.txt");
+        let text = include_str!("../../../../tests/fixtures/hardware/dmidecode/server-4x32g.txt");
         let d = parse_dimms(text);
         assert_eq!(d.len(), 4, "{d:?}");
         assert!(d.iter().all(|d| d.size_mib == 32768 && d.kind == "DDR4"));

@@ -4,10 +4,10 @@ use kiln_protocol::{DiskSpec, HostSpec, Mac, NicSpec, Outcome, StageKind};
 use std::fs;
 use std::path::Path;
 
-use super::collect::{self, Roots};
-use super::inventory::{collect_base, gpus_from_pci, judge};
 use super::specdiff::{Severity, diff_spec};
-use super::testutil::{ctx_for, parts};
+use super::{collect_base, gpus_from_pci, judge};
+use crate::stages::hardware::collect::{self, Roots};
+use crate::stages::hardware::testutil::{ctx_for, parts};
 
 fn put(root: &Path, rel: &str, bytes: &[u8]) {
     let p = root.join(rel);
@@ -158,7 +158,7 @@ fn lspci_names_merge() {
     let mut inv = collect_base(&qemu_tree(d.path()));
     collect::merge_lspci(
         &mut inv.pci,
-        include_str!("../../../tests/fixtures/hardware/lspci/qemu.txt"),
+        include_str!("../../../../tests/fixtures/hardware/lspci/qemu.txt"),
     );
     let nic = inv.pci.iter().find(|p| p.slot == "0000:00:03.0").unwrap();
     assert_eq!(nic.device, "82540EM Gigabit Ethernet Controller");
@@ -308,7 +308,7 @@ fn judge_passes_without_a_spec() {
 #[test]
 fn stage_on_this_machine() {
     let (c, sink, _dir) = ctx_for(StageKind::Inventory);
-    let r = smol::block_on(super::inventory::run(&c));
+    let r = smol::block_on(super::run(&c));
     assert_eq!(r.outcome, Outcome::Passed, "{r:?}");
     let blobs = sink.blobs.lock().unwrap();
     let (_, json) = blobs.iter().next().expect("inventory.json stored");
@@ -316,5 +316,5 @@ fn stage_on_this_machine() {
     assert!(v["inventory"]["cpu"]["logical"].as_u64().unwrap() >= 1);
     assert!(v["inventory"]["memory"]["total_mib"].as_u64().unwrap() > 0);
     drop(blobs);
-    assert!(super::testutil::measure(&sink, "cpu.logical").unwrap() >= 1.0);
+    assert!(crate::stages::hardware::testutil::measure(&sink, "cpu.logical").unwrap() >= 1.0);
 }

@@ -3,7 +3,7 @@
 use kiln_protocol::{DiskSpec, Outcome, StageKind, StorageTool};
 use std::path::Path;
 
-use super::testutil::{ctx_for, filled, have, measure, parts, sh, spec};
+use crate::stages::hardware::testutil::{ctx_for, filled, have, measure, parts, sh, spec};
 
 fn base(dev: &str) -> &str {
     dev.rsplit('/').next().unwrap()
@@ -21,7 +21,7 @@ fn read_only_fio_measures_and_leaves_data() {
     let before = lo.hash();
     let s = spec(&[&lo.dev], StorageTool::Fio);
     let (c, sink, _w) = ctx_for(StageKind::Storage(s.clone()));
-    let r = smol::block_on(super::storage::run(&c, &s));
+    let r = smol::block_on(super::run(&c, &s));
     assert_eq!(r.outcome, Outcome::Passed, "{r:?} {:?}", sink.lines());
     let k = format!("storage.{}.", base(&lo.dev));
     let bw = measure(&sink, &format!("{k}seqread.bw")).expect("seqread bandwidth");
@@ -56,7 +56,7 @@ fn destructive_writes_only_blank_expected_disks() {
             ..Default::default()
         })
         .to_vec();
-    let r = smol::block_on(super::storage::run(&c, &s));
+    let r = smol::block_on(super::run(&c, &s));
     assert_eq!(r.outcome, Outcome::Held, "{r:?} {:?}", sink.lines());
     let p = parts(&sink);
     let part = |dev: &str| p.iter().find(|x| x.0 == dev).cloned().expect("part");
@@ -100,7 +100,7 @@ fn destructive_holds_a_disk_someone_else_claimed() {
         return;
     };
     let before = lo.hash();
-    let _other = super::usage::claim(Path::new(&lo.dev)).expect("exclusive open");
+    let _other = crate::stages::hardware::usage::claim(Path::new(&lo.dev)).expect("exclusive open");
     let s = spec(&[&lo.dev], StorageTool::Fio);
     let (mut c, sink, _w) = ctx_for(StageKind::Storage(s.clone()));
     c.stage.destructive = true;
@@ -108,7 +108,7 @@ fn destructive_holds_a_disk_someone_else_claimed() {
         path: Some(lo.dev.clone()),
         ..Default::default()
     }];
-    let r = smol::block_on(super::storage::run(&c, &s));
+    let r = smol::block_on(super::run(&c, &s));
     assert_eq!(r.outcome, Outcome::Held, "{r:?}");
     let p = parts(&sink);
     assert!(p[0].2.contains("cannot open exclusively"), "{p:?}");
@@ -142,7 +142,7 @@ fn destructive_holds_a_mounted_disk() {
         path: Some(lo.dev.clone()),
         ..Default::default()
     }];
-    let r = smol::block_on(super::storage::run(&c, &s));
+    let r = smol::block_on(super::run(&c, &s));
     let _ = std::process::Command::new("umount").arg(&mnt).status();
     assert_eq!(r.outcome, Outcome::Held, "{r:?}");
     let why = &parts(&sink)[0].2;
@@ -164,7 +164,7 @@ fn badblocks_read_only() {
     let before = lo.hash();
     let s = spec(&[&lo.dev], StorageTool::Badblocks);
     let (c, sink, _w) = ctx_for(StageKind::Storage(s.clone()));
-    let r = smol::block_on(super::storage::run(&c, &s));
+    let r = smol::block_on(super::run(&c, &s));
     assert_eq!(r.outcome, Outcome::Passed, "{r:?} {:?}", sink.lines());
     assert_eq!(
         measure(&sink, &format!("storage.{}.bad_blocks", base(&lo.dev))),
@@ -189,7 +189,7 @@ fn a_file_is_never_written() {
         path: Some(dev.into()),
         ..Default::default()
     }];
-    let r = smol::block_on(super::storage::run(&c, &s));
+    let r = smol::block_on(super::run(&c, &s));
     assert_eq!(r.outcome, Outcome::Held);
     assert!(
         parts(&sink)[0].2.contains("not a block device"),

@@ -4,7 +4,7 @@
 use kiln_protocol::{DiskSpec, HostSpec, Outcome};
 use serde::Serialize;
 
-use super::model::{Disk, Inventory};
+use crate::stages::hardware::model::{Disk, Inventory};
 
 /// How much a difference matters.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Serialize)]

@@ -6,11 +6,11 @@ use kiln_protocol::DiskSpec;
 use std::fs::File;
 use std::path::{Path, PathBuf};
 
-use super::collect::{self, Roots};
-use super::tools::{Tool, ToolError};
-use super::usage::{self, BlockDev};
 use super::wipe::{self, Ends};
-use crate::stages::StageCtx;
+use crate::stages::ctx::StageCtx;
+use crate::stages::hardware::collect::{self, Roots};
+use crate::stages::hardware::tools::{Tool, ToolError};
+use crate::stages::hardware::usage::{self, BlockDev};
 
 /// A disk that passed every gate: held open exclusively until dropped.
 #[derive(Debug)]
@@ -77,11 +77,11 @@ async fn wipefs(
         Err(e @ ToolError::Stopped(_)) => return Err(e),
         Err(e) => return Ok(Err(e.to_string())),
     };
-    Ok(if let Some(sig) = c.signal {
+    Ok(if let Some(sig) = c.signal() {
         Err(format!("{program} killed by signal {sig}"))
-    } else if c.code != 0 {
+    } else if let Some(code) = c.code().filter(|&c| c != 0) {
         let tail = c.stderr.last().cloned().unwrap_or_default();
-        Err(format!("{program} exited {}: {tail}", c.code))
+        Err(format!("{program} exited {code}: {tail}"))
     } else {
         wipe::parse_wipefs(&c.text()).map_err(|e| format!("{program}: {e}"))
     })

@@ -4,7 +4,9 @@
 use kiln_protocol::{DiskSpec, Outcome, StageKind, StorageTool};
 use std::path::Path;
 
-use super::testutil::{ctx_for, fake_tool, filled, have, measure, parts, sh, spec};
+use crate::stages::hardware::testutil::{
+    ctx_for, fake_tool, filled, have, measure, parts, sh, spec,
+};
 
 /// Runs the storage stage destructively on `dev`, listed in the spec as `disk`, with
 /// `wipefs` as the wipefs program; returns the stage outcome and the disk's part.
@@ -13,7 +15,7 @@ fn destructive(dev: &str, disk: DiskSpec, wipefs: &str) -> (Outcome, Outcome, St
     let (mut c, sink, _w) = ctx_for(StageKind::Storage(s.clone()));
     c.stage.destructive = true;
     c.host.spec.disks = vec![disk];
-    let r = smol::block_on(super::storage::run_with(&c, &s, wipefs));
+    let r = smol::block_on(super::run_with(&c, &s, wipefs));
     let p = parts(&sink);
     assert_eq!(p.len(), 1, "{p:?}");
     (r.outcome, p[0].1, p[0].2.clone())
@@ -161,7 +163,7 @@ fn a_by_path_name_with_colons_reaches_the_device() {
     for tool in [StorageTool::Fio, StorageTool::Badblocks] {
         let s = spec(&[dev], tool);
         let (c, sink, w) = ctx_for(StageKind::Storage(s.clone()));
-        let r = smol::block_on(super::storage::run(&c, &s));
+        let r = smol::block_on(super::run(&c, &s));
         assert_eq!(
             r.outcome,
             Outcome::Passed,
@@ -183,7 +185,7 @@ fn a_by_path_name_with_colons_reaches_the_device() {
     let (mut c, sink, w) = ctx_for(StageKind::Storage(s.clone()));
     c.stage.destructive = true;
     c.host.spec.disks = vec![by_path(dev)];
-    let r = smol::block_on(super::storage::run(&c, &s));
+    let r = smol::block_on(super::run(&c, &s));
     assert_eq!(r.outcome, Outcome::Passed, "{r:?} {:?}", sink.lines());
     assert_ne!(lo.hash(), before, "fio did not write the device");
     let written = measure(&sink, &format!("{k}seqwrite.write.bw")).expect("write bw");

@@ -3,14 +3,25 @@
 //! expected, unused, blank, wipefs clean; held open with `O_EXCL` meanwhile);
 //! otherwise its part ends `held` and it is not touched. The tools get the canonical
 //! device node; parts and measurements keep the path the plan gave.
+pub mod fio;
+pub mod gate;
+pub mod wipe;
+
+#[cfg(test)]
+mod gate_tests;
+
+#[cfg(test)]
+mod tests;
+
+#[cfg(test)]
+mod wipe_tests;
+
 use kiln_protocol::{Outcome, StorageSpec, StorageTool};
 use std::path::Path;
 
-use super::collect::{self, Roots};
-use super::fio;
-use super::gate;
-use super::tools::{Tool, ToolError, find};
-use crate::stages::{StageCtx, StageResult};
+use crate::stages::ctx::{StageCtx, StageResult};
+use crate::stages::hardware::collect::{self, Roots};
+use crate::stages::hardware::tools::{Tool, ToolError, find};
 
 fn base(dev: &str) -> String {
     dev.rsplit('/').next().unwrap_or(dev).to_string()
@@ -122,7 +133,7 @@ async fn run_fio(
         };
         return Ok((o, format!("fio errors: {}", errs.join(", "))));
     }
-    if c.code != 0 {
+    if !c.success() {
         return Ok((Outcome::Error, format!("fio {}", c.status())));
     }
     if let Some(why) = fio::unverified(&run) {
@@ -172,7 +183,7 @@ async fn run_badblocks(
             format!("{} bad blocks (first {})", bad.len(), bad[0]),
         ));
     }
-    if c.code != 0 {
+    if !c.success() {
         let tail = c.stderr.last().cloned().unwrap_or_default();
         return Ok((Outcome::Error, format!("badblocks {}: {tail}", c.status())));
     }

@@ -1,14 +1,16 @@
 //! The `cpu_stress` stage: stress-ng on every CPU for the plan's duration, with
 //! `--verify`; bogo ops/s from its YAML metrics and temperatures sampled from hwmon
 //! and thermal zones meanwhile; optional minimum ops/s and maximum temperature.
+pub mod thermal;
+
 use kiln_protocol::{CpuStressSpec, Outcome};
 use smol::future::FutureExt;
 use std::time::Duration;
 
-use super::collect::Roots;
-use super::thermal::{self, Peaks};
-use super::tools::Tool;
-use crate::stages::{StageCtx, StageResult};
+use crate::stages::ctx::{StageCtx, StageResult};
+use crate::stages::hardware::collect::Roots;
+use crate::stages::hardware::tools::Tool;
+use thermal::Peaks;
 
 /// How often temperatures are sampled during the run.
 const SAMPLE_EVERY: Duration = Duration::from_secs(1);
@@ -125,11 +127,13 @@ pub async fn run(ctx: &StageCtx, spec: &CpuStressSpec) -> StageResult {
         let _ = ctx.artifact(&yaml, "stress-ng.yaml").await;
     }
     let mut problems: Vec<(Outcome, String)> = Vec::new();
-    if let Some(sig) = c.signal {
+    if let Some(sig) = c.signal() {
         // stress-ng itself died: its exit statuses say nothing here.
         problems.push((Outcome::Error, format!("stress-ng killed by signal {sig}")));
-    } else if let Some((o, why)) = judge_exit(c.code) {
-        problems.push((o, format!("stress-ng exit {}: {why}", c.code)));
+    } else if let Some(code) = c.code()
+        && let Some((o, why)) = judge_exit(code)
+    {
+        problems.push((o, format!("stress-ng exit {code}: {why}")));
     }
     let metrics = parse_yaml(&std::fs::read_to_string(&yaml).unwrap_or_default());
     let ops: f64 = metrics.iter().map(|m| m.per_s_real).sum();
@@ -189,7 +193,7 @@ pub async fn run(ctx: &StageCtx, spec: &CpuStressSpec) -> StageResult {
     };
     StageResult {
         outcome,
-        exit_code: c.signal.is_none().then_some(c.code),
+        exit_code: c.code(),
         detail,
     }
 }
@@ -201,7 +205,7 @@ mod tests {
     #[test]
     fn captured_yaml() {
         let m = parse_yaml(include_str!(
-            "../../../tests/fixtures/hardware/stress-ng/cpu-2.yaml"
+            "../../../../tests/fixtures/hardware/stress-ng/cpu-2.yaml"
         ));
         assert_eq!(m.len(), 1);
         assert_eq!(m[0].stressor, "cpu");

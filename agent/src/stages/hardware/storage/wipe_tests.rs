@@ -3,8 +3,8 @@
 //! where the kernel here has no md driver to make a real member.
 use std::path::Path;
 
-use super::testutil::{Loop, have, sh};
 use super::wipe::{Ends, parse_wipefs, probe};
+use crate::stages::hardware::testutil::{Loop, have, sh};
 
 fn image(dir: &Path, name: &str, size: u64) -> std::path::PathBuf {
     let p = dir.join(name);

@@ -2,14 +2,16 @@
 //! media errors, temperature and power-on hours as measurements, judged against the
 //! plan's thresholds; an optional short self-test, polled to its end; smartctl's
 //! exit-status bits decoded per disk. One part per disk; the stage folds them.
+pub mod smartparse;
+
 use kiln_protocol::{Outcome, SmartSpec};
 use std::collections::BTreeMap;
 use std::time::{Duration, Instant};
 
-use super::collect::{self, Roots};
-use super::smartparse::{self, SelfTest, SmartReport};
-use super::tools::{Captured, Tool, ToolError, find};
-use crate::stages::{StageCtx, StageResult};
+use crate::stages::ctx::{StageCtx, StageResult};
+use crate::stages::hardware::collect::{self, Roots};
+use crate::stages::hardware::tools::{Captured, Tool, ToolError, find};
+use smartparse::{SelfTest, SmartReport};
 
 /// How often a running self-test is polled.
 const POLL: Duration = Duration::from_secs(5);
@@ -113,14 +115,14 @@ async fn check(
     test: Option<&SelfTest>,
 ) -> Result<Outcome, ToolError> {
     let c = smartctl(ctx, prog, &["-a"], dev).await?;
-    if let Some(sig) = c.signal {
+    if let Some(sig) = c.signal() {
         // A crash says nothing about the disk: no exit bits to decode, output cut short.
         let detail = format!("smartctl killed by signal {sig}");
         ctx.note(&format!("{dev}: {detail}"));
         ctx.part(dev, Outcome::Error, &detail, vec![]);
         return Ok(Outcome::Error);
     }
-    let (code, text) = (c.code, c.text());
+    let (code, text) = (c.code().unwrap_or(-1), c.text());
     let mut problems: Vec<(Outcome, String)> = smartparse::decode_exit(code)
         .into_iter()
         .map(|(bit, what, o)| (o, format!("smartctl exit bit {bit}: {what}")))

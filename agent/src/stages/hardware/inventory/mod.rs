@@ -1,15 +1,20 @@
 //! The `inventory` stage: CPU, memory, DMI, disks, NICs, PCI and GPUs from sysfs and
 //! procfs (enriched by dmidecode, lspci and lshw when installed), uploaded as
 //! `inventory.json`, reported as measurements, and diffed against the host's spec.
+pub mod dmidecode;
+pub mod specdiff;
+
+#[cfg(test)]
+mod tests;
+
 use kiln_protocol::{HostSpec, Outcome};
 use serde::Serialize;
 
-use super::collect::{self, Roots};
-use super::dmidecode;
-use super::model::{Gpu, Inventory, Memory};
-use super::specdiff::{self, Difference, Severity, human_bytes};
-use super::tools::{Tool, ToolError};
-use crate::stages::{StageCtx, StageResult};
+use crate::stages::ctx::{StageCtx, StageResult};
+use crate::stages::hardware::collect::{self, Roots};
+use crate::stages::hardware::model::{Gpu, Inventory, Memory};
+use crate::stages::hardware::tools::{Tool, ToolError};
+use specdiff::{Difference, Severity, human_bytes};
 
 /// What `inventory.json` holds.
 #[derive(Serialize)]
@@ -74,9 +79,13 @@ pub fn gpus_from_pci(inv: &Inventory) -> Vec<Gpu> {
 /// when it is missing or fails; `Err` only when the stage was stopped.
 async fn optional(ctx: &StageCtx, tool: Tool, why: &str) -> Result<Option<String>, StageResult> {
     match tool.run(ctx).await {
-        Ok(c) if c.code == 0 => Ok(Some(c.text())),
+        Ok(c) if c.success() => Ok(Some(c.text())),
         Ok(c) => {
-            ctx.note(&format!("{} exited {}: {why}", tool.name(), c.code));
+            let how = match c.code() {
+                Some(code) => format!("exited {code}"),
+                None => c.status(),
+            };
+            ctx.note(&format!("{} {how}: {why}", tool.name()));
             Ok(None)
         }
         Err(e @ ToolError::Stopped(_)) => Err(e.result(ctx)),
@@ -104,10 +113,10 @@ pub async fn collect_all(ctx: &StageCtx, roots: &Roots) -> Result<Inventory, Sta
         collect::merge_lspci(&mut inv.pci, &text);
     }
     inv.gpus = gpus_from_pci(&inv);
-    if !inv.gpus.is_empty() && super::tools::find("nvidia-smi").is_some() {
-        let q = Tool::new(super::nvsmi::query_argv(), 60);
+    if !inv.gpus.is_empty() && crate::stages::hardware::tools::find("nvidia-smi").is_some() {
+        let q = Tool::new(crate::stages::hardware::gpu::nvsmi::query_argv(), 60);
         if let Some(text) = optional(ctx, q, "GPU names from lspci").await? {
-            super::nvsmi::merge_names(&mut inv.gpus, &text);
+            crate::stages::hardware::gpu::nvsmi::merge_names(&mut inv.gpus, &text);
         }
     }
     let lshw = Tool::new(["lshw", "-json", "-quiet"], 300);
