@@ -27,7 +27,7 @@ use logfile::{Cached, refresh, store};
 use stage::Import;
 
 #[doc(hidden)]
-pub use bundle::{Imported, import_bundle};
+pub use bundle::{Imported, bundle_cap, import_bundle};
 
 /// A refused request: HTTP status, one-line reason, and for a seq gap the seq wanted.
 #[derive(Debug, Clone, PartialEq, Eq)]
