@@ -12,6 +12,9 @@ import sys
 
 PATH = re.compile(r'crate::((?:[A-Za-z_][A-Za-z0-9_]*::)*[A-Za-z_][A-Za-z0-9_]*)')
 GROUP = re.compile(r'use\s+crate::\{([^;]*)\};', re.S)
+# `super::x`, `self::x` and `child::x` (a module the file declares with `mod child;`).
+RELATIVE = re.compile(r'(?<![A-Za-z0-9_:])((?:super::)+|self::)?([A-Za-z_][A-Za-z0-9_]*)::')
+CHILD = re.compile(r'^\s*(?:pub(?:\([^)]*\))?\s+)?mod\s+([A-Za-z_][A-Za-z0-9_]*)\s*;', re.M)
 
 
 def modules(src):
@@ -44,12 +47,26 @@ def edges(files):
         cut = text.find('#[cfg(test)]')
         if cut >= 0:
             text = text[:cut]
+        # Comments (doc links included) are not imports.
+        text = re.sub(r'//[^\n]*', '', text)
         targets = [t.split('::') for t in PATH.findall(text)]
         for g in GROUP.findall(text):
             for item in re.split(r',(?![^{]*\})', g):
                 item = item.strip()
                 if item:
                     targets.append(item.split('{')[0].strip(': ').split('::'))
+        # Relative paths: resolved against this module (a file `a/b.rs` is module a::b).
+        children = set(CHILD.findall(text))
+        for prefix, first in RELATIVE.findall(text):
+            if prefix.startswith('super'):
+                up = prefix.count('super')
+                base = list(m[:len(m) - up]) if up <= len(m) else None
+            elif prefix == 'self::' or first in children:
+                base = list(m)
+            else:
+                continue
+            if base is not None:
+                targets.append(base + [first])
         for t in targets:
             r = resolve([x for x in t if x])
             if r and r != m and not (len(m) > len(r) and m[:len(r)] == r):
