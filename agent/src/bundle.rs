@@ -8,7 +8,7 @@ use std::fs;
 use std::io::{self, BufWriter, Write};
 use std::path::Path;
 
-use crate::store::blob_path;
+use crate::transfer::blob_path;
 
 /// Writes the bundle to `out` atomically (temp file, fsync, rename). `batch(from)`
 /// gives the next batch of frames from seq `from` on (empty at the end), so the run
@@ -89,7 +89,7 @@ mod tests {
         let f = d.path().join("a");
         fs::write(&f, b"bytes").unwrap();
         let (sha, size) =
-            crate::store::keep_blob(d.path(), std::fs::File::open(&f).unwrap()).unwrap();
+            crate::transfer::keep_blob(d.path(), std::fs::File::open(&f).unwrap()).unwrap();
         let ticket = SignedTicket {
             key_id: key.public().key_id(),
             body: vec![1, 2, 3],

@@ -22,7 +22,7 @@ pub mod session;
 pub mod signals;
 pub mod spool;
 pub mod stages;
-pub mod store;
+pub mod transfer;
 pub mod verify;
 
 #[cfg(test)]

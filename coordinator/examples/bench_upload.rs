@@ -1,5 +1,5 @@
 //! Upload benchmark: one artifact of SIZE bytes (default 2 GiB; a sparse file, read as
-//! zeros) uploaded through the agent's own code path (`kiln_agent::store::
+//! zeros) uploaded through the agent's own code path (`kiln_agent::transfer::
 //! upload_artifact`: a streaming hash pass, then `PUT` from disk with Content-Length)
 //! to a real coordinator (this program re-run as a child process) on 127.0.0.1.
 //! Prints the upload's wall time and throughput, and the peak RSS (VmHWM) of this
@@ -158,7 +158,7 @@ fn main() {
     let before = peak_rss_kib("self");
     let client = kiln_agent::client::Client::new(&url);
     let t0 = Instant::now();
-    let (sha, len) = kiln_agent::store::upload_artifact(
+    let (sha, len) = kiln_agent::transfer::upload_artifact(
         &client,
         &run,
         &claim,

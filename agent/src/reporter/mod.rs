@@ -15,7 +15,7 @@ use std::time::{Duration, Instant};
 use crate::client::Client;
 use crate::spool::Spool;
 use crate::stages::ctx::Sink;
-use crate::store;
+use crate::transfer;
 
 mod cap;
 mod control;
@@ -314,16 +314,16 @@ impl Sink for Reporter {
                 // The coordinator takes uploads for claimed runs only.
                 self.wait_acked(1, crate::end::ACK_LIMIT)
                     .map_err(io::Error::other)?;
-                store::upload_artifact(client, &self.run, &self.key, file)
+                transfer::upload_artifact(client, &self.run, &self.key, file)
             }
-            Mode::Offline { .. } => store::keep_blob(&self.work, file),
+            Mode::Offline { .. } => transfer::keep_blob(&self.work, file),
         }
     }
 
     fn fetch_cas(&self, sha: &Sha256) -> io::Result<PathBuf> {
         match &self.mode {
-            Mode::Online { client, .. } => store::download_cas(client, &self.work, sha),
-            Mode::Offline { cas_dir } => store::local_cas(cas_dir.as_deref(), sha),
+            Mode::Online { client, .. } => transfer::download_cas(client, &self.work, sha),
+            Mode::Offline { cas_dir } => transfer::local_cas(cas_dir.as_deref(), sha),
         }
     }
 }

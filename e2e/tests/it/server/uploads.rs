@@ -110,7 +110,7 @@ fn an_upload_cut_part_way_resumes_and_sends_no_byte_twice() {
     let p = proxy(&c.url, 1 << 20);
 
     let client = Client::new(&p.url);
-    let got = kiln_agent::store::upload_artifact(
+    let got = kiln_agent::transfer::upload_artifact(
         &client,
         &run,
         &r.key,
