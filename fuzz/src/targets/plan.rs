@@ -128,9 +128,16 @@ impl crate::Target for Plan {
                 "plan names {sha}, not in the CAS"
             );
         }
-        // What the coordinator compiles and signs, its agent must accept.
+        // What the coordinator compiles and signs, its agent must accept: `ticket
+        // issue` signs only what passes the size rule, so what fails it is refused
+        // there (one line, naming the limit) and never reaches an agent.
         let stages = loaded.plan.stages.len();
         let ticket: Ticket = fixtures::ticket(RUN_PENDING, loaded.plan);
+        if let Err(e) = ticket.check_limits() {
+            let e = e.to_string();
+            assert!(!e.contains('\n'), "size-rule refusal is not one line: {e}");
+            return class("limits", &e);
+        }
         let file = SignedTicket::sign(&ticket, &fixtures::coordinator_key()).to_file();
         let trusted = [fixtures::coordinator_key().public()];
         if let Err(e) =
