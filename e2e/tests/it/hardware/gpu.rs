@@ -118,10 +118,10 @@ fn gpu_stage_with_a_fake_nvidia_smi() {
 }
 
 /// A fake `nvidia-smi`: one cool H100 on the first query, hot on every later one (the
-/// samples taken while the load runs).
+/// samples taken while the load runs). The first query is told by an atomic `mkdir`: a
+/// counter file's read-then-write reads empty when a sample is killed mid-write.
 const HEATING_NVIDIA_SMI: &str = r#"#!/bin/sh
-n=$(cat @FAKE@/queries 2>/dev/null || echo 0); echo $((n + 1)) > @FAKE@/queries
-if [ "$n" = 0 ]; then t=35; p=70.5; else t=86; p=699.9; fi
+if mkdir @FAKE@/first-query 2>/dev/null; then t=35; p=70.5; else t=86; p=699.9; fi
 echo "0, 00000000:18:00.0, NVIDIA H100 80GB HBM3, 81559, $t, $p, 0, 1980"
 "#;
 
