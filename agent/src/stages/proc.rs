@@ -42,6 +42,8 @@ pub enum Keep {
     Raw(usize),
     /// The last this many lines.
     Lines(usize),
+    /// The last this many raw bytes (an error's end, where the cause is).
+    RawTail(usize),
 }
 
 /// What to run.
@@ -70,6 +72,14 @@ pub struct ProcSpec {
     pub keep_stdout: Keep,
     /// What to keep of stderr ([`ProcOutput::stderr`]).
     pub keep_stderr: Keep,
+    /// Do not log stderr lines either (kiln's own control commands).
+    pub quiet_stderr: bool,
+    /// Stdout goes straight into this file (a stream of bytes, never split into
+    /// lines), not through a pipe.
+    pub stdout_file: Option<std::sync::Arc<std::fs::File>>,
+    /// Run to the end (or the timeout) even when the stage is stopped: clean-up that
+    /// must happen after a stop.
+    pub ignore_stop: bool,
 }
 
 impl ProcSpec {
@@ -100,7 +110,7 @@ pub enum ProcEnd {
 /// What was kept of one stream ([`Keep`]).
 #[derive(Debug, Clone, Default)]
 pub struct Kept {
-    /// The raw bytes ([`Keep::Raw`]).
+    /// The raw bytes ([`Keep::Raw`], [`Keep::RawTail`]).
     pub raw: Vec<u8>,
     /// The last lines ([`Keep::Lines`]).
     pub lines: Vec<String>,
@@ -158,7 +168,13 @@ pub async fn run_streamed(ctx: &StageCtx, spec: &ProcSpec) -> ProcOutput {
     } else {
         Stdio::null()
     })
-    .stdout(Stdio::piped())
+    .stdout(match &spec.stdout_file {
+        Some(f) => match f.try_clone() {
+            Ok(f) => Stdio::from(f),
+            Err(e) => return ProcOutput::failed(format!("{program}: stdout file: {e}")),
+        },
+        None => Stdio::piped(),
+    })
     .stderr(Stdio::piped());
     let mut child = match cmd.spawn() {
         Ok(c) => c,
@@ -204,7 +220,13 @@ pub async fn run_streamed(ctx: &StageCtx, spec: &ProcSpec) -> ProcOutput {
             Timeout(Duration),
         }
         let first = async { First::Status(child.status().await) }
-            .or(async { First::Stop(ctx.stopped().await) })
+            .or(async {
+                if spec.ignore_stop {
+                    std::future::pending().await
+                } else {
+                    First::Stop(ctx.stopped().await)
+                }
+            })
             .or(async {
                 match spec.timeout {
                     Some(d) => {
@@ -332,7 +354,7 @@ async fn pump(
     };
     let (log, keep) = match stream {
         Stream::Stdout => (!spec.quiet_stdout, spec.keep_stdout),
-        _ => (true, spec.keep_stderr),
+        _ => (!spec.quiet_stderr, spec.keep_stderr),
     };
     let last: RefCell<VecDeque<String>> = RefCell::default();
     let emit = |raw: &[u8]| {
@@ -364,11 +386,18 @@ async fn pump(
             Ok(0) | Err(_) => break,
             Ok(n) => n,
         };
-        if let Keep::Raw(max) = keep
-            && kept.raw.len() < max
-        {
-            let room = max - kept.raw.len();
-            kept.raw.extend_from_slice(&buf[..n.min(room)]);
+        match keep {
+            Keep::Raw(max) if kept.raw.len() < max => {
+                let room = max - kept.raw.len();
+                kept.raw.extend_from_slice(&buf[..n.min(room)]);
+            }
+            Keep::RawTail(max) => {
+                kept.raw.extend_from_slice(&buf[..n]);
+                if kept.raw.len() > max {
+                    kept.raw.drain(..kept.raw.len() - max);
+                }
+            }
+            _ => {}
         }
         if split {
             lines.push(&buf[..n], &emit);

@@ -2,18 +2,14 @@
 //! folder, strict host keys, no user config, and a multiplexed master that every
 //! command of the stage reuses (closed with `-O exit`).
 use kiln_protocol::SshSpec;
-use nix::sys::signal::{Signal, killpg};
-use nix::unistd::Pid;
-use smol::future::FutureExt;
-use smol::io::{AsyncReadExt, AsyncWriteExt};
 use std::fs;
 use std::os::unix::fs::{DirBuilderExt, OpenOptionsExt};
-use std::os::unix::process::CommandExt;
 use std::path::{Path, PathBuf};
 use std::process::Stdio;
 use std::time::Duration;
 
 use crate::stages::ctx::{StageCtx, Stop};
+use crate::stages::proc::{Keep, ProcEnd, ProcSpec, run_streamed};
 
 /// How long a master stays up with no session on it (so a crashed agent leaves none).
 const PERSIST_S: u32 = 60;
@@ -275,28 +271,10 @@ impl Drop for Conn {
     }
 }
 
-async fn read_capped(r: Option<impl smol::io::AsyncRead + Unpin>, keep_tail: bool) -> Vec<u8> {
-    let Some(mut r) = r else { return vec![] };
-    let mut out = Vec::new();
-    let mut buf = [0u8; 8192];
-    while let Ok(n) = r.read(&mut buf).await {
-        if n == 0 {
-            break;
-        }
-        out.extend_from_slice(&buf[..n]);
-        if out.len() > MAX_CAPTURE {
-            if keep_tail {
-                out.drain(..out.len() - MAX_CAPTURE / 16);
-            } else {
-                out.truncate(MAX_CAPTURE);
-            }
-        }
-    }
-    out
-}
-
-/// Runs argv in its own process group; stdout to memory or a file, stderr's tail
-/// kept; killed on `limit`, or on the stop signal if `honor_stop`.
+/// Runs argv through the stage's one process supervisor
+/// ([`crate::stages::proc::run_streamed`]: its own process group, SIGTERM then SIGKILL
+/// on a stop or the time limit), quietly: stdout to memory (capped) or a file,
+/// stderr's tail kept; ended on `limit`, or on the stop signal if `honor_stop`.
 async fn capture(
     ctx: &StageCtx,
     argv: Vec<String>,
@@ -305,73 +283,30 @@ async fn capture(
     honor_stop: bool,
     limit: Duration,
 ) -> Captured {
-    let mut cmd = std::process::Command::new(&argv[0]);
-    cmd.args(&argv[1..]).current_dir(&ctx.dir).process_group(0);
-    let mut cmd = async_process::Command::from(cmd);
-    // A dropped stage (the runner gave up on it) leaves no ssh behind.
-    cmd.kill_on_drop(true);
-    cmd.stdin(if stdin.is_some() {
-        Stdio::piped()
-    } else {
-        Stdio::null()
-    });
-    let to_file = matches!(out, Out::File(_));
+    let mut spec = ProcSpec::new(argv);
+    spec.stdin = stdin;
+    spec.timeout = Some(limit);
+    spec.ignore_stop = !honor_stop;
+    spec.quiet_stdout = true;
+    spec.quiet_stderr = true;
+    spec.keep_stderr = Keep::RawTail(MAX_CAPTURE / 16);
     match out {
-        Out::Memory => cmd.stdout(Stdio::piped()),
-        Out::File(f) => cmd.stdout(Stdio::from(f)),
-    };
-    cmd.stderr(Stdio::piped());
-    let mut child = match cmd.spawn() {
-        Ok(c) => c,
-        Err(e) => return Captured::Failed(format!("cannot run ssh: {e}")),
-    };
-    let pgid = Pid::from_raw(child.id() as i32);
-    let (w, so, se) = (child.stdin.take(), child.stdout.take(), child.stderr.take());
-    let work = async {
-        let feed = async {
-            if let (Some(mut w), Some(bytes)) = (w, stdin) {
-                let _ = w.write_all(&bytes).await;
-                let _ = w.close().await;
-            }
-        };
-        let ((_, o), e) = smol::future::zip(
-            smol::future::zip(feed, read_capped(so, false)),
-            read_capped(se, true),
-        )
-        .await;
-        let status = child.status().await;
-        Ok((status, o, e))
-    };
-    let stop = async {
-        if honor_stop {
-            Err(Some(ctx.stopped().await))
-        } else {
-            std::future::pending().await
+        Out::Memory => spec.keep_stdout = Keep::Raw(MAX_CAPTURE),
+        Out::File(f) => spec.stdout_file = Some(std::sync::Arc::new(f)),
+    }
+    let o = run_streamed(ctx, &spec).await;
+    let err = String::from_utf8_lossy(&o.stderr.raw).into_owned();
+    match o.end {
+        ProcEnd::Exited(c) => Captured::Done(c, o.stdout.raw, err),
+        ProcEnd::Signaled(_) => Captured::Failed(format!(
+            "ssh was killed: {}",
+            super::errors::last_line(&err)
+        )),
+        ProcEnd::Stopped(stop) => Captured::Stopped(stop),
+        ProcEnd::TimedOut(_) => {
+            Captured::Failed(format!("ssh took longer than {}s", limit.as_secs()))
         }
-    };
-    let timer = async {
-        smol::Timer::after(limit).await;
-        Err(None)
-    };
-    match work.or(stop).or(timer).await {
-        Ok((Ok(status), o, e)) => {
-            let err = String::from_utf8_lossy(&e).into_owned();
-            match status.code() {
-                Some(c) => Captured::Done(c, if to_file { vec![] } else { o }, err),
-                None => Captured::Failed(format!(
-                    "ssh was killed: {}",
-                    super::errors::last_line(&err)
-                )),
-            }
-        }
-        Ok((Err(e), ..)) => Captured::Failed(format!("waiting for ssh: {e}")),
-        Err(why) => {
-            let _ = killpg(pgid, Signal::SIGKILL);
-            match why {
-                Some(stop) => Captured::Stopped(stop),
-                None => Captured::Failed(format!("ssh took longer than {}s", limit.as_secs())),
-            }
-        }
+        ProcEnd::SpawnFailed(e) => Captured::Failed(format!("cannot run ssh: {e}")),
     }
 }
 
