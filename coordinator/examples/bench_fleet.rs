@@ -12,16 +12,17 @@
 //! `KILN_BENCH_DIR` picks the folder for the state (default: the system temp dir).
 use kiln_coordinator::http::{Limits, Net, Server, WORKERS};
 use kiln_coordinator::state::State;
-use kiln_protocol::{
-    Ack, Batch, Event, Frame, HostBinding, HostSpec, Outcome, Plan, RunId, SecretKey, SignedTicket,
-    Stage, StageKind, Stream, Ticket, VERSION,
-};
+use kiln_protocol::{Ack, Batch, Event, Frame, Outcome, RunId, SecretKey, Stream};
 use std::io::{BufRead, BufReader, Write};
 use std::net::TcpStream;
 use std::path::Path;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Barrier, Mutex};
 use std::time::{Duration, Instant};
+
+#[path = "common/mod.rs"]
+mod common;
+use common::random;
 
 /// How often an agent reports.
 const PERIOD: Duration = Duration::from_secs(2);
@@ -33,57 +34,6 @@ fn arg(n: usize, default: usize) -> usize {
         .nth(n)
         .map(|a| a.parse().expect("arguments are numbers"))
         .unwrap_or(default)
-}
-
-fn random<const N: usize>() -> [u8; N] {
-    let mut b = [0u8; N];
-    getrandom::getrandom(&mut b).expect("random bytes");
-    b
-}
-
-fn now_s() -> u64 {
-    std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .expect("clock")
-        .as_secs()
-}
-
-fn ticket(state: &State, key: &SecretKey) -> RunId {
-    let run = RunId(random());
-    let now = now_s();
-    let t = Ticket {
-        version: VERSION,
-        run,
-        issued_at: now,
-        not_after: now + 3600,
-        host: HostBinding {
-            name: "bench".into(),
-            macs: vec!["52:54:00:00:00:01".parse().expect("mac")],
-            serial: None,
-            spec: HostSpec::default(),
-            agent_key: None,
-        },
-        coordinator: None,
-        plan: Plan {
-            name: "bench".into(),
-            stages: vec![Stage::new(
-                "load",
-                StageKind::Exec {
-                    command: vec!["true".into()],
-                },
-            )],
-            fail_fast: true,
-            timeout_s: 0,
-        },
-    };
-    let dir = state.run_dir(&run);
-    std::fs::create_dir_all(&dir).expect("run folder");
-    std::fs::write(
-        dir.join("ticket.kiln"),
-        SignedTicket::sign(&t, key).to_file(),
-    )
-    .expect("ticket");
-    run
 }
 
 /// What every agent, slow client and the prober add to.
@@ -292,9 +242,13 @@ fn main() {
     let dir = tempfile::tempdir_in(&base).expect("temp dir");
     let (state, _) = State::init(&dir.path().join("state")).expect("state");
     let key = state.signing_key().expect("key");
-    let runs: Vec<RunId> = (0..agents).map(|_| ticket(&state, &key)).collect();
-    let pending: Vec<RunId> = (0..8).map(|_| ticket(&state, &key)).collect();
-    let finished = ticket(&state, &key);
+    let runs: Vec<RunId> = (0..agents)
+        .map(|_| common::ticket(&state, &key, "load"))
+        .collect();
+    let pending: Vec<RunId> = (0..8)
+        .map(|_| common::ticket(&state, &key, "load"))
+        .collect();
+    let finished = common::ticket(&state, &key, "load");
 
     let addr_file = dir.path().join("addr");
     let mut child = std::process::Command::new(std::env::current_exe().expect("own path"))

@@ -11,63 +11,13 @@
 //! temp dir); everything is removed at the end.
 use kiln_coordinator::http::{Limits, Net, Server, WORKERS};
 use kiln_coordinator::state::State;
-use kiln_protocol::{
-    Batch, Event, Frame, HostBinding, HostSpec, Plan, RunId, SecretKey, SignedTicket, Stage,
-    StageKind, Ticket, VERSION,
-};
+use kiln_protocol::{Batch, Event, Frame, SecretKey};
 use std::path::Path;
 use std::time::{Duration, Instant};
 
-fn random<const N: usize>() -> [u8; N] {
-    let mut b = [0u8; N];
-    getrandom::getrandom(&mut b).expect("random bytes");
-    b
-}
-
-fn now_s() -> u64 {
-    std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .expect("clock")
-        .as_secs()
-}
-
-fn ticket(state: &State, key: &SecretKey) -> RunId {
-    let run = RunId(random());
-    let now = now_s();
-    let t = Ticket {
-        version: VERSION,
-        run,
-        issued_at: now,
-        not_after: now + 3600,
-        host: HostBinding {
-            name: "bench".into(),
-            macs: vec!["52:54:00:00:00:01".parse().expect("mac")],
-            serial: None,
-            spec: HostSpec::default(),
-            agent_key: None,
-        },
-        coordinator: None,
-        plan: Plan {
-            name: "bench".into(),
-            stages: vec![Stage::new(
-                "upload",
-                StageKind::Exec {
-                    command: vec!["true".into()],
-                },
-            )],
-            fail_fast: true,
-            timeout_s: 0,
-        },
-    };
-    let dir = state.run_dir(&run);
-    std::fs::create_dir_all(&dir).expect("run folder");
-    std::fs::write(
-        dir.join("ticket.kiln"),
-        SignedTicket::sign(&t, key).to_file(),
-    )
-    .expect("ticket");
-    run
-}
+#[path = "common/mod.rs"]
+mod common;
+use common::random;
 
 /// `VmHWM` (peak resident set) of a process, KiB.
 fn peak_rss_kib(pid: &str) -> u64 {
@@ -111,7 +61,7 @@ fn main() {
     let dir = tempfile::tempdir_in(&base).expect("temp dir");
     let (state, _) = State::init(&dir.path().join("state")).expect("state");
     let key = state.signing_key().expect("key");
-    let run = ticket(&state, &key);
+    let run = common::ticket(&state, &key, "upload");
     let file = dir.path().join("artifact.bin");
     std::fs::File::create(&file)
         .and_then(|f| f.set_len(size))
