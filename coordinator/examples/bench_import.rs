@@ -9,8 +9,7 @@
 //! 4 blobs). `KILN_BENCH_DIR` picks the folder (default: the system temp dir).
 use kiln_coordinator::state::State;
 use kiln_protocol::{
-    BUNDLE_MAGIC, Batch, Event, Frame, HostBinding, HostSpec, Outcome, Plan, ResultRecord, RunId,
-    SecretKey, Sha256, SignedTicket, Stage, StageKind, Ticket, VERSION,
+    BUNDLE_MAGIC, Batch, Event, Frame, Outcome, ResultRecord, RunId, SecretKey, Sha256,
 };
 use sha2::Digest;
 use std::io::{BufWriter, Write};
@@ -18,17 +17,15 @@ use std::path::{Path, PathBuf};
 use std::process::Command;
 use std::time::Instant;
 
+#[path = "common/mod.rs"]
+mod common;
+use common::random;
+
 fn arg(n: usize, default: u64) -> u64 {
     std::env::args()
         .nth(n)
         .map(|a| a.parse().expect("arguments are numbers"))
         .unwrap_or(default)
-}
-
-fn random<const N: usize>() -> [u8; N] {
-    let mut b = [0u8; N];
-    getrandom::getrandom(&mut b).expect("random bytes");
-    b
 }
 
 /// COBS-encodes a record as it is written: blocks of up to 254 non-zero bytes.
@@ -101,46 +98,13 @@ fn write_blob(out: &mut impl Write, len: u64, seed: u64) -> std::io::Result<Sha2
     Ok(Sha256(h.finalize().into()))
 }
 
-fn ticket(key: &SecretKey, run: RunId) -> SignedTicket {
-    let now = std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .expect("clock")
-        .as_secs();
-    let t = Ticket {
-        version: VERSION,
-        run,
-        issued_at: now,
-        not_after: now + 3600,
-        host: HostBinding {
-            name: "bench".into(),
-            macs: vec!["52:54:00:00:00:01".parse().expect("mac")],
-            serial: None,
-            spec: HostSpec::default(),
-            agent_key: None,
-        },
-        coordinator: None,
-        plan: Plan {
-            name: "bench".into(),
-            stages: vec![Stage::new(
-                "load",
-                StageKind::Exec {
-                    command: vec!["true".into()],
-                },
-            )],
-            fail_fast: true,
-            timeout_s: 0,
-        },
-    };
-    SignedTicket::sign(&t, key)
-}
-
 /// Writes the bundle; returns its size.
 fn write_bundle(path: &Path, key: &SecretKey, bytes: u64, blobs: u64) -> u64 {
     let run = RunId(random());
     let agent = SecretKey::from_seed(random());
     let mut out = BufWriter::with_capacity(1 << 20, std::fs::File::create(path).expect("bundle"));
     out.write_all(BUNDLE_MAGIC).expect("write");
-    out.write_all(&ResultRecord::Ticket(ticket(key, run)).encode())
+    out.write_all(&ResultRecord::Ticket(common::signed(key, run, "load")).encode())
         .expect("write");
     let mut events = vec![
         Event::Claim {

@@ -8,65 +8,19 @@
 //! since fsync cost depends on the file system.
 use kiln_coordinator::http::Server;
 use kiln_coordinator::state::State;
-use kiln_protocol::{
-    Ack, Batch, Event, Frame, HostBinding, HostSpec, Plan, PublicKey, RunId, SecretKey,
-    SignedTicket, Stage, StageKind, Stream, Ticket, VERSION,
-};
+use kiln_protocol::{Ack, Batch, Event, Frame, PublicKey, RunId, SecretKey, Stream};
 use std::sync::{Arc, Barrier};
 use std::time::{Duration, Instant};
+
+#[path = "common/mod.rs"]
+mod common;
+use common::random;
 
 fn arg(n: usize, default: usize) -> usize {
     std::env::args()
         .nth(n)
         .map(|a| a.parse().expect("arguments are numbers"))
         .unwrap_or(default)
-}
-
-fn random<const N: usize>() -> [u8; N] {
-    let mut b = [0u8; N];
-    getrandom::getrandom(&mut b).expect("random bytes");
-    b
-}
-
-fn ticket(state: &State, key: &SecretKey) -> RunId {
-    let run = RunId(random());
-    let now = std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .expect("clock")
-        .as_secs();
-    let t = Ticket {
-        version: VERSION,
-        run,
-        issued_at: now,
-        not_after: now + 3600,
-        host: HostBinding {
-            name: "bench".into(),
-            macs: vec!["52:54:00:00:00:01".parse().expect("mac")],
-            serial: None,
-            spec: HostSpec::default(),
-            agent_key: None,
-        },
-        coordinator: None,
-        plan: Plan {
-            name: "bench".into(),
-            stages: vec![Stage::new(
-                "load",
-                StageKind::Exec {
-                    command: vec!["true".into()],
-                },
-            )],
-            fail_fast: true,
-            timeout_s: 0,
-        },
-    };
-    let dir = state.run_dir(&run);
-    std::fs::create_dir_all(&dir).expect("run folder");
-    std::fs::write(
-        dir.join("ticket.kiln"),
-        SignedTicket::sign(&t, key).to_file(),
-    )
-    .expect("ticket");
-    run
 }
 
 /// One agent: claim, then `batches` batches of `frames` log lines; ack latencies.
@@ -146,7 +100,9 @@ fn main() {
     let dir = tempfile::tempdir_in(&base).expect("temp dir");
     let (state, _) = State::init(&dir.path().join("state")).expect("state");
     let key = state.signing_key().expect("key");
-    let runs: Vec<RunId> = (0..agents).map(|_| ticket(&state, &key)).collect();
+    let runs: Vec<RunId> = (0..agents)
+        .map(|_| common::ticket(&state, &key, "load"))
+        .collect();
     let server =
         Server::start(&state, "127.0.0.1:0", kiln_coordinator::http::WORKERS).expect("server");
     let url = format!("http://{}", server.addr());

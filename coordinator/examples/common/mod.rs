@@ -25,6 +25,14 @@ pub fn now_s() -> u64 {
 /// into `state` as `ticket issue` would; returns its run.
 pub fn ticket(state: &State, key: &SecretKey, stage: &str) -> RunId {
     let run = RunId(random());
+    let dir = state.run_dir(&run);
+    std::fs::create_dir_all(&dir).expect("run folder");
+    std::fs::write(dir.join("ticket.kiln"), signed(key, run, stage).to_file()).expect("ticket");
+    run
+}
+
+/// A ticket for `run`, host `bench`, one exec stage named `stage`, signed by `key`.
+pub fn signed(key: &SecretKey, run: RunId, stage: &str) -> SignedTicket {
     let now = now_s();
     let t = Ticket {
         version: VERSION,
@@ -51,12 +59,5 @@ pub fn ticket(state: &State, key: &SecretKey, stage: &str) -> RunId {
             timeout_s: 0,
         },
     };
-    let dir = state.run_dir(&run);
-    std::fs::create_dir_all(&dir).expect("run folder");
-    std::fs::write(
-        dir.join("ticket.kiln"),
-        SignedTicket::sign(&t, key).to_file(),
-    )
-    .expect("ticket");
-    run
+    SignedTicket::sign(&t, key)
 }
