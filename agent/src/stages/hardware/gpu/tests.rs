@@ -97,7 +97,7 @@ fn load_test_with(
              *pcie.link*) if [ -e '{idle}' ]; then\n{loaded}\nelse touch '{idle}'\n{link_idle}\nfi\nexit ;;\n\
              *remapped*) {remap}\nexit ;;\n\
              esac\n\
-             n=$(($(cat '{n}' 2>/dev/null || echo 0) + 1)); echo $n > '{n}'\n\
+             n=$(($(cat '{n}' 2>/dev/null || echo 0) + 1)); echo $n > '{n}.'$$; mv '{n}.'$$ '{n}'\n\
              if mkdir '{first}' 2>/dev/null; then cat '{h100}'; exit 0; fi\n{then}",
             idle = idle.display(),
             loaded = f.link_loaded,
@@ -116,6 +116,9 @@ fn load_test_with(
         d.path(),
         "gpu_burn",
         &format!(
+            // The count is renamed into place: a plain `echo > n` truncates first, and
+            // a read in between saw "" (so `[ "" -lt 3 ]` failed and the fake ended
+            // before any sample was taken: a CI flake).
             "echo \"$CUDA_DEVICE_ORDER ${{CUDA_VISIBLE_DEVICES-unset}}\" > '{}'\n\
              while [ \"$(cat '{}' 2>/dev/null || echo 0)\" -lt 3 ]; do sleep 0.05; done\n\
              {}",
