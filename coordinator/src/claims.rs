@@ -249,6 +249,9 @@ pub fn acknowledge(rd: &RunDir) -> Result<usize> {
     }
     let n = open.len();
     append(rd, Kind::Resolved, Source::Operator, None, "")?;
+    if let Some(state) = rd.state() {
+        crate::journal::note_run(&state, &rd.id);
+    }
     Ok(n)
 }
 

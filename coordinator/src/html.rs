@@ -6,8 +6,8 @@ use kiln_protocol::Sha256;
 use std::fmt::Write;
 
 use crate::fmt::{Markup, fmt_ms, fmt_unix};
-use crate::state::Hosts;
-use crate::status::RunStatus;
+use crate::state::Host;
+use crate::status::{Corruption, RunState, RunStatus, Summary};
 
 /// Escapes text for HTML element content and quoted attribute values
 /// ([`Markup::Html`]: control and bidi characters become visible escapes).
@@ -40,16 +40,25 @@ fn badge(word: &str) -> String {
     format!("<span class=\"{w}\">{w}</span>")
 }
 
+/// [`state_badge`] for a listed run.
+fn summary_badge(s: &Summary) -> String {
+    badges(s.state, s.corrupt.as_ref(), s.contested)
+}
+
 /// The state badge, and a `contested` one while a contested claim waits.
 fn state_badge(s: &RunStatus) -> String {
-    let mut b = badge(s.state.as_str());
-    if let Some(c) = &s.corrupt {
+    badges(s.state, s.corrupt.as_ref(), s.contested)
+}
+
+fn badges(state: RunState, corrupt: Option<&Corruption>, contested: bool) -> String {
+    let mut b = badge(state.as_str());
+    if let Some(c) = corrupt {
         b.push_str(&format!(
             " <small>events.log record {} at byte {}</small>",
             c.record, c.offset
         ));
     }
-    if s.contested {
+    if contested {
         b.push(' ');
         b.push_str(&badge("contested"));
     }
@@ -110,25 +119,40 @@ fn claims(out: &mut String, s: &RunStatus) {
     }
 }
 
-/// The index: every run (newest first) and every host.
-pub fn index(runs: &[RunStatus], hosts: &Hosts) -> String {
+/// What the index page shows: one page of runs and one page of hosts.
+#[derive(Debug)]
+pub struct IndexPage<'a> {
+    /// Runs, newest first.
+    pub runs: &'a [Summary],
+    /// Runs in all.
+    pub total_runs: usize,
+    /// The run id to list older runs before, when there are more.
+    pub older: Option<String>,
+    /// Hosts with the number of runs issued for each.
+    pub hosts: &'a [(&'a Host, usize)],
+    /// Hosts in all.
+    pub total_hosts: usize,
+    /// Index in hosts.toml of the first host shown.
+    pub hosts_from: usize,
+}
+
+/// The runs and hosts index: a bounded page of each, with links to the next.
+pub fn index(p: &IndexPage<'_>) -> String {
     let mut out = String::new();
-    let live = runs
+    let live = p
+        .runs
         .iter()
         .any(|r| r.state.is_live() && r.state.as_str() != "pending");
     head(&mut out, "kiln", live);
     out.push_str("<h1>kiln</h1>\n<h2>Runs</h2>\n");
-    if runs.is_empty() {
+    if p.runs.is_empty() {
         out.push_str("<p>No runs yet: <code>kiln-coordinator ticket issue</code>.</p>\n");
     } else {
         out.push_str(
             "<table><tr><th>run</th><th>plan</th><th>host</th><th>state</th>\
             <th>outcome</th><th>stages</th><th>issued</th></tr>\n",
         );
-        let mut sorted: Vec<&RunStatus> = runs.iter().collect();
-        sorted.sort_by(|a, b| (b.issued_at, &b.run).cmp(&(a.issued_at, &a.run)));
-        for r in sorted {
-            let done = r.stages.iter().filter(|s| s.attempts > 0).count();
+        for r in p.runs {
             let _ = writeln!(
                 out,
                 "<tr><td><a href=\"/runs/{id}\"><code>{short}</code></a></td><td>{plan}</td>\
@@ -138,24 +162,33 @@ pub fn index(runs: &[RunStatus], hosts: &Hosts) -> String {
                 short = escape(r.run.get(..12).unwrap_or(&r.run)),
                 plan = escape(&r.plan),
                 host = escape(&r.host),
-                state = state_badge(r),
-                outcome = r.outcome.map(badge).unwrap_or_default(),
-                total = r.stages.len(),
+                state = summary_badge(r),
+                outcome = r.outcome.as_deref().map(badge).unwrap_or_default(),
+                done = r.stages_done,
+                total = r.stages,
                 issued = fmt_unix(r.issued_at),
             );
         }
         out.push_str("</table>\n");
+        let _ = write!(out, "<p>{} of {} runs", p.runs.len(), p.total_runs);
+        if let Some(older) = &p.older {
+            let _ = write!(
+                out,
+                " · <a href=\"/?before={}\">older runs</a>",
+                escape(older)
+            );
+        }
+        out.push_str("</p>\n");
     }
     out.push_str("<h2>Hosts</h2>\n");
-    if hosts.hosts.is_empty() {
+    if p.total_hosts == 0 {
         out.push_str("<p>No hosts: <code>kiln-coordinator host add</code>.</p>\n");
     } else {
         out.push_str(
             "<table><tr><th>name</th><th>MACs</th><th>serial</th><th>image</th>\
             <th>runs</th></tr>\n",
         );
-        for h in &hosts.hosts {
-            let n = runs.iter().filter(|r| r.host == h.name).count();
+        for (h, n) in p.hosts {
             let _ = writeln!(
                 out,
                 "<tr><td>{}</td><td><code>{}</code></td><td>{}</td><td>{}</td><td>{n}</td></tr>",
@@ -166,6 +199,20 @@ pub fn index(runs: &[RunStatus], hosts: &Hosts) -> String {
             );
         }
         out.push_str("</table>\n");
+        let shown_to = p.hosts_from + p.hosts.len();
+        if p.hosts_from > 0 || shown_to < p.total_hosts {
+            let _ = write!(
+                out,
+                "<p>hosts {} to {} of {}",
+                p.hosts_from + 1,
+                shown_to,
+                p.total_hosts
+            );
+            if shown_to < p.total_hosts {
+                let _ = write!(out, " · <a href=\"/?hosts_from={shown_to}\">more hosts</a>");
+            }
+            out.push_str("</p>\n");
+        }
     }
     out.push_str("</body></html>\n");
     out

@@ -1,8 +1,9 @@
 //! The HTTP server (tiny_http, a pool of threads that grows while all are busy) and
 //! its routes.
 //!
-//! Every handler reads the state folder per request, so tickets issued while the
-//! server runs are served at once. A refusal is a 4xx with a one-line text reason;
+//! Lookups go through the in-memory index (`crate::index`), which follows the change
+//! journal, so tickets issued while the server runs are served at once and no
+//! request's work grows with the number of hosts and runs. A refusal is a 4xx with a one-line text reason;
 //! a panicking handler answers 500 and the worker carries on. Routes and status codes
 //! are listed in `coordinator/HTTP.md`; connection limits in `net.rs`.
 use anyhow::{Context, Result};
@@ -54,6 +55,8 @@ pub struct Ctx {
     pub addr: SocketAddr,
     /// The coordinator's signing key (signs acks), read once at start.
     pub signer: kiln_protocol::SecretKey,
+    /// The in-memory index of the state folder, following its change journal.
+    pub index: crate::index::Index,
 }
 
 /// A refusal on its way to the client.
@@ -156,6 +159,17 @@ impl Server {
         } = limits;
         let ingest = Ingester::new(state)?.with_claim_check(claim_check);
         let signer = state.signing_key()?;
+        let (index, built) = crate::index::Index::build(state, true)?;
+        log::info!(
+            "index: {} runs ({} pending) read in {} ms{}",
+            built.runs,
+            built.pending,
+            built.ms,
+            match built.summarized {
+                0 => String::new(),
+                n => format!("; {n} summary.json written"),
+            }
+        );
         let idle = std::time::Duration::from_secs(60);
         let swept =
             state.cas().sweep_temp(idle) + artifacts::sweep_at_start(state.cas().dir(), idle);
@@ -177,6 +191,7 @@ impl Server {
             uploads: Default::default(),
             addr,
             signer,
+            index,
         };
         let workers = workers.max(1);
         let pool = Arc::new(Pool {
@@ -243,11 +258,14 @@ fn handle(ctx: &Ctx, mut rq: Request) {
     let method = rq.method().clone();
     let url = rq.url().to_string();
     let path = url.split(['?', '#']).next().unwrap_or("").to_string();
-    let reply = std::panic::catch_unwind(AssertUnwindSafe(|| route(ctx, &mut rq, &method, &path)))
-        .unwrap_or_else(|_| {
-            log::error!("{method} {path}: handler panicked");
-            Err(Refusal::new(500, "internal error"))
-        });
+    let query = query_of(&url).to_string();
+    let reply = std::panic::catch_unwind(AssertUnwindSafe(|| {
+        route(ctx, &mut rq, &method, &path, &query)
+    }))
+    .unwrap_or_else(|_| {
+        log::error!("{method} {path}: handler panicked");
+        Err(Refusal::new(500, "internal error"))
+    });
     let resp = match reply {
         Ok(r) => r,
         Err(r) => {
@@ -262,24 +280,24 @@ fn handle(ctx: &Ctx, mut rq: Request) {
     let _ = rq.respond(resp);
 }
 
-fn route(ctx: &Ctx, rq: &mut Request, method: &Method, path: &str) -> Reply {
+fn route(ctx: &Ctx, rq: &mut Request, method: &Method, path: &str, query: &str) -> Reply {
     let segs: Vec<&str> = path.trim_start_matches('/').split('/').collect();
     let get = |m: &Method| matches!(m, Method::Get | Method::Head);
     match segs.as_slice() {
-        [""] => only(get(method), "GET").and_then(|_| pages::index(ctx)),
+        [""] => only(get(method), "GET").and_then(|_| pages::index(ctx, query)),
         ["boot.ipxe"] => only(get(method), "GET")
             .map(|_| text(200, crate::ipxe::boot_script(), "text/plain; charset=utf-8")),
         ["ipxe", mac] => only(get(method), "GET").map(|_| {
             let base = base_url(rq, ctx.addr);
             let mac = mac.replace("%3A", ":").replace("%3a", ":");
-            let script = crate::ipxe::mac_script(&ctx.state, &mac, &base);
+            let script = crate::ipxe::mac_script(&ctx.index, &mac, &base);
             text(200, script, "text/plain; charset=utf-8")
         }),
         ["cas", sha] => {
             only(get(method), "GET").and_then(|_| objects::get(ctx, rq, &parse_sha(sha)?))
         }
         ["runs", run] => only(get(method), "GET").and_then(|_| pages::run(ctx, &parse_run(run)?)),
-        ["v1", "runs"] => only(get(method), "GET").and_then(|_| api::list_runs(ctx)),
+        ["v1", "runs"] => only(get(method), "GET").and_then(|_| api::list_runs(ctx, query)),
         ["v1", "runs", run] => {
             only(get(method), "GET").and_then(|_| api::show_run(ctx, &parse_run(run)?))
         }
@@ -310,10 +328,26 @@ pub fn route_for_fuzzing(ctx: &Ctx, rq: &mut Request) -> u16 {
     let method = rq.method().clone();
     let url = rq.url().to_string();
     let path = url.split(['?', '#']).next().unwrap_or("").to_string();
-    match route(ctx, rq, &method, &path) {
+    match route(ctx, rq, &method, &path, query_of(&url)) {
         Ok(r) => r.status_code().0,
         Err(r) => r.status,
     }
+}
+
+/// The query string of a request target (after `?`, before any `#`).
+fn query_of(url: &str) -> &str {
+    let url = url.split('#').next().unwrap_or("");
+    url.split_once('?').map_or("", |(_, q)| q)
+}
+
+/// The value of `name` in a query string (`a=1&b=2`), undecoded: kiln's parameters
+/// are numbers and run ids, which need no decoding.
+pub(crate) fn param<'q>(query: &'q str, name: &str) -> Option<&'q str> {
+    query
+        .split('&')
+        .filter_map(|kv| kv.split_once('='))
+        .find(|(k, _)| *k == name)
+        .map(|(_, v)| v)
 }
 
 fn only(ok: bool, allowed: &str) -> std::result::Result<(), Refusal> {

@@ -116,8 +116,13 @@ fn note_refused_claim(rd: &RunDir, c: &Cached, body: &[u8], from: Source, r: &Re
         r.reason
     );
     let detail = format!("{} {}", r.status, r.reason);
-    if let Err(e) = claims::append(rd, kind, from, Some(&k), &detail) {
-        log::error!("run {}: recording a {} claim: {e:#}", rd.id, kind.as_str());
+    match claims::append(rd, kind, from, Some(&k), &detail) {
+        Ok(_) => {
+            if let Some(state) = rd.state() {
+                crate::journal::note_run(&state, &rd.id);
+            }
+        }
+        Err(e) => log::error!("run {}: recording a {} claim: {e:#}", rd.id, kind.as_str()),
     }
 }
 
@@ -238,12 +243,17 @@ impl Ingester {
                     return Err(r);
                 }
             };
+            let was_finished = c.finished;
             store(rd, c, &v, from).map_err(|e| {
                 c.len = u64::MAX; // forces a rescan next time
                 Refusal::internal(e)
             })?;
             if mode == Mode::Online {
                 rd.touch_seen();
+            }
+            // The index cares when a run stops being pending and when it ends.
+            if v.bind || c.finished != was_finished {
+                crate::journal::note_run(&self.state, run);
             }
             let command = match rd.abort_request() {
                 Some(reason) if !c.finished => Command::Abort { reason },
@@ -330,6 +340,9 @@ impl Ingester {
         };
         if result.is_err() && made_cas {
             let _ = std::fs::remove_dir(cas.dir());
+        }
+        if result.is_ok() {
+            crate::journal::note_run(&self.state, &ticket.run);
         }
         result
     }

@@ -3,8 +3,8 @@ use anyhow::Result;
 use kiln_protocol::{Mac, RunId};
 use std::fmt::Write as _;
 
-use crate::images::{self, Image};
-use crate::state::State;
+use crate::images::Image;
+use crate::index::Index;
 
 /// Console arguments added when an image's cmdline names no `console=`: the serial
 /// port last, so it is `/dev/console` (IPMI serial-over-LAN and qemu tests read it).
@@ -20,14 +20,14 @@ pub fn boot_script() -> String {
 /// `GET /ipxe/{mac}`: kernel + initrd of the host's image with `kiln.url=` and
 /// `kiln.run=` for its next pending run; `exit` for unknown MACs or nothing pending.
 /// `base_url` is the coordinator as the booting machine reached it.
-pub fn mac_script(state: &State, mac: &str, base_url: &str) -> String {
+pub fn mac_script(index: &Index, mac: &str, base_url: &str) -> String {
     let Ok(mac) = mac.parse::<Mac>() else {
         return exit_script("not a MAC address");
     };
     if !safe_base_url(base_url) {
         return exit_script("the coordinator's address is not usable in a script");
     }
-    match plan_boot(state, &mac) {
+    match plan_boot(index, &mac) {
         Ok(Boot::Run { host, image, run }) => run_script(&host, &image, &run, &mac, base_url),
         Ok(Boot::Exit(why)) => exit_script(&why),
         Err(e) => {
@@ -53,22 +53,24 @@ pub enum Boot {
     Exit(String),
 }
 
-/// Decides what the machine with `mac` boots.
-pub fn plan_boot(state: &State, mac: &Mac) -> Result<Boot> {
-    let hosts = state.hosts()?;
+/// Decides what the machine with `mac` boots (from the index: no work that grows
+/// with the number of hosts or runs).
+pub fn plan_boot(index: &Index, mac: &Mac) -> Result<Boot> {
+    let state = index.state();
+    let hosts = index.hosts()?;
     let Some(host) = hosts.by_mac(mac) else {
         return Ok(Boot::Exit(format!("unknown MAC {mac}")));
     };
     let Some(image_name) = &host.image else {
         return Ok(Boot::Exit(format!("host {} has no image", host.name)));
     };
-    let Some(run) = crate::store::next_pending(state, &state.public_key()?, mac)? else {
+    let Some(run) = index.next_pending(mac)? else {
         return Ok(Boot::Exit(format!(
             "nothing pending for host {}",
             host.name
         )));
     };
-    let Some(image) = images::load(state)?.get(image_name).cloned() else {
+    let Some(image) = index.images()?.get(image_name).cloned() else {
         return Ok(Boot::Exit(format!(
             "host {} names image {image_name}, which is not registered",
             host.name

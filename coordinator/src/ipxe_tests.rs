@@ -1,10 +1,18 @@
 //! Unit tests for the iPXE scripts and the dnsmasq snippet.
 use super::*;
-use crate::state::{Host, Hosts};
+use crate::images;
+use crate::state::{Host, Hosts, State};
 use kiln_protocol::{HostBinding, HostSpec, Plan, SecretKey, SignedTicket, Ticket};
 use std::path::PathBuf;
 
 const MAC: &str = "52:54:00:12:34:56";
+
+/// The script for `mac` from an index built now (these tests write run folders
+/// directly, not through the journal).
+fn script(s: &State, mac: &str, base: &str) -> String {
+    let (index, _) = Index::build(s, true).unwrap();
+    mac_script(&index, mac, base)
+}
 
 fn setup(image: Option<&str>) -> (tempfile::TempDir, State) {
     let d = tempfile::tempdir().unwrap();
@@ -76,21 +84,21 @@ fn boot_script_chains_to_the_mac_script() {
 #[test]
 fn unknown_mac_and_bad_input_exit() {
     let (_d, s) = setup(Some("burnin"));
-    let out = mac_script(&s, "52:54:00:ff:ff:ff", "http://10.0.2.2:7373");
+    let out = script(&s, "52:54:00:ff:ff:ff", "http://10.0.2.2:7373");
     assert!(
         out.ends_with("exit\n") && out.contains("unknown MAC 52:54:00:ff:ff:ff"),
         "{out}"
     );
-    let out = mac_script(&s, "nonsense\nshell", "http://10.0.2.2:7373");
+    let out = script(&s, "nonsense\nshell", "http://10.0.2.2:7373");
     assert!(out.ends_with("exit\n") && !out.contains("shell"), "{out}");
-    let out = mac_script(&s, MAC, "http://x\nshell");
+    let out = script(&s, MAC, "http://x\nshell");
     assert!(out.ends_with("exit\n") && !out.contains("shell"), "{out}");
 }
 
 #[test]
 fn known_host_with_nothing_pending_exits() {
     let (_d, s) = setup(Some("burnin"));
-    let out = mac_script(&s, MAC, "http://10.0.2.2:7373");
+    let out = script(&s, MAC, "http://10.0.2.2:7373");
     assert!(
         out.contains("nothing pending for host node1") && out.ends_with("exit\n"),
         "{out}"
@@ -98,14 +106,14 @@ fn known_host_with_nothing_pending_exits() {
     // A run that has started (has events) is no longer pending.
     let run = issue(&s, "node1", 1, 10, &s.signing_key().unwrap());
     std::fs::write(s.run_dir(&run).join("events.log"), b"\x01\x00").unwrap();
-    assert!(mac_script(&s, MAC, "http://h:1").ends_with("exit\n"));
+    assert!(script(&s, MAC, "http://h:1").ends_with("exit\n"));
 }
 
 #[test]
 fn host_without_image_exits() {
     let (_d, s) = setup(None);
     issue(&s, "node1", 1, 10, &s.signing_key().unwrap());
-    let out = mac_script(&s, MAC, "http://h:1");
+    let out = script(&s, MAC, "http://h:1");
     assert!(
         out.contains("has no image") && out.ends_with("exit\n"),
         "{out}"
@@ -122,7 +130,7 @@ fn pending_host_boots_its_oldest_run_by_cas_urls() {
     // Signed by another key: never booted.
     issue(&s, "node1", 5, 1, &SecretKey::from_seed([9; 32]));
     let img = images::load(&s).unwrap().get("burnin").unwrap().clone();
-    let out = mac_script(&s, "52-54-00-12-34-56", "http://10.0.2.2:7373/");
+    let out = script(&s, "52-54-00-12-34-56", "http://10.0.2.2:7373/");
     let want = format!(
         "#!ipxe\necho kiln: host node1 run {oldest} image burnin\n\
          kernel http://10.0.2.2:7373/cas/{k} initrd=initrd kiln.url=http://10.0.2.2:7373 \
@@ -140,7 +148,7 @@ fn missing_cas_object_exits() {
     issue(&s, "node1", 1, 10, &s.signing_key().unwrap());
     let img = images::load(&s).unwrap().get("burnin").unwrap().clone();
     std::fs::remove_file(s.cas().path(&img.initrd_sha().unwrap())).unwrap();
-    let out = mac_script(&s, MAC, "http://h:1");
+    let out = script(&s, MAC, "http://h:1");
     assert!(
         out.contains("missing from cas/") && out.ends_with("exit\n"),
         "{out}"

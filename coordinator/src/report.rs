@@ -23,8 +23,7 @@ pub fn runs_table(list: &[Summary]) -> String {
         "{:<32}  {:<16} {:<12} {:<9} {:<9} {:>6}  ISSUED",
         "RUN", "PLAN", "HOST", "STATE", "OUTCOME", "STAGES"
     );
-    for sum in list {
-        let s = sum.status();
+    for s in list {
         let _ = writeln!(
             o,
             "{:<32}  {:<16} {:<12} {:<9} {:<9} {:>6}  {}",
@@ -32,12 +31,12 @@ pub fn runs_table(list: &[Summary]) -> String {
             visible(&s.plan),
             visible(&s.host),
             state_word(s.state, s.contested),
-            s.outcome.unwrap_or("-"),
-            format!("{}/{}", sum.stages_done(), s.stages.len()),
+            s.outcome.as_deref().unwrap_or("-"),
+            format!("{}/{}", s.stages_done, s.stages),
             fmt_unix(s.issued_at)
         );
     }
-    for s in list.iter().map(Summary::status) {
+    for s in list {
         if let Some(c) = &s.corrupt {
             let _ = writeln!(o, "{}  corrupt: {}", s.run, visible(&c.to_string()));
         }

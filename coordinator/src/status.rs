@@ -6,7 +6,7 @@
 //! live only in fields ending in `_ms` or `_at`.
 use anyhow::Result;
 use kiln_protocol::{Frame, PublicKey, Ticket};
-use serde::Serialize;
+use serde::{Deserialize, Serialize};
 
 use crate::claims::{ClaimEvent, Kind};
 use crate::fsutil::now_ms;
@@ -25,7 +25,7 @@ pub const ABORT_GRACE_MS: u64 = kiln_protocol::STALE_AFTER_MS;
 pub const LOG_TAIL: usize = 50;
 
 /// Where a run is in its life.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "snake_case")]
 pub enum RunState {
     /// Issued, not yet claimed by an agent.
@@ -305,4 +305,4 @@ pub use folder::{Folder, fold};
 #[cfg(test)]
 mod tests;
 
-pub use cache::with_folded;
+pub use cache::{forget, with_folded};

@@ -34,6 +34,8 @@ pub mod files {
     /// Claim events: who claimed the run from where, contested and refused claims
     /// (written and read by `claims.rs`).
     pub const CLAIMS: &str = "claims";
+    /// A finished run's listing row (`crate::index`), derived, rebuilt if missing.
+    pub const SUMMARY: &str = "summary.json";
 }
 
 /// An operator's abort request of a run (`runs/<run>/abort`).
@@ -61,6 +63,15 @@ impl RunDir {
             id,
             dir: state.run_dir(&id),
         }
+    }
+
+    /// The state folder holding this run folder (`<state>/runs/<id>`); `None` for a
+    /// folder elsewhere (tests).
+    pub fn state(&self) -> Option<State> {
+        let runs = self.dir.parent()?;
+        (runs.file_name()? == "runs").then(|| State {
+            root: runs.parent().unwrap_or(runs).to_path_buf(),
+        })
     }
 
     /// Path of one of the [`files`].
@@ -193,7 +204,7 @@ pub struct RunLock {
 /// A record of events.log that does not decode: where it starts and which it is.
 /// Every reader (listings, `run show`, the pages, the JSON, ingest) finds it with
 /// [`Scan`], so all of them name the same record by the same numbers.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, serde::Deserialize)]
 pub struct Corruption {
     /// Byte offset in events.log of the record's first byte.
     pub offset: u64,
@@ -345,5 +356,9 @@ pub fn request_abort(run: &RunDir, key: &PublicKey, reason: &str) -> Result<()> 
         &run.path(files::ABORT),
         format!("{reason}\n").as_bytes(),
         0o644,
-    )
+    )?;
+    if let Some(state) = run.state() {
+        crate::journal::note_run(&state, &run.id);
+    }
+    Ok(())
 }

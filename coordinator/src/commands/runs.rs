@@ -8,13 +8,38 @@ use crate::exit;
 use crate::limits::Limits;
 use crate::report::{log_lines, runs_table, show_text, stage_index, stage_name};
 use crate::state::State;
-use crate::status::{load, summaries};
+use crate::status::load;
 use crate::store::{Events, RunDir, files};
 use crate::visible::{json_safe, shown, visible};
 
 /// `runs`.
+/// Oldest first, as before paging existed; with `--limit` the newest N (before
+/// `--before`), still oldest first, and where the next page starts on stderr.
 pub fn cmd_runs(state: &State, c: &RunsCmd) -> Result<i32> {
-    let list = summaries(state, &state.public_key()?)?;
+    if let Some(n) = c.limit
+        && !(1..=crate::index::MAX_PAGE).contains(&n)
+    {
+        bail!("--limit must be 1 to {}", crate::index::MAX_PAGE);
+    }
+    let before = match &c.before {
+        Some(r) => Some(state.resolve_run(r)?),
+        None => None,
+    };
+    let (index, _) = crate::index::Index::build(state, false)?;
+    let mut list = match (c.limit, before) {
+        (None, None) => index.all()?,
+        (limit, before) => {
+            let page = index.page(limit.unwrap_or(crate::index::MAX_PAGE), before.as_ref())?;
+            if let Some(next) = page.next {
+                eprintln!(
+                    "older runs: kiln-coordinator runs --limit {} --before {next}",
+                    page.rows.len()
+                );
+            }
+            page.rows
+        }
+    };
+    list.reverse();
     if c.json {
         println!("{}", json_safe(serde_json::to_string_pretty(&list)?));
     } else {
@@ -144,6 +169,13 @@ pub struct RunsCmd {
     /// JSON output
     #[argh(switch)]
     pub json: bool,
+    /// only the newest N runs (1 to 1000; all when not given)
+    #[argh(option)]
+    pub limit: Option<usize>,
+    /// only runs older than this one (the run id or prefix printed as the next
+    /// page's cursor)
+    #[argh(option)]
+    pub before: Option<String>,
 }
 
 /// Stages, outcomes, measurements, artifacts.

@@ -28,11 +28,56 @@ fn existing(ctx: &Ctx, run: &RunId) -> Result<RunDir, Refusal> {
     }
 }
 
-/// `GET /v1/runs`: every run's summary, JSON.
-pub fn list_runs(ctx: &Ctx) -> Reply {
-    let list = crate::status::summaries(&ctx.state, ctx.ingest.key()).map_err(internal)?;
-    let body = serde_json::to_string_pretty(&list).expect("summaries always encode");
-    Ok(text(200, body, JSON))
+/// Rows in a `GET /v1/runs` page without `limit=`.
+pub const DEFAULT_PAGE: usize = 100;
+
+/// `GET /v1/runs[?limit=N][&cursor=RUN]`: a page of run summaries, newest first,
+/// JSON; the next (older) page's address in a `Link: <…>; rel="next"` header.
+pub fn list_runs(ctx: &Ctx, query: &str) -> Reply {
+    let (limit, before) = page_params(query)?;
+    let page = ctx.index.page(limit, before.as_ref()).map_err(|e| {
+        if before.is_some_and(|b| !ctx.index.has(&b)) {
+            Refusal::new(400, format!("{e:#}"))
+        } else {
+            internal(e)
+        }
+    })?;
+    let body = serde_json::to_string_pretty(&page.rows).expect("summaries always encode");
+    let mut resp = text(200, crate::visible::json_safe(body), JSON);
+    if let Some(next) = page.next {
+        resp.add_header(hdr(
+            "Link",
+            &format!("</v1/runs?limit={limit}&cursor={next}>; rel=\"next\""),
+        ));
+    }
+    resp.add_header(hdr("Kiln-Total-Runs", &page.total.to_string()));
+    Ok(resp)
+}
+
+/// `limit=` (1 to [`crate::index::MAX_PAGE`], default [`DEFAULT_PAGE`]) and
+/// `cursor=` (the last run id of the previous page) of a listing.
+pub(super) fn page_params(query: &str) -> Result<(usize, Option<RunId>), Refusal> {
+    let limit = match super::param(query, "limit") {
+        None => DEFAULT_PAGE,
+        Some(v) => v
+            .parse::<usize>()
+            .ok()
+            .filter(|n| (1..=crate::index::MAX_PAGE).contains(n))
+            .ok_or_else(|| {
+                Refusal::new(
+                    400,
+                    format!("limit must be 1 to {}", crate::index::MAX_PAGE),
+                )
+            })?,
+    };
+    let before = match super::param(query, "cursor") {
+        None => None,
+        Some(v) => Some(
+            v.parse::<RunId>()
+                .map_err(|_| Refusal::new(400, "cursor must be a run id"))?,
+        ),
+    };
+    Ok((limit, before))
 }
 
 /// `GET /v1/runs/{run}`: the run's status, JSON.
@@ -56,7 +101,7 @@ pub fn host_ticket(ctx: &Ctx, mac: &str) -> Reply {
         .replace("%3a", ":")
         .parse()
         .map_err(|_| Refusal::new(400, "invalid MAC address"))?;
-    let next = crate::store::next_pending(&ctx.state, ctx.ingest.key(), &mac).map_err(internal)?;
+    let next = ctx.index.next_pending(&mac).map_err(internal)?;
     let Some(run) = next else {
         return Err(Refusal::new(404, format!("no pending ticket for {mac}")));
     };

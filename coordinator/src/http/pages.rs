@@ -7,15 +7,55 @@ use crate::store::RunDir;
 
 const HTML: &str = "text/html; charset=utf-8";
 
-/// The runs and hosts index.
-pub fn index(ctx: &Ctx) -> Reply {
-    let runs = crate::status::statuses(&ctx.state, ctx.ingest.key())
-        .map_err(|e| Refusal::new(500, format!("{e:#}")))?;
-    let hosts = ctx.state.hosts().unwrap_or_else(|e| {
+/// Rows of each table on the index page.
+pub const PAGE_ROWS: usize = 100;
+
+/// The runs and hosts index: the newest [`PAGE_ROWS`] runs (`?before=RUN` for
+/// older ones) and [`PAGE_ROWS`] hosts (`?hosts_from=N` for the next).
+pub fn index(ctx: &Ctx, query: &str) -> Reply {
+    let bad = |what: &str| Refusal::new(400, what.to_string());
+    let before = match super::param(query, "before") {
+        Some(v) => Some(
+            v.parse::<RunId>()
+                .map_err(|_| bad("before must be a run id"))?,
+        ),
+        None => None,
+    };
+    let hosts_from = match super::param(query, "hosts_from") {
+        Some(v) => v
+            .parse::<usize>()
+            .map_err(|_| bad("hosts_from must be a number"))?,
+        None => 0,
+    };
+    if before.is_some_and(|b| !ctx.index.has(&b)) {
+        return Err(bad("no such run to list before"));
+    }
+    let internal = |e: anyhow::Error| Refusal::new(500, format!("{e:#}"));
+    let page = ctx
+        .index
+        .page(PAGE_ROWS, before.as_ref())
+        .map_err(internal)?;
+    let table = ctx.index.hosts().unwrap_or_else(|e| {
         log::warn!("{e:#}");
         Default::default()
     });
-    Ok(text(200, crate::html::index(&runs, &hosts), HTML))
+    let hosts: Vec<(&crate::state::Host, usize)> = table
+        .hosts
+        .hosts
+        .iter()
+        .skip(hosts_from)
+        .take(PAGE_ROWS)
+        .map(|h| (h, ctx.index.runs_of(&h.name)))
+        .collect();
+    let html = crate::html::index(&crate::html::IndexPage {
+        runs: &page.rows,
+        total_runs: page.total,
+        older: page.next.map(|n| n.to_string()),
+        hosts: &hosts,
+        total_hosts: table.hosts.hosts.len(),
+        hosts_from,
+    });
+    Ok(text(200, html, HTML))
 }
 
 /// One run's live report.

@@ -112,3 +112,12 @@ fn fold_from(rd: &RunDir, path: &std::path::Path, e: &mut Entry) -> Result<()> {
     e.folder.set_corrupt(e.scan.corrupt.clone());
     Ok(())
 }
+
+/// Drops the run's entry (a finished run whose summary is kept on disk needs no
+/// fold in memory).
+pub fn forget(rd: &RunDir) {
+    CACHE
+        .lock()
+        .unwrap_or_else(PoisonError::into_inner)
+        .remove(&rd.dir);
+}

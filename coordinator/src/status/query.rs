@@ -2,56 +2,72 @@
 //! `runs --json` and `GET /v1/runs`.
 use anyhow::Result;
 use kiln_protocol::PublicKey;
-use serde::ser::{Serialize, SerializeStruct, Serializer};
+use serde::{Deserialize, Serialize};
 
-use super::{RunStatus, current};
+use super::{RunState, RunStatus, current};
 use crate::state::State;
-use crate::store::RunDir;
+use crate::store::{Corruption, RunDir};
 
-/// One line of `runs --json` and `GET /v1/runs`: a view of a [`RunStatus`] that
-/// serializes only its headline fields (run, plan, host, state, outcome,
-/// exit_status, frames, stages, stages_done, issued_at, expires_at, last_seen_ms,
-/// corrupt, contested), stages as counts.
-#[derive(Debug, Clone)]
-pub struct Summary(pub RunStatus);
+/// A run's headline, as listed (`runs`, `GET /v1/runs`, the index page): the
+/// fields of its [`RunStatus`] a listing shows, owned, so a finished run's summary
+/// can be kept in its folder (`summary.json`) and listed without folding its log.
+/// Serialized in this field order (the `GET /v1/runs` shape).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Summary {
+    /// Run id (32 hex digits).
+    pub run: String,
+    /// Plan name.
+    pub plan: String,
+    /// Host name of the ticket's binding.
+    pub host: String,
+    /// Life-cycle state.
+    pub state: RunState,
+    /// The outcome once the run finished.
+    pub outcome: Option<String>,
+    /// The agent-like exit status once the run ended.
+    pub exit_status: Option<i32>,
+    /// Frames stored.
+    pub frames: u64,
+    /// Stages in the plan.
+    pub stages: usize,
+    /// Stages with at least one attempt.
+    pub stages_done: usize,
+    /// Ticket issue time, unix seconds.
+    pub issued_at: u64,
+    /// Ticket expiry, unix seconds.
+    pub expires_at: u64,
+    /// Coordinator clock of the last batch, unix ms.
+    pub last_seen_ms: Option<u64>,
+    /// The first corrupt record of events.log, when state is `corrupt`.
+    pub corrupt: Option<Corruption>,
+    /// A contested claim waits for an operator.
+    pub contested: bool,
+}
 
-impl Summary {
-    /// The run's status.
-    pub fn status(&self) -> &RunStatus {
-        &self.0
-    }
-
-    /// Stages with at least one finished attempt.
-    pub fn stages_done(&self) -> usize {
-        self.0.stages.iter().filter(|st| st.attempts > 0).count()
+impl From<&RunStatus> for Summary {
+    fn from(s: &RunStatus) -> Self {
+        Summary {
+            run: s.run.clone(),
+            plan: s.plan.clone(),
+            host: s.host.clone(),
+            state: s.state,
+            outcome: s.outcome.map(str::to_string),
+            exit_status: s.exit_status,
+            frames: s.frames,
+            stages: s.stages.len(),
+            stages_done: s.stages.iter().filter(|st| st.attempts > 0).count(),
+            issued_at: s.issued_at,
+            expires_at: s.expires_at,
+            last_seen_ms: s.last_seen_ms,
+            corrupt: s.corrupt.clone(),
+            contested: s.contested,
+        }
     }
 }
 
 impl From<RunStatus> for Summary {
     fn from(s: RunStatus) -> Self {
-        Summary(s)
-    }
-}
-
-impl Serialize for Summary {
-    fn serialize<S: Serializer>(&self, ser: S) -> Result<S::Ok, S::Error> {
-        let s = &self.0;
-        let mut m = ser.serialize_struct("Summary", 14)?;
-        m.serialize_field("run", &s.run)?;
-        m.serialize_field("plan", &s.plan)?;
-        m.serialize_field("host", &s.host)?;
-        m.serialize_field("state", &s.state)?;
-        m.serialize_field("outcome", &s.outcome)?;
-        m.serialize_field("exit_status", &s.exit_status)?;
-        m.serialize_field("frames", &s.frames)?;
-        m.serialize_field("stages", &s.stages.len())?;
-        m.serialize_field("stages_done", &self.stages_done())?;
-        m.serialize_field("issued_at", &s.issued_at)?;
-        m.serialize_field("expires_at", &s.expires_at)?;
-        m.serialize_field("last_seen_ms", &s.last_seen_ms)?;
-        m.serialize_field("corrupt", &s.corrupt)?;
-        m.serialize_field("contested", &s.contested)?;
-        m.end()
+        Summary::from(&s)
     }
 }
 
@@ -74,7 +90,7 @@ pub fn statuses(state: &State, key: &PublicKey) -> Result<Vec<RunStatus>> {
 
 /// Every run's summary, oldest first.
 pub fn summaries(state: &State, key: &PublicKey) -> Result<Vec<Summary>> {
-    let mut list: Vec<Summary> = statuses(state, key)?.into_iter().map(Summary).collect();
-    list.sort_by(|a, b| (a.0.issued_at, &a.0.run).cmp(&(b.0.issued_at, &b.0.run)));
+    let mut list: Vec<Summary> = statuses(state, key)?.iter().map(Summary::from).collect();
+    list.sort_by(|a, b| (a.issued_at, &a.run).cmp(&(b.issued_at, &b.run)));
     Ok(list)
 }

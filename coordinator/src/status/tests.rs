@@ -299,7 +299,7 @@ fn a_summary_serializes_the_headline_fields_of_its_status_in_order() {
         done(0, 1, Outcome::Passed),
     ]);
     let s = at(&t, &f, Some(NOW), None, NOW);
-    let json = serde_json::to_string(&Summary(s)).unwrap();
+    let json = serde_json::to_string(&Summary::from(&s)).unwrap();
     assert_eq!(
         json,
         format!(

@@ -88,6 +88,7 @@ pub fn issue(
         .map_err(|e| anyhow::anyhow!("cannot issue a ticket for {}: {e}", plan.display()))?;
     let file = SignedTicket::sign(&ticket, &key).to_file();
     write_atomic(&state.run_dir(&run).join("ticket.kiln"), &file, 0o644)?;
+    crate::journal::note_run(state, &run);
     Ok(Issued {
         run,
         ticket,

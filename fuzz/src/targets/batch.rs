@@ -53,9 +53,15 @@ impl Batch {
         let (s, tails) = status::current_with_tails(&rd, key).expect("status of a stored run");
         let _ = html::run_page(&s, &tails, &|_| true);
         let _ = status::to_json(&s);
-        let runs = status::statuses(state, key).expect("statuses");
-        let _ = html::index(&runs, &Default::default());
-        status::summaries(state, key).expect("summaries");
+        let runs = status::summaries(state, key).expect("summaries");
+        let _ = html::index(&html::IndexPage {
+            runs: &runs,
+            total_runs: runs.len(),
+            older: None,
+            hosts: &[],
+            total_hosts: 0,
+            hosts_from: 0,
+        });
         let frames = rd.frames().expect("stored frames");
         let _ = report::log_lines(&frames).count();
     }

@@ -34,6 +34,9 @@ impl Http {
             uploads: Default::default(),
             addr: "127.0.0.1:7373".parse().expect("addr"),
             signer: fixtures::coordinator_key(),
+            index: kiln_coordinator::index::Index::build(&lab.state, true)
+                .expect("index")
+                .0,
         };
         Http {
             _lab: lab,
