@@ -314,6 +314,9 @@ impl Ingester {
             import.commit(rd).map_err(failed)
         };
         let rd = RunDir::new(&self.state, ticket.run);
+        // What was stored before, to tell the index only of a change (a repeated
+        // import writes nothing at all).
+        let mut before = None;
         let result = if !rd.dir.exists() {
             // Nobody writes a run without a folder: no lock until it exists.
             go(&rd, Cached::empty(ticket), Some(ticket_file)).map(|c| c.upto)
@@ -333,6 +336,9 @@ impl Ingester {
                 } else {
                     Cached::empty(ticket)
                 };
+                if had_ticket {
+                    before = Some(c.upto);
+                }
                 let stored = go(rd, c, (!had_ticket).then_some(ticket_file));
                 *slot = stored.as_ref().ok().cloned();
                 stored.map(|c| c.upto)
@@ -341,7 +347,9 @@ impl Ingester {
         if result.is_err() && made_cas {
             let _ = std::fs::remove_dir(cas.dir());
         }
-        if result.is_ok() {
+        if let Ok(upto) = result
+            && before != Some(upto)
+        {
             crate::journal::note_run(&self.state, &ticket.run);
         }
         result

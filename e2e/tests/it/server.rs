@@ -16,6 +16,7 @@ mod import;
 mod ingest;
 mod interrupted;
 mod limits;
+mod live_index;
 mod pending;
 mod routes;
 mod terminal;
@@ -98,13 +99,29 @@ pub fn ticket(run: RunId, plan: &str, stages: Vec<Stage>, issued_at: u64) -> Tic
     }
 }
 
-/// Signs `t` with the state key and writes `runs/<run>/ticket.kiln`, as `ticket issue` does.
+/// Signs `t` with the state key and writes `runs/<run>/ticket.kiln`, then tells a
+/// running coordinator through the state folder's change journal, as `ticket issue`
+/// does.
 pub fn write_ticket(state: &Path, t: &Ticket) -> SignedTicket {
     let st = SignedTicket::sign(t, &state_key(state));
     let dir = state.join("runs").join(t.run.to_string());
     std::fs::create_dir_all(&dir).expect("mkdir");
     std::fs::write(dir.join("ticket.kiln"), st.to_file()).expect("write ticket");
+    note_journal(state, &t.run);
     st
+}
+
+/// Appends `run <id>` to the state folder's change journal (`journal.rs` in the
+/// coordinator), as every writer of a run folder does.
+pub fn note_journal(state: &Path, run: &RunId) {
+    use std::io::Write;
+    let mut j = std::fs::OpenOptions::new()
+        .create(true)
+        .append(true)
+        .open(state.join("journal"))
+        .expect("open journal");
+    j.write_all(format!("run {run}\n").as_bytes())
+        .expect("append to journal");
 }
 
 /// Issues a two-stage ticket (`build`, `test`) issued now; returns the run.
@@ -279,6 +296,8 @@ pub fn call(req: ureq::Request, body: Option<&[u8]>) -> Answer {
         "Kiln-Run",
         "Content-Type",
         "Kiln-Upload-Offset",
+        "Kiln-Total-Runs",
+        "Link",
     ]
     .iter()
     .filter_map(|h| resp.header(h).map(|v| (h.to_string(), v.to_string())))

@@ -94,6 +94,11 @@ pub(super) fn snapshot(dir: &Path) -> Snapshot {
         for e in std::fs::read_dir(&d).expect("read_dir").flatten() {
             let p = e.path();
             let rel = p.strip_prefix(dir).unwrap().to_path_buf();
+            // The change journal is a best-effort hint to a running server (an append
+            // that meets the full disk is logged and dropped), not part of the state.
+            if rel.as_os_str() == "journal" {
+                continue;
+            }
             if p.is_dir() {
                 out.push((rel, None));
                 stack.push(p);
