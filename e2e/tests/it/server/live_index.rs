@@ -207,3 +207,115 @@ fn listings_come_in_pages_newest_first() {
     let page = get(&c.url, "/").text();
     assert!(page.contains("8 of 8 runs"), "{page}");
 }
+
+/// What a server answers about the lab: every run's summary (newest first) and
+/// each MAC's pending ticket.
+fn answers(url: &str, macs: &[String]) -> (serde_json::Value, Vec<Option<String>>) {
+    let a = get(url, "/v1/runs?limit=1000");
+    assert_eq!(a.status, 200, "{}", a.text());
+    let runs: serde_json::Value = serde_json::from_slice(&a.body).unwrap();
+    let pending = macs
+        .iter()
+        .map(|m| {
+            let a = get(url, &format!("/v1/hosts/{m}/ticket"));
+            match a.status {
+                200 => a.header("Kiln-Run").map(str::to_string),
+                404 => None,
+                s => panic!("/v1/hosts/{m}/ticket: {s} {}", a.text()),
+            }
+        })
+        .collect();
+    (runs, pending)
+}
+
+#[test]
+fn a_running_servers_answers_equal_a_fresh_read_of_the_folder_after_mixed_writes() {
+    let (d, state) = fresh_state();
+    let macs: Vec<String> = (0..4).map(|i| format!("52:54:00:00:10:0{i}")).collect();
+    let host_add = |i: usize| {
+        let o = kc(
+            &state,
+            &["host", "add", &format!("n{i}"), "--mac", &macs[i]],
+        );
+        assert_eq!(o.code, 0, "host add: {}", o.stderr);
+    };
+    host_add(0);
+    host_add(1);
+    let plan = write(
+        d.path(),
+        "plan.toml",
+        "[[stage]]\nname = \"inv\"\nkind = \"inventory\"\n",
+    );
+    let c = Coordinator::start(&state);
+    let mut runs: Vec<RunId> = Vec::new();
+    let mut claimed: Vec<Reporter> = Vec::new();
+    // A fixed, varied sequence: issue, claim over HTTP, finish over HTTP, abort,
+    // a host added while serving.
+    let script = "iiIcicaiFhicIfaicfiIca";
+    for (step, op) in script.chars().enumerate() {
+        match op {
+            'i' | 'I' => {
+                let host = if op == 'i' { "n0" } else { "n1" };
+                let o = kc(
+                    &state,
+                    &["ticket", "issue", "--plan", p(&plan), "--host", host],
+                );
+                assert_eq!(o.code, 0, "ticket issue: {}", o.stderr);
+                runs.push(o.stdout.trim().parse().expect("run id"));
+            }
+            'c' => {
+                let m = &macs[step % 2];
+                let a = get(&c.url, &format!("/v1/hosts/{m}/ticket"));
+                if let Some(run) = a.header("Kiln-Run") {
+                    let mut r = Reporter::new(run.parse().unwrap());
+                    let claim = r.claim();
+                    let f = r.frames(vec![claim]);
+                    assert_eq!(post_batch(&c.url, &r.run.clone(), &r.seal(f)).status, 200);
+                    claimed.push(r);
+                }
+            }
+            'f' | 'F' => {
+                if let Some(mut r) = claimed.pop() {
+                    let outcome = if op == 'f' {
+                        Outcome::Passed
+                    } else {
+                        Outcome::Failed
+                    };
+                    let f = r.frames(vec![Event::RunFinished { outcome }]);
+                    let run = r.run;
+                    assert_eq!(post_batch(&c.url, &run, &r.seal(f)).status, 200);
+                }
+            }
+            'a' => {
+                let run = runs[step % runs.len()].to_string();
+                // Refused for a finished run: fine, that is a write that did not happen.
+                let _ = kc(&state, &["run", "abort", &run, "--reason", "mix"]);
+            }
+            'h' => host_add(2),
+            other => unreachable!("{other}"),
+        }
+    }
+    let live = answers(&c.url, &macs);
+    let fresh = Coordinator::start(&state);
+    let from_disk = answers(&fresh.url, &macs);
+    assert_eq!(
+        live, from_disk,
+        "a following index and one built from the folder"
+    );
+    assert!(live.1.iter().any(Option::is_some), "{:?}", live.1);
+    let states: Vec<&str> = live
+        .0
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|r| r["state"].as_str().unwrap())
+        .collect();
+    for want in ["pending", "claimed", "finished", "aborted"] {
+        assert!(states.contains(&want), "{want} in {states:?}");
+    }
+    // And the command line, reading the folder itself.
+    let o = kc(&state, &["runs", "--json"]);
+    let mut cli: serde_json::Value = serde_json::from_str(&o.stdout).unwrap();
+    cli.as_array_mut().unwrap().reverse();
+    assert_eq!(cli, live.0);
+}
