@@ -185,6 +185,15 @@ fn start(state: &Path) -> (Child, String, Duration) {
     }
 }
 
+/// Kills the coordinator when the benchmark ends, however it ends.
+struct Reap(Child);
+impl Drop for Reap {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
 /// The child: serve `state` until killed.
 fn child(state: &Path, addr_file: &Path) {
     let state = State::open(state).expect("state");
@@ -229,22 +238,40 @@ impl Conn {
             .nth(1)
             .and_then(|s| s.parse().ok())
             .unwrap_or(0);
-        let mut len = None;
+        let (mut len, mut chunked) = (None, false);
         loop {
             line.clear();
             self.r.read_line(&mut line).expect("header");
             if line == "\r\n" || line.is_empty() {
                 break;
             }
-            if let Some((k, v)) = line.split_once(':')
-                && k.eq_ignore_ascii_case("content-length")
-            {
-                len = v.trim().parse::<usize>().ok();
+            if let Some((k, v)) = line.split_once(':') {
+                if k.eq_ignore_ascii_case("content-length") {
+                    len = v.trim().parse::<usize>().ok();
+                } else if k.eq_ignore_ascii_case("transfer-encoding") {
+                    chunked = v.trim().eq_ignore_ascii_case("chunked");
+                }
             }
         }
-        let mut body = vec![0; len.expect("a Content-Length answer")];
-        self.r.read_exact(&mut body).expect("body");
-        (status, body)
+        if !chunked {
+            let mut body = vec![0; len.expect("a Content-Length or chunked answer")];
+            self.r.read_exact(&mut body).expect("body");
+            return (status, body);
+        }
+        let mut body = Vec::new();
+        loop {
+            line.clear();
+            self.r.read_line(&mut line).expect("chunk size");
+            let n = usize::from_str_radix(line.trim(), 16).expect("chunk size");
+            let at = body.len();
+            body.resize(at + n, 0);
+            self.r.read_exact(&mut body[at..]).expect("chunk");
+            line.clear();
+            self.r.read_line(&mut line).expect("chunk end");
+            if n == 0 {
+                return (status, body);
+            }
+        }
     }
 }
 
@@ -368,7 +395,7 @@ fn main() {
         child(Path::new(&state), Path::new(&addr));
         return;
     }
-    let (hosts, runs, secs, clients) = (arg(1, 10_000), arg(2, 100_000), arg(3, 5), arg(4, 4));
+    let (hosts, runs, secs, clients) = (arg(1, 10_000), arg(2, 100_000), arg(3, 5) as u64, arg(4, 4));
     let base = std::env::var_os("KILN_BENCH_DIR").map_or_else(std::env::temp_dir, PathBuf::from);
     let dir = tempfile::Builder::new()
         .prefix("kiln-bench-index")
@@ -376,12 +403,17 @@ fn main() {
         .expect("temp dir");
     let root = dir.path().join("state");
     build_lab(&root, hosts, runs);
+    if std::env::var_os("KILN_BENCH_LAB_ONLY").is_some() {
+        // Keep the lab for a look by hand (`serve` it) and stop.
+        println!("{}", dir.keep().join("state").display());
+        return;
+    }
 
-    let (mut first, _, first_start) = start(&root);
-    let _ = first.kill();
-    let _ = first.wait();
-    let (mut coord, url, restart) = start(&root);
+    let (first, _, first_start) = start(&root);
+    drop(Reap(first));
+    let (coord, url, restart) = start(&root);
     let pid = coord.id();
+    let coord = Reap(coord);
     let addr = url.trim_start_matches("http://").to_string();
     let rss_start = rss_kib(pid, "VmRSS:");
 
@@ -404,8 +436,7 @@ fn main() {
     let k_ticket = load(&addr, clients, secs, &host_ticket);
     let rss_after = rss_kib(pid, "VmRSS:");
     let hwm = rss_kib(pid, "VmHWM:");
-    let _ = coord.kill();
-    let _ = coord.wait();
+    drop(coord);
 
     let ng = start_nginx(dir.path(), &[("ipxe", &script), ("ticket", &tkt)]);
     let (n_ipxe, n_ticket) = match &ng {
@@ -415,9 +446,8 @@ fn main() {
         ),
         None => (None, None),
     };
-    if let Some((mut c, _)) = ng {
-        let _ = c.kill();
-        let _ = c.wait();
+    if let Some((c, _)) = ng {
+        drop(Reap(c));
     }
 
     println!(

@@ -397,7 +397,9 @@ fn parse_sha(s: &str) -> std::result::Result<Sha256, Refusal> {
 
 /// A response with a body and content type.
 pub(crate) fn text(status: u16, body: impl Into<Vec<u8>>, ctype: &str) -> ResponseBox {
+    // A body in memory goes with its Content-Length, never chunked.
     Response::from_data(body.into())
+        .with_chunked_threshold(usize::MAX)
         .with_status_code(StatusCode(status))
         .with_header(hdr("Content-Type", ctype))
         .boxed()

@@ -21,7 +21,7 @@ use std::sync::atomic::{AtomicU8, Ordering};
 use std::sync::{Arc, Mutex, PoisonError, RwLock};
 use std::time::Instant;
 
-use crate::fsutil::{now_s, write_atomic};
+use crate::fsutil::now_s;
 use crate::images::{self, Images};
 use crate::journal::{Follower, News};
 use crate::state::{Hosts, State};
@@ -167,9 +167,15 @@ fn summarize(rd: &RunDir, key: &PublicKey) -> Result<bool> {
         summary: Summary::from(&s),
     };
     let body = serde_json::to_vec(&file).context("encoding summary.json")?;
-    // A summary that cannot be written (a full disk) is rebuilt next time.
-    if let Err(e) = write_atomic(&rd.path(files::SUMMARY), &body, 0o644) {
-        log::warn!("run {}: writing summary.json: {e:#}", rd.id);
+    // Derived, so not fsynced (a torn one after a crash fails to parse and is
+    // rebuilt); written whole under a temporary name and renamed. One that cannot be
+    // written (a full disk) is rebuilt next time.
+    let tmp = rd.path(&format!(".{}.{}", files::SUMMARY, std::process::id()));
+    let written = std::fs::write(&tmp, &body)
+        .and_then(|()| std::fs::rename(&tmp, rd.path(files::SUMMARY)));
+    if let Err(e) = written {
+        let _ = std::fs::remove_file(&tmp);
+        log::warn!("run {}: writing summary.json: {e}", rd.id);
     }
     crate::status::forget(rd);
     Ok(true)

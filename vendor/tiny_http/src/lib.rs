@@ -416,6 +416,7 @@ impl Server {
                 if let Err(e) = sock
                     .set_read_timeout(limits.read_timeout)
                     .and_then(|_| sock.set_write_timeout(limits.write_timeout))
+                    .and_then(|_| sock.set_nodelay())
                 {
                     log::debug!("Error setting socket timeouts: {}", e);
                     continue;

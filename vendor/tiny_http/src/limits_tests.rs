@@ -247,3 +247,18 @@ fn accept_back_off_doubles_from_5_ms_to_1_s() {
     }
     assert_eq!(seen, [5, 10, 20, 40, 80, 160, 320, 640, 1000, 1000]);
 }
+
+#[test]
+fn an_accepted_tcp_connection_can_turn_nagle_off() {
+    let l = TcpListener::bind("127.0.0.1:0").unwrap();
+    let addr = l.local_addr().unwrap();
+    let listener = crate::connection::Listener::from(l);
+    let _client = TcpStream::connect(addr).unwrap();
+    let (conn, _) = listener.accept().unwrap();
+    conn.set_nodelay().unwrap();
+    match conn {
+        crate::connection::Connection::Tcp(s) => assert!(s.nodelay().unwrap()),
+        #[cfg(unix)]
+        _ => panic!("a TCP listener gave another kind of connection"),
+    }
+}
