@@ -316,7 +316,9 @@ pub struct Index {
     state: State,
     key: PublicKey,
     runs: RwLock<Runs>,
-    follower: Option<Mutex<Follower>>,
+    follower: Option<Follower>,
+    /// Held while journal news is applied.
+    applying: Mutex<()>,
     hosts: RwLock<Kept<HostTable>>,
     images: RwLock<Kept<Images>>,
 }
@@ -342,7 +344,7 @@ impl Index {
         // The journal's end is taken before the folder is read: a change made while
         // reading is applied again from the journal, never missed.
         let follower = if follow {
-            Some(Mutex::new(Follower::at_end(state)?))
+            Some(Follower::at_end(state)?)
         } else {
             None
         };
@@ -372,6 +374,7 @@ impl Index {
                 key,
                 runs: RwLock::new(runs),
                 follower,
+                applying: Mutex::new(()),
                 hosts: RwLock::new(hosts),
                 images: RwLock::new(images),
             },
@@ -389,27 +392,32 @@ impl Index {
         let Some(f) = &self.follower else {
             return Ok(());
         };
-        if !f.lock().unwrap_or_else(PoisonError::into_inner).changed() {
+        if !f.changed() {
             return Ok(());
         }
-        let mut f = f.lock().unwrap_or_else(PoisonError::into_inner);
+        // The reader's lock is held while the news is applied, so a request that
+        // waited for it sees the index current.
+        let _one = self.applying.lock().unwrap_or_else(PoisonError::into_inner);
         match f.read()? {
-            News::None => Ok(()),
+            News::None => {}
             News::Runs(mut ids) => {
                 ids.sort();
                 ids.dedup();
                 for id in ids {
-                    self.refresh(&id)?;
+                    // One unreadable run folder must not hold back the others.
+                    if let Err(e) = self.refresh(&id) {
+                        log::warn!("{e:#}; its index row is as before");
+                    }
                 }
-                Ok(())
             }
             News::Rebuild => {
                 log::info!("journal replaced: rebuilding the index from the state folder");
                 let (runs, _) = scan(&self.state, &self.key)?;
                 *self.runs.write().unwrap_or_else(PoisonError::into_inner) = runs;
-                Ok(())
             }
         }
+        f.applied();
+        Ok(())
     }
 
     /// Re-reads one run's folder into the index.

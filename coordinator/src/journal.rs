@@ -16,6 +16,8 @@ use std::fs::{File, OpenOptions};
 use std::io::{Read, Seek, SeekFrom, Write};
 use std::os::unix::fs::MetadataExt;
 use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Mutex, PoisonError};
 
 use crate::state::State;
 
@@ -69,14 +71,21 @@ pub enum News {
     Rebuild,
 }
 
-/// A reader of the journal from a position: the server holds one.
+/// A reader of the journal from a position: the server holds one, shared by its
+/// workers (checking for news takes no lock; reading it takes one).
 #[derive(Debug)]
 pub struct Follower {
     path: PathBuf,
     /// Bytes applied so far.
-    offset: u64,
+    offset: AtomicU64,
     /// The journal's inode when the offset was taken.
-    ino: u64,
+    ino: AtomicU64,
+    /// What [`Follower::changed`] compares with: `offset` and `ino` as of the last
+    /// [`Follower::applied`] (so a change read but not yet applied still counts as
+    /// news to every other request).
+    shown: (AtomicU64, AtomicU64),
+    /// One reader at a time.
+    reading: Mutex<()>,
 }
 
 impl Follower {
@@ -88,41 +97,57 @@ impl Follower {
         let m = f.metadata()?;
         Ok(Follower {
             path,
-            offset: m.len(),
-            ino: m.ino(),
+            offset: AtomicU64::new(m.len()),
+            ino: AtomicU64::new(m.ino()),
+            shown: (AtomicU64::new(m.len()), AtomicU64::new(m.ino())),
+            reading: Mutex::new(()),
         })
     }
 
-    /// Whether anything was appended (one `stat`; no lock).
+    /// Whether anything was appended since the last [`Follower::applied`] (one
+    /// `stat`; no lock).
     pub fn changed(&self) -> bool {
         match std::fs::metadata(&self.path) {
-            Ok(m) => m.len() != self.offset || m.ino() != self.ino,
+            Ok(m) => {
+                m.len() != self.shown.0.load(Ordering::Acquire)
+                    || m.ino() != self.shown.1.load(Ordering::Acquire)
+            }
             Err(_) => true,
         }
+    }
+
+    /// Marks what [`Follower::read`] returned as applied.
+    pub fn applied(&self) {
+        self.shown
+            .1
+            .store(self.ino.load(Ordering::Acquire), Ordering::Release);
+        self.shown
+            .0
+            .store(self.offset.load(Ordering::Acquire), Ordering::Release);
     }
 
     /// Reads the complete lines appended since the last call. At or past
     /// [`COMPACT_AT`] applied bytes the journal is truncated under its lock, every
     /// line having been returned first.
-    pub fn read(&mut self) -> Result<News> {
+    pub fn read(&self) -> Result<News> {
+        let _one = self.reading.lock().unwrap_or_else(PoisonError::into_inner);
         let f = open(&self.path).with_context(|| format!("opening {}", self.path.display()))?;
         let mut f = nix::fcntl::Flock::lock(f, nix::fcntl::FlockArg::LockExclusive)
             .map_err(|(_, e)| anyhow::anyhow!("locking {}: {e}", self.path.display()))?;
         let m = f.metadata()?;
-        if m.ino() != self.ino || m.len() < self.offset {
-            self.ino = m.ino();
-            self.offset = m.len();
+        let offset = self.offset.load(Ordering::Acquire);
+        if m.ino() != self.ino.load(Ordering::Acquire) || m.len() < offset {
+            self.ino.store(m.ino(), Ordering::Release);
+            self.offset.store(m.len(), Ordering::Release);
             return Ok(News::Rebuild);
         }
-        if m.len() == self.offset {
+        if m.len() == offset {
             return Ok(News::None);
         }
-        f.seek(SeekFrom::Start(self.offset))?;
+        f.seek(SeekFrom::Start(offset))?;
         // Bounded: at most what was appended since, and the journal is compacted.
         let mut buf = Vec::new();
-        (&mut *f)
-            .take(m.len() - self.offset)
-            .read_to_end(&mut buf)?;
+        (&mut *f).take(m.len() - offset).read_to_end(&mut buf)?;
         // Under the lock every append is whole; a torn tail (a writer killed mid-line
         // cannot happen with one write, but a hand edit can) is left for next time.
         let whole = buf.iter().rposition(|&b| b == b'\n').map_or(0, |i| i + 1);
@@ -140,12 +165,13 @@ impl Follower {
                 None => log::warn!("journal: skipping a line that is not `run <id>`"),
             }
         }
-        self.offset += whole as u64;
-        if self.offset >= COMPACT_AT && self.offset == m.len() {
+        let mut applied = offset + whole as u64;
+        if applied >= COMPACT_AT && applied == m.len() {
             f.set_len(0)
                 .with_context(|| format!("truncating {}", self.path.display()))?;
-            self.offset = 0;
+            applied = 0;
         }
+        self.offset.store(applied, Ordering::Release);
         Ok(if runs.is_empty() {
             News::None
         } else {
@@ -171,20 +197,22 @@ mod tests {
         let (_d, s) = state();
         let (a, b) = (RunId([1; 16]), RunId([2; 16]));
         note_run(&s, &a);
-        let mut f = Follower::at_end(&s).unwrap();
+        let f = Follower::at_end(&s).unwrap();
         assert!(!f.changed());
         assert_eq!(f.read().unwrap(), News::None);
         note_run(&s, &b);
         note_run(&s, &a);
         assert!(f.changed());
         assert_eq!(f.read().unwrap(), News::Runs(vec![b, a]));
+        assert!(f.changed(), "read but not applied yet");
+        f.applied();
         assert!(!f.changed());
     }
 
     #[test]
     fn a_torn_line_waits_and_junk_is_skipped() {
         let (_d, s) = state();
-        let mut f = Follower::at_end(&s).unwrap();
+        let f = Follower::at_end(&s).unwrap();
         let id = RunId([7; 16]);
         let mut j = open(&path(&s)).unwrap();
         j.write_all(b"hello\nrun ").unwrap();
@@ -197,11 +225,12 @@ mod tests {
     fn a_shrunk_or_replaced_journal_asks_for_a_rebuild() {
         let (_d, s) = state();
         note_run(&s, &RunId([1; 16]));
-        let mut f = Follower::at_end(&s).unwrap();
+        let f = Follower::at_end(&s).unwrap();
         std::fs::write(path(&s), b"").unwrap();
         assert_eq!(f.read().unwrap(), News::Rebuild);
         note_run(&s, &RunId([2; 16]));
         let _ = f.read().unwrap();
+        f.applied();
         std::fs::remove_file(path(&s)).unwrap();
         assert!(f.changed());
         assert_eq!(f.read().unwrap(), News::Rebuild);
@@ -210,7 +239,7 @@ mod tests {
     #[test]
     fn a_long_journal_is_truncated_once_applied() {
         let (_d, s) = state();
-        let mut f = Follower::at_end(&s).unwrap();
+        let f = Follower::at_end(&s).unwrap();
         let line = format!("run {}\n", RunId([3; 16]));
         let n = (COMPACT_AT as usize).div_ceil(line.len());
         std::fs::write(path(&s), line.repeat(n)).unwrap();
