@@ -339,3 +339,154 @@ fn offline_bundle_roundtrip() {
         "{logs}"
     );
 }
+
+/// A guest whose CMOS clock says 2001 (a dead battery).
+const DEAD_CLOCK: [&str; 2] = ["-rtc", "base=2001-01-01"];
+
+/// 2001-01-01 00:00:00 UTC: the dead clock's start.
+const Y2001: f64 = 978_307_200.0;
+
+/// A dead clock: the agent sets it forward to the coordinator's `Date` (the ticket is
+/// otherwise "issued in the future" for the machine), says so on the console and in
+/// the run (a log line and a measurement on the first stage), and the secrets request,
+/// stamped by the set clock, is not refused for being 25 years off.
+#[test]
+fn netboot_on_a_dead_clock_sets_it_forward_and_runs() {
+    let Some((kernel, initrd)) = image() else {
+        return;
+    };
+    let tmp = tempfile::tempdir().unwrap();
+    let state = trusted_state(tmp.path());
+    add_image_and_host(&state, &kernel, &initrd);
+    let token = write(tmp.path(), "token", "tok-from-the-coordinator\n");
+    ok(
+        kc(
+            &state,
+            &["secret", "set", "token", "--file", token.to_str().unwrap()],
+        ),
+        "secret set",
+    );
+    exec_plan(tmp.path());
+    let plan = write(
+        tmp.path(),
+        "plan.toml",
+        r#"name = "netboot-dead-clock"
+timeout = "10m"
+
+[[stage]]
+name = "clock"
+kind = "exec"
+command = ["sh", "-c", "echo year=$(date -u +%Y); test -s \"$KILN_SECRETS_DIR/token\" && echo secret-ok"]
+secrets = ["token"]
+timeout = "2m"
+"#,
+    );
+    let server = Coordinator::start(&state);
+    let run = issue(&state, &plan, "node1", None);
+
+    let mut vm = Qemu::builder("deadclock")
+        .netboot(&format!("{}/boot.ipxe", guest_url(&server.url)))
+        .mac(VM_MAC)
+        .args(&DEAD_CLOCK)
+        .spawn();
+    let (_, set) = vm.wait_for_line("kiln: clock set forward", BOOT_LIMIT);
+    assert!(
+        set.contains("2001") && set.contains("coordinator's Date"),
+        "{set}"
+    );
+    let (t_done, line) = vm.wait_for_line("kiln: run finished", BOOT_LIMIT);
+    assert!(line.contains("passed"), "{line}\n{}", vm.console());
+    let (status, _) = vm.wait_exit(Duration::from_secs(120));
+    assert!(status.success(), "qemu exit {status}");
+    eprintln!(
+        "dead clock (TCG): {set}; qemu start -> RunFinished {:.1}s",
+        t_done.as_secs_f64()
+    );
+
+    let v = show(&state, &run);
+    assert_eq!(v["outcome"], "passed", "{v:#}");
+    let m = v["stages"][0]["measurements"]
+        .as_array()
+        .expect("measurements")
+        .iter()
+        .find(|m| m["name"] == "agent.clock_set_forward_s")
+        .unwrap_or_else(|| panic!("no clock measurement: {v:#}"))
+        .clone();
+    let secs = m["value"].as_f64().unwrap();
+    let now = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .as_secs_f64();
+    // From about 2001 (plus the guest's boot) to about now.
+    assert!(
+        (secs - (now - Y2001)).abs() < 3600.0,
+        "set forward by {secs} s, expected about {} s",
+        now - Y2001
+    );
+    let logs = ok(kc(&state, &["run", "logs", &run]), "run logs");
+    assert!(logs.contains("clock set forward"), "{logs}");
+    assert!(logs.contains("secret-ok"), "the secret came: {logs}");
+    assert!(!logs.contains("year=2001"), "{logs}");
+}
+
+/// A dead clock does not make an expired ticket valid: the coordinator's `Date` is
+/// past its expiry, so the agent refuses it naming both times, and nothing runs.
+#[test]
+fn an_expired_ticket_is_refused_on_a_dead_clock() {
+    let Some((kernel, initrd)) = image() else {
+        return;
+    };
+    let tmp = tempfile::tempdir().unwrap();
+    let state = trusted_state(tmp.path());
+    add_image_and_host(&state, &kernel, &initrd);
+    let plan = exec_plan(tmp.path());
+    let o = kc(
+        &state,
+        &[
+            "ticket",
+            "issue",
+            "--plan",
+            plan.to_str().unwrap(),
+            "--host",
+            "node1",
+            "--ttl",
+            "1s",
+        ],
+    );
+    let run = ok(o, "ticket issue")
+        .split_whitespace()
+        .next()
+        .unwrap()
+        .to_string();
+    wait_until(Duration::from_secs(30), "the ticket to expire", || {
+        show(&state, &run)["state"] == "expired"
+    });
+    let server = Coordinator::start(&state);
+    // The iPXE script offers nothing for an expired run: boot the image directly,
+    // naming the run.
+    let append = format!(
+        "console=ttyS0 kiln.url={} kiln.run={run}",
+        guest_url(&server.url)
+    );
+    let mut vm = Qemu::builder("deadclock-expired")
+        .kernel(&kernel, &initrd, &append)
+        .mac(VM_MAC)
+        .args(&DEAD_CLOCK)
+        .spawn();
+    // "refused": a ticket refusal, or (an agent that took the ticket) the claim's.
+    let (_, line) = vm.wait_for_line(" refused", BOOT_LIMIT);
+    eprintln!("expired ticket on a dead clock, console: {line}");
+    assert!(
+        line.contains("kiln: ticket refused")
+            && line.contains("expired")
+            && line.contains("coordinator's clock")
+            && line.contains("2001"),
+        "{line}"
+    );
+    vm.wait_for_line("kiln: idle", Duration::from_secs(60));
+    assert!(!vm.saw("clock set forward") && !vm.saw("run finished"));
+    vm.kill();
+    let dir = state.join("runs").join(&run);
+    assert!(!dir.join("events.log").exists(), "nothing ran");
+    assert!(!dir.join("claim.pub").exists(), "nobody claimed the run");
+}
