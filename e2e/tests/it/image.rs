@@ -51,7 +51,14 @@ fn build() -> (PathBuf, PathBuf) {
     let initrd = dir.join("initrd");
     let mtime = |p: &Path| std::fs::metadata(p).and_then(|m| m.modified()).ok();
     let built = mtime(&initrd).unwrap_or(SystemTime::UNIX_EPOCH);
-    let sources = ["init", "udhcpc.script", "build-local", "modules.list"]
+    let sources = [
+        "init",
+        "udhcpc.script",
+        "build-local",
+        "modules.list",
+        "containers.conf",
+        "storage.conf",
+    ]
         .map(|f| repo.join("image").join(f));
     let stale = [bin("kiln-agent"), trust.clone()]
         .iter()
