@@ -59,7 +59,7 @@ fn build() -> (PathBuf, PathBuf) {
         "containers.conf",
         "storage.conf",
     ]
-        .map(|f| repo.join("image").join(f));
+    .map(|f| repo.join("image").join(f));
     let stale = [bin("kiln-agent"), trust.clone()]
         .iter()
         .chain(sources.iter())
