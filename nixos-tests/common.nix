@@ -156,11 +156,27 @@ rec {
     timeout = "5m"
 
     [[stage]]
+    name = "no-network"
+    kind = "container"
+    image = { archive = "image.tar", name = "localhost/kiln-test-a:1" }
+    command = ["sh", "-c", "if GET; then echo reached-the-coordinator; else echo no-network; fi"]
+    timeout = "5m"
+
+    [[stage]]
+    name = "network"
+    kind = "container"
+    image = { archive = "image.tar", name = "localhost/kiln-test-a:1" }
+    network = true
+    command = ["sh", "-c", "GET"]
+    timeout = "5m"
+
+    [[stage]]
     name = "root-write"
     kind = "container"
     image = { archive = "image.tar", name = "localhost/kiln-test-a:1" }
     command = ["sh", "-c", "echo x > /written && echo wrote-root"]
     timeout = "5m"
-    """.replace("\n    ", "\n").replace("BY_HAND", by_hand))
+    """.replace("\n    ", "\n").replace("BY_HAND", by_hand).replace(
+            "GET", "printf 'GET /boot.ipxe HTTP/1.0\\\\r\\\\n\\\\r\\\\n' | nc -w 20 10.0.2.2 7373"))
   '';
 }

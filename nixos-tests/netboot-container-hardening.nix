@@ -1,6 +1,7 @@
 # The hardening holds inside the image as on a host (local twin:
 # netboot_container_root_is_read_only_and_figures in e2e/tests/it/netboot.rs): a
-# container stage whose command writes to / fails (read-only root); a container stage
+# container stage whose command writes to / fails (read-only root); one without
+# `network = true` cannot reach the coordinator, one with it can; a container stage
 # and `podman run` by hand with the same flags pass in the same guest.
 {
   common,
@@ -27,10 +28,13 @@
         machine.wait_for_shutdown()
         s = show(run)
         assert [(st["name"], st["outcome"]) for st in s["stages"]] == [
-            ("timed", "passed"), ("by-hand", "passed"), ("root-write", "failed")
+            ("timed", "passed"), ("by-hand", "passed"), ("no-network", "passed"),
+            ("network", "passed"), ("root-write", "failed")
         ], s
         logs = kc("run", "logs", run)
         assert "Read-only file system" in logs and "wrote-root" not in logs, logs
+        assert "[no-network] no-network" in logs and "Network is unreachable" in logs, logs
+        assert "reached-the-coordinator" not in logs and "[network] #!ipxe" in logs, logs
         assert "agent-rss" in logs, logs
   '';
 }

@@ -696,8 +696,16 @@ timeout = "3m"
     );
 }
 
+/// A shell line a busybox container runs to GET the coordinator's `/boot.ipxe` from the
+/// guest (busybox's `nc`; TOML-escaped for a basic string).
+fn get_boot_ipxe(host_url: &str) -> String {
+    let port = host_url.rsplit(':').next().expect("a port");
+    format!("printf 'GET /boot.ipxe HTTP/1.0\\\\r\\\\n\\\\r\\\\n' | nc -w 20 10.0.2.2 {port}")
+}
+
 /// The hardening holds inside the image as on a host: a container stage whose command
-/// writes to `/` fails (read-only root). The same guest gives the figures: a container
+/// writes to `/` fails (read-only root), and one without `network = true` cannot reach
+/// the coordinator while one with it can. The same guest gives the figures: a container
 /// stage's time against `podman run` by hand with the same hardened flags, and the
 /// agent's peak RSS.
 #[test]
@@ -710,6 +718,7 @@ fn netboot_container_root_is_read_only_and_figures() {
         "podman run --rm --pull=never --read-only --cap-drop ALL --security-opt no-new-privileges \
          --user 65534:65534 --network none --memory 536870912 --pids-limit 256 {image} true"
     );
+    let server = Coordinator::start(&state);
     let plan = write(
         tmp.path(),
         "plan.toml",
@@ -731,15 +740,30 @@ command = ["sh", "-c", "a=$(cut -d' ' -f1 /proc/uptime); {by_hand} || exit 1; b=
 timeout = "5m"
 
 [[stage]]
+name = "no-network"
+kind = "container"
+image = {{ archive = "image.tar", name = "{image}" }}
+command = ["sh", "-c", "if {get}; then echo reached-the-coordinator; else echo no-network; fi"]
+timeout = "5m"
+
+[[stage]]
+name = "network"
+kind = "container"
+image = {{ archive = "image.tar", name = "{image}" }}
+network = true
+command = ["sh", "-c", "{get}"]
+timeout = "5m"
+
+[[stage]]
 name = "root-write"
 kind = "container"
 image = {{ archive = "image.tar", name = "{image}" }}
 command = ["sh", "-c", "echo x > /written && echo wrote-root"]
 timeout = "5m"
-"#
+"#,
+            get = get_boot_ipxe(&server.url),
         ),
     );
-    let server = Coordinator::start(&state);
     let run = issue(&state, &plan, "node1", None);
     let mut vm = Qemu::builder("hardening")
         .netboot(&format!("{}/boot.ipxe", guest_url(&server.url)))
@@ -750,19 +774,30 @@ timeout = "5m"
     let (status, _) = vm.wait_exit(Duration::from_secs(120));
     let v = show(&state, &run);
     assert!(status.success(), "qemu exit {status}");
+    let logs = ok(kc(&state, &["run", "logs", &run]), "run logs");
     assert!(line.contains("failed"), "{line}\n{v:#}\n{}", vm.console());
     assert_eq!(
         outcomes(&v),
         [
             ("timed", "passed"),
             ("by-hand", "passed"),
+            ("no-network", "passed"),
+            ("network", "passed"),
             ("root-write", "failed")
         ]
-        .map(|(a, b)| (a.to_string(), b.to_string()))
+        .map(|(a, b)| (a.to_string(), b.to_string())),
+        "{logs}"
     );
-    let logs = ok(kc(&state, &["run", "logs", &run]), "run logs");
     assert!(logs.contains("Read-only file system"), "{logs}");
     assert!(!logs.contains("wrote-root"), "{logs}");
+    // --network none by default; `network = true` shares the machine's network.
+    assert!(
+        logs.contains("[no-network] no-network")
+            && logs.contains("Network is unreachable")
+            && !logs.contains("reached-the-coordinator"),
+        "{logs}"
+    );
+    assert!(logs.contains("[network] #!ipxe"), "{logs}");
 
     let hand = logs
         .lines()
