@@ -1,6 +1,8 @@
 # kiln's netboot image: a kernel plus a small initrd with busybox, the static agent,
-# the hardware tools the stages use, and the coordinator's public key baked in.
-# Same layout as image/build-local: $out/kernel and $out/initrd (zstd cpio).
+# the hardware tools the stages use, the OpenSSH client (ssh stages), podman with runc
+# and conmon (container stages; left out with lean = true), and the coordinator's
+# public key baked in. Same layout and contents as image/build-local (its --lean is
+# lean = true here): $out/kernel and $out/initrd (zstd cpio).
 {
   lib,
   pkgs,
@@ -12,6 +14,8 @@
   # Accept the repository's test-only key (the VM tests in nixos-tests/ only).
   allowTestKey ? false,
   kernel ? pkgs.linuxPackages.kernel,
+  # The lean flavour: no container engine (exec, hardware and ssh stages only).
+  lean ? false,
 }:
 let
   checkedKey = import ../nix/trusted-key.nix { inherit trustedKey allowTestKey; };
@@ -46,6 +50,14 @@ let
       pkgs.e2fsprogs
       pkgs.ethtool
       pkgs.kmod
+      # ssh stages
+      pkgs.openssh
+    ]
+    # container stages: configured by ./containers.conf and ./storage.conf
+    ++ lib.optionals (!lean) [
+      pkgs.podman
+      pkgs.runc
+      pkgs.conmon
     ];
     pathsToLink = [
       "/bin"
@@ -99,6 +111,32 @@ let
         object = pkgs.writeText "kiln-module-names" (lib.concatLines moduleNames);
         symlink = "/etc/kiln/module-names";
       }
+      {
+        object = "${pkgs.cacert}/etc/ssl/certs/ca-bundle.crt";
+        symlink = "/etc/ssl/certs/ca-certificates.crt";
+      }
+    ]
+    ++ lib.optionals (!lean) [
+      {
+        object = ./containers.conf;
+        symlink = "/etc/containers/containers.conf";
+      }
+      {
+        object = ./storage.conf;
+        symlink = "/etc/containers/storage.conf";
+      }
+      {
+        object = pkgs.writeText "policy.json" ''
+          {"default": [{"type": "insecureAcceptAnything"}]}
+        '';
+        symlink = "/etc/containers/policy.json";
+      }
+      {
+        object = pkgs.writeText "registries.conf" ''
+          unqualified-search-registries = []
+        '';
+        symlink = "/etc/containers/registries.conf";
+      }
     ];
   };
 in
@@ -111,5 +149,8 @@ pkgs.runCommand "kiln-image"
     mkdir -p $out
     ln -s ${kernel}/${pkgs.stdenv.hostPlatform.linux-kernel.target} $out/kernel
     ln -s ${initrd}/initrd $out/initrd
-    echo "initrd: $(du -Lh $out/initrd | cut -f1) compressed" > $out/image.txt
+    {
+      echo "flavour ${if lean then "image-lean" else "image"}"
+      echo "initrd: $(du -Lh $out/initrd | cut -f1) compressed (goal: 48 MiB)"
+    } > $out/image.txt
   ''

@@ -131,6 +131,7 @@ fn boot(c: &BootConfig) -> Result<(RunEnd, bool), String> {
     let trusted = load_trust(&c.trust)?;
     let host = HostInfo::detect();
     let offline = args.offline.is_some();
+    let mut date_s = None;
     let (bytes, ticket_path, out) = if offline {
         let dir = PathBuf::from(OFFLINE_DIR);
         let p = dir.join("ticket.kiln");
@@ -139,8 +140,11 @@ fn boot(c: &BootConfig) -> Result<(RunEnd, bool), String> {
         (bytes, Some(p), Some(dir.join("result.kiln")))
     } else {
         let url = ticket_url(&args, &host).ok_or("no kiln.run= and no network interface")?;
-        (fetch_with_retries(&url)?, None, None)
+        let (bytes, date) = fetch_with_retries(&url)?;
+        date_s = date;
+        (bytes, None, None)
     };
+    let clock = set_clock(&bytes, &trusted, date_s, &crate::clock::set_system_clock)?;
     let (_, ticket) = check_ticket(&bytes, &trusted, now_s(), &host)?;
     say(&format!(
         "ticket ok: run {} for host {}, plan {:?} ({} stages)",
@@ -159,11 +163,36 @@ fn boot(c: &BootConfig) -> Result<(RunEnd, bool), String> {
         cas_dir: None,
         secrets: BTreeMap::new(),
         agent_key: c.agent_key.clone(),
+        clock,
     };
     // As PID 1 a panic would take the kernel down with it; report it instead.
     std::panic::catch_unwind(move || run_ticket(opts))
         .map(|end| (end, offline))
         .map_err(|_| "the run loop panicked (a bug); see the lines above".to_string())
+}
+
+/// A dead clock (behind the ticket's signed `issued_at`) is set forward, once the
+/// ticket's signature verifies: to the coordinator's `Date` (`date_s`) when valid for
+/// the ticket, else to `issued_at` ([`crate::clock::correct`]). A ticket expired by
+/// the `Date` or by a clock ahead is refused naming both times. A ticket that does not
+/// verify is left to [`check_ticket`]'s refusal, the clock untouched.
+fn set_clock(
+    bytes: &[u8],
+    trusted: &[kiln_protocol::PublicKey],
+    date_s: Option<u64>,
+    set: &dyn Fn(u64) -> Result<(), String>,
+) -> Result<Option<crate::clock::Correction>, String> {
+    let Some(ticket) = kiln_protocol::SignedTicket::from_file(bytes)
+        .ok()
+        .and_then(|s| s.verify(trusted).ok())
+    else {
+        return Ok(None);
+    };
+    let c = crate::clock::correct(now_s(), ticket.issued_at, ticket.not_after, date_s, set)?;
+    if let Some(c) = &c {
+        say(&c.line());
+    }
+    Ok(c)
 }
 
 /// Acts on how the run ended: power off when it finished, idle otherwise.
@@ -201,8 +230,9 @@ fn finish(c: &BootConfig, end: RunEnd) -> i32 {
 
 /// GETs `url` until the coordinator answers: connection errors (no link, no DHCP
 /// lease yet, coordinator restarting), 5xx and 429 are retried with backoff,
-/// forever; any other 4xx is final.
-fn fetch_with_retries(url: &str) -> Result<Vec<u8>, String> {
+/// forever; any other 4xx is final. Returns the ticket and the reply's `Date` (unix
+/// seconds, if it had a valid one).
+fn fetch_with_retries(url: &str) -> Result<(Vec<u8>, Option<u64>), String> {
     let agent = ureq::AgentBuilder::new()
         .timeout_connect(Duration::from_secs(5))
         .timeout(Duration::from_secs(30))
@@ -214,6 +244,7 @@ fn fetch_with_retries(url: &str) -> Result<Vec<u8>, String> {
     for attempt in 1u64.. {
         match agent.get(url).call() {
             Ok(resp) => {
+                let date = resp.header("Date").and_then(crate::clock::parse_date);
                 let mut bytes = Vec::new();
                 resp.into_reader()
                     .take(kiln_protocol::MAX_TICKET_BYTES as u64 + 1)
@@ -225,7 +256,7 @@ fn fetch_with_retries(url: &str) -> Result<Vec<u8>, String> {
                         start.elapsed().as_secs_f64()
                     ));
                 }
-                return Ok(bytes);
+                return Ok((bytes, date));
             }
             Err(ureq::Error::Status(code, resp)) => {
                 let body = resp.into_string().unwrap_or_default();
@@ -357,13 +388,94 @@ mod tests {
     }
 
     #[test]
+    fn the_tickets_date_comes_back_with_it() {
+        let (url, _) = serve(vec![format!(
+            "HTTP/1.1 200 OK\r\nDate: Mon, 01 Jan 2024 00:00:00 GMT\r\nContent-Length: 1\r\nConnection: close\r\n\r\nT"
+        )]);
+        assert_eq!(
+            fetch_with_retries(&url).unwrap(),
+            (b"T".to_vec(), Some(1_704_067_200))
+        );
+    }
+
+    fn ticket(issued_at: u64, not_after: u64, key: &kiln_protocol::SecretKey) -> Vec<u8> {
+        let t = kiln_protocol::Ticket {
+            version: kiln_protocol::VERSION,
+            run: RunId([7; 16]),
+            issued_at,
+            not_after,
+            host: kiln_protocol::HostBinding {
+                name: "here".into(),
+                macs: vec!["52:54:00:00:00:01".parse().unwrap()],
+                serial: None,
+                spec: Default::default(),
+                agent_key: None,
+            },
+            coordinator: None,
+            plan: kiln_protocol::Plan {
+                name: "p".into(),
+                stages: vec![],
+                fail_fast: false,
+                timeout_s: 0,
+            },
+        };
+        kiln_protocol::SignedTicket::sign(&t, key).to_file()
+    }
+
+    /// The clock step runs on verified ticket times only, with the setter given (the
+    /// host's clock is never touched by tests). The test clock is "dead" relative to
+    /// a ticket issued in the future.
+    #[test]
+    fn boot_sets_a_clock_behind_a_verified_tickets_issued_at() {
+        let key = kiln_protocol::SecretKey::from_seed([3; 32]);
+        let trusted = [key.public()];
+        let now = now_s();
+        let set = std::cell::RefCell::new(Vec::new());
+        let record = |t: u64| {
+            set.borrow_mut().push(t);
+            Ok(())
+        };
+        let future = ticket(now + 1000, now + 5000, &key);
+        let c = set_clock(&future, &trusted, Some(now + 1500), &record)
+            .unwrap()
+            .unwrap();
+        assert_eq!(
+            (c.to_s, c.source),
+            (now + 1500, crate::clock::Source::CoordinatorDate)
+        );
+        assert_eq!(set.borrow().as_slice(), [now + 1500]);
+        // A current ticket: nothing to set.
+        let current = ticket(now - 10, now + 5000, &key);
+        assert_eq!(
+            set_clock(&current, &trusted, Some(now), &record).unwrap(),
+            None
+        );
+        // An untrusted signature: the clock is not touched (check_ticket refuses).
+        let other = [kiln_protocol::SecretKey::from_seed([4; 32]).public()];
+        assert_eq!(
+            set_clock(&future, &other, Some(now + 1500), &record).unwrap(),
+            None
+        );
+        // Expired by the coordinator's Date: refused, not set.
+        let e = set_clock(&future, &trusted, Some(now + 6000), &record).unwrap_err();
+        assert!(
+            e.contains("expired") && e.contains("coordinator's clock"),
+            "{e}"
+        );
+        assert_eq!(set.borrow().len(), 1);
+    }
+
+    #[test]
     fn a_busy_coordinator_is_asked_again_and_a_refusal_is_final() {
         let (url, n) = serve(vec![
             answer("503 Service Unavailable", "busy"),
             answer("429 Too Many Requests", "slow down"),
             answer("200 OK", "TICKET"),
         ]);
-        assert_eq!(fetch_with_retries(&url).unwrap(), b"TICKET");
+        assert_eq!(
+            fetch_with_retries(&url).unwrap(),
+            (b"TICKET".to_vec(), None)
+        );
         assert_eq!(n.iter().count(), 3);
 
         let (url, n) = serve(vec![answer(

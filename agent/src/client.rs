@@ -5,7 +5,10 @@ use kiln_protocol::{
     UPLOAD_OFFSET_HEADER, UploadAuth,
 };
 use std::io::{self, Read};
+use std::sync::Arc;
 use std::time::Duration;
+
+use crate::clock::Skew;
 
 /// Largest ack, secrets reply or ticket read from the coordinator.
 const MAX_REPLY: u64 = 4 << 20;
@@ -110,6 +113,8 @@ pub struct Client {
     base: String,
     agent: ureq::Agent,
     bulk: ureq::Agent,
+    /// The coordinator's clock as its `Date` headers show it (shared by clones).
+    skew: Arc<Skew>,
 }
 
 /// How a CAS download into a `.part` file ended.
@@ -160,6 +165,27 @@ impl Client {
                 .timeout_read(t.transfer_idle)
                 .timeout_write(t.transfer_idle)
                 .build(),
+            skew: Arc::default(),
+        }
+    }
+
+    /// Unix milliseconds on the coordinator's clock as far as its `Date` headers
+    /// showed it: what every time-stamped request (secrets, upload signatures) and
+    /// frame carries, so a skewed host is not refused.
+    pub fn now_ms(&self) -> u64 {
+        self.skew.now_ms()
+    }
+
+    /// The offset of the local clock from the coordinator's, in milliseconds
+    /// (positive: behind), 0 within [`crate::clock::SKEW_TOLERANCE_MS`].
+    pub fn skew_ms(&self) -> i64 {
+        self.skew.offset_ms()
+    }
+
+    /// Takes the `Date` of a reply just received into the clock offset.
+    fn note_date(&self, r: &ureq::Response) {
+        if let Some(d) = r.header("Date") {
+            self.skew.note_date(d);
         }
     }
 
@@ -167,12 +193,15 @@ impl Client {
     pub fn post_batch(&self, sealed: &[u8], check: &AckCheck) -> Posted {
         let run = check.run;
         let url = format!("{}/v1/runs/{run}/events", self.base);
-        match self
+        let sent = self
             .agent
             .post(&url)
             .set("Content-Type", "application/octet-stream")
-            .send_bytes(sealed)
-        {
+            .send_bytes(sealed);
+        if let Ok(r) | Err(ureq::Error::Status(_, r)) = &sent {
+            self.note_date(r);
+        }
+        match sent {
             Ok(r) => match read_limited(r) {
                 Ok(body) => match check.open(&body) {
                     Ok(ack) => Posted::Acked(ack),
@@ -198,12 +227,12 @@ impl Client {
     }
 
     /// A fresh `Kiln-Upload-Auth` for an object of `total` bytes.
-    fn upload_auth(run: &RunId, sha: &Sha256, total: u64, claim: &SecretKey) -> String {
+    fn upload_auth(&self, run: &RunId, sha: &Sha256, total: u64, claim: &SecretKey) -> String {
         UploadAuth {
             run: *run,
             sha256: *sha,
             len: total,
-            at_ms: now_ms(),
+            at_ms: self.now_ms(),
         }
         .header(claim)
     }
@@ -225,7 +254,7 @@ impl Client {
             .set(UPLOAD_LENGTH_HEADER, &total.to_string())
             .set(
                 UPLOAD_AUTH_HEADER,
-                &Self::upload_auth(run, sha, total, claim),
+                &self.upload_auth(run, sha, total, claim),
             )
             .call()
             .map_err(put_fail)?;
@@ -259,7 +288,7 @@ impl Client {
             .set("Content-Length", &(total - from).to_string())
             .set(
                 UPLOAD_AUTH_HEADER,
-                &Self::upload_auth(run, sha, total, claim),
+                &self.upload_auth(run, sha, total, claim),
             );
         if from > 0 {
             rq = rq.set(
@@ -359,14 +388,6 @@ impl AckCheck {
         }
         Ok(ack)
     }
-}
-
-/// Unix milliseconds now.
-fn now_ms() -> u64 {
-    std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .map(|d| d.as_millis() as u64)
-        .unwrap_or(0)
 }
 
 /// GETs a ticket file from a URL (one attempt; the caller reports failure).

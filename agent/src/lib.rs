@@ -8,6 +8,7 @@ pub mod boot;
 pub mod bundle;
 pub mod cli;
 pub mod client;
+pub mod clock;
 pub mod end;
 pub mod exit;
 pub mod hostinfo;

@@ -41,6 +41,9 @@ pub struct RunOptions {
     /// The enrolled host key file, for tickets that name one (default
     /// [`crate::hostkey::DEFAULT_AGENT_KEY`]).
     pub agent_key: Option<PathBuf>,
+    /// Boot mode set the clock forward before the ticket was checked: reported in the
+    /// run as a log line and a measurement.
+    pub clock: Option<crate::clock::Correction>,
 }
 
 /// Loads the claim key kept in the work folder, or makes and keeps a new one (0600),
@@ -273,6 +276,7 @@ pub fn run_ticket(opts: RunOptions) -> RunEnd {
                     reporter.acked()
                 );
             }
+            session.note_clock(opts.clock.as_ref());
             if expired.is_some() {
                 // Past expiry nothing new starts: an attempt a previous start died in
                 // is closed `interrupted` (announce), and the run ends `error`.

@@ -69,6 +69,54 @@ impl Session<'_> {
         claim_seq
     }
 
+    /// Reports the clock: boot mode's correction, or (online) the skew the
+    /// coordinator's `Date` showed, as a log line (console and run) and a measurement.
+    /// Both go to the first stage: the wire format has no run-level measurement. The
+    /// agent sets the clock only in boot mode; elsewhere it only reports.
+    pub fn note_clock(&self, correction: Option<&crate::clock::Correction>) {
+        if self.resume.run_finished.is_some() {
+            return;
+        }
+        let (line, name, value) = if let Some(c) = correction {
+            (
+                c.line(),
+                crate::clock::CORRECTION_MEASURE,
+                c.seconds() as f64,
+            )
+        } else {
+            let skew = match self.mode {
+                Mode::Online { client, .. } => client.skew_ms(),
+                Mode::Offline { .. } => 0,
+            };
+            if skew == 0 {
+                return;
+            }
+            let secs = skew as f64 / 1000.0;
+            let dir = if skew > 0 { "behind" } else { "ahead of" };
+            let line = format!(
+                "this machine's clock is {:.1} s {dir} the coordinator's (its Date header); \
+                 left as it is, requests are time-stamped by the coordinator's clock",
+                secs.abs()
+            );
+            (line, crate::clock::SKEW_MEASURE, secs)
+        };
+        log::warn!("{line}");
+        if self.ticket.plan.stages.is_empty() {
+            return;
+        }
+        self.reporter.emit_seq(Event::Log {
+            stage: 0,
+            stream: kiln_protocol::Stream::Agent,
+            text: line,
+        });
+        self.reporter.emit_seq(Event::Measure {
+            stage: 0,
+            name: name.into(),
+            value,
+            unit: "s".into(),
+        });
+    }
+
     /// Secrets, then the stages (or the outcome a previous start already reported).
     /// Online, the runner calls it only once the claim is acked.
     pub fn body(&self, offline_secrets: &BTreeMap<String, Vec<u8>>) -> Result<Outcome, String> {

@@ -11,7 +11,8 @@ use crate::{BATCH_DOMAIN, Error, Mac, PublicKey, RunId, SecretKey, Sha256, Sig};
 pub struct Frame {
     /// 1, 2, 3, … per run, without gaps; the coordinator dedupes by it.
     pub seq: u64,
-    /// Milliseconds since the unix epoch on the agent's clock.
+    /// Milliseconds since the unix epoch on the agent's clock (corrected by the
+    /// coordinator's `Date` offset where the agent saw one).
     pub at_ms: u64,
     /// What happened.
     pub event: Event,

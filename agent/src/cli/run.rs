@@ -81,5 +81,7 @@ fn options(c: &RunCmd) -> Result<RunOptions, (i32, String)> {
         cas_dir: c.cas.clone(),
         secrets: crate::secrets::from_flags(&c.secret).map_err(refused)?,
         agent_key: c.agent_key.clone(),
+        // Outside boot mode the clock is never set (only its skew is reported).
+        clock: None,
     })
 }

@@ -144,7 +144,10 @@ impl Reporter {
         let mut g = self.lock();
         let frame = Frame {
             seq: g.spool.last_seq() + 1,
-            at_ms: now_ms(),
+            at_ms: match &self.mode {
+                Mode::Online { client, .. } => client.now_ms(),
+                Mode::Offline { .. } => now_ms(),
+            },
             event,
         };
         let seq = frame.seq;

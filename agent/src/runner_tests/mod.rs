@@ -89,6 +89,7 @@ fn ticket_for(plan: Plan, url: Option<String>) -> (Vec<u8>, SecretKey, RunId) {
 
 fn opts(bytes: Vec<u8>, key: &SecretKey, work: &Path, out: Option<&Path>) -> RunOptions {
     RunOptions {
+        clock: None,
         ticket_bytes: bytes,
         ticket_path: None,
         trusted: vec![key.public()],

@@ -42,6 +42,8 @@ struct Stub {
     /// The claim key acks are signed for (else the first stored Claim's).
     claim: Option<PublicKey>,
     forge: Forge,
+    /// A `Date` header on every answer (the coordinator's clock).
+    date: Option<String>,
 }
 
 /// A minimal HTTP/1.1 server for `POST /v1/runs/*/events`: dedupes by seq, refuses
@@ -91,7 +93,10 @@ fn serve_stub(stub: Arc<Mutex<Stub>>) -> String {
                     }
                     let mut body = vec![0; len];
                     r.read_exact(&mut body).unwrap();
-                    let (status, extra, reply) = answer(&stub, &body);
+                    let (status, mut extra, reply) = answer(&stub, &body);
+                    if let Some(d) = &stub.lock().unwrap().date {
+                        extra.push_str(&format!("Date: {d}\r\n"));
+                    }
                     let head = format!(
                         "HTTP/1.1 {status}\r\nContent-Length: {}\r\n{extra}\r\n",
                         reply.len()
@@ -470,4 +475,64 @@ fn an_ack_for_another_run_is_a_protocol_error() {
 #[test]
 fn a_422_claiming_unsent_seqs_are_stored_is_a_protocol_error() {
     impostor(Forge::Gap);
+}
+
+/// `kiln-agent run` on a host whose clock is an hour behind the coordinator's: the
+/// clock is left alone, the skew is reported (a log line and `agent.clock_skew_s` on
+/// the first stage), and frames after the first ack carry the coordinator's time.
+#[test]
+fn run_mode_reports_skew_and_stamps_by_the_coordinators_clock() {
+    let ahead = std::time::SystemTime::now() + std::time::Duration::from_secs(3600);
+    let stub = Arc::new(Mutex::new(Stub {
+        date: Some(httpdate::fmt_http_date(ahead)),
+        ..Default::default()
+    }));
+    let url = serve_stub(stub.clone());
+    let d = tempfile::tempdir().unwrap();
+    let (bytes, key, _) = ticket(vec![exec("one", "echo hi")], Some(url));
+    let before = crate::verify::now_s();
+    let end = run_ticket(opts(bytes, &key, &d.path().join("work"), None));
+    assert!(
+        matches!(
+            end,
+            RunEnd::Finished {
+                outcome: Outcome::Passed,
+                ..
+            }
+        ),
+        "{end:?}"
+    );
+    // The host's clock was not set (it would be an hour on).
+    assert!(crate::verify::now_s() < before + 600);
+    let s = stub.lock().unwrap();
+    let skew = s
+        .stored
+        .iter()
+        .find_map(|f| match &f.event {
+            Event::Measure {
+                stage: 0,
+                name,
+                value,
+                unit,
+            } if name == "agent.clock_skew_s" => Some((*value, unit.clone())),
+            _ => None,
+        })
+        .expect("a skew measurement");
+    assert!(
+        (3500.0..3700.0).contains(&skew.0) && skew.1 == "s",
+        "{skew:?}"
+    );
+    assert!(s.stored.iter().any(|f| matches!(&f.event,
+        Event::Log { stage: 0, text, .. } if text.contains("behind the coordinator's"))));
+    let last = s.stored.last().unwrap();
+    assert!(matches!(last.event, Event::RunFinished { .. }));
+    let want = ahead
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .as_millis() as u64;
+    assert!(
+        last.at_ms.abs_diff(want) < 120_000,
+        "{} vs {want}",
+        last.at_ms
+    );
 }

@@ -12,7 +12,7 @@ use std::time::{Instant, SystemTime};
 const TEST_KEY_SEED: [u8; 32] = *b"kiln e2e netboot test key, v1..!";
 
 /// Every tool the image builder and the qemu tests need.
-const TOOLS: [&str; 9] = [
+const TOOLS: [&str; 13] = [
     "qemu-system-x86_64",
     "apt-get",
     "cpio",
@@ -22,6 +22,11 @@ const TOOLS: [&str; 9] = [
     "modinfo",
     "mkfs.ext4",
     "debugfs",
+    // Into the image: container and ssh stages.
+    "podman",
+    "runc",
+    "conmon",
+    "ssh",
 ];
 
 /// The netboot image (kernel, initrd), built once per test process into
@@ -51,8 +56,15 @@ fn build() -> (PathBuf, PathBuf) {
     let initrd = dir.join("initrd");
     let mtime = |p: &Path| std::fs::metadata(p).and_then(|m| m.modified()).ok();
     let built = mtime(&initrd).unwrap_or(SystemTime::UNIX_EPOCH);
-    let sources = ["init", "udhcpc.script", "build-local", "modules.list"]
-        .map(|f| repo.join("image").join(f));
+    let sources = [
+        "init",
+        "udhcpc.script",
+        "build-local",
+        "modules.list",
+        "containers.conf",
+        "storage.conf",
+    ]
+    .map(|f| repo.join("image").join(f));
     let stale = [bin("kiln-agent"), trust.clone()]
         .iter()
         .chain(sources.iter())
@@ -142,4 +154,69 @@ fn build_local_wants_a_key_and_refuses_the_test_only_one() {
     assert_ne!(o.code, 0, "the test key is refused: {o:?}");
     assert!(o.stderr.contains("test-only key"), "{}", o.stderr);
     assert!(!out.join("initrd").exists());
+}
+
+/// `--lean` leaves the container engine out (ssh stays): both flavours are named in
+/// `image.txt`, and build-local prints what went in and both sizes.
+#[test]
+fn build_local_lean_leaves_the_container_engine_out() {
+    let Some((_, full)) = image() else {
+        return;
+    };
+    let repo = Path::new(env!("CARGO_MANIFEST_DIR")).join("..");
+    let tmp = tempfile::tempdir().expect("tempdir");
+    let dir = full.parent().expect("image folder");
+    let out = Command::new(repo.join("image/build-local"))
+        .arg(tmp.path())
+        .arg("--trust")
+        .arg(dir.join("trusted.pub"))
+        .arg("--agent")
+        .arg(bin("kiln-agent"))
+        .arg("--lean")
+        .env("KILN_IMAGE_CACHE", dir.join(".cache"))
+        .output()
+        .expect("running image/build-local --lean");
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        out.status.success(),
+        "{stdout}{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(stdout.contains("kiln image (image-lean)"), "{stdout}");
+    assert!(
+        stdout.contains("/usr/bin/ssh") && !stdout.contains("podman"),
+        "{stdout}"
+    );
+    let files = |initrd: &Path| -> String {
+        let sh = format!("zstd -dc '{}' | cpio -t --quiet", initrd.display());
+        let o = Command::new("sh")
+            .args(["-c", &sh])
+            .output()
+            .expect("cpio -t");
+        String::from_utf8_lossy(&o.stdout).into_owned()
+    };
+    let lean = tmp.path().join("initrd");
+    let (lean_files, full_files) = (files(&lean), files(&full));
+    for f in [
+        "usr/bin/podman",
+        "usr/sbin/runc",
+        "usr/bin/conmon",
+        "etc/containers/containers.conf",
+    ] {
+        assert!(full_files.lines().any(|l| l == f), "{f} is in the image");
+        assert!(
+            !lean_files.lines().any(|l| l == f),
+            "{f} is not in image-lean"
+        );
+    }
+    assert!(lean_files.lines().any(|l| l == "usr/bin/ssh"));
+    let mib = |p: &Path| std::fs::metadata(p).unwrap().len() as f64 / 1048576.0;
+    assert!(mib(&lean) < mib(&full));
+    eprintln!(
+        "initrd compressed: image {:.1} MiB, image-lean {:.1} MiB (goal 48 MiB)",
+        mib(&full),
+        mib(&lean)
+    );
+    let txt = std::fs::read_to_string(tmp.path().join("image.txt")).unwrap();
+    assert!(txt.starts_with("flavour image-lean\n"), "{txt}");
 }

@@ -2,7 +2,7 @@
 //! as a coordinator secret, `ticket issue`, `serve`, `kiln-agent run`, against a real
 //! OpenSSH sshd on loopback (the remote host is this machine).
 #[path = "../../../agent/tests/ssh/sshd.rs"]
-mod sshd;
+pub(crate) mod sshd;
 
 use crate::common::*;
 use std::path::{Path, PathBuf};
