@@ -165,6 +165,7 @@ fn build_lab(root: &Path, hosts: usize, runs: usize) -> State {
 /// The coordinator as a child process; returns it, its URL and the start-up time
 /// (spawn → the address file written, which happens once the index is built and the
 /// port is bound).
+#[allow(clippy::zombie_processes)] // the caller reaps it (`Reap`)
 fn start(state: &Path) -> (Child, String, Duration) {
     let addr_file = state.join("bench.addr");
     let _ = std::fs::remove_file(&addr_file);
@@ -408,7 +409,8 @@ fn main() {
         child(Path::new(&state), Path::new(&addr));
         return;
     }
-    let (hosts, runs, secs, clients) = (arg(1, 10_000), arg(2, 100_000), arg(3, 5) as u64, arg(4, 4));
+    let (hosts, runs, secs, clients) =
+        (arg(1, 10_000), arg(2, 100_000), arg(3, 5) as u64, arg(4, 4));
     let base = std::env::var_os("KILN_BENCH_DIR").map_or_else(std::env::temp_dir, PathBuf::from);
     let dir = tempfile::Builder::new()
         .prefix("kiln-bench-index")

@@ -171,8 +171,8 @@ fn summarize(rd: &RunDir, key: &PublicKey) -> Result<bool> {
     // rebuilt); written whole under a temporary name and renamed. One that cannot be
     // written (a full disk) is rebuilt next time.
     let tmp = rd.path(&format!(".{}.{}", files::SUMMARY, std::process::id()));
-    let written = std::fs::write(&tmp, &body)
-        .and_then(|()| std::fs::rename(&tmp, rd.path(files::SUMMARY)));
+    let written =
+        std::fs::write(&tmp, &body).and_then(|()| std::fs::rename(&tmp, rd.path(files::SUMMARY)));
     if let Err(e) = written {
         let _ = std::fs::remove_file(&tmp);
         log::warn!("run {}: writing summary.json: {e}", rd.id);

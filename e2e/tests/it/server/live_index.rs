@@ -74,12 +74,10 @@ fn tickets_hosts_and_aborts_from_the_command_line_reach_a_running_server() {
             &["ticket", "issue", "--plan", p(&plan), "--host", host],
         );
         assert_eq!(o.code, 0, "ticket issue: {}", o.stderr);
-        let run = o
-            .stdout
+        o.stdout
             .split_whitespace()
             .find_map(|w| w.parse::<RunId>().ok())
-            .unwrap_or_else(|| panic!("no run id in {:?}", o.stdout));
-        run
+            .unwrap_or_else(|| panic!("no run id in {:?}", o.stdout))
     };
     let first = issue("node1");
     let t = within_a_second(&c.url, dash, "ticket issue", |s| {
