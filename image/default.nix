@@ -52,6 +52,8 @@ let
       pkgs.kmod
       # ssh stages
       pkgs.openssh
+      # held machines (a plan's `hold`): dropbear and dropbearkey
+      pkgs.dropbear
     ]
     # container stages: configured by ./containers.conf and ./storage.conf
     ++ lib.optionals (!lean) [
@@ -114,6 +116,21 @@ let
       {
         object = "${pkgs.cacert}/etc/ssl/certs/ca-bundle.crt";
         symlink = "/etc/ssl/certs/ca-certificates.crt";
+      }
+      # dropbear looks root up (home /root, where the agent writes authorized_keys).
+      {
+        object = pkgs.writeText "passwd" ''
+          root:x:0:0:root:/root:/bin/sh
+          nobody:x:65534:65534:nobody:/nonexistent:/bin/false
+        '';
+        symlink = "/etc/passwd";
+      }
+      {
+        object = pkgs.writeText "group" ''
+          root:x:0:
+          nogroup:x:65534:
+        '';
+        symlink = "/etc/group";
       }
     ]
     ++ lib.optionals (!lean) [

@@ -110,6 +110,29 @@ pub enum Event {
         /// The part's last lines of output, kept for the report.
         tail: Vec<String>,
     },
+    /// The run's stages are done and the machine is held for a person (the plan's
+    /// `hold`): it waits for `Release`, `RetryStage` or `Approve` until `until_ms`,
+    /// then ends the run by itself. `RunFinished` follows the hold, not this frame.
+    Held {
+        /// The folded outcome of the stages so far.
+        outcome: Outcome,
+        /// When the hold ends by itself (ms since the unix epoch, the agent's clock
+        /// as corrected for frames).
+        until_ms: u64,
+        /// The machine's IP addresses (no loopback), as `ssh root@ADDR` takes them.
+        addrs: Vec<String>,
+        /// The SSH server's host key fingerprint (`SHA256:…`, as `ssh` prints it);
+        /// `None` where the agent started no SSH server (`kiln-agent run --hold`).
+        host_key: Option<String>,
+    },
+    /// A command from the coordinator as the agent took it: what it was, and why it
+    /// was refused (`None`: carried out; its effect follows as frames).
+    Order {
+        /// The command in words (`release`, `retry stage "disk"`, `approve disk SN1`).
+        what: String,
+        /// The one-line reason it was refused.
+        refused: Option<String>,
+    },
 }
 
 impl Event {
@@ -372,11 +395,63 @@ pub enum Command {
     },
     /// Power off after the final frame.
     Shutdown,
-    /// Run this stage once more.
+    /// Run this stage once more (sent to a held run): a new attempt, then the hold
+    /// again if it still applies.
     RetryStage {
         /// Index into the plan's stages.
         stage: u16,
     },
+    /// End a held run: `RunFinished`, then power off (or reboot) in boot mode, exit in
+    /// run mode.
+    Release {
+        /// Reboot instead of powering off.
+        reboot: bool,
+    },
+    /// Allow one disk past the storage wipe gate and re-run the stage (sent to a held
+    /// run); the agent checks the approval itself.
+    Approve(Approval),
+}
+
+/// An operator's override of the storage wipe gate for one disk of one stage of one
+/// run, signed by the coordinator key over `APPROVAL_DOMAIN ++ postcard(run, stage,
+/// serial)`. The agent refuses one for another run, stage or disk, or not signed by
+/// the key that signed its ticket.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Approval {
+    /// The run.
+    pub run: RunId,
+    /// Index into the plan's stages (a storage stage).
+    pub stage: u16,
+    /// The disk's serial number.
+    pub serial: String,
+    /// The coordinator key's signature.
+    pub sig: Sig,
+}
+
+impl Approval {
+    fn message(run: &RunId, stage: u16, serial: &str) -> Vec<u8> {
+        postcard::to_allocvec(&(run, stage, serial)).expect("approvals always encode")
+    }
+
+    /// Signs an approval with `key`.
+    pub fn sign(run: RunId, stage: u16, serial: &str, key: &SecretKey) -> Approval {
+        let sig = key.sign(crate::APPROVAL_DOMAIN, &Approval::message(&run, stage, serial));
+        Approval {
+            run,
+            stage,
+            serial: serial.into(),
+            sig,
+        }
+    }
+
+    /// Verifies the signature against `key`.
+    pub fn verify(&self, key: &PublicKey) -> Result<(), Error> {
+        key.verify(
+            crate::APPROVAL_DOMAIN,
+            &Approval::message(&self.run, self.stage, &self.serial),
+            &self.sig,
+        )
+    }
 }
 
 /// A claimed agent's request for the secrets its plan names, signed with its claim

@@ -27,11 +27,13 @@ mod upload;
 
 pub use bytes::Sig;
 pub use error::Error;
-pub use frame::{Ack, Batch, Command, Event, Frame, Outcome, SealedCheck, SecretsRequest, Stream};
+pub use frame::{
+    Ack, Approval, Batch, Command, Event, Frame, Outcome, SealedCheck, SecretsRequest, Stream,
+};
 pub use ids::{Mac, RunId, Sha256, hex, parse_hex};
 pub use key::{KeyId, PublicKey, SecretKey};
 pub use plan::{
-    ContainerSpec, CpuStressSpec, DiskSpec, GpuSpec, HostSpec, ImageRef, Mount, NetworkSpec,
+    ContainerSpec, CpuStressSpec, DiskSpec, GpuSpec, Hold, HoldWhen, HostSpec, ImageRef, Mount, NetworkSpec,
     NicSpec, Os, Plan, Runtime, SmartSpec, SshSpec, Stage, StageKind, StorageSpec, StorageTool,
     TestBundle,
 };
@@ -42,19 +44,21 @@ pub use upload::{
 };
 
 /// Format version of tickets, batches and bundles; a changed encoding is a new version.
-pub const VERSION: u16 = 2;
+pub const VERSION: u16 = 3;
 /// First bytes of a ticket file; the last byte is the format version.
-pub const TICKET_MAGIC: &[u8; 8] = b"KILNTKT\x02";
+pub const TICKET_MAGIC: &[u8; 8] = b"KILNTKT\x03";
 /// First bytes of an offline result bundle; the last byte is the format version.
-pub const BUNDLE_MAGIC: &[u8; 8] = b"KILNRES\x02";
+pub const BUNDLE_MAGIC: &[u8; 8] = b"KILNRES\x03";
 /// Domain separator prefixed to a ticket body before signing.
-pub const TICKET_DOMAIN: &[u8] = b"kiln-ticket-v2\0";
+pub const TICKET_DOMAIN: &[u8] = b"kiln-ticket-v3\0";
 /// Domain separator prefixed to a batch body before signing.
 pub const BATCH_DOMAIN: &[u8] = b"kiln-batch-v1\0";
 /// Domain separator prefixed to a secrets request before signing.
 pub const SECRETS_DOMAIN: &[u8] = b"kiln-secrets-v1\0";
 /// Domain separator prefixed to an ack (claim key, then body) before signing.
 pub const ACK_DOMAIN: &[u8] = b"kiln-ack-v1\0";
+/// Domain separator prefixed to a disk [`Approval`] before signing.
+pub const APPROVAL_DOMAIN: &[u8] = b"kiln-approve-v1\0";
 /// Domain separator prefixed to an artifact upload's [`UploadAuth`] before signing.
 pub const UPLOAD_DOMAIN: &[u8] = b"kiln-upload-v1\0";
 /// Default coordinator listen address.
@@ -68,6 +72,8 @@ pub const MAX_KEY_FILE_BYTES: usize = 64 * 1024;
 pub const MAX_PLAN_FILE_BYTES: usize = 1 << 20;
 /// Largest secret value (a file given to `secret set` or `--secret`), in bytes.
 pub const MAX_SECRET_BYTES: usize = 1 << 20;
+/// The longest hold a plan may ask for (`hold_for`), seconds: 7 days.
+pub const MAX_HOLD_S: u64 = 7 * 24 * 3600;
 /// The agent sends a batch at least this often (an empty one is the heartbeat).
 pub const HEARTBEAT_MS: u64 = 2_000;
 /// A run with no batch for this long shows `stale`.

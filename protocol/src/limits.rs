@@ -126,6 +126,14 @@ impl Plan {
         for (i, s) in self.stages.iter().enumerate() {
             check_stage(i, s)?;
         }
+        texts(&|| "hold keys".into(), &self.hold.keys)?;
+        if self.hold.for_s > crate::MAX_HOLD_S {
+            return Err(Error::TooLarge {
+                what: format!("hold is {} s", self.hold.for_s),
+                limit: crate::MAX_HOLD_S as usize,
+                rule: "MAX_HOLD_S",
+            });
+        }
         Ok(())
     }
 }

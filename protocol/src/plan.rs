@@ -20,6 +20,53 @@ pub struct Plan {
     pub fail_fast: bool,
     /// Limit for the whole run, seconds (0 = none).
     pub timeout_s: u64,
+    /// Whether the machine is kept for a person at the end (new in version 3).
+    pub hold: Hold,
+}
+
+/// When a run's machine is held for a person instead of powered off.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub enum HoldWhen {
+    /// Never: power off (boot mode) or exit at the end.
+    #[default]
+    Never,
+    /// When the run's outcome is not ok (failed, timed out, error, aborted, held).
+    OnFailure,
+    /// After every run.
+    Always,
+}
+
+impl HoldWhen {
+    /// The name used in plan files.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            HoldWhen::Never => "never",
+            HoldWhen::OnFailure => "on_failure",
+            HoldWhen::Always => "always",
+        }
+    }
+}
+
+/// A plan's hold: when, for how long, and the operators' SSH public keys.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Hold {
+    /// When the hold applies.
+    pub when: HoldWhen,
+    /// How long the machine waits for a person, seconds (at most [`crate::MAX_HOLD_S`]).
+    pub for_s: u64,
+    /// OpenSSH public key lines (`ssh-ed25519 AAAA… comment`) admitted as root.
+    pub keys: Vec<String>,
+}
+
+impl Hold {
+    /// Whether a run that ended with `outcome` is held.
+    pub fn applies(&self, outcome: crate::Outcome) -> bool {
+        match self.when {
+            HoldWhen::Never => false,
+            HoldWhen::OnFailure => !outcome.is_ok(),
+            HoldWhen::Always => true,
+        }
+    }
 }
 
 /// One step of a plan.

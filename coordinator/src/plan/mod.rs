@@ -3,7 +3,7 @@
 //! Every error is one line that names the plan file and the line:
 //! `plans/nightly.toml:12: stage "smoke": tests folder tests/smoke does not exist`.
 use anyhow::{Context, Result, anyhow};
-use kiln_protocol::{Plan, Sha256, Stage, StageKind, TestBundle, tree};
+use kiln_protocol::{Hold, HoldWhen, Plan, Sha256, Stage, StageKind, TestBundle, tree};
 use std::cell::RefCell;
 use std::collections::{BTreeSet, HashMap};
 use std::fmt::Display;
@@ -130,12 +130,70 @@ impl Ctx<'_> {
             }
             stages.push(stage);
         }
+        let hold = self.hold(&raw)?;
         Ok(Plan {
             name,
             stages,
             fail_fast: raw.fail_fast.is_none_or(|f| f.into_inner()),
             timeout_s,
+            hold,
         })
+    }
+
+    /// `hold`, `hold_for` (default 4h, at most 7 days) and `hold_keys` (a secret of
+    /// OpenSSH public key lines, copied into the ticket: they are not secret).
+    fn hold(&self, raw: &PlanToml) -> Result<Hold> {
+        let when = match &raw.hold {
+            None => HoldWhen::Never,
+            Some(h) => match h.get_ref().as_str() {
+                "never" => HoldWhen::Never,
+                "on_failure" => HoldWhen::OnFailure,
+                "always" => HoldWhen::Always,
+                other => {
+                    return Err(self.err(
+                        h.span(),
+                        format!("`hold`: {other:?} is not one of never, on_failure, always"),
+                    ));
+                }
+            },
+        };
+        let for_s = match &raw.hold_for {
+            Some(t) => {
+                let s = self.duration(t, "hold_for")?;
+                if s == 0 || s > kiln_protocol::MAX_HOLD_S {
+                    return Err(self.err(
+                        t.span(),
+                        format!("`hold_for`: {s}s is not between 1s and 7 days"),
+                    ));
+                }
+                s
+            }
+            None => DEFAULT_HOLD_S,
+        };
+        let keys = match &raw.hold_keys {
+            None => Vec::new(),
+            Some(k) => {
+                let bytes = self
+                    .state
+                    .secret(k.get_ref())
+                    .map_err(|e| self.err(k.span(), format!("`hold_keys`: {e:#}")))?;
+                parse_public_keys(&bytes)
+                    .map_err(|e| self.err(k.span(), format!("`hold_keys` {:?}: {e}", k.get_ref())))?
+            }
+        };
+        if when == HoldWhen::Never && (raw.hold_for.is_some() || raw.hold_keys.is_some()) {
+            let span = raw
+                .hold_for
+                .as_ref()
+                .map(|v| v.span())
+                .or(raw.hold_keys.as_ref().map(|v| v.span()))
+                .unwrap_or(0..0);
+            return Err(self.err(
+                span,
+                "`hold_for` and `hold_keys` need `hold = \"on_failure\"` or `\"always\"`",
+            ));
+        }
+        Ok(Hold { when, for_s, keys })
     }
 
     fn stage(&self, index: usize, s: &Spanned<StageToml>) -> Result<Stage> {
@@ -309,7 +367,46 @@ impl StageAt<'_> {
         self.cx.err(span, format!("stage {:?}: {msg}", self.name))
     }
 
-    /// A duration given as `"10m"` or a number of seconds.
+    /// How long a hold lasts when the plan gives no `hold_for`: 4 hours.
+pub const DEFAULT_HOLD_S: u64 = 4 * 3600;
+
+/// The OpenSSH public key lines of a `hold_keys` secret: blank lines and `#` comments
+/// skipped; a private key, or a line that is no `TYPE BASE64 [comment]` key, refused.
+pub fn parse_public_keys(bytes: &[u8]) -> Result<Vec<String>, String> {
+    let text = std::str::from_utf8(bytes).map_err(|_| "not UTF-8 text".to_string())?;
+    if text.contains("PRIVATE KEY") {
+        return Err("holds a private key; give the public keys (.pub lines)".into());
+    }
+    let mut keys = Vec::new();
+    for (i, line) in text.lines().enumerate() {
+        let line = line.trim();
+        if line.is_empty() || line.starts_with('#') {
+            continue;
+        }
+        let mut words = line.split_whitespace();
+        let (kind, blob) = (words.next().unwrap_or(""), words.next().unwrap_or(""));
+        let known = kind.starts_with("ssh-")
+            || kind.starts_with("ecdsa-sha2-")
+            || kind.starts_with("sk-");
+        let b64 = !blob.is_empty()
+            && blob
+                .bytes()
+                .all(|b| b.is_ascii_alphanumeric() || b == b'+' || b == b'/' || b == b'=');
+        if !known || !b64 {
+            return Err(format!(
+                "line {} is not an OpenSSH public key (`ssh-ed25519 AAAA… comment`)",
+                i + 1
+            ));
+        }
+        keys.push(line.to_string());
+    }
+    if keys.is_empty() {
+        return Err("holds no public key".into());
+    }
+    Ok(keys)
+}
+
+/// A duration given as `"10m"` or a number of seconds.
     fn duration(&self, v: &Spanned<Value>, key: &str) -> Result<u64> {
         duration(v.get_ref(), key).map_err(|e| self.err(v.span(), e))
     }
@@ -354,6 +451,45 @@ impl StageAt<'_> {
         }
         Ok(())
     }
+}
+
+/// How long a hold lasts when the plan gives no `hold_for`: 4 hours.
+pub const DEFAULT_HOLD_S: u64 = 4 * 3600;
+
+/// The OpenSSH public key lines of a `hold_keys` secret: blank lines and `#` comments
+/// skipped; a private key, or a line that is no `TYPE BASE64 [comment]` key, refused.
+pub fn parse_public_keys(bytes: &[u8]) -> Result<Vec<String>, String> {
+    let text = std::str::from_utf8(bytes).map_err(|_| "not UTF-8 text".to_string())?;
+    if text.contains("PRIVATE KEY") {
+        return Err("holds a private key; give the public keys (.pub lines)".into());
+    }
+    let mut keys = Vec::new();
+    for (i, line) in text.lines().enumerate() {
+        let line = line.trim();
+        if line.is_empty() || line.starts_with('#') {
+            continue;
+        }
+        let mut words = line.split_whitespace();
+        let (kind, blob) = (words.next().unwrap_or(""), words.next().unwrap_or(""));
+        let known = kind.starts_with("ssh-")
+            || kind.starts_with("ecdsa-sha2-")
+            || kind.starts_with("sk-");
+        let b64 = !blob.is_empty()
+            && blob
+                .bytes()
+                .all(|b| b.is_ascii_alphanumeric() || b == b'+' || b == b'/' || b == b'=');
+        if !known || !b64 {
+            return Err(format!(
+                "line {} is not an OpenSSH public key (`ssh-ed25519 AAAA… comment`)",
+                i + 1
+            ));
+        }
+        keys.push(line.to_string());
+    }
+    if keys.is_empty() {
+        return Err("holds no public key".into());
+    }
+    Ok(keys)
 }
 
 /// A duration given as `"10m"` or a number of seconds.

@@ -165,6 +165,9 @@ pub(super) struct PlanToml {
     pub name: Option<Spanned<String>>,
     pub fail_fast: Option<Spanned<bool>>,
     pub timeout: Option<Spanned<Value>>,
+    pub hold: Option<Spanned<String>>,
+    pub hold_for: Option<Spanned<Value>>,
+    pub hold_keys: Option<Spanned<String>>,
     #[serde(default)]
     pub stage: Vec<Spanned<StageToml>>,
 }
@@ -181,6 +184,15 @@ impl PlanToml {
         }
         if let Some(v) = &mut self.timeout {
             v.locate(text, all.clone(), "timeout");
+        }
+        if let Some(v) = &mut self.hold {
+            v.locate(text, all.clone(), "hold");
+        }
+        if let Some(v) = &mut self.hold_for {
+            v.locate(text, all.clone(), "hold_for");
+        }
+        if let Some(v) = &mut self.hold_keys {
+            v.locate(text, all.clone(), "hold_keys");
         }
         for s in &mut self.stage {
             s.locate(text, all.clone(), "stage");
