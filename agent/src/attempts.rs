@@ -14,6 +14,7 @@ use crate::stages::ctx::{Sink, StageCtx, StageResult, Stop, StopSignal};
 use crate::stages::run_stage;
 
 /// What the stage loop works with.
+#[derive(Clone)]
 pub struct Attempts<'a> {
     /// The run.
     pub run: RunId,
@@ -93,6 +94,30 @@ impl Attempts<'_> {
         self.deadline.is_some_and(|d| Instant::now() >= d)
     }
 
+    /// One more attempt of stage `i`, numbered `attempt`, for a held run (`retry`,
+    /// `approve`: disks with a serial in `approved` pass the wipe gate); returns its
+    /// outcome. Every earlier attempt stays as it was.
+    pub async fn again(&self, i: usize, attempt: u32, approved: Vec<String>) -> Outcome {
+        let Some(stage) = self.plan.stages.get(i) else {
+            return Outcome::Error;
+        };
+        let progress = Progress::new(self.plan.stages.len());
+        progress.start(i, &stage.name, stage.kind.name(), attempt);
+        let t0 = Instant::now();
+        let r = self.attempt_with(i, stage, attempt, approved).await;
+        let took = t0.elapsed();
+        self.reporter.emit(Event::StageFinished {
+            stage: i as u16,
+            attempt,
+            outcome: r.outcome,
+            exit_code: r.exit_code,
+            duration_ms: took.as_millis() as u64,
+            detail: r.detail.clone(),
+        });
+        progress.end(i, &stage.name, r.outcome, &r.detail, took, attempt);
+        r.outcome
+    }
+
     /// Every attempt of one stage; returns its final outcome.
     async fn stage(&self, i: usize, stage: &Stage, progress: &Progress) -> Outcome {
         let prior = &self.resume.stages[i];
@@ -129,6 +154,17 @@ impl Attempts<'_> {
 
     /// One attempt: folder, tests, secrets, the stage under its timeout, artifacts.
     async fn attempt(&self, i: usize, stage: &Stage, attempt: u32) -> StageResult {
+        self.attempt_with(i, stage, attempt, Vec::new()).await
+    }
+
+    /// [`Attempts::attempt`] with disks approved past the wipe gate by serial.
+    async fn attempt_with(
+        &self,
+        i: usize,
+        stage: &Stage,
+        attempt: u32,
+        approved: Vec<String>,
+    ) -> StageResult {
         let index = i as u16;
         self.reporter.emit(Event::StageStarted {
             stage: index,
@@ -149,6 +185,7 @@ impl Attempts<'_> {
             secrets: BTreeMap::new(),
             sink: self.reporter.clone() as Arc<dyn Sink>,
             stop: stop.clone(),
+            approved,
         };
         crate::stages::groups::kill_leftover_groups(&base);
         scrub_secrets(&base);

@@ -164,6 +164,7 @@ fn boot(c: &BootConfig) -> Result<(RunEnd, bool), String> {
         secrets: BTreeMap::new(),
         agent_key: c.agent_key.clone(),
         clock,
+        hold: crate::hold::HoldMode::Ssh(crate::hold::SshConfig::image()),
     };
     // As PID 1 a panic would take the kernel down with it; report it instead.
     std::panic::catch_unwind(move || run_ticket(opts))
@@ -205,6 +206,10 @@ fn finish(c: &BootConfig, end: RunEnd) -> i32 {
             } else {
                 ""
             };
+            if crate::hold::reboot_asked() {
+                say(&format!("run finished: {}; rebooting", outcome.as_str()));
+                return reboot(c, code);
+            }
             say(&format!(
                 "run finished: {}{why}; powering off",
                 outcome.as_str()
@@ -220,6 +225,11 @@ fn finish(c: &BootConfig, end: RunEnd) -> i32 {
                 };
             say(&reason);
             idle(c, code)
+        }
+        RunEnd::Infra(reason) if crate::hold::was_held() => {
+            // A held run whose coordinator is gone: the hold's end powers off anyway.
+            say(&format!("run error after the hold: {reason}; powering off"));
+            power_off(c, code)
         }
         RunEnd::Infra(reason) => {
             say(&format!("run error: {reason}"));
@@ -297,6 +307,21 @@ fn power_off(c: &BootConfig, code: i32) -> i32 {
         Err(e) => {
             say(&format!("power off failed: {e}"));
             idle(c, EXIT_INFRA.max(code))
+        }
+    }
+}
+
+/// `sync`, then reboot (`run release --reboot`); returns only when impossible or not wanted.
+fn reboot(c: &BootConfig, code: i32) -> i32 {
+    if c.no_poweroff {
+        return code;
+    }
+    nix::unistd::sync();
+    match nix::sys::reboot::reboot(nix::sys::reboot::RebootMode::RB_AUTOBOOT) {
+        Ok(never) => match never {},
+        Err(e) => {
+            say(&format!("reboot failed: {e}"));
+            power_off(c, code)
         }
     }
 }
@@ -417,6 +442,7 @@ mod tests {
                 stages: vec![],
                 fail_fast: false,
                 timeout_s: 0,
+                hold: Default::default(),
             },
         };
         kiln_protocol::SignedTicket::sign(&t, key).to_file()

@@ -159,6 +159,7 @@ mod tests {
                 stages: vec![],
                 fail_fast: true,
                 timeout_s: 0,
+                hold: Default::default(),
             },
         };
         assert!(for_ticket(&t, Some(&path)).unwrap().is_none());

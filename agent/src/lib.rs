@@ -11,6 +11,7 @@ pub mod client;
 pub mod clock;
 pub mod end;
 pub mod exit;
+pub mod hold;
 pub mod hostinfo;
 pub mod hostkey;
 pub mod progress;

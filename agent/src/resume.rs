@@ -114,6 +114,7 @@ mod tests {
                 .collect(),
             fail_fast: false,
             timeout_s: 0,
+            hold: Default::default(),
         }
     }
 

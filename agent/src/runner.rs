@@ -44,6 +44,9 @@ pub struct RunOptions {
     /// Boot mode set the clock forward before the ticket was checked: reported in the
     /// run as a log line and a measurement.
     pub clock: Option<crate::clock::Correction>,
+    /// Whether a run whose plan asks for a hold is held (boot mode: with an SSH
+    /// server; `run --hold`: waiting only).
+    pub hold: crate::hold::HoldMode,
 }
 
 /// Loads the claim key kept in the work folder, or makes and keeps a new one (0600),
@@ -252,6 +255,7 @@ pub fn run_ticket(opts: RunOptions) -> RunEnd {
         resume: &resume,
         mode: &mode,
         out: offline_out.as_deref(),
+        hold: &opts.hold,
     };
     let claim_seq = session.announce(&key, &host, old.is_empty());
     let sender = reporter.start_sender();

@@ -31,6 +31,8 @@ pub struct Session<'a> {
     pub mode: &'a Mode,
     /// The bundle to write (offline).
     pub out: Option<&'a Path>,
+    /// Whether (and how) a run whose plan asks for a hold is held.
+    pub hold: &'a crate::hold::HoldMode,
 }
 
 impl Session<'_> {
@@ -165,7 +167,196 @@ impl Session<'_> {
             resume: self.resume,
             deadline,
         };
-        Ok(smol::block_on(attempts.run()))
+        let outcome = smol::block_on(attempts.run());
+        Ok(self.hold(outcome, &attempts))
+    }
+
+    /// Holds the machine for a person when the plan asks for it and the run ended so
+    /// (`Plan::hold`): an SSH server with the ticket's keys (boot mode), a `Held`
+    /// frame, then the coordinator's orders until the hold ends. Returns the run's
+    /// outcome, recomputed after retries.
+    fn hold(&self, mut outcome: Outcome, attempts: &Attempts) -> Outcome {
+        use crate::hold::{HoldMode, addresses, start_ssh, words};
+        use kiln_protocol::Command;
+        let h = &self.ticket.plan.hold;
+        if !h.applies(outcome) {
+            return outcome;
+        }
+        let (client, coordinator) = match self.mode {
+            Mode::Online {
+                client,
+                coordinator,
+            } => (client, *coordinator),
+            Mode::Offline { .. } => {
+                log::warn!("the plan asks to hold this machine, but an offline run has nobody to release it: not held");
+                return outcome;
+            }
+        };
+        let ssh = match self.hold {
+            HoldMode::Off => {
+                log::warn!(
+                    "the plan asks to hold this machine ({}); kiln-agent run without --hold does not: the run ends",
+                    h.when.as_str()
+                );
+                return outcome;
+            }
+            HoldMode::Wait => None,
+            HoldMode::Ssh(c) => match start_ssh(c, &h.keys) {
+                Ok(s) => Some(s),
+                Err(e) => {
+                    log::error!("held without an SSH server: {e}");
+                    self.reporter.emit_seq(Event::Order {
+                        what: "start the SSH server".into(),
+                        refused: Some(e),
+                    });
+                    None
+                }
+            },
+        };
+        crate::hold::note_held();
+        let host_key = ssh.as_ref().map(|s| s.fingerprint.clone());
+        let until = Instant::now() + Duration::from_secs(h.for_s);
+        let until_ms = client.now_ms().saturating_add(h.for_s.saturating_mul(1000));
+        let retry = Attempts {
+            deadline: None,
+            ..attempts.clone()
+        };
+        loop {
+            let addrs = addresses();
+            let seq = self.reporter.emit_seq(Event::Held {
+                outcome,
+                until_ms,
+                addrs: addrs.clone(),
+                host_key: host_key.clone(),
+            });
+            let left = until.saturating_duration_since(Instant::now()).as_secs();
+            let login = match (&host_key, addrs.first()) {
+                (Some(fp), Some(a)) => format!(": ssh root@{a} (host key {fp})"),
+                _ => String::new(),
+            };
+            eprintln!(
+                "kiln: run {outcome}, held for {}{login}",
+                words(left)
+            );
+            let Some(order) = self.control.wait_order(seq, until) else {
+                self.reporter.emit_seq(Event::Order {
+                    what: format!("hold ended after {}", words(h.for_s)),
+                    refused: None,
+                });
+                eprintln!("kiln: hold ended after {}", words(h.for_s));
+                return outcome;
+            };
+            match order {
+                Command::Release { reboot } => {
+                    let what = if reboot { "release (reboot)" } else { "release" };
+                    self.reporter.emit_seq(Event::Order {
+                        what: what.into(),
+                        refused: None,
+                    });
+                    eprintln!("kiln: {what}: ordered by the coordinator");
+                    crate::hold::ask_reboot(reboot);
+                    return outcome;
+                }
+                Command::RetryStage { stage } => {
+                    let i = stage as usize;
+                    let what = match self.ticket.plan.stages.get(i) {
+                        Some(s) => format!("retry stage {:?}", s.name),
+                        None => format!("retry stage #{i}"),
+                    };
+                    let refused = if i >= self.ticket.plan.stages.len() {
+                        Some(format!("the plan has no stage #{i}"))
+                    } else {
+                        self.control
+                            .aborted()
+                            .map(|r| format!("the run was aborted ({r})"))
+                    };
+                    let ok = refused.is_none();
+                    self.reporter.emit_seq(Event::Order { what, refused });
+                    if ok {
+                        outcome = self.again(&retry, i, Vec::new());
+                    }
+                }
+                Command::Approve(a) => {
+                    let what = format!("approve disk {:?} for stage #{}", a.serial, a.stage);
+                    let refused = self.check_approval(&a, &coordinator);
+                    let ok = refused.is_none();
+                    if let Some(why) = &refused {
+                        log::warn!("{what} refused: {why}");
+                    }
+                    self.reporter.emit_seq(Event::Order { what, refused });
+                    if ok {
+                        outcome = self.again(&retry, a.stage as usize, vec![a.serial.clone()]);
+                    }
+                }
+                Command::Continue | Command::Abort { .. } | Command::Shutdown => {}
+            }
+            if !h.applies(outcome) {
+                return outcome;
+            }
+        }
+    }
+
+    /// One more attempt of stage `i` (disks with serials in `approved` allowed past
+    /// the wipe gate); returns the run's outcome recomputed from the spool: the worst
+    /// of every stage's last finished attempt.
+    fn again(&self, attempts: &Attempts, i: usize, approved: Vec<String>) -> Outcome {
+        let folded = self.folded();
+        let attempt = folded.stages.get(i).map_or(0, |s| s.last_attempt) + 1;
+        smol::block_on(attempts.again(i, attempt, approved));
+        let folded = self.folded();
+        folded
+            .stages
+            .iter()
+            .filter_map(|s| s.last_outcome)
+            .fold(Outcome::Passed, Outcome::worst)
+    }
+
+    /// The spool folded against the plan.
+    fn folded(&self) -> Resume {
+        let mut frames = Vec::new();
+        let mut from = 1;
+        while let Ok(more) = self.reporter.frames_from(from) {
+            let Some(last) = more.last() else { break };
+            from = last.seq + 1;
+            frames.extend(more);
+        }
+        Resume::fold(&frames, &self.ticket.plan)
+    }
+
+    /// Why an approval is refused: not signed by the key that signed the ticket, for
+    /// another run, or for a stage that is no storage stage or has no disk with that
+    /// serial. `None`: it holds.
+    fn check_approval(
+        &self,
+        a: &kiln_protocol::Approval,
+        coordinator: &kiln_protocol::PublicKey,
+    ) -> Option<String> {
+        if a.verify(coordinator).is_err() {
+            return Some("not signed by the coordinator key that signed this run's ticket".into());
+        }
+        if a.run != self.ticket.run {
+            return Some(format!("it is for run {}, not {}", a.run, self.ticket.run));
+        }
+        let Some(stage) = self.ticket.plan.stages.get(a.stage as usize) else {
+            return Some(format!("the plan has no stage #{}", a.stage));
+        };
+        let kiln_protocol::StageKind::Storage(spec) = &stage.kind else {
+            return Some(format!("stage {:?} is no storage stage", stage.name));
+        };
+        let serials = crate::stages::hardware::storage::serials(&spec.devices);
+        if !serials.iter().any(|(_, s)| s == a.serial.trim()) {
+            let have: Vec<String> = serials.iter().map(|(d, s)| format!("{d} {s:?}")).collect();
+            return Some(format!(
+                "no disk of stage {:?} has serial {:?} (it has {})",
+                stage.name,
+                a.serial,
+                have.join(", ")
+            ));
+        }
+        if let Some(r) = self.control.aborted() {
+            return Some(format!("the run was aborted ({r})"));
+        }
+        None
     }
 
     /// Reports the end and waits for it to be acked (online) or writes the bundle.

@@ -108,6 +108,7 @@ mod tests {
                 stages: vec![],
                 fail_fast: false,
                 timeout_s: 0,
+                hold: Default::default(),
             },
         };
         SignedTicket::sign(&t, key).to_file()

@@ -65,6 +65,7 @@ fn ticket(key: &SecretKey, run: RunId, host: usize, issued_at: u64) -> SignedTic
             )],
             fail_fast: true,
             timeout_s: 0,
+            hold: Default::default(),
         },
     };
     SignedTicket::sign(&t, key)

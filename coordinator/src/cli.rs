@@ -12,10 +12,11 @@ use crate::commands::admin::{
 use crate::commands::runs::{
     ImportCmd, ReportCmd, RunAbortCmd, RunAckContestCmd, RunLogsCmd, RunShowCmd, RunsCmd,
 };
+use crate::commands::hold::{RunApproveCmd, RunReleaseCmd, RunRetryCmd};
 use crate::commands::serve::ServeCmd;
 use crate::commands::ticket::{TicketIssueCmd, TicketShowCmd};
 use crate::commands::watch::RunWatchCmd;
-use crate::commands::{admin, runs, serve, ticket, watch};
+use crate::commands::{admin, hold, runs, serve, ticket, watch};
 use crate::exit;
 use crate::state::{State, resolve_root};
 
@@ -121,6 +122,9 @@ pub enum RunSub {
     Logs(RunLogsCmd),
     Abort(RunAbortCmd),
     AckContest(RunAckContestCmd),
+    Release(RunReleaseCmd),
+    Retry(RunRetryCmd),
+    Approve(RunApproveCmd),
 }
 
 /// Manage netboot images.
@@ -185,6 +189,15 @@ pub fn run(cli: Cli) -> Result<i32> {
         Command::Run(RunCmd {
             command: RunSub::AckContest(c),
         }) => runs::cmd_ack_contest(&state, &c),
+        Command::Run(RunCmd {
+            command: RunSub::Release(c),
+        }) => hold::cmd_release(&state, &c),
+        Command::Run(RunCmd {
+            command: RunSub::Retry(c),
+        }) => hold::cmd_retry(&state, &c),
+        Command::Run(RunCmd {
+            command: RunSub::Approve(c),
+        }) => hold::cmd_approve(&state, &c),
         Command::Import(c) => runs::cmd_import(&state, &c),
         Command::Report(c) => runs::cmd_report(&state, &c),
         Command::Image(ImageCmd {

@@ -21,7 +21,7 @@ td,th{border:1px solid #ccc;padding:.2em .6em;text-align:left;vertical-align:top
 th{background:#f3f3f3}pre{background:#f7f7f7;padding:.5em;overflow-x:auto;max-height:30em}\
 code{font-size:13px}.passed{color:#176b2c}.warning,.held,.stale{color:#9a6700}\
 .skipped,.not_run,.pending,.claimed{color:#666}.failed,.timed_out,.lost,.expired{color:#b3261e}\
-.error,.aborted{color:#8250df}.running{color:#0550ae}.corrupt,.contested{color:#b3261e;font-weight:bold}";
+.error,.aborted{color:#8250df}.held{color:#9a6700;font-weight:bold}.running{color:#0550ae}.corrupt,.contested{color:#b3261e;font-weight:bold}";
 
 fn head(out: &mut String, title: &str, live: bool) {
     out.push_str("<!doctype html>\n<html><head><meta charset=\"utf-8\">");
@@ -259,6 +259,41 @@ pub fn run_page(s: &RunStatus, tails: &[Vec<String>], in_cas: &dyn Fn(&Sha256) -
             "<p class=\"aborted\">abort requested: {}</p>",
             escape(r)
         );
+    }
+    if let Some(h) = &s.hold {
+        let _ = writeln!(
+            out,
+            "<p class=\"held\">held until {} (stages so far: {})</p>",
+            fmt_unix(h.until_ms / 1000),
+            h.outcome
+        );
+        match &h.host_key {
+            Some(fp) => {
+                for cmd in &h.ssh {
+                    let _ = writeln!(
+                        out,
+                        "<p>login: <code>{}</code> — host key <code>{}</code></p>",
+                        escape(cmd),
+                        escape(fp)
+                    );
+                }
+            }
+            None => out.push_str("<p>no SSH server (kiln-agent run --hold)</p>\n"),
+        }
+    }
+    if !s.orders.is_empty() {
+        out.push_str("<table><tr><th>order</th><th>at</th><th>by</th><th>result</th></tr>\n");
+        for e in &s.orders {
+            let _ = writeln!(
+                out,
+                "<tr><td>{}</td><td>{}</td><td>{}</td><td>{}</td></tr>",
+                escape(&e.what),
+                fmt_unix(e.at_ms / 1000),
+                escape(&e.by),
+                escape(&e.result)
+            );
+        }
+        out.push_str("</table>\n");
     }
     if let Some(c) = &s.corrupt {
         let _ = writeln!(

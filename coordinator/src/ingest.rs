@@ -243,7 +243,7 @@ impl Ingester {
                     return Err(r);
                 }
             };
-            let was_finished = c.finished;
+            let (was_finished, was_held) = (c.finished, c.held);
             store(rd, c, &v, from).map_err(|e| {
                 c.len = u64::MAX; // forces a rescan next time
                 Refusal::internal(e)
@@ -251,13 +251,19 @@ impl Ingester {
             if mode == Mode::Online {
                 rd.touch_seen();
             }
-            // The index cares when a run stops being pending and when it ends.
-            if v.bind || c.finished != was_finished {
+            // The index cares when a run stops being pending, when it ends, and when
+            // a hold begins or ends.
+            if v.bind || c.finished != was_finished || c.held != was_held {
                 crate::journal::note_run(&self.state, run);
             }
-            let command = match rd.abort_request() {
-                Some(reason) if !c.finished => Command::Abort { reason },
-                _ => Command::Continue,
+            // A held run gets its pending order (`run release|retry|approve`) while
+            // the hold it was given for lasts; an abort request does not stop it.
+            let command = match c.held {
+                Some(seq) => crate::orders::pending(rd, seq).unwrap_or(Command::Continue),
+                None => match rd.abort_request() {
+                    Some(reason) if !c.finished => Command::Abort { reason },
+                    _ => Command::Continue,
+                },
             };
             Ok(Ack {
                 run: *run,

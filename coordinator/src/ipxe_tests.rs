@@ -64,6 +64,7 @@ fn issue(s: &State, host: &str, run: u8, issued_at: u64, key: &SecretKey) -> Run
             stages: vec![],
             fail_fast: true,
             timeout_s: 0,
+            hold: Default::default(),
         },
     };
     let dir = s.run_dir(&run);

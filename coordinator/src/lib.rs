@@ -19,6 +19,7 @@ pub mod ipxe;
 pub mod journal;
 pub mod limits;
 pub mod neigh;
+pub mod orders;
 pub mod plan;
 pub mod report;
 pub mod state;

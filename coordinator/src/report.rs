@@ -54,6 +54,28 @@ pub fn state_word(state: RunState, contested: bool) -> String {
     }
 }
 
+/// How to reach a held run's machine, for `run show` and `run watch`: the exact
+/// `ssh root@ADDR` lines with the host key to check, and the orders it takes.
+pub fn hold_lines(h: &crate::status::HoldStatus) -> Vec<String> {
+    let mut out = Vec::new();
+    match &h.host_key {
+        Some(fp) => {
+            for cmd in &h.ssh {
+                out.push(format!("login    {cmd}    (host key {fp})"));
+            }
+            if h.ssh.is_empty() {
+                out.push(format!("login    no address reported (host key {fp})"));
+            }
+        }
+        None => out.push("login    no SSH server (kiln-agent run --hold)".into()),
+    }
+    out.push(
+        "orders   kiln-coordinator run release|retry --stage NAME|approve --stage NAME --disk SERIAL"
+            .into(),
+    );
+    out
+}
+
 /// The claim lines of `run show`: who claimed the run from where, the enrolled key,
 /// and contested or refused claims; `v` makes recorded text visible (or not, raw).
 fn claims_text(o: &mut String, s: &RunStatus, v: &dyn Fn(&str) -> String) {
@@ -109,8 +131,11 @@ pub fn show_text(s: &RunStatus, raw: bool) -> String {
             let _ = writeln!(o, "host     {}", v(&s.host));
         }
     }
-    let state = state_word(s.state, s.contested);
-    let _ = match s.outcome {
+    let mut state = state_word(s.state, s.contested);
+    if let Some(h) = &s.hold {
+        state = format!("{state} (until {})", fmt_unix(h.until_ms / 1000));
+    }
+    let _ = match s.outcome.or(s.hold.as_ref().map(|h| h.outcome)) {
         Some(oc) => writeln!(o, "state    {state} ({oc})"),
         None => writeln!(o, "state    {state}"),
     };
@@ -133,6 +158,21 @@ pub fn show_text(s: &RunStatus, raw: bool) -> String {
     );
     if let Some(r) = &s.abort_requested {
         let _ = writeln!(o, "abort    requested: {}", v(r));
+    }
+    if let Some(h) = &s.hold {
+        for line in hold_lines(h) {
+            let _ = writeln!(o, "{}", v(&line));
+        }
+    }
+    for e in &s.orders {
+        let _ = writeln!(
+            o,
+            "order    {} {} by {}: {}",
+            fmt_unix(e.at_ms / 1000),
+            v(&e.what),
+            v(&e.by),
+            v(&e.result)
+        );
     }
     let _ = writeln!(o);
     let _ = writeln!(

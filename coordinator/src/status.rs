@@ -44,6 +44,9 @@ pub enum RunState {
     /// Claimed, unfinished, and no batch for [`kiln_protocol::STALE_AFTER_MS`] (with
     /// an abort request, only until [`ABORT_GRACE_MS`] passed: then `Aborted`).
     Stale,
+    /// The stages are done and the machine waits for a person (the plan's `hold`):
+    /// [`RunStatus::hold`] says until when and how to log in.
+    Held,
     /// events.log holds a record that does not decode ([`RunStatus::corrupt`] says
     /// which); the status is that of the records before it, and nothing more is
     /// stored for the run.
@@ -62,6 +65,7 @@ impl RunState {
             RunState::Expired => "expired",
             RunState::Stale => "stale",
             RunState::Corrupt => "corrupt",
+            RunState::Held => "held",
         }
     }
 
@@ -69,7 +73,11 @@ impl RunState {
     pub fn is_live(self) -> bool {
         matches!(
             self,
-            RunState::Pending | RunState::Claimed | RunState::Running | RunState::Stale
+            RunState::Pending
+                | RunState::Claimed
+                | RunState::Running
+                | RunState::Stale
+                | RunState::Held
         )
     }
 }
@@ -123,6 +131,39 @@ pub struct RunStatus {
     /// Fingerprint of the enrolled agent key the ticket names (the only key that may
     /// claim the run).
     pub enrolled_key: Option<String>,
+    /// While the run is held: until when, and how to log in.
+    pub hold: Option<HoldStatus>,
+    /// Every order to a held run and what came of it: the operator's requests (as
+    /// the coordinator recorded them) and the agent's `Order` frames, in time order.
+    pub orders: Vec<OrderEvent>,
+}
+
+/// A held run's machine, from its last `Held` frame.
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct HoldStatus {
+    /// The outcome of the stages so far.
+    pub outcome: &'static str,
+    /// When the hold ends by itself (agent clock), unix ms.
+    pub until_ms: u64,
+    /// The machine's addresses.
+    pub addrs: Vec<String>,
+    /// The SSH server's host key fingerprint (`SHA256:…`); none without a server.
+    pub host_key: Option<String>,
+    /// `ssh root@ADDR` per address (empty without an SSH server).
+    pub ssh: Vec<String>,
+}
+
+/// One order to a held run, or what the agent did with one.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct OrderEvent {
+    /// When (the coordinator's clock for requests, the agent's for its frames), unix ms.
+    pub at_ms: u64,
+    /// Who: `operator USER` for a request, `agent` for what the agent did.
+    pub by: String,
+    /// What (`release`, `retry stage "disk"`, `approve disk "SN1" for stage #2`).
+    pub what: String,
+    /// `requested`, `done`, or `refused: WHY`.
+    pub result: String,
 }
 
 /// One stage's derived status.
@@ -275,6 +316,10 @@ pub fn annotate(rd: &RunDir, s: &mut RunStatus) -> Result<()> {
         });
     }
     s.claim_events = log.events;
+    let mut orders = crate::orders::read(rd)?;
+    orders.append(&mut s.orders);
+    orders.sort_by_key(|o| o.at_ms);
+    s.orders = orders;
     Ok(())
 }
 

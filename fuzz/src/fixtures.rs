@@ -84,6 +84,7 @@ pub fn small_plan() -> Plan {
         ],
         fail_fast: true,
         timeout_s: 0,
+        hold: Default::default(),
     }
 }
 

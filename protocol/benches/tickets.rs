@@ -33,6 +33,7 @@ fn ticket() -> Ticket {
                 .collect(),
             fail_fast: true,
             timeout_s: 7200,
+            hold: Default::default(),
         },
     }
 }

@@ -38,6 +38,11 @@ pub struct RunCmd {
     /// enrolled key (default /var/lib/kiln/agent.key)
     #[argh(option)]
     pub agent_key: Option<PathBuf>,
+    /// when the plan asks for a hold (`hold = "on_failure"`), wait after the run for
+    /// the coordinator's release, retry or approve (until the plan's `hold_for`); no
+    /// SSH server is started
+    #[argh(switch)]
+    pub hold: bool,
 }
 
 /// `run`: returns the exit status.
@@ -83,5 +88,10 @@ fn options(c: &RunCmd) -> Result<RunOptions, (i32, String)> {
         agent_key: c.agent_key.clone(),
         // Outside boot mode the clock is never set (only its skew is reported).
         clock: None,
+        hold: if c.hold {
+            crate::hold::HoldMode::Wait
+        } else {
+            crate::hold::HoldMode::Off
+        },
     })
 }

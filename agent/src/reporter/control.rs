@@ -1,5 +1,8 @@
-//! Orders from the coordinator (abort, shutdown) and the running stage's stop signal.
-use std::sync::Mutex;
+//! Orders from the coordinator (abort, shutdown, and a held run's release, retry and
+//! approve) and the running stage's stop signal.
+use kiln_protocol::Command;
+use std::sync::{Condvar, Mutex};
+use std::time::Instant;
 
 use crate::stages::ctx::{Stop, StopSignal};
 
@@ -7,6 +10,7 @@ use crate::stages::ctx::{Stop, StopSignal};
 #[derive(Debug, Default)]
 pub struct Control {
     inner: Mutex<ControlState>,
+    order_came: Condvar,
 }
 
 #[derive(Debug, Default)]
@@ -14,6 +18,10 @@ struct ControlState {
     current: Option<StopSignal>,
     abort: Option<String>,
     shutdown: bool,
+    /// Seq of the `Held` frame the run waits at (0: not waiting for orders).
+    held_seq: u64,
+    /// An order for the held run, taken by [`Control::wait_order`].
+    order: Option<Command>,
 }
 
 impl Control {
@@ -49,5 +57,44 @@ impl Control {
 
     pub(super) fn set_shutdown(&self) {
         self.inner.lock().expect("control lock").shutdown = true;
+    }
+
+    /// Offers an order for a held run (`Release`, `RetryStage`, `Approve`) that came on
+    /// an ack acking frames up to `upto`. Taken only while the run waits at a `Held`
+    /// frame the coordinator had stored when it answered (`upto >= held_seq`), so an
+    /// order repeated on acks sent before the agent's next frame is never obeyed twice.
+    /// Returns whether it was taken.
+    pub(super) fn offer_order(&self, cmd: Command, upto: u64) -> bool {
+        let mut c = self.inner.lock().expect("control lock");
+        if c.held_seq == 0 || upto < c.held_seq || c.order.is_some() {
+            return false;
+        }
+        c.order = Some(cmd);
+        self.order_came.notify_all();
+        true
+    }
+
+    /// Waits at the `Held` frame `held_seq` for an order, until `until`; `None` when
+    /// the hold ran out. Stops taking orders when it returns.
+    pub fn wait_order(&self, held_seq: u64, until: Instant) -> Option<Command> {
+        let mut c = self.inner.lock().expect("control lock");
+        c.held_seq = held_seq;
+        c.order = None;
+        loop {
+            if let Some(cmd) = c.order.take() {
+                c.held_seq = 0;
+                return Some(cmd);
+            }
+            let now = Instant::now();
+            if now >= until {
+                c.held_seq = 0;
+                return None;
+            }
+            c = self
+                .order_came
+                .wait_timeout(c, until - now)
+                .expect("control lock")
+                .0;
+        }
     }
 }

@@ -115,7 +115,7 @@ impl Reporter {
                     }
                     self.wake.notify_all();
                     drop(g);
-                    self.obey(ack.command);
+                    self.obey(ack.command, ack.upto);
                 }
                 Posted::ResendFrom(n) => {
                     let n = n.max(1);
@@ -167,7 +167,7 @@ impl Reporter {
         }
     }
 
-    fn obey(&self, command: Command) {
+    fn obey(&self, command: Command, upto: u64) {
         match command {
             Command::Continue => {}
             Command::Abort { reason } => {
@@ -182,8 +182,10 @@ impl Reporter {
                 }
                 self.control.set_shutdown();
             }
-            Command::RetryStage { stage } => {
-                log::info!("ignoring RetryStage for stage {stage}: not supported by this agent");
+            order @ (Command::RetryStage { .. } | Command::Release { .. } | Command::Approve(_)) => {
+                if !self.control.offer_order(order.clone(), upto) {
+                    log::debug!("order {order:?} ignored: the run is not waiting at a hold");
+                }
             }
         }
     }

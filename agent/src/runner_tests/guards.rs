@@ -121,6 +121,7 @@ fn huge_timeouts_mean_no_limit_not_a_panic() {
         stages: vec![st],
         fail_fast: true,
         timeout_s: i64::MAX as u64,
+        hold: Default::default(),
     };
     let d = tempfile::tempdir().unwrap();
     let (bytes, key, _) = ticket_for(plan, None);

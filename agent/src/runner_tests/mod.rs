@@ -49,6 +49,7 @@ fn ticket(stages: Vec<Stage>, url: Option<String>) -> (Vec<u8>, SecretKey, RunId
             stages,
             fail_fast: false,
             timeout_s: 0,
+            hold: Default::default(),
         },
         url,
     )
@@ -90,6 +91,7 @@ fn ticket_for(plan: Plan, url: Option<String>) -> (Vec<u8>, SecretKey, RunId) {
 fn opts(bytes: Vec<u8>, key: &SecretKey, work: &Path, out: Option<&Path>) -> RunOptions {
     RunOptions {
         clock: None,
+        hold: crate::hold::HoldMode::Off,
         ticket_bytes: bytes,
         ticket_path: None,
         trusted: vec![key.public()],
@@ -255,6 +257,7 @@ fn fail_fast_stops_after_a_failure_unless_the_stage_may_fail() {
         stages: vec![may_fail, exec("fails", "exit 2"), exec("never", "true")],
         fail_fast: true,
         timeout_s: 0,
+        hold: Default::default(),
     };
     let (end, frames) = offline(plan);
     assert_eq!(end.exit_status(), 1);
@@ -271,6 +274,7 @@ fn the_plan_timeout_bounds_the_whole_run() {
         stages: vec![exec("sleeps", "sleep 30"), exec("never", "true")],
         fail_fast: false,
         timeout_s: 1,
+        hold: Default::default(),
     };
     let (end, frames) = offline(plan);
     assert!(
@@ -301,6 +305,7 @@ fn a_missing_test_bundle_is_an_infrastructure_error_and_is_retried() {
         stages: vec![st],
         fail_fast: false,
         timeout_s: 0,
+        hold: Default::default(),
     };
     let (end, frames) = offline(plan);
     assert_eq!(end.exit_status(), 3);

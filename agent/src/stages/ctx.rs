@@ -176,6 +176,9 @@ pub struct StageCtx {
     pub sink: Arc<dyn Sink>,
     /// Fires on timeout or abort.
     pub stop: StopSignal,
+    /// Serials of disks an operator approved past the storage wipe gate (a verified
+    /// `Approve` order of a held run); empty otherwise.
+    pub approved: Vec<String>,
 }
 
 impl StageCtx {
@@ -393,6 +396,7 @@ impl StageCtx {
             secrets: BTreeMap::new(),
             sink: sink.clone(),
             stop: StopSignal::default(),
+            approved: Vec::new(),
         };
         (ctx, sink)
     }

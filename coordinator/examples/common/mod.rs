@@ -57,6 +57,7 @@ pub fn signed(key: &SecretKey, run: RunId, stage: &str) -> SignedTicket {
             )],
             fail_fast: true,
             timeout_s: 0,
+            hold: Default::default(),
         },
     };
     SignedTicket::sign(&t, key)

@@ -51,6 +51,17 @@ pub fn cmd_watch(state: &State, c: &RunWatchCmd) -> Result<i32> {
             match s.state {
                 RunState::Pending => println!("== run {id} is pending: waiting for an agent"),
                 RunState::Stale => println!("== run {id} is stale: no report for a minute"),
+                RunState::Held => {
+                    if let Some(h) = &s.hold {
+                        println!(
+                            "== run {id} is held until {}",
+                            crate::fmt::fmt_unix(h.until_ms / 1000)
+                        );
+                        for line in crate::report::hold_lines(h) {
+                            println!("{}", visible(&line));
+                        }
+                    }
+                }
                 RunState::Expired => println!("== run {id} expired before an agent claimed it"),
                 RunState::Aborted if s.outcome.is_none() => println!("== run {id} was aborted"),
                 RunState::Corrupt => {
@@ -141,6 +152,11 @@ fn describe(t: &Ticket, f: &Frame) -> Option<String> {
             ..
         } => format!("== {} / {name}: {outcome} {detail}", stage_name(t, *stage)),
         Event::RunFinished { outcome } => format!("== run finished: {outcome}"),
+        Event::Held { outcome, .. } => format!("== stages done ({outcome}): holding the machine"),
+        Event::Order { what, refused } => match refused {
+            Some(why) => format!("== order {what}: refused: {why}"),
+            None => format!("== order {what}: done"),
+        },
         _ => return None,
     })
 }

@@ -16,6 +16,8 @@ pub(super) struct Verdict {
     pub upto: u64,
     /// Whether the new frames end the run.
     pub finished: bool,
+    /// The last new frame's seq when it is a `Held` frame.
+    pub held: Option<u64>,
     /// Frames the batch resends (seqs the run already holds), as COBS records, and
     /// the seq of the first: the caller compares them with the stored records
     /// ([`super::resend`]). Empty when nothing is resent.
@@ -34,6 +36,7 @@ impl Cached {
             self.len += v.records.len() as u64;
             self.upto = v.upto;
             self.finished |= v.finished;
+            self.held = v.held;
         }
     }
 }
@@ -138,6 +141,10 @@ pub(super) fn validate(
         finished: fresh
             .iter()
             .any(|f| matches!(f.event, Event::RunFinished { .. })),
+        held: fresh
+            .last()
+            .filter(|f| matches!(f.event, Event::Held { .. }))
+            .map(|f| f.seq),
         resent: encode(old),
         resent_from: old.first().map_or(0, |f| f.seq),
     })
@@ -234,6 +241,7 @@ mod tests {
             not_after: u64::MAX,
             agent_key: None,
             macs: Vec::new(),
+            held: None,
         }
     }
 

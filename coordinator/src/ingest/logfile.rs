@@ -29,6 +29,9 @@ pub(crate) struct Cached {
     pub agent_key: Option<PublicKey>,
     /// The ticket's MACs (for the neighbour-table claim check).
     pub macs: Vec<Mac>,
+    /// The last stored frame's seq when it is a `Held` frame: the run waits for an
+    /// order ([`crate::orders`]).
+    pub held: Option<u64>,
 }
 
 impl Cached {
@@ -43,6 +46,7 @@ impl Cached {
             not_after: t.not_after,
             agent_key: t.host.agent_key,
             macs: t.host.macs.clone(),
+            held: None,
         }
     }
 }
@@ -114,10 +118,11 @@ pub(super) fn refresh<'a>(
         Err(e) if e.kind() == std::io::ErrorKind::NotFound => Vec::new(),
         Err(e) => return Err(Refusal::internal(e.into())),
     };
-    let (mut upto, mut finished, mut first_claim) = (0, false, None);
+    let (mut upto, mut finished, mut first_claim, mut held) = (0, false, None, None);
     let mut scan = crate::store::Scan::default();
     let used = scan.feed(&bytes, |frame| {
         upto = frame.seq;
+        held = matches!(frame.event, Event::Held { .. }).then_some(frame.seq);
         match frame.event {
             Event::RunFinished { .. } => finished = true,
             Event::Claim { agent_key, .. } if first_claim.is_none() => {
@@ -157,6 +162,7 @@ pub(super) fn refresh<'a>(
         upto,
         claim,
         finished,
+        held,
         ..Cached::empty(&ticket)
     });
     Ok(slot.as_mut().expect("just set"))

@@ -73,6 +73,7 @@ impl Fx {
                 stages: vec![Stage::new("only", StageKind::Inventory)],
                 fail_fast: true,
                 timeout_s: 0,
+                hold: Default::default(),
             },
         };
         let st = SignedTicket::sign(&t, &self.state.signing_key().unwrap());

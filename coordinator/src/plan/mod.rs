@@ -367,46 +367,7 @@ impl StageAt<'_> {
         self.cx.err(span, format!("stage {:?}: {msg}", self.name))
     }
 
-    /// How long a hold lasts when the plan gives no `hold_for`: 4 hours.
-pub const DEFAULT_HOLD_S: u64 = 4 * 3600;
-
-/// The OpenSSH public key lines of a `hold_keys` secret: blank lines and `#` comments
-/// skipped; a private key, or a line that is no `TYPE BASE64 [comment]` key, refused.
-pub fn parse_public_keys(bytes: &[u8]) -> Result<Vec<String>, String> {
-    let text = std::str::from_utf8(bytes).map_err(|_| "not UTF-8 text".to_string())?;
-    if text.contains("PRIVATE KEY") {
-        return Err("holds a private key; give the public keys (.pub lines)".into());
-    }
-    let mut keys = Vec::new();
-    for (i, line) in text.lines().enumerate() {
-        let line = line.trim();
-        if line.is_empty() || line.starts_with('#') {
-            continue;
-        }
-        let mut words = line.split_whitespace();
-        let (kind, blob) = (words.next().unwrap_or(""), words.next().unwrap_or(""));
-        let known = kind.starts_with("ssh-")
-            || kind.starts_with("ecdsa-sha2-")
-            || kind.starts_with("sk-");
-        let b64 = !blob.is_empty()
-            && blob
-                .bytes()
-                .all(|b| b.is_ascii_alphanumeric() || b == b'+' || b == b'/' || b == b'=');
-        if !known || !b64 {
-            return Err(format!(
-                "line {} is not an OpenSSH public key (`ssh-ed25519 AAAA… comment`)",
-                i + 1
-            ));
-        }
-        keys.push(line.to_string());
-    }
-    if keys.is_empty() {
-        return Err("holds no public key".into());
-    }
-    Ok(keys)
-}
-
-/// A duration given as `"10m"` or a number of seconds.
+    /// A duration given as `"10m"` or a number of seconds.
     fn duration(&self, v: &Spanned<Value>, key: &str) -> Result<u64> {
         duration(v.get_ref(), key).map_err(|e| self.err(v.span(), e))
     }
@@ -556,3 +517,4 @@ fn command(at: &StageAt, v: &Spanned<Value>) -> Result<Vec<String>> {
 
 #[cfg(test)]
 mod tests;
+

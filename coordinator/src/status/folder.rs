@@ -27,6 +27,10 @@ pub struct Folder {
     last_seq: u64,
     /// The corrupt record the pushed frames stop before.
     corrupt: Option<Corruption>,
+    /// The last `Held` frame's seq and what it said.
+    held: Option<(u64, HoldStatus)>,
+    /// The agent's `Order` frames.
+    orders: Vec<OrderEvent>,
 }
 
 impl Folder {
@@ -64,6 +68,8 @@ impl Folder {
             hostname: None,
             last_seq: 0,
             corrupt: None,
+            held: None,
+            orders: Vec::new(),
         }
     }
 
@@ -96,6 +102,39 @@ impl Folder {
                 self.agent_version = Some(v.clone());
             }
             (Event::Hello { hostname: h, .. }, _) => self.hostname = Some(h.clone()),
+            (
+                Event::Held {
+                    outcome,
+                    until_ms,
+                    addrs,
+                    host_key,
+                },
+                _,
+            ) => {
+                let ssh = match host_key {
+                    Some(_) => addrs.iter().map(|a| format!("ssh root@{a}")).collect(),
+                    None => Vec::new(),
+                };
+                self.held = Some((
+                    f.seq,
+                    HoldStatus {
+                        outcome: outcome.as_str(),
+                        until_ms: *until_ms,
+                        addrs: addrs.clone(),
+                        host_key: host_key.clone(),
+                        ssh,
+                    },
+                ));
+            }
+            (Event::Order { what, refused }, _) => self.orders.push(OrderEvent {
+                at_ms: f.at_ms,
+                by: "agent".into(),
+                what: what.clone(),
+                result: match refused {
+                    Some(why) => format!("refused: {why}"),
+                    None => "done".into(),
+                },
+            }),
             (Event::RunFinished { outcome: o }, _) => {
                 self.outcome = Some(*o);
                 self.finished = Some(f.at_ms);
@@ -189,9 +228,11 @@ impl Folder {
                     let since = a.at_ms.max(last_seen_ms.unwrap_or(0));
                     now_ms.saturating_sub(since) > ABORT_GRACE_MS
                 });
+                let held = self.held.as_ref().is_some_and(|(seq, _)| *seq == self.last_seq);
                 match (quiet, self.started_any) {
                     _ if abandoned => RunState::Aborted,
                     (true, _) => RunState::Stale,
+                    _ if held => RunState::Held,
                     (false, true) => RunState::Running,
                     (false, false) => RunState::Claimed,
                 }
@@ -231,6 +272,11 @@ impl Folder {
             contested: false,
             claim_events: Vec::new(),
             enrolled_key: t.host.agent_key.map(|k| k.fingerprint()),
+            hold: match (&self.held, state) {
+                (Some((_, h)), RunState::Held) => Some(h.clone()),
+                _ => None,
+            },
+            orders: self.orders.clone(),
         }
     }
 }

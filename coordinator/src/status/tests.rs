@@ -30,6 +30,7 @@ fn ticket() -> Ticket {
             stages: vec![stage("a"), stage("b")],
             fail_fast: true,
             timeout_s: 0,
+            hold: Default::default(),
         },
     }
 }

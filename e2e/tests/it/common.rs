@@ -91,12 +91,17 @@ impl Coordinator {
 
     /// Starts a server with extra `serve` arguments.
     pub fn start_with(state: &Path, extra: &[&str]) -> Coordinator {
+        Self::start_at(state, "127.0.0.1:0", extra)
+    }
+
+    /// Starts a server listening on `listen` (a restart on the address agents know).
+    pub fn start_at(state: &Path, listen: &str, extra: &[&str]) -> Coordinator {
         let addr_file = state.join(format!("addr.{}", std::process::id()));
         let _ = std::fs::remove_file(&addr_file);
         let mut child = Command::new(bin("kiln-coordinator"))
             .arg("--state")
             .arg(state)
-            .args(["serve", "--listen", "127.0.0.1:0", "--addr-file"])
+            .args(["serve", "--listen", listen, "--addr-file"])
             .arg(&addr_file)
             .args(extra)
             .stdout(Stdio::null())

@@ -12,6 +12,7 @@ mod crash;
 mod expiry;
 mod full_disk;
 mod hardware;
+mod hold;
 mod image;
 mod live_import;
 mod netboot;

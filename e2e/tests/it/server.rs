@@ -95,6 +95,7 @@ pub fn ticket(run: RunId, plan: &str, stages: Vec<Stage>, issued_at: u64) -> Tic
             stages,
             fail_fast: true,
             timeout_s: 0,
+            hold: Default::default(),
         },
     }
 }

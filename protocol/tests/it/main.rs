@@ -43,6 +43,7 @@ pub fn sample_ticket() -> Ticket {
             }],
             fail_fast: true,
             timeout_s: 0,
+            hold: Default::default(),
         },
     }
 }

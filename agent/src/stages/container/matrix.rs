@@ -30,6 +30,7 @@ fn cell_ctx(ctx: &StageCtx, stop: StopSignal) -> StageCtx {
         secrets: ctx.secrets.clone(),
         sink: ctx.sink.clone(),
         stop,
+        approved: ctx.approved.clone(),
     }
 }
 

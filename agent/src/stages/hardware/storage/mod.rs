@@ -23,6 +23,21 @@ use crate::stages::ctx::{StageCtx, StageResult};
 use crate::stages::hardware::collect::{self, Roots};
 use crate::stages::hardware::tools::{Tool, ToolError, find};
 
+/// Each of `devices` with the serial sysfs reports for it (empty when unreadable):
+/// what an approval's serial is checked against.
+pub fn serials(devices: &[String]) -> Vec<(String, String)> {
+    let roots = Roots::detect();
+    devices
+        .iter()
+        .map(|d| {
+            let serial = crate::stages::hardware::usage::resolve(&roots.sys, d)
+                .map(|bd| collect::disk(&roots.sys, &bd.name).serial.trim().to_string())
+                .unwrap_or_default();
+            (d.clone(), serial)
+        })
+        .collect()
+}
+
 fn base(dev: &str) -> String {
     dev.rsplit('/').next().unwrap_or(dev).to_string()
 }
