@@ -188,7 +188,9 @@ impl Session<'_> {
                 coordinator,
             } => (client, *coordinator),
             Mode::Offline { .. } => {
-                log::warn!("the plan asks to hold this machine, but an offline run has nobody to release it: not held");
+                log::warn!(
+                    "the plan asks to hold this machine, but an offline run has nobody to release it: not held"
+                );
                 return outcome;
             }
         };
@@ -234,10 +236,7 @@ impl Session<'_> {
                 (Some(fp), Some(a)) => format!(": ssh root@{a} (host key {fp})"),
                 _ => String::new(),
             };
-            eprintln!(
-                "kiln: run {outcome}, held for {}{login}",
-                words(left)
-            );
+            eprintln!("kiln: run {outcome}, held for {}{login}", words(left));
             let Some(order) = self.control.wait_order(seq, until) else {
                 self.reporter.emit_seq(Event::Order {
                     what: format!("hold ended after {}", words(h.for_s)),
@@ -248,7 +247,11 @@ impl Session<'_> {
             };
             match order {
                 Command::Release { reboot } => {
-                    let what = if reboot { "release (reboot)" } else { "release" };
+                    let what = if reboot {
+                        "release (reboot)"
+                    } else {
+                        "release"
+                    };
                     self.reporter.emit_seq(Event::Order {
                         what: what.into(),
                         refused: None,

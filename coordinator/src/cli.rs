@@ -9,10 +9,10 @@ use std::path::PathBuf;
 use crate::commands::admin::{
     DnsmasqCmd, HostAddCmd, HostListCmd, ImageAddCmd, InitCmd, KeyCmd, SecretSetCmd,
 };
+use crate::commands::hold::{RunApproveCmd, RunReleaseCmd, RunRetryCmd};
 use crate::commands::runs::{
     ImportCmd, ReportCmd, RunAbortCmd, RunAckContestCmd, RunLogsCmd, RunShowCmd, RunsCmd,
 };
-use crate::commands::hold::{RunApproveCmd, RunReleaseCmd, RunRetryCmd};
 use crate::commands::serve::ServeCmd;
 use crate::commands::ticket::{TicketIssueCmd, TicketShowCmd};
 use crate::commands::watch::RunWatchCmd;

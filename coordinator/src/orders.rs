@@ -87,7 +87,12 @@ pub fn request(state: &State, rd: &RunDir, key: &PublicKey, req: &Request) -> Re
     };
     let (what, cmd) = match req {
         Request::Release { reboot } => (
-            if *reboot { "release (reboot)" } else { "release" }.to_string(),
+            if *reboot {
+                "release (reboot)"
+            } else {
+                "release"
+            }
+            .to_string(),
             Command::Release { reboot: *reboot },
         ),
         Request::Retry { stage } => (
@@ -136,8 +141,7 @@ pub fn set_order(rd: &RunDir, held_seq: u64, cmd: &Command) -> Result<()> {
 /// The pending order for the run, if it was given for the `Held` frame `held_seq`.
 pub fn pending(rd: &RunDir, held_seq: u64) -> Option<Command> {
     let bytes =
-        kiln_protocol::io::read_file_capped(&rd.path(ORDER), MAX_ORDER_BYTES, "an order")
-            .ok()?;
+        kiln_protocol::io::read_file_capped(&rd.path(ORDER), MAX_ORDER_BYTES, "an order").ok()?;
     let ((seq, cmd), rest) = postcard::take_from_bytes::<(u64, Command)>(&bytes).ok()?;
     (rest.is_empty() && seq == held_seq).then_some(cmd)
 }

@@ -435,7 +435,10 @@ impl Approval {
 
     /// Signs an approval with `key`.
     pub fn sign(run: RunId, stage: u16, serial: &str, key: &SecretKey) -> Approval {
-        let sig = key.sign(crate::APPROVAL_DOMAIN, &Approval::message(&run, stage, serial));
+        let sig = key.sign(
+            crate::APPROVAL_DOMAIN,
+            &Approval::message(&run, stage, serial),
+        );
         Approval {
             run,
             stage,

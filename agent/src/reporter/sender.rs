@@ -182,7 +182,8 @@ impl Reporter {
                 }
                 self.control.set_shutdown();
             }
-            order @ (Command::RetryStage { .. } | Command::Release { .. } | Command::Approve(_)) => {
+            order
+            @ (Command::RetryStage { .. } | Command::Release { .. } | Command::Approve(_)) => {
                 if !self.control.offer_order(order.clone(), upto) {
                     log::debug!("order {order:?} ignored: the run is not waiting at a hold");
                 }

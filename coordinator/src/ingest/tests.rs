@@ -375,3 +375,64 @@ fn a_faithful_resend_is_acked_and_adds_only_new_frames() {
     );
     assert_eq!(fx.stored(&run).0, grown);
 }
+
+/// A held run's ack carries the pending order only while the `Held` frame it was
+/// given for is the run's last; an abort request is not sent to a held run.
+#[test]
+fn a_held_runs_ack_carries_its_order_while_the_hold_lasts() {
+    use kiln_protocol::Command;
+    let fx = Fx::new();
+    let key = SecretKey::from_seed([1; 32]);
+    let run = fx.run(Before::Claimed, &key);
+    let rd = RunDir::new(&fx.state, run);
+    let held = Event::Held {
+        outcome: Outcome::Failed,
+        until_ms: 1,
+        addrs: vec![],
+        host_key: None,
+    };
+    let release = Command::Release { reboot: false };
+    // An order bound to a hold that is not the last frame (seq 4 is yet to come).
+    crate::orders::set_order(&rd, 4, &release).unwrap();
+    std::fs::write(rd.path(files::ABORT), "stop\n").unwrap();
+    let ack = fx
+        .post(&run, &seal(run, vec![frame(4, held.clone())], &key))
+        .unwrap();
+    assert_eq!(ack.command, release, "the order for the hold at seq 4");
+    // A heartbeat: the same order again (the agent takes it once).
+    let ack = fx.post(&run, &seal(run, vec![], &key)).unwrap();
+    assert_eq!(ack.command, release);
+    // The agent's next frame ends that hold: no order, and the abort request again.
+    let order = Event::Order {
+        what: "release".into(),
+        refused: None,
+    };
+    let ack = fx
+        .post(&run, &seal(run, vec![frame(5, order)], &key))
+        .unwrap();
+    assert_eq!(
+        ack.command,
+        Command::Abort {
+            reason: "stop".into()
+        }
+    );
+    // A new hold: the old order (for seq 4) is not sent.
+    std::fs::remove_file(rd.path(files::ABORT)).unwrap();
+    let ack = fx
+        .post(&run, &seal(run, vec![frame(6, held)], &key))
+        .unwrap();
+    assert_eq!(ack.command, Command::Continue);
+    // After a restart (a fresh writer reads the log): the order for seq 6 is sent.
+    crate::orders::set_order(&rd, 6, &release).unwrap();
+    let fresh = Ingester::new(&fx.state).unwrap();
+    let from: SocketAddr = "127.0.0.1:9".parse().unwrap();
+    let ack = fresh
+        .ingest(
+            &run,
+            &seal(run, vec![], &key),
+            Mode::Online,
+            Source::Net(from),
+        )
+        .unwrap();
+    assert_eq!(ack.command, release);
+}

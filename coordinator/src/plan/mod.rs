@@ -168,6 +168,7 @@ impl Ctx<'_> {
                 }
                 s
             }
+            None if when == HoldWhen::Never => 0,
             None => DEFAULT_HOLD_S,
         };
         let keys = match &raw.hold_keys {
@@ -177,8 +178,9 @@ impl Ctx<'_> {
                     .state
                     .secret(k.get_ref())
                     .map_err(|e| self.err(k.span(), format!("`hold_keys`: {e:#}")))?;
-                parse_public_keys(&bytes)
-                    .map_err(|e| self.err(k.span(), format!("`hold_keys` {:?}: {e}", k.get_ref())))?
+                parse_public_keys(&bytes).map_err(|e| {
+                    self.err(k.span(), format!("`hold_keys` {:?}: {e}", k.get_ref()))
+                })?
             }
         };
         if when == HoldWhen::Never && (raw.hold_for.is_some() || raw.hold_keys.is_some()) {
@@ -432,9 +434,8 @@ pub fn parse_public_keys(bytes: &[u8]) -> Result<Vec<String>, String> {
         }
         let mut words = line.split_whitespace();
         let (kind, blob) = (words.next().unwrap_or(""), words.next().unwrap_or(""));
-        let known = kind.starts_with("ssh-")
-            || kind.starts_with("ecdsa-sha2-")
-            || kind.starts_with("sk-");
+        let known =
+            kind.starts_with("ssh-") || kind.starts_with("ecdsa-sha2-") || kind.starts_with("sk-");
         let b64 = !blob.is_empty()
             && blob
                 .bytes()
@@ -517,4 +518,3 @@ fn command(at: &StageAt, v: &Spanned<Value>) -> Result<Vec<String>> {
 
 #[cfg(test)]
 mod tests;
-

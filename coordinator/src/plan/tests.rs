@@ -597,3 +597,69 @@ fn errors_in_dotted_key_tables_name_their_line() {
         "command",
     );
 }
+
+#[test]
+fn hold_settings_go_into_the_plan_with_the_public_keys() {
+    let f = fx();
+    // Default: never, and nothing else.
+    let p = f.load(EXEC).unwrap().plan;
+    assert_eq!(p.hold, kiln_protocol::Hold::default());
+    f.state
+        .set_secret(
+            "ops-keys",
+            b"# operators\nssh-ed25519 AAAAC3NzaC1lZDI1NTE5AAAAIA ann@lab\n\nssh-rsa AAAAB3Nza bob\n",
+        )
+        .unwrap();
+    let p = f
+        .load(&format!(
+            "hold = \"on_failure\"\nhold_for = \"90m\"\nhold_keys = \"ops-keys\"\n{EXEC}"
+        ))
+        .unwrap()
+        .plan;
+    assert_eq!(p.hold.when, kiln_protocol::HoldWhen::OnFailure);
+    assert_eq!(p.hold.for_s, 5400);
+    assert_eq!(
+        p.hold.keys,
+        [
+            "ssh-ed25519 AAAAC3NzaC1lZDI1NTE5AAAAIA ann@lab",
+            "ssh-rsa AAAAB3Nza bob"
+        ]
+    );
+    let p = f.load(&format!("hold = \"always\"\n{EXEC}")).unwrap().plan;
+    assert_eq!((p.hold.for_s, p.hold.keys.len()), (DEFAULT_HOLD_S, 0));
+}
+
+#[test]
+fn bad_hold_settings_name_the_line() {
+    let f = fx();
+    f.fails(
+        &format!("hold = \"sometimes\"\n{EXEC}"),
+        1,
+        "not one of never, on_failure, always",
+    );
+    f.fails(
+        &format!("hold = \"always\"\nhold_for = \"8d\"\n{EXEC}"),
+        2,
+        "not between 1s and 7 days",
+    );
+    f.fails(&format!("hold_for = \"1h\"\n{EXEC}"), 1, "need `hold = ");
+    f.fails(
+        &format!("hold = \"always\"\nhold_keys = \"nope\"\n{EXEC}"),
+        2,
+        "secret \"nope\" is not set",
+    );
+    f.state
+        .set_secret("priv", b"-----BEGIN OPENSSH PRIVATE KEY-----\nxx\n")
+        .unwrap();
+    f.fails(
+        &format!("hold = \"always\"\nhold_keys = \"priv\"\n{EXEC}"),
+        2,
+        "holds a private key",
+    );
+    f.state.set_secret("junk", b"hello world\n").unwrap();
+    f.fails(
+        &format!("hold = \"always\"\nhold_keys = \"junk\"\n{EXEC}"),
+        2,
+        "line 1 is not an OpenSSH public key",
+    );
+}

@@ -228,7 +228,10 @@ impl Folder {
                     let since = a.at_ms.max(last_seen_ms.unwrap_or(0));
                     now_ms.saturating_sub(since) > ABORT_GRACE_MS
                 });
-                let held = self.held.as_ref().is_some_and(|(seq, _)| *seq == self.last_seq);
+                let held = self
+                    .held
+                    .as_ref()
+                    .is_some_and(|(seq, _)| *seq == self.last_seq);
                 match (quiet, self.started_any) {
                     _ if abandoned => RunState::Aborted,
                     (true, _) => RunState::Stale,

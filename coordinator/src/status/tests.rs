@@ -312,3 +312,60 @@ fn a_summary_serializes_the_headline_fields_of_its_status_in_order() {
         )
     );
 }
+
+fn held(until_ms: u64) -> Event {
+    Event::Held {
+        outcome: Outcome::Failed,
+        until_ms,
+        addrs: vec!["10.0.2.15".into()],
+        host_key: Some("SHA256:abc".into()),
+    }
+}
+
+#[test]
+fn a_held_run_shows_how_to_log_in_until_its_next_frame() {
+    let t = ticket();
+    let start = Event::StageStarted {
+        stage: 0,
+        attempt: 1,
+    };
+    let mut f = frames(vec![
+        claim(),
+        start,
+        done(0, 1, Outcome::Failed),
+        held(NOW + 60_000),
+    ]);
+    let s = at(&t, &f, Some(NOW), None, NOW);
+    assert_eq!(
+        (s.state, s.outcome, s.exit_status),
+        (RunState::Held, None, None)
+    );
+    let h = s.hold.expect("hold");
+    assert_eq!(h.ssh, ["ssh root@10.0.2.15"]);
+    assert_eq!(
+        (h.host_key.as_deref(), h.until_ms, h.outcome),
+        (Some("SHA256:abc"), NOW + 60_000, "failed")
+    );
+    // Heartbeats stop: stale, as any live run; the hold is not shown as current.
+    let s = at(&t, &f, Some(NOW), None, NOW + STALE_AFTER_MS + 1);
+    assert_eq!((s.state, s.hold), (RunState::Stale, None));
+    // An abort request does not end a hold (the agent takes no abort while held).
+    assert_eq!(at(&t, &f, Some(NOW), Some("x"), NOW).state, RunState::Held);
+    // The agent takes an order: no longer held; its Order frame is listed.
+    let n = f.len() as u64;
+    f.push(Frame {
+        seq: n + 1,
+        at_ms: NOW + 5,
+        event: Event::Order {
+            what: "release".into(),
+            refused: None,
+        },
+    });
+    let s = at(&t, &f, Some(NOW), None, NOW);
+    assert_eq!((s.state, s.hold), (RunState::Running, None));
+    assert_eq!(s.orders.len(), 1);
+    assert_eq!(
+        (s.orders[0].by.as_str(), s.orders[0].result.as_str()),
+        ("agent", "done")
+    );
+}

@@ -64,7 +64,11 @@ fn a_held_run_is_retried_in_place_and_passes_with_both_attempts() {
     assert_eq!(held["outcome"], Value::Null, "a held run has not finished");
     let h = &held["hold"];
     assert_eq!(h["outcome"], "failed");
-    assert_eq!(h["host_key"], Value::Null, "run --hold starts no SSH server");
+    assert_eq!(
+        h["host_key"],
+        Value::Null,
+        "run --hold starts no SSH server"
+    );
     let text = kc(&fx.state, &["run", "show", &run]).stdout;
     assert!(text.contains("state    held (until "), "{text}");
     assert!(text.contains("no SSH server"), "{text}");
@@ -75,7 +79,10 @@ fn a_held_run_is_retried_in_place_and_passes_with_both_attempts() {
     assert_eq!(o.code, 0, "{}", o.stderr);
     assert_eq!(wait_exit(&mut agent, Duration::from_secs(60)), 0);
     let show = fx.show(&run);
-    assert_eq!((&show["state"], &show["outcome"]), (&"finished".into(), &"passed".into()));
+    assert_eq!(
+        (&show["state"], &show["outcome"]),
+        (&"finished".into(), &"passed".into())
+    );
     assert_eq!(show["stages"][0]["outcome"], "passed");
     assert_eq!(show["stages"][0]["attempts"], 2);
     let attempts: Vec<(u32, String)> = fx
@@ -129,7 +136,10 @@ fn a_held_run_survives_a_coordinator_sigkill_and_is_released_after_the_restart()
     // Released: the run ends with the stages' outcome, the agent exits 1 (failed).
     assert_eq!(wait_exit(&mut agent, Duration::from_secs(60)), 1);
     let show = fx.show(&run);
-    assert_eq!((&show["state"], &show["outcome"]), (&"finished".into(), &"failed".into()));
+    assert_eq!(
+        (&show["state"], &show["outcome"]),
+        (&"finished".into(), &"failed".into())
+    );
     assert_eq!(
         agent_orders(&show),
         [("release".to_string(), "done".to_string())]
@@ -198,7 +208,9 @@ fn approvals_for_another_serial_run_or_key_are_refused_and_recorded() {
     // Through the CLI: a serial no disk of the stage has.
     let o = kc(
         &fx.state,
-        &["run", "approve", &run, "--stage", "disk", "--disk", "SN-OTHER"],
+        &[
+            "run", "approve", &run, "--stage", "disk", "--disk", "SN-OTHER",
+        ],
     );
     assert_eq!(o.code, 0, "{}", o.stderr);
     let mut n = 1;
@@ -226,9 +238,18 @@ fn approvals_for_another_serial_run_or_key_are_refused_and_recorded() {
         .into_iter()
         .map(|(_, r)| r)
         .collect();
-    assert!(results[0].contains("no disk of stage \"disk\" has serial \"SN-OTHER\""), "{results:?}");
-    assert!(results[1].contains("not signed by the coordinator key"), "{results:?}");
-    assert!(results[2].contains(&format!("for run {}", RunId([1; 16]))), "{results:?}");
+    assert!(
+        results[0].contains("no disk of stage \"disk\" has serial \"SN-OTHER\""),
+        "{results:?}"
+    );
+    assert!(
+        results[1].contains("not signed by the coordinator key"),
+        "{results:?}"
+    );
+    assert!(
+        results[2].contains(&format!("for run {}", RunId([1; 16]))),
+        "{results:?}"
+    );
     // Still one attempt: nothing ran again.
     assert_eq!(fx.show(&run)["stages"][0]["attempts"], 1);
     let o = kc(&fx.state, &["run", "release", &run]);

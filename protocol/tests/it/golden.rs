@@ -117,6 +117,50 @@ fn events() {
         },
         "0800016307000101 6c".replace(' ', "").as_str(),
     );
+    golden(
+        &Event::Held {
+            outcome: Outcome::Failed,
+            until_ms: 1,
+            addrs: vec!["a".into()],
+            host_key: Some("f".into()),
+        },
+        "09 03 01 01 0161 01 0166".replace(' ', "").as_str(),
+    );
+    golden(
+        &Event::Order {
+            what: "r".into(),
+            refused: None,
+        },
+        "0a017200",
+    );
+    golden(
+        &Event::Order {
+            what: "r".into(),
+            refused: Some("n".into()),
+        },
+        "0a01720101 6e".replace(' ', "").as_str(),
+    );
+}
+
+#[test]
+fn hold() {
+    golden(
+        &Hold {
+            when: HoldWhen::OnFailure,
+            for_s: 3600,
+            keys: vec!["k".into()],
+        },
+        "01 901c 01016b".replace(' ', "").as_str(),
+    );
+    golden(&HoldWhen::Never, "00");
+    golden(&HoldWhen::Always, "02");
+    let h = Hold {
+        when: HoldWhen::OnFailure,
+        ..Hold::default()
+    };
+    assert!(!h.applies(Outcome::Passed) && !h.applies(Outcome::Warning));
+    assert!(h.applies(Outcome::Failed) && h.applies(Outcome::Held) && h.applies(Outcome::Aborted));
+    assert!(!Hold::default().applies(Outcome::Error));
 }
 
 #[test]
@@ -148,6 +192,16 @@ fn batch_ack_command() {
     );
     golden(&Command::Shutdown, "02");
     golden(&Command::RetryStage { stage: 3 }, "0303");
+    golden(&Command::Release { reboot: true }, "0401");
+    golden(
+        &Command::Approve(Approval {
+            run: RunId([4; 16]),
+            stage: 1,
+            serial: "s".into(),
+            sig: Sig([5; 64]),
+        }),
+        &format!("05{}010173{}", "04".repeat(16), "05".repeat(64)),
+    );
     golden(
         &SecretsRequest {
             run: RunId([2; 16]),
@@ -163,7 +217,7 @@ fn ticket_payload() {
     golden(
         &crate::sample_ticket(),
         concat!(
-            "02",                                           // version 2
+            "03",                                           // version 3
             "11111111111111111111111111111111",             // run id
             "80e2cfaa06",                                   // issued_at varint
             "8085d5aa06",                                   // not_after varint
@@ -180,6 +234,7 @@ fn ticket_payload() {
             "3c01000000",   // timeout 60, retries 1, flags, tests None
             "010141013100", // env [("A","1")], secrets []
             "0100",         // fail_fast, timeout_s 0
+            "000000",       // hold: Never, for_s 0, keys [] (new in version 3)
         ),
     );
 }
@@ -199,9 +254,11 @@ fn enrolled_host_binding() {
         "an enrolled host's key follows the spec as Some(32 bytes)"
     );
     golden(&t.host, &hex(&bytes));
-    // The ticket file's magic names format version 2.
-    assert_eq!(&TICKET_MAGIC[..], b"KILNTKT\x02");
-    assert_eq!(VERSION, 2);
+    // The ticket file's magic names format version 3.
+    assert_eq!(&TICKET_MAGIC[..], b"KILNTKT\x03");
+    assert_eq!(&BUNDLE_MAGIC[..], b"KILNRES\x03");
+    assert_eq!(TICKET_DOMAIN, b"kiln-ticket-v3\0");
+    assert_eq!(VERSION, 3);
 }
 
 #[test]
@@ -361,3 +418,29 @@ fn upload_auth() {
 
 const UPLOAD_HEADER: &str =
     "1.8erA1ftRdBncxHMwoxSXu3FeZOGWtwMjyZu+27b6bM1m53OJ5HIhPUo1kTUuJJWa4jk5RrR2AWbv6EVKmt0rCw==";
+
+/// An approval verifies only against the key that signed it and only for the run,
+/// stage and serial it names.
+#[test]
+fn approvals_are_bound_to_run_stage_and_serial() {
+    let key = crate::test_key(1);
+    let a = Approval::sign(RunId([4; 16]), 1, "SN1", &key);
+    assert_eq!(a.verify(&key.public()), Ok(()));
+    assert!(a.verify(&crate::test_key(2).public()).is_err());
+    for changed in [
+        Approval {
+            run: RunId([5; 16]),
+            ..a.clone()
+        },
+        Approval {
+            stage: 2,
+            ..a.clone()
+        },
+        Approval {
+            serial: "SN2".into(),
+            ..a.clone()
+        },
+    ] {
+        assert!(changed.verify(&key.public()).is_err(), "{changed:?}");
+    }
+}

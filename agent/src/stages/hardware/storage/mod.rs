@@ -31,7 +31,12 @@ pub fn serials(devices: &[String]) -> Vec<(String, String)> {
         .iter()
         .map(|d| {
             let serial = crate::stages::hardware::usage::resolve(&roots.sys, d)
-                .map(|bd| collect::disk(&roots.sys, &bd.name).serial.trim().to_string())
+                .map(|bd| {
+                    collect::disk(&roots.sys, &bd.name)
+                        .serial
+                        .trim()
+                        .to_string()
+                })
                 .unwrap_or_default();
             (d.clone(), serial)
         })
