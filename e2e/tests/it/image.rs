@@ -12,7 +12,7 @@ use std::time::{Instant, SystemTime};
 const TEST_KEY_SEED: [u8; 32] = *b"kiln e2e netboot test key, v1..!";
 
 /// Every tool the image builder and the qemu tests need.
-const TOOLS: [&str; 13] = [
+const TOOLS: [&str; 17] = [
     "qemu-system-x86_64",
     "apt-get",
     "cpio",
@@ -27,6 +27,11 @@ const TOOLS: [&str; 13] = [
     "runc",
     "conmon",
     "ssh",
+    // Into the image: held machines (and the tests' SSH checks).
+    "dropbear",
+    "dropbearkey",
+    "ssh-keygen",
+    "ssh-keyscan",
 ];
 
 /// The netboot image (kernel, initrd), built once per test process into

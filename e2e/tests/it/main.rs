@@ -16,6 +16,7 @@ mod hold;
 mod image;
 mod live_import;
 mod netboot;
+mod netboot_hold;
 mod offline;
 mod qemu;
 mod quickstart;

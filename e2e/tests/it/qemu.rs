@@ -58,6 +58,7 @@ pub struct QemuBuilder {
     disks: Vec<(PathBuf, Bus)>,
     serial: Option<String>,
     no_net: bool,
+    hostfwd: Vec<(u16, u16)>,
     extra: Vec<String>,
 }
 
@@ -96,6 +97,13 @@ impl QemuBuilder {
     /// Boots this kernel + initrd directly (no firmware netboot).
     pub fn kernel(mut self, kernel: &Path, initrd: &Path, append: &str) -> Self {
         self.kernel = Some((kernel.into(), initrd.into(), append.into()));
+        self
+    }
+
+    /// Forwards the host's `127.0.0.1:host` to the guest's TCP port `guest` (user-net
+    /// `hostfwd`: how a test reaches a held guest's SSH server).
+    pub fn hostfwd(mut self, host: u16, guest: u16) -> Self {
+        self.hostfwd.push((host, guest));
         self
     }
 
@@ -151,6 +159,9 @@ impl QemuBuilder {
             let mut netdev = "user,id=n0".to_string();
             if let Some(b) = &self.netboot {
                 netdev.push_str(&format!(",bootfile={b}"));
+            }
+            for (h, g) in &self.hostfwd {
+                netdev.push_str(&format!(",hostfwd=tcp:127.0.0.1:{h}-:{g}"));
             }
             let mut nic = "virtio-net-pci,netdev=n0".to_string();
             if let Some(m) = &self.mac {
@@ -286,6 +297,7 @@ impl Qemu {
             disks: Vec::new(),
             serial: None,
             no_net: false,
+            hostfwd: Vec::new(),
             extra: Vec::new(),
         }
     }
