@@ -98,3 +98,38 @@ impl Control {
         }
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::time::Duration;
+
+    /// An order is taken only while the run waits at a `Held` frame the ack covers,
+    /// and once: repeats on later acks are dropped until the next hold.
+    #[test]
+    fn an_order_is_taken_once_per_hold_from_an_ack_that_covers_it() {
+        let c = Control::default();
+        let release = Command::Release { reboot: false };
+        // Not holding: dropped.
+        assert!(!c.offer_order(release.clone(), 9));
+        let soon = || Instant::now() + Duration::from_millis(50);
+        std::thread::scope(|s| {
+            let waiter = s.spawn(|| c.wait_order(7, Instant::now() + Duration::from_secs(60)));
+            // An ack from before the Held frame was stored (upto 6 < 7): dropped.
+            loop {
+                if c.inner.lock().unwrap().held_seq == 7 {
+                    break;
+                }
+                std::thread::yield_now();
+            }
+            assert!(!c.offer_order(release.clone(), 6));
+            assert!(c.offer_order(release.clone(), 7));
+            assert_eq!(waiter.join().unwrap(), Some(release.clone()));
+        });
+        // The hold it was for is over: the same order on the next ack is dropped.
+        assert!(!c.offer_order(release.clone(), 8));
+        // A hold that runs out returns None.
+        assert_eq!(c.wait_order(9, soon()), None);
+        assert!(!c.offer_order(release, 9));
+    }
+}
