@@ -213,10 +213,13 @@ fn approvals_for_another_serial_run_or_key_are_refused_and_recorded() {
         ],
     );
     assert_eq!(o.code, 0, "{}", o.stderr);
-    let mut n = 1;
-    wait_until(Duration::from_secs(30), "the refusal", || {
-        agent_orders(&fx.show(&run)).len() == n && fx.show(&run)["state"] == "held"
-    });
+    let refused = |n: usize| {
+        wait_until(Duration::from_secs(30), "the refusal", || {
+            let v = fx.show(&run);
+            agent_orders(&v).len() == n && v["state"] == "held"
+        })
+    };
+    refused(1);
     // Signed by another key, and for another run (by the right key): written as the
     // coordinator would write an order, each bound to the hold it is sent to.
     let key = kiln_protocol::SecretKey::from_line(
@@ -224,15 +227,15 @@ fn approvals_for_another_serial_run_or_key_are_refused_and_recorded() {
     )
     .unwrap();
     let stranger = SecretKey::from_seed([9; 32]);
-    for a in [
+    for (i, a) in [
         Approval::sign(id, 0, "SN-OTHER", &stranger),
         Approval::sign(RunId([1; 16]), 0, "SN-OTHER", &key),
-    ] {
+    ]
+    .into_iter()
+    .enumerate()
+    {
         set_order(&fx, &run, last_seq(&fx, &run), &Command::Approve(a));
-        n += 1;
-        wait_until(Duration::from_secs(30), "the refusal", || {
-            agent_orders(&fx.show(&run)).len() == n && fx.show(&run)["state"] == "held"
-        });
+        refused(2 + i);
     }
     let results: Vec<String> = agent_orders(&fx.show(&run))
         .into_iter()
