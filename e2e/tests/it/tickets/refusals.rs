@@ -143,13 +143,16 @@ fn foreign_expired_and_misbound_tickets_are_refused() {
         "no local MAC matches 02:00:00:00:00:01",
     );
     f.refused(
-        &f.resign(&ticket, |t| t.version = 3),
-        "unsupported format version 3",
+        &f.resign(&ticket, |t| t.version = 4),
+        "unsupported format version 4",
     );
-    // A version 1 file (before enrolled host keys) is named, not misread.
-    let mut magic = std::fs::read(&ticket).expect("ticket");
-    magic[7] = 1;
-    f.refused(&magic, "unsupported format version 1");
+    // Version 1 and 2 files (before enrolled host keys, before holds) are named, not
+    // misread.
+    for v in [1u8, 2] {
+        let mut magic = std::fs::read(&ticket).expect("ticket");
+        magic[7] = v;
+        f.refused(&magic, &format!("unsupported format version {v}"));
+    }
 
     // Bound by the coordinator to another serial: alone, and next to this MAC.
     let o = kc(
