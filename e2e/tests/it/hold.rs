@@ -122,7 +122,24 @@ fn a_held_run_survives_a_coordinator_sigkill_and_is_released_after_the_restart()
     let run = fx.issue(&plan, Some(&server.url), None);
     let ticket = fx.state.join("runs").join(&run).join("ticket.kiln");
     let mut agent = fx.spawn_agent(s(&ticket), &fx.dir.join("work"), &["--hold"]);
+    let watch = std::process::Command::new(bin("kiln-coordinator"))
+        .arg("--state")
+        .arg(&fx.state)
+        .args(["run", "watch", &run])
+        .stdout(std::process::Stdio::piped())
+        .spawn()
+        .expect("run watch");
     wait_held(&fx, &run);
+    // The run's page says so too.
+    let page = ureq::get(&format!("{}/runs/{run}", server.url))
+        .call()
+        .expect("run page")
+        .into_string()
+        .unwrap();
+    assert!(
+        page.contains("held until") && page.contains("no SSH server"),
+        "{page}"
+    );
     // An order for a stage the plan does not have is refused by the CLI.
     let o = kc(&fx.state, &["run", "retry", &run, "--stage", "nope"]);
     assert_ne!(o.code, 0);
@@ -146,6 +163,18 @@ fn a_held_run_survives_a_coordinator_sigkill_and_is_released_after_the_restart()
     );
     let text = kc(&fx.state, &["run", "show", &run]).stdout;
     assert!(text.contains("release by agent: done"), "{text}");
+    // `run watch` followed it all: the hold, the order, the end.
+    let out = watch.wait_with_output().expect("run watch");
+    let out = String::from_utf8_lossy(&out.stdout);
+    for want in [
+        "== stages done (failed): holding the machine",
+        &format!("== run {run} is held until "),
+        "login    no SSH server",
+        "== order release: done",
+        "== run finished: failed",
+    ] {
+        assert!(out.contains(want), "{want:?} not in:\n{out}");
+    }
 }
 
 #[test]
