@@ -238,11 +238,16 @@ impl Session<'_> {
             };
             eprintln!("kiln: run {outcome}, held for {}{login}", words(left));
             let Some(order) = self.control.wait_order(seq, until) else {
+                // The hold's end, or the agent was stopped (SIGTERM) while holding.
+                let what = match crate::stages::ctx::StopSignal::default().reason() {
+                    Some(crate::stages::ctx::Stop::Abort(why)) => format!("hold ended: {why}"),
+                    _ => format!("hold ended after {}", words(h.for_s)),
+                };
                 self.reporter.emit_seq(Event::Order {
-                    what: format!("hold ended after {}", words(h.for_s)),
+                    what: what.clone(),
                     refused: None,
                 });
-                eprintln!("kiln: hold ended after {}", words(h.for_s));
+                eprintln!("kiln: {what}");
                 return outcome;
             };
             match order {

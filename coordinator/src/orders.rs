@@ -151,7 +151,11 @@ fn who() -> String {
         .or_else(|_| std::env::var("USER"))
         .ok()
         .filter(|u| !u.is_empty() && u.len() <= 64 && !u.contains(char::is_whitespace))
-        .unwrap_or_else(|| format!("uid {}", nix::unistd::getuid()))
+        .unwrap_or_else(|| {
+            use std::os::unix::fs::MetadataExt;
+            std::fs::metadata("/proc/self")
+                .map_or_else(|_| "unknown".into(), |m| format!("uid {}", m.uid()))
+        })
 }
 
 fn append_log(rd: &RunDir, e: &OrderEvent) -> Result<()> {

@@ -77,6 +77,8 @@ impl Control {
     /// Waits at the `Held` frame `held_seq` for an order, until `until`; `None` when
     /// the hold ran out. Stops taking orders when it returns.
     pub fn wait_order(&self, held_seq: u64, until: Instant) -> Option<Command> {
+        // A stop signal to the agent (SIGTERM) ends the hold as its end would.
+        let stop = StopSignal::default();
         let mut c = self.inner.lock().expect("control lock");
         c.held_seq = held_seq;
         c.order = None;
@@ -86,13 +88,14 @@ impl Control {
                 return Some(cmd);
             }
             let now = Instant::now();
-            if now >= until {
+            if now >= until || stop.reason().is_some() {
                 c.held_seq = 0;
                 return None;
             }
+            let nap = (until - now).min(std::time::Duration::from_millis(500));
             c = self
                 .order_came
-                .wait_timeout(c, until - now)
+                .wait_timeout(c, nap)
                 .expect("control lock")
                 .0;
         }

@@ -99,6 +99,18 @@ fn human(t: &Ticket, fingerprint: &str, now: u64) -> String {
         p.stages.len(),
         p.fail_fast
     );
+    if p.hold.when != kiln_protocol::HoldWhen::Never {
+        push_line!(
+            o,
+            "hold         {} for {}, {} SSH key(s)",
+            p.hold.when.as_str(),
+            span(p.hold.for_s),
+            p.hold.keys.len()
+        );
+        for k in &p.hold.keys {
+            push_line!(o, "  key {k}");
+        }
+    }
     for (i, s) in p.stages.iter().enumerate() {
         let mut head = format!("  {}. {} ({})", i + 1, s.name, s.kind.name());
         if s.timeout_s > 0 {

@@ -59,6 +59,11 @@ fn a_held_run_is_retried_in_place_and_passes_with_both_attempts() {
     let run = fx.issue(&plan, Some(&server.url), None);
     let ticket = fx.state.join("runs").join(&run).join("ticket.kiln");
     let mut agent = fx.spawn_agent(s(&ticket), &fx.dir.join("work"), &["--hold"]);
+    let shown = kc(&fx.state, &["ticket", "show", s(&ticket)]).stdout;
+    assert!(
+        shown.contains("hold         on_failure for 10m0s, 0 SSH key(s)"),
+        "{shown}"
+    );
     let held = wait_held(&fx, &run);
     assert_eq!(held["stages"][0]["outcome"], "failed");
     assert_eq!(held["outcome"], Value::Null, "a held run has not finished");
@@ -287,4 +292,35 @@ fn approvals_for_another_serial_run_or_key_are_refused_and_recorded() {
     let o = kc(&fx.state, &["run", "release", &run]);
     assert_eq!(o.code, 0, "{}", o.stderr);
     assert_eq!(wait_exit(&mut agent, Duration::from_secs(60)), 1);
+}
+
+/// SIGTERM to a holding agent ends the hold as its end would: the run finishes with
+/// the stages' outcome and says why.
+#[test]
+fn a_stop_signal_ends_the_hold() {
+    let fx = Fx::new();
+    let server = Coordinator::start(&fx.state);
+    let plan = fx.plan("hold.toml", &marker_plan(&fx.dir.join("never"), "10m"));
+    let run = fx.issue(&plan, Some(&server.url), None);
+    let ticket = fx.state.join("runs").join(&run).join("ticket.kiln");
+    let mut agent = fx.spawn_agent(s(&ticket), &fx.dir.join("work"), &["--hold"]);
+    wait_held(&fx, &run);
+    let o = std::process::Command::new("kill")
+        .args(["-TERM", &agent.id().to_string()])
+        .status()
+        .expect("kill");
+    assert!(o.success());
+    assert_eq!(wait_exit(&mut agent, Duration::from_secs(60)), 1);
+    let show = fx.show(&run);
+    assert_eq!(
+        (&show["state"], &show["outcome"]),
+        (&"finished".into(), &"failed".into())
+    );
+    assert_eq!(
+        agent_orders(&show),
+        [(
+            "hold ended: agent stopped by SIGTERM".to_string(),
+            "done".to_string()
+        )]
+    );
 }
