@@ -9,13 +9,14 @@ use std::path::PathBuf;
 use crate::commands::admin::{
     DnsmasqCmd, HostAddCmd, HostListCmd, ImageAddCmd, InitCmd, KeyCmd, SecretSetCmd,
 };
+use crate::commands::gc::GcCmd;
 use crate::commands::runs::{
     ImportCmd, ReportCmd, RunAbortCmd, RunAckContestCmd, RunLogsCmd, RunShowCmd, RunsCmd,
 };
 use crate::commands::serve::ServeCmd;
 use crate::commands::ticket::{TicketIssueCmd, TicketShowCmd};
 use crate::commands::watch::RunWatchCmd;
-use crate::commands::{admin, runs, serve, ticket, watch};
+use crate::commands::{admin, gc, runs, serve, ticket, watch};
 use crate::exit;
 use crate::state::{State, resolve_root};
 
@@ -47,6 +48,7 @@ pub enum Command {
     Report(ReportCmd),
     Image(ImageCmd),
     Dnsmasq(DnsmasqCmd),
+    Gc(GcCmd),
 }
 
 /// Manage hosts.
@@ -187,6 +189,7 @@ pub fn run(cli: Cli) -> Result<i32> {
         }) => runs::cmd_ack_contest(&state, &c),
         Command::Import(c) => runs::cmd_import(&state, &c),
         Command::Report(c) => runs::cmd_report(&state, &c),
+        Command::Gc(c) => gc::cmd_gc(&state, &c),
         Command::Image(ImageCmd {
             command: ImageSub::Add(c),
         }) => admin::cmd_image_add(&state, &c),

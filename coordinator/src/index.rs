@@ -65,7 +65,7 @@ struct Row {
 
 /// The one-line form of a run for the index, read from its folder, and whether its
 /// summary.json was (re)written for it.
-fn read_row(rd: &RunDir, key: &PublicKey) -> Result<Option<(Row, bool)>> {
+fn read_row(rd: &RunDir, key: &PublicKey, write: bool) -> Result<Option<(Row, bool)>> {
     if let Some(s) = read_summary(rd) {
         return Ok(Some((
             Row {
@@ -98,7 +98,7 @@ fn read_row(rd: &RunDir, key: &PublicKey) -> Result<Option<(Row, bool)>> {
     let has = |f: &str| rd.path(f).exists();
     let phase = if !has(files::CLAIM) && !has(files::EVENTS) && !has(files::ABORT) {
         Phase::Pending
-    } else if has(files::EVENTS) && summarize(rd, key)? {
+    } else if has(files::EVENTS) && summarize(rd, key, write)? {
         Phase::Done
     } else {
         Phase::Live
@@ -151,8 +151,9 @@ fn read_summary(rd: &RunDir) -> Option<Summary> {
 }
 
 /// Folds the run; when it has finished (and its log is whole), writes summary.json
-/// and returns true. The fold is dropped from the per-process cache afterwards.
-fn summarize(rd: &RunDir, key: &PublicKey) -> Result<bool> {
+/// (with `write`) and returns true. The fold is dropped from the per-process cache
+/// afterwards.
+fn summarize(rd: &RunDir, key: &PublicKey, write: bool) -> Result<bool> {
     let (events_len, claims_len) = (
         len_of(&rd.path(files::EVENTS)),
         len_of(&rd.path(files::CLAIMS)),
@@ -160,6 +161,10 @@ fn summarize(rd: &RunDir, key: &PublicKey) -> Result<bool> {
     let s = crate::status::current(rd, key)?;
     if s.finished_at_ms.is_none() || s.corrupt.is_some() {
         return Ok(false);
+    }
+    crate::status::forget(rd);
+    if !write {
+        return Ok(true);
     }
     let file = SummaryFile {
         events_len,
@@ -177,7 +182,6 @@ fn summarize(rd: &RunDir, key: &PublicKey) -> Result<bool> {
         let _ = std::fs::remove_file(&tmp);
         log::warn!("run {}: writing summary.json: {e}", rd.id);
     }
-    crate::status::forget(rd);
     Ok(true)
 }
 
@@ -338,7 +342,8 @@ pub struct Built {
 
 impl Index {
     /// Reads the state folder. With `follow`, the index then follows the change
-    /// journal (a server); without, it is a snapshot (a command).
+    /// journal and writes the summary.json files it finds missing (a server);
+    /// without, it is a snapshot that writes nothing (a command).
     pub fn build(state: &State, follow: bool) -> Result<(Index, Built)> {
         let key = state.public_key()?;
         // The journal's end is taken before the folder is read: a change made while
@@ -349,7 +354,7 @@ impl Index {
             None
         };
         let t0 = Instant::now();
-        let (runs, summarized) = scan(state, &key)?;
+        let (runs, summarized) = scan(state, &key, follow)?;
         let built = Built {
             runs: runs.rows.len(),
             pending: runs
@@ -412,7 +417,7 @@ impl Index {
             }
             News::Rebuild => {
                 log::info!("journal replaced: rebuilding the index from the state folder");
-                let (runs, _) = scan(&self.state, &self.key)?;
+                let (runs, _) = scan(&self.state, &self.key, true)?;
                 *self.runs.write().unwrap_or_else(PoisonError::into_inner) = runs;
             }
         }
@@ -423,7 +428,7 @@ impl Index {
     /// Re-reads one run's folder into the index.
     pub fn refresh(&self, id: &RunId) -> Result<()> {
         let rd = RunDir::new(&self.state, *id);
-        let row = read_row(&rd, &self.key)?;
+        let row = read_row(&rd, &self.key, self.follower.is_some())?;
         let mut runs = self.runs.write().unwrap_or_else(PoisonError::into_inner);
         match row {
             Some((r, _)) => runs.insert(*id, r),
@@ -613,8 +618,8 @@ impl Index {
 }
 
 /// Reads every run folder (on every core): the rows and how many summaries were
-/// written.
-fn scan(state: &State, key: &PublicKey) -> Result<(Runs, usize)> {
+/// (with `write`; else would have been) written.
+fn scan(state: &State, key: &PublicKey, write: bool) -> Result<(Runs, usize)> {
     let ids = state.run_ids()?;
     let threads = std::thread::available_parallelism()
         .map_or(2, |n| n.get())
@@ -628,7 +633,7 @@ fn scan(state: &State, key: &PublicKey) -> Result<(Runs, usize)> {
                     let mut out = Vec::with_capacity(part.len());
                     for id in part {
                         let rd = RunDir::new(state, *id);
-                        match read_row(&rd, key) {
+                        match read_row(&rd, key, write) {
                             Ok(Some((r, wrote))) => out.push((*id, r, wrote)),
                             Ok(None) => {}
                             Err(e) => log::warn!("{e:#}; not indexed"),

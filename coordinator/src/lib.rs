@@ -10,6 +10,7 @@ pub mod commands;
 pub mod exit;
 pub mod fmt;
 pub mod fsutil;
+pub mod gc;
 pub mod html;
 pub mod http;
 pub mod images;

@@ -43,6 +43,29 @@ pub fn cmd_serve(state: &State, c: &ServeCmd) -> Result<i32> {
         crate::fsutil::write_atomic(&f, format!("{}\n", server.addr()).as_bytes(), 0o644)
             .context("writing the address file")?;
     }
+    if let Some(every) = &c.gc_every {
+        let s =
+            crate::units::parse_duration(every).map_err(|e| anyhow::anyhow!("--gc-every: {e}"))?;
+        if s == 0 {
+            anyhow::bail!("--gc-every must be longer than 0s");
+        }
+        let state = state.clone();
+        std::thread::Builder::new()
+            .name("gc".into())
+            .spawn(move || {
+                loop {
+                    std::thread::sleep(Duration::from_secs(s));
+                    match crate::gc::collect(&state, &crate::gc::Policy::default(), false) {
+                        Ok(r) => log::info!(
+                            "gc: {}",
+                            super::gc::summary(&r, false).lines().last().unwrap_or("")
+                        ),
+                        Err(e) => log::warn!("gc: {e:#}"),
+                    }
+                }
+            })
+            .context("starting the gc thread")?;
+    }
     server.join();
     Ok(exit::OK)
 }
@@ -152,4 +175,7 @@ pub struct ServeCmd {
     /// seconds an idle keep-alive connection stays open (default 60)
     #[argh(option)]
     pub idle_timeout: Option<u64>,
+    /// run `gc` (its default ages) this often while serving, e.g. 1d (default: never)
+    #[argh(option)]
+    pub gc_every: Option<String>,
 }

@@ -11,6 +11,7 @@ mod cli;
 mod corrupt;
 pub(crate) mod full_disk;
 mod fuzz;
+mod gc;
 mod hostile;
 mod import;
 mod ingest;
