@@ -14,7 +14,7 @@ use crate::fsutil::write_atomic;
 use crate::state::{State, check_name};
 
 /// What a login may do.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
 pub enum Role {
     /// Read pages and the JSON API.
     Viewer,
@@ -114,8 +114,12 @@ pub fn check_password(state: &State, name: &str, password: &str) -> Option<Ident
         return None;
     }
     let record = check_name(name, "user").ok().and_then(|()| {
-        kiln_protocol::io::read_text_capped(&state.root.join("users").join(name), MAX_RECORD, "user")
-            .ok()
+        kiln_protocol::io::read_text_capped(
+            &state.root.join("users").join(name),
+            MAX_RECORD,
+            "user",
+        )
+        .ok()
     });
     let (role, hash) = record
         .as_deref()
@@ -192,9 +196,12 @@ pub fn check_token(state: &State, token: &str) -> Option<Identity> {
     if id.len() != 16 || !id.bytes().all(|b| b.is_ascii_hexdigit()) || secret.len() > 128 {
         return None;
     }
-    let text =
-        kiln_protocol::io::read_text_capped(&state.root.join("tokens").join(id), MAX_RECORD, "token")
-            .ok()?;
+    let text = kiln_protocol::io::read_text_capped(
+        &state.root.join("tokens").join(id),
+        MAX_RECORD,
+        "token",
+    )
+    .ok()?;
     let mut l = text.lines();
     let (name, role, hash) = (l.next()?, Role::parse(l.next()?).ok()?, l.next()?);
     // Both sides are sha256 hex of the same length: compare without an early exit.
@@ -335,7 +342,9 @@ mod tests {
         assert!(!stored.contains("correct horse"), "{stored}");
         assert!(stored.contains("$argon2id$"), "{stored}");
         let mode = std::os::unix::fs::PermissionsExt::mode(
-            &std::fs::metadata(s.root.join("users/ada")).unwrap().permissions(),
+            &std::fs::metadata(s.root.join("users/ada"))
+                .unwrap()
+                .permissions(),
         );
         assert_eq!(mode & 0o077, 0, "{mode:o}");
         assert_eq!(

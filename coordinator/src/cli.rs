@@ -15,8 +15,9 @@ use crate::commands::runs::{
 };
 use crate::commands::serve::ServeCmd;
 use crate::commands::ticket::{TicketIssueCmd, TicketShowCmd};
+use crate::commands::users::{TokenCmd, TokenSub, UserCmd, UserSub};
 use crate::commands::watch::RunWatchCmd;
-use crate::commands::{admin, gc, runs, serve, ticket, watch};
+use crate::commands::{admin, gc, runs, serve, ticket, users, watch};
 use crate::exit;
 use crate::state::{State, resolve_root};
 
@@ -49,6 +50,8 @@ pub enum Command {
     Image(ImageCmd),
     Dnsmasq(DnsmasqCmd),
     Gc(GcCmd),
+    User(UserCmd),
+    Token(TokenCmd),
 }
 
 /// Manage hosts.
@@ -190,6 +193,21 @@ pub fn run(cli: Cli) -> Result<i32> {
         Command::Import(c) => runs::cmd_import(&state, &c),
         Command::Report(c) => runs::cmd_report(&state, &c),
         Command::Gc(c) => gc::cmd_gc(&state, &c),
+        Command::User(UserCmd {
+            command: UserSub::Add(c),
+        }) => users::cmd_user_add(&state, &c),
+        Command::User(UserCmd {
+            command: UserSub::Rm(c),
+        }) => users::cmd_user_rm(&state, &c),
+        Command::Token(TokenCmd {
+            command: TokenSub::Create(c),
+        }) => users::cmd_token_create(&state, &c),
+        Command::Token(TokenCmd {
+            command: TokenSub::List(_),
+        }) => users::cmd_token_list(&state),
+        Command::Token(TokenCmd {
+            command: TokenSub::Rm(c),
+        }) => users::cmd_token_rm(&state, &c),
         Command::Image(ImageCmd {
             command: ImageSub::Add(c),
         }) => admin::cmd_image_add(&state, &c),

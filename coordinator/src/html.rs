@@ -119,6 +119,54 @@ fn claims(out: &mut String, s: &RunStatus) {
     }
 }
 
+/// Who is looking at a page (a browser session).
+#[derive(Debug, Clone)]
+pub struct Viewer {
+    /// The user.
+    pub name: String,
+    /// Whether forms to act are shown.
+    pub operator: bool,
+    /// The session's CSRF token, carried by every form.
+    pub csrf: String,
+}
+
+/// The bar at the top of a page for a logged-in viewer: who, and a log-out form;
+/// for an operator on a live run, the abort form.
+fn session_bar(v: &Viewer, run: Option<&RunStatus>) -> String {
+    let csrf = escape(&v.csrf);
+    let mut out = format!(
+        "<form class=\"session\" method=\"post\" action=\"/logout\">{} · \
+         <input type=\"hidden\" name=\"csrf\" value=\"{csrf}\">\
+         <button type=\"submit\">log out</button></form>\n",
+        escape(&v.name)
+    );
+    if let Some(r) = run
+        && v.operator
+        && r.state.is_live()
+    {
+        let _ = writeln!(
+            out,
+            "<form class=\"action\" method=\"post\" action=\"/v1/runs/{id}/abort\">\
+             <input type=\"hidden\" name=\"csrf\" value=\"{csrf}\">\
+             <input name=\"reason\" placeholder=\"reason\" required> \
+             <button type=\"submit\" id=\"abort\">abort</button></form>",
+            id = escape(&r.run)
+        );
+    }
+    out
+}
+
+/// `page` with [`session_bar`] at the top of its body.
+pub fn with_session(page: String, v: &Viewer, run: Option<&RunStatus>) -> String {
+    match page.find("<body>") {
+        Some(i) => {
+            let at = i + "<body>".len();
+            format!("{}{}{}", &page[..at], session_bar(v, run), &page[at..])
+        }
+        None => page,
+    }
+}
+
 /// What the index page shows: one page of runs and one page of hosts.
 #[derive(Debug)]
 pub struct IndexPage<'a> {
@@ -134,6 +182,8 @@ pub struct IndexPage<'a> {
     pub total_hosts: usize,
     /// Index in hosts.toml of the first host shown.
     pub hosts_from: usize,
+    /// The logged-in viewer, if any.
+    pub session: Option<Viewer>,
 }
 
 /// The runs and hosts index: a bounded page of each, with links to the next.
@@ -144,6 +194,9 @@ pub fn index(p: &IndexPage<'_>) -> String {
         .iter()
         .any(|r| r.state.is_live() && r.state.as_str() != "pending");
     head(&mut out, "kiln", live);
+    if let Some(v) = &p.session {
+        out.push_str(&session_bar(v, None));
+    }
     out.push_str("<h1>kiln</h1>\n<h2>Runs</h2>\n");
     if p.runs.is_empty() {
         out.push_str("<p>No runs yet: <code>kiln-coordinator ticket issue</code>.</p>\n");

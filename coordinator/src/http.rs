@@ -20,8 +20,10 @@ use tiny_http::{Header, Method, Request, Response, ResponseBox, StatusCode};
 use crate::ingest::{Ingester, Refusal};
 use crate::state::State;
 
+mod actions;
 mod api;
 mod artifacts;
+pub mod login;
 pub mod net;
 mod objects;
 mod pages;
@@ -57,6 +59,10 @@ pub struct Ctx {
     pub signer: kiln_protocol::SecretKey,
     /// The in-memory index of the state folder, following its change journal.
     pub index: crate::index::Index,
+    /// Login sessions and failed-login counts.
+    pub sessions: crate::auth::Sessions,
+    /// Pages and the JSON API readable without a login (`serve --public-read`).
+    pub public_read: bool,
 }
 
 /// A refusal on its way to the client.
@@ -156,6 +162,7 @@ impl Server {
             artifact_cap,
             run_quota,
             claim_check,
+            public_read,
         } = limits;
         let ingest = Ingester::new(state)?.with_claim_check(claim_check);
         let signer = state.signing_key()?;
@@ -192,6 +199,8 @@ impl Server {
             addr,
             signer,
             index,
+            sessions: Default::default(),
+            public_read,
         };
         let workers = workers.max(1);
         let pool = Arc::new(Pool {
@@ -284,7 +293,16 @@ fn route(ctx: &Ctx, rq: &mut Request, method: &Method, path: &str, query: &str) 
     let segs: Vec<&str> = path.trim_start_matches('/').split('/').collect();
     let get = |m: &Method| matches!(m, Method::Get | Method::Head);
     match segs.as_slice() {
-        [""] => only(get(method), "GET").and_then(|_| pages::index(ctx, query)),
+        [""] => only(get(method), "GET").and_then(|_| match login::page_reader(ctx, rq, "/") {
+            Ok(c) => pages::index(ctx, query, c.as_ref()),
+            Err(redirect) => Ok(redirect),
+        }),
+        ["login"] => match method {
+            Method::Get | Method::Head => login::get(query),
+            Method::Post => login::post(ctx, rq),
+            _ => Err(Refusal::new(405, "method not allowed (use GET or POST)")),
+        },
+        ["logout"] => only(*method == Method::Post, "POST").and_then(|_| login::logout(ctx, rq)),
         ["boot.ipxe"] => only(get(method), "GET")
             .map(|_| text(200, crate::ipxe::boot_script(), "text/plain; charset=utf-8")),
         ["ipxe", mac] => only(get(method), "GET").map(|_| {
@@ -296,11 +314,24 @@ fn route(ctx: &Ctx, rq: &mut Request, method: &Method, path: &str, query: &str) 
         ["cas", sha] => {
             only(get(method), "GET").and_then(|_| objects::get(ctx, rq, &parse_sha(sha)?))
         }
-        ["runs", run] => only(get(method), "GET").and_then(|_| pages::run(ctx, &parse_run(run)?)),
-        ["v1", "runs"] => only(get(method), "GET").and_then(|_| api::list_runs(ctx, query)),
-        ["v1", "runs", run] => {
-            only(get(method), "GET").and_then(|_| api::show_run(ctx, &parse_run(run)?))
-        }
+        ["runs", run] => only(get(method), "GET").and_then(|_| {
+            let id = parse_run(run)?;
+            match login::page_reader(ctx, rq, path) {
+                Ok(c) => pages::run(ctx, &id, c.as_ref()),
+                Err(redirect) => Ok(redirect),
+            }
+        }),
+        ["v1", "runs"] => only(get(method), "GET").and_then(|_| {
+            login::api_reader(ctx, rq)?;
+            api::list_runs(ctx, query)
+        }),
+        ["v1", "runs", run] => only(get(method), "GET").and_then(|_| {
+            let id = parse_run(run)?;
+            login::api_reader(ctx, rq)?;
+            api::show_run(ctx, &id)
+        }),
+        ["v1", "runs", run, "abort"] => only(*method == Method::Post, "POST")
+            .and_then(|_| actions::abort(ctx, rq, &parse_run(run)?)),
         ["v1", "runs", run, "ticket"] => {
             only(get(method), "GET").and_then(|_| api::run_ticket(ctx, &parse_run(run)?))
         }

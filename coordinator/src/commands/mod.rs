@@ -8,4 +8,5 @@ pub mod gc;
 pub mod runs;
 pub mod serve;
 pub mod ticket;
+pub mod users;
 pub mod watch;

@@ -21,6 +21,7 @@ pub fn cmd_serve(state: &State, c: &ServeCmd) -> Result<i32> {
     limits.claim_check =
         crate::neigh::ClaimCheck::from_flag(&c.claim_check, c.neigh_table.clone())?;
     limits.claim_check.probe();
+    limits.public_read = c.public_read;
     let net = net_options(c)?;
     let server = Server::start_net(state, &c.listen, WORKERS, limits, net)?;
     log::info!(
@@ -175,6 +176,9 @@ pub struct ServeCmd {
     /// seconds an idle keep-alive connection stays open (default 60)
     #[argh(option)]
     pub idle_timeout: Option<u64>,
+    /// pages and the JSON API readable without a login (acting still needs one)
+    #[argh(switch)]
+    pub public_read: bool,
     /// run `gc` (its default ages) this often while serving, e.g. 1d (default: never)
     #[argh(option)]
     pub gc_every: Option<String>,

@@ -1,6 +1,7 @@
 //! `GET /` and `GET /runs/{run}`: the HTML pages.
 use kiln_protocol::RunId;
 
+use super::login::Caller;
 use super::{Ctx, Reply, text};
 use crate::ingest::Refusal;
 use crate::store::RunDir;
@@ -12,7 +13,7 @@ pub const PAGE_ROWS: usize = 100;
 
 /// The runs and hosts index: the newest [`PAGE_ROWS`] runs (`?before=RUN` for
 /// older ones) and [`PAGE_ROWS`] hosts (`?hosts_from=N` for the next).
-pub fn index(ctx: &Ctx, query: &str) -> Reply {
+pub fn index(ctx: &Ctx, query: &str, caller: Option<&Caller>) -> Reply {
     let bad = |what: &str| Refusal::new(400, what.to_string());
     let before = match super::param(query, "before") {
         Some(v) => Some(
@@ -54,12 +55,26 @@ pub fn index(ctx: &Ctx, query: &str) -> Reply {
         hosts: &hosts,
         total_hosts: table.hosts.hosts.len(),
         hosts_from,
+        session: session_of(caller),
     });
     Ok(text(200, html, HTML))
 }
 
+/// What a page shows of the login: the user, and the CSRF token of a browser
+/// session (forms to act appear for an operator only).
+fn session_of(caller: Option<&Caller>) -> Option<crate::html::Viewer> {
+    match caller {
+        Some(Caller::Session(_, s)) => Some(crate::html::Viewer {
+            name: s.who.name.clone(),
+            operator: s.who.role == crate::auth::Role::Operator,
+            csrf: s.csrf.clone(),
+        }),
+        _ => None,
+    }
+}
+
 /// One run's live report.
-pub fn run(ctx: &Ctx, run: &RunId) -> Reply {
+pub fn run(ctx: &Ctx, run: &RunId, caller: Option<&Caller>) -> Reply {
     let rd = RunDir::new(&ctx.state, *run);
     if !rd.exists() {
         return Err(Refusal::new(404, format!("no run {run}")));
@@ -68,5 +83,9 @@ pub fn run(ctx: &Ctx, run: &RunId) -> Reply {
         .map_err(|e| Refusal::new(500, format!("{e:#}")))?;
     let cas = ctx.state.cas();
     let page = crate::html::run_page(&status, &tails, &|sha| cas.has(sha));
+    let page = match session_of(caller) {
+        Some(v) => crate::html::with_session(page, &v, Some(&status)),
+        None => page,
+    };
     Ok(text(200, page, HTML))
 }

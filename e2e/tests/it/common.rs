@@ -89,8 +89,16 @@ impl Coordinator {
         Self::start_with(state, &[])
     }
 
-    /// Starts a server with extra `serve` arguments.
+    /// Starts a server with extra `serve` arguments, its pages and JSON readable
+    /// without a login (`--public-read`), as most tests read them.
     pub fn start_with(state: &Path, extra: &[&str]) -> Coordinator {
+        let mut args = vec!["--public-read"];
+        args.extend_from_slice(extra);
+        Self::start_private(state, &args)
+    }
+
+    /// Starts a server whose pages and JSON need a login (no `--public-read`).
+    pub fn start_private(state: &Path, extra: &[&str]) -> Coordinator {
         let addr_file = state.join(format!("addr.{}", std::process::id()));
         let _ = std::fs::remove_file(&addr_file);
         let mut child = Command::new(bin("kiln-coordinator"))

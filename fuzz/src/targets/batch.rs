@@ -61,6 +61,7 @@ impl Batch {
             hosts: &[],
             total_hosts: 0,
             hosts_from: 0,
+            session: None,
         });
         let frames = rd.frames().expect("stored frames");
         let _ = report::log_lines(&frames).count();
