@@ -21,17 +21,24 @@ td,th{border:1px solid #ccc;padding:.2em .6em;text-align:left;vertical-align:top
 th{background:#f3f3f3}pre{background:#f7f7f7;padding:.5em;overflow-x:auto;max-height:30em}\
 code{font-size:13px}.passed{color:#176b2c}.warning,.held,.stale{color:#9a6700}\
 .skipped,.not_run,.pending,.claimed{color:#666}.failed,.timed_out,.lost,.expired{color:#b3261e}\
-.error,.aborted{color:#8250df}.running{color:#0550ae}.corrupt,.contested{color:#b3261e;font-weight:bold}";
+.error,.aborted{color:#8250df}.running{color:#0550ae}.corrupt,.contested{color:#b3261e;font-weight:bold}\
+pre:empty{display:none}form.session{float:right}form.action{margin:.5em 0}";
 
-fn head(out: &mut String, title: &str, live: bool) {
+/// The page's head and `<body>` tag. A live page updates itself: with JavaScript,
+/// `/kiln.js` (a run page follows its event stream, the index page fetches itself
+/// again every few seconds, neither reloads); without, a refresh every 2 s.
+fn head(out: &mut String, title: &str, live: bool, run: Option<&str>) {
     out.push_str("<!doctype html>\n<html><head><meta charset=\"utf-8\">");
     if live {
-        out.push_str("<meta http-equiv=\"refresh\" content=\"2\">");
+        out.push_str("<noscript><meta http-equiv=\"refresh\" content=\"2\"></noscript>");
     }
     let _ = writeln!(
         out,
-        "<title>{}</title><style>{STYLE}</style></head><body>",
-        escape(title)
+        "<title>{}</title><style>{STYLE}</style><script src=\"/kiln.js\" defer></script>\
+         </head><body data-live=\"{}\" data-run=\"{}\">",
+        escape(title),
+        u8::from(live),
+        escape(run.unwrap_or(""))
     );
 }
 
@@ -158,11 +165,11 @@ fn session_bar(v: &Viewer, run: Option<&RunStatus>) -> String {
 
 /// `page` with [`session_bar`] at the top of its body.
 pub fn with_session(page: String, v: &Viewer, run: Option<&RunStatus>) -> String {
-    match page.find("<body>") {
-        Some(i) => {
-            let at = i + "<body>".len();
-            format!("{}{}{}", &page[..at], session_bar(v, run), &page[at..])
-        }
+    match page
+        .find("<body")
+        .and_then(|i| page[i..].find('>').map(|j| i + j + 1))
+    {
+        Some(at) => format!("{}{}{}", &page[..at], session_bar(v, run), &page[at..]),
         None => page,
     }
 }
@@ -193,7 +200,7 @@ pub fn index(p: &IndexPage<'_>) -> String {
         .runs
         .iter()
         .any(|r| r.state.is_live() && r.state.as_str() != "pending");
-    head(&mut out, "kiln", live);
+    head(&mut out, "kiln", live, None);
     if let Some(v) = &p.session {
         out.push_str(&session_bar(v, None));
     }
@@ -280,6 +287,7 @@ pub fn run_page(s: &RunStatus, tails: &[Vec<String>], in_cas: &dyn Fn(&Sha256) -
         &mut out,
         &format!("kiln run {} ({})", s.plan, s.run),
         s.state.is_live(),
+        Some(&s.run),
     );
     let _ = writeln!(
         out,
@@ -403,16 +411,16 @@ pub fn run_page(s: &RunStatus, tails: &[Vec<String>], in_cas: &dyn Fn(&Sha256) -
             }
         }
         let tail = tails.get(st.index as usize).map_or(&[][..], Vec::as_slice);
-        log_tail(&mut out, tail, st.log_lines, &s.run, &st.name);
+        log_tail(&mut out, tail, st, &s.run);
     }
     out.push_str("</body></html>\n");
     out
 }
 
-fn log_tail(out: &mut String, tail: &[String], total: u64, run: &str, name: &str) {
-    if total == 0 {
-        return;
-    }
+/// A stage's last log lines, in `<pre id="tail-N">` (empty, and hidden, until the
+/// stage logs: a live page appends to it).
+fn log_tail(out: &mut String, tail: &[String], st: &crate::status::StageStatus, run: &str) {
+    let (total, name) = (st.log_lines, &st.name);
     if total > tail.len() as u64 {
         let _ = writeln!(
             out,
@@ -422,5 +430,10 @@ fn log_tail(out: &mut String, tail: &[String], total: u64, run: &str, name: &str
             escape(name)
         );
     }
-    let _ = writeln!(out, "<pre>{}</pre>", escape(&tail.join("\n")));
+    let _ = writeln!(
+        out,
+        "<pre id=\"tail-{}\">{}</pre>",
+        st.index,
+        escape(&tail.join("\n"))
+    );
 }

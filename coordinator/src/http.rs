@@ -27,6 +27,7 @@ pub mod login;
 pub mod net;
 mod objects;
 mod pages;
+mod stream;
 
 pub use net::Net;
 
@@ -303,6 +304,13 @@ fn route(ctx: &Ctx, rq: &mut Request, method: &Method, path: &str, query: &str) 
             _ => Err(Refusal::new(405, "method not allowed (use GET or POST)")),
         },
         ["logout"] => only(*method == Method::Post, "POST").and_then(|_| login::logout(ctx, rq)),
+        ["kiln.js"] => only(get(method), "GET").map(|_| {
+            text(
+                200,
+                include_str!("http/kiln.js"),
+                "text/javascript; charset=utf-8",
+            )
+        }),
         ["boot.ipxe"] => only(get(method), "GET")
             .map(|_| text(200, crate::ipxe::boot_script(), "text/plain; charset=utf-8")),
         ["ipxe", mac] => only(get(method), "GET").map(|_| {
@@ -329,6 +337,11 @@ fn route(ctx: &Ctx, rq: &mut Request, method: &Method, path: &str, query: &str) 
             let id = parse_run(run)?;
             login::api_reader(ctx, rq)?;
             api::show_run(ctx, &id)
+        }),
+        ["v1", "runs", run, "stream"] => only(get(method), "GET").and_then(|_| {
+            let id = parse_run(run)?;
+            login::api_reader(ctx, rq)?;
+            stream::stream(ctx, rq, &id)
         }),
         ["v1", "runs", run, "abort"] => only(*method == Method::Post, "POST")
             .and_then(|_| actions::abort(ctx, rq, &parse_run(run)?)),

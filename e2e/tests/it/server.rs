@@ -21,6 +21,7 @@ mod live_index;
 mod login;
 mod pending;
 mod routes;
+mod stream;
 mod terminal;
 mod uploads;
 
