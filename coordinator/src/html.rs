@@ -27,7 +27,7 @@ pre:empty{display:none}form.session{float:right}form.action{margin:.5em 0}";
 /// The page's head and `<body>` tag. A live page updates itself: with JavaScript,
 /// `/kiln.js` (a run page follows its event stream, the index page fetches itself
 /// again every few seconds, neither reloads); without, a refresh every 2 s.
-fn head(out: &mut String, title: &str, live: bool, run: Option<&str>) {
+fn head(out: &mut String, title: &str, live: bool, run: Option<(&str, u64)>) {
     out.push_str("<!doctype html>\n<html><head><meta charset=\"utf-8\">");
     if live {
         out.push_str("<noscript><meta http-equiv=\"refresh\" content=\"2\"></noscript>");
@@ -35,10 +35,11 @@ fn head(out: &mut String, title: &str, live: bool, run: Option<&str>) {
     let _ = writeln!(
         out,
         "<title>{}</title><style>{STYLE}</style><script src=\"/kiln.js\" defer></script>\
-         </head><body data-live=\"{}\" data-run=\"{}\">",
+         </head><body data-live=\"{}\" data-run=\"{}\" data-seq=\"{}\">",
         escape(title),
         u8::from(live),
-        escape(run.unwrap_or(""))
+        escape(run.map_or("", |r| r.0)),
+        run.map_or(0, |r| r.1)
     );
 }
 
@@ -287,7 +288,7 @@ pub fn run_page(s: &RunStatus, tails: &[Vec<String>], in_cas: &dyn Fn(&Sha256) -
         &mut out,
         &format!("kiln run {} ({})", s.plan, s.run),
         s.state.is_live(),
-        Some(&s.run),
+        Some((&s.run, s.frames)),
     );
     let _ = writeln!(
         out,

@@ -341,7 +341,7 @@ fn route(ctx: &Ctx, rq: &mut Request, method: &Method, path: &str, query: &str) 
         ["v1", "runs", run, "stream"] => only(get(method), "GET").and_then(|_| {
             let id = parse_run(run)?;
             login::api_reader(ctx, rq)?;
-            stream::stream(ctx, rq, &id)
+            stream::stream(ctx, rq, &id, query)
         }),
         ["v1", "runs", run, "abort"] => only(*method == Method::Post, "POST")
             .and_then(|_| actions::abort(ctx, rq, &parse_run(run)?)),

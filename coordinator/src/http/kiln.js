@@ -7,13 +7,20 @@
 (function () {
   const MAX_TAIL = 200000; // characters kept in one stage's tail
   let pending = null;
+  // The last frame the page shows: the server renders it as data-seq, and events
+  // up to it are already on the page.
+  let shown = 0;
 
   async function swap() {
     pending = null;
     const r = await fetch(location.href, { credentials: "same-origin" });
     if (!r.ok) return;
     const doc = new DOMParser().parseFromString(await r.text(), "text/html");
+    const seq = Number(doc.body.dataset.seq || 0);
     document.body.replaceWith(doc.body);
+    // Lines appended while the page was fetched are not in it: fetch again.
+    if (seq < shown) soon();
+    shown = Math.max(shown, seq);
   }
 
   function soon() {
@@ -30,9 +37,12 @@
   }
 
   function follow(run) {
-    const es = new EventSource("/v1/runs/" + run + "/stream");
+    shown = Number(document.body.dataset.seq || 0);
+    const es = new EventSource("/v1/runs/" + run + "/stream?after=" + shown);
     es.addEventListener("frame", function (e) {
       const f = JSON.parse(e.data);
+      if (f.seq <= shown) return;
+      shown = f.seq;
       const ev = f.event || {};
       if (ev.Log) {
         append(ev.Log.stage, ev.Log.text);

@@ -1,6 +1,6 @@
 //! `GET /v1/runs/{run}/stream`: the run's frames as server-sent events, one event
 //! per stored frame (`id:` its seq, `event: frame`, `data:` the frame as JSON), from
-//! the start or after `Last-Event-ID`, as they are ingested. The stream ends after
+//! the start or after `Last-Event-ID` (or `?after=SEQ`), as they are ingested. The stream ends after
 //! the run's `RunFinished` (or after [`MAX_STREAM`]: the browser reconnects with
 //! `Last-Event-ID`); a comment every [`KEEPALIVE`] finds a client that went away.
 use kiln_protocol::{Event, RunId};
@@ -99,17 +99,20 @@ impl Read for Frames {
 }
 
 /// `GET /v1/runs/{run}/stream`.
-pub fn stream(ctx: &Ctx, rq: &Request, run: &RunId) -> Reply {
+pub fn stream(ctx: &Ctx, rq: &Request, run: &RunId, query: &str) -> Reply {
     let rd = RunDir::new(&ctx.state, *run);
     if !rd.exists() {
         return Err(Refusal::new(404, format!("no run {run}")));
     }
-    let after = match header(rq, "Last-Event-ID") {
+    // A reconnecting browser sends Last-Event-ID; a page that already shows the
+    // frames up to N opens the stream with `?after=N`.
+    let last = header(rq, "Last-Event-ID");
+    let after = match last.as_deref().or(super::param(query, "after")) {
         None => 0,
         Some(v) => v
             .trim()
             .parse::<u64>()
-            .map_err(|_| Refusal::new(400, "Last-Event-ID must be a frame's seq"))?,
+            .map_err(|_| Refusal::new(400, "Last-Event-ID (or after=) must be a frame's seq"))?,
     };
     let now = Instant::now();
     let body = Frames {

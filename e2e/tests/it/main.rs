@@ -6,6 +6,7 @@
 mod common;
 
 mod artifacts;
+mod browser;
 mod claims;
 mod container;
 mod crash;
