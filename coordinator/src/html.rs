@@ -22,7 +22,8 @@ th{background:#f3f3f3}pre{background:#f7f7f7;padding:.5em;overflow-x:auto;max-he
 code{font-size:13px}.passed{color:#176b2c}.warning,.held,.stale{color:#9a6700}\
 .skipped,.not_run,.pending,.claimed{color:#666}.failed,.timed_out,.lost,.expired{color:#b3261e}\
 .error,.aborted{color:#8250df}.running{color:#0550ae}.corrupt,.contested{color:#b3261e;font-weight:bold}\
-pre:empty{display:none}form.session{float:right}form.action{margin:.5em 0}";
+pre:empty{display:none}form.session{float:right}form.action{margin:.5em 0}\
+.last_failed,.never_booted{color:#b3261e}.idle{color:#176b2c}";
 
 /// The page's head and `<body>` tag. A live page updates itself: with JavaScript,
 /// `/kiln.js` (a run page follows its event stream, the index page fetches itself
@@ -175,7 +176,56 @@ pub fn with_session(page: String, v: &Viewer, run: Option<&RunStatus>) -> String
     }
 }
 
-/// What the index page shows: one page of runs and one page of hosts.
+/// One host's row on the fleet page.
+#[derive(Debug)]
+pub struct HostRow<'a> {
+    /// The host, as in hosts.toml.
+    pub host: &'a Host,
+    /// Its state: `idle`, `pending`, `running`, `stale`, `last failed`, …
+    pub state: &'static str,
+    /// What it is doing (`stage 2/5: memtest`), if anything.
+    pub doing: String,
+    /// Its newest run.
+    pub last: Option<Summary>,
+    /// Pending tickets.
+    pub pending: usize,
+    /// Runs issued for it.
+    pub runs: usize,
+}
+
+/// The runs filter the fleet page shows and its links keep.
+#[derive(Debug, Default, Clone)]
+pub struct RunsFilter {
+    /// `host=`.
+    pub host: String,
+    /// `plan=`.
+    pub plan: String,
+    /// `outcome=`.
+    pub outcome: String,
+    /// `since=` (a duration, e.g. `24h`).
+    pub since: String,
+}
+
+impl RunsFilter {
+    /// The filter as query parameters (`&host=…`), for links.
+    pub fn query(&self) -> String {
+        let mut q = form_urlencoded::Serializer::new(String::new());
+        for (k, v) in [
+            ("host", &self.host),
+            ("plan", &self.plan),
+            ("outcome", &self.outcome),
+            ("since", &self.since),
+        ] {
+            if !v.is_empty() {
+                q.append_pair(k, v);
+            }
+        }
+        let q = q.finish();
+        if q.is_empty() { q } else { format!("&{q}") }
+    }
+}
+
+/// What the fleet page shows: a page of hosts with their state, and a page of runs.
 #[derive(Debug)]
 pub struct IndexPage<'a> {
     /// Runs, newest first.
@@ -184,30 +234,130 @@ pub struct IndexPage<'a> {
     pub total_runs: usize,
     /// The run id to list older runs before, when there are more.
     pub older: Option<String>,
-    /// Hosts with the number of runs issued for each.
-    pub hosts: &'a [(&'a Host, usize)],
+    /// The runs filter in force.
+    pub filter: RunsFilter,
+    /// Hosts with their state.
+    pub hosts: &'a [HostRow<'a>],
     /// Hosts in all.
     pub total_hosts: usize,
     /// Index in hosts.toml of the first host shown.
     pub hosts_from: usize,
     /// The logged-in viewer, if any.
     pub session: Option<Viewer>,
+    /// Now, unix seconds (for ages).
+    pub now: u64,
 }
 
-/// The runs and hosts index: a bounded page of each, with links to the next.
+/// An age: `3m`, `2h`, `5d`.
+pub fn age(secs: u64) -> String {
+    match secs {
+        s if s < 120 => format!("{s}s"),
+        s if s < 7200 => format!("{}m", s / 60),
+        s if s < 172_800 => format!("{}h", s / 3600),
+        s => format!("{}d", s / 86400),
+    }
+}
+
+/// The fleet page: every host (a page of them) with its state, what it runs and its
+/// last outcome; below, runs with filters. Bounded pages, links to the next.
 pub fn index(p: &IndexPage<'_>) -> String {
     let mut out = String::new();
     let live = p
         .runs
         .iter()
-        .any(|r| r.state.is_live() && r.state.as_str() != "pending");
+        .any(|r| r.state.is_live() && r.state.as_str() != "pending")
+        || p.hosts.iter().any(|h| h.state == "running");
     head(&mut out, "kiln", live, None);
     if let Some(v) = &p.session {
         out.push_str(&session_bar(v, None));
     }
-    out.push_str("<h1>kiln</h1>\n<h2>Runs</h2>\n");
+    out.push_str("<h1>kiln</h1>\n<h2>Hosts</h2>\n");
+    if p.total_hosts == 0 {
+        out.push_str("<p>No hosts: <code>kiln-coordinator host add</code>.</p>\n");
+    } else {
+        out.push_str(
+            "<table><tr><th>host</th><th>state</th><th>last run</th><th>pending</th>\
+             <th>runs</th><th>MACs</th><th>image</th></tr>\n",
+        );
+        for h in p.hosts {
+            let last = match &h.last {
+                Some(r) => format!(
+                    "<a href=\"/runs/{id}\"><code>{short}</code></a> {plan} {state} {age} ago",
+                    id = escape(&r.run),
+                    short = escape(r.run.get(..8).unwrap_or(&r.run)),
+                    plan = escape(&r.plan),
+                    state = r.outcome.as_deref().map_or_else(|| summary_badge(r), badge),
+                    age = age(p.now.saturating_sub(r.issued_at)),
+                ),
+                None => String::new(),
+            };
+            let state_class = h.state.replace(' ', "_");
+            let _ = writeln!(
+                out,
+                "<tr><td><a href=\"/?host={name}\">{name}</a></td><td><span class=\"{cls}\">{state}</span>{doing}</td>\
+                 <td>{last}</td><td>{pending}</td><td>{runs}</td><td><code>{macs}</code></td><td>{image}</td></tr>",
+                name = escape(&h.host.name),
+                cls = escape(&state_class),
+                state = escape(h.state),
+                doing = if h.doing.is_empty() {
+                    String::new()
+                } else {
+                    format!(" {}", escape(&h.doing))
+                },
+                pending = h.pending,
+                runs = h.runs,
+                macs = escape(&h.host.macs.join(", ")),
+                image = escape(h.host.image.as_deref().unwrap_or("")),
+            );
+        }
+        out.push_str("</table>\n");
+        let shown_to = p.hosts_from + p.hosts.len();
+        if p.hosts_from > 0 || shown_to < p.total_hosts {
+            let _ = write!(
+                out,
+                "<p>hosts {} to {} of {}",
+                p.hosts_from + 1,
+                shown_to,
+                p.total_hosts
+            );
+            if shown_to < p.total_hosts {
+                let _ = write!(out, " · <a href=\"/?hosts_from={shown_to}\">more hosts</a>");
+            }
+            out.push_str("</p>\n");
+        }
+    }
+    let f = &p.filter;
+    let _ = writeln!(
+        out,
+        "<h2>Runs</h2>\n<form method=\"get\" action=\"/\" class=\"filter\">\
+         <input name=\"host\" placeholder=\"host\" value=\"{}\"> \
+         <input name=\"plan\" placeholder=\"plan\" value=\"{}\"> \
+         <select name=\"outcome\">{}</select> \
+         <input name=\"since\" placeholder=\"since (24h, 7d)\" value=\"{}\"> \
+         <button type=\"submit\">filter</button></form>",
+        escape(&f.host),
+        escape(&f.plan),
+        [
+            "",
+            "passed",
+            "warning",
+            "failed",
+            "error",
+            "aborted",
+            "timed_out",
+            "skipped"
+        ]
+        .iter()
+        .map(|o| format!(
+            "<option value=\"{o}\"{}>{}</option>",
+            if *o == f.outcome { " selected" } else { "" },
+            if o.is_empty() { "any outcome" } else { o }
+        ))
+        .collect::<String>(),
+        escape(&f.since),
+    );
     if p.runs.is_empty() {
-        out.push_str("<p>No runs yet: <code>kiln-coordinator ticket issue</code>.</p>\n");
+        out.push_str("<p>No runs here: <code>kiln-coordinator ticket issue</code>.</p>\n");
     } else {
         out.push_str(
             "<table><tr><th>run</th><th>plan</th><th>host</th><th>state</th>\
@@ -235,45 +385,12 @@ pub fn index(p: &IndexPage<'_>) -> String {
         if let Some(older) = &p.older {
             let _ = write!(
                 out,
-                " · <a href=\"/?before={}\">older runs</a>",
-                escape(older)
+                " · <a href=\"/?before={}{}\">older runs</a>",
+                escape(older),
+                escape(&f.query())
             );
         }
         out.push_str("</p>\n");
-    }
-    out.push_str("<h2>Hosts</h2>\n");
-    if p.total_hosts == 0 {
-        out.push_str("<p>No hosts: <code>kiln-coordinator host add</code>.</p>\n");
-    } else {
-        out.push_str(
-            "<table><tr><th>name</th><th>MACs</th><th>serial</th><th>image</th>\
-            <th>runs</th></tr>\n",
-        );
-        for (h, n) in p.hosts {
-            let _ = writeln!(
-                out,
-                "<tr><td>{}</td><td><code>{}</code></td><td>{}</td><td>{}</td><td>{n}</td></tr>",
-                escape(&h.name),
-                escape(&h.macs.join(", ")),
-                escape(h.serial.as_deref().unwrap_or("")),
-                escape(h.image.as_deref().unwrap_or("")),
-            );
-        }
-        out.push_str("</table>\n");
-        let shown_to = p.hosts_from + p.hosts.len();
-        if p.hosts_from > 0 || shown_to < p.total_hosts {
-            let _ = write!(
-                out,
-                "<p>hosts {} to {} of {}",
-                p.hosts_from + 1,
-                shown_to,
-                p.total_hosts
-            );
-            if shown_to < p.total_hosts {
-                let _ = write!(out, " · <a href=\"/?hosts_from={shown_to}\">more hosts</a>");
-            }
-            out.push_str("</p>\n");
-        }
     }
     out.push_str("</body></html>\n");
     out

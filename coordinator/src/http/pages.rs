@@ -11,18 +11,30 @@ const HTML: &str = "text/html; charset=utf-8";
 /// Rows of each table on the index page.
 pub const PAGE_ROWS: usize = 100;
 
-/// The runs and hosts index: the newest [`PAGE_ROWS`] runs (`?before=RUN` for
-/// older ones) and [`PAGE_ROWS`] hosts (`?hosts_from=N` for the next).
+/// The fleet page: [`PAGE_ROWS`] hosts (`?hosts_from=N` for the next) with their
+/// state, and the newest [`PAGE_ROWS`] runs (`?before=RUN` for older ones) that the
+/// filter (`host`, `plan`, `outcome`, `since` = a duration) lets through.
 pub fn index(ctx: &Ctx, query: &str, caller: Option<&Caller>) -> Reply {
     let bad = |what: &str| Refusal::new(400, what.to_string());
-    let before = match super::param(query, "before") {
+    let params: Vec<(String, String)> = form_urlencoded::parse(query.as_bytes())
+        .into_owned()
+        .take(16)
+        .collect();
+    let param = |k: &str| {
+        params
+            .iter()
+            .find(|(n, _)| n == k)
+            .map(|(_, v)| v.trim().to_string())
+            .filter(|v| !v.is_empty() && v.len() <= 256)
+    };
+    let before = match param("before") {
         Some(v) => Some(
             v.parse::<RunId>()
                 .map_err(|_| bad("before must be a run id"))?,
         ),
         None => None,
     };
-    let hosts_from = match super::param(query, "hosts_from") {
+    let hosts_from = match param("hosts_from") {
         Some(v) => v
             .parse::<usize>()
             .map_err(|_| bad("hosts_from must be a number"))?,
@@ -31,33 +43,96 @@ pub fn index(ctx: &Ctx, query: &str, caller: Option<&Caller>) -> Reply {
     if before.is_some_and(|b| !ctx.index.has(&b)) {
         return Err(bad("no such run to list before"));
     }
+    let now = crate::fsutil::now_s();
+    let since = match param("since") {
+        Some(v) => Some(now.saturating_sub(
+            crate::units::parse_duration(&v).map_err(|e| bad(&format!("since: {e}")))?,
+        )),
+        None => None,
+    };
+    let shown = crate::html::RunsFilter {
+        host: param("host").unwrap_or_default(),
+        plan: param("plan").unwrap_or_default(),
+        outcome: param("outcome").unwrap_or_default(),
+        since: param("since").unwrap_or_default(),
+    };
+    let filter = crate::index::Filter {
+        host: param("host"),
+        plan: param("plan"),
+        outcome: param("outcome"),
+        since,
+    };
     let internal = |e: anyhow::Error| Refusal::new(500, format!("{e:#}"));
     let page = ctx
         .index
-        .page(PAGE_ROWS, before.as_ref())
+        .page_where(PAGE_ROWS, before.as_ref(), &filter)
         .map_err(internal)?;
     let table = ctx.index.hosts().unwrap_or_else(|e| {
         log::warn!("{e:#}");
         Default::default()
     });
-    let hosts: Vec<(&crate::state::Host, usize)> = table
+    let hosts: Vec<crate::html::HostRow<'_>> = table
         .hosts
         .hosts
         .iter()
         .skip(hosts_from)
         .take(PAGE_ROWS)
-        .map(|h| (h, ctx.index.runs_of(&h.name)))
+        .map(|h| host_row(ctx, h))
         .collect();
     let html = crate::html::index(&crate::html::IndexPage {
         runs: &page.rows,
         total_runs: page.total,
         older: page.next.map(|n| n.to_string()),
+        filter: shown,
         hosts: &hosts,
         total_hosts: table.hosts.hosts.len(),
         hosts_from,
         session: session_of(caller),
+        now,
     });
     Ok(text(200, html, HTML))
+}
+
+/// A host's state on the fleet page, from its newest run and its pending tickets.
+fn host_row<'h>(ctx: &Ctx, h: &'h crate::state::Host) -> crate::html::HostRow<'h> {
+    use crate::status::RunState;
+    let pending = ctx.index.pending_of(&h.name);
+    let latest = ctx.index.latest_of(&h.name).and_then(|id| {
+        crate::status::current(&RunDir::new(&ctx.state, id), ctx.ingest.key())
+            .map_err(|e| log::warn!("{e:#}"))
+            .ok()
+    });
+    let (state, doing) = match &latest {
+        Some(s) if matches!(s.state, RunState::Claimed | RunState::Running) => {
+            let at = s
+                .stages
+                .iter()
+                .position(|st| st.outcome == "running")
+                .or_else(|| s.stages.iter().position(|st| st.attempts == 0));
+            let doing = match at {
+                Some(i) => format!("stage {}/{}: {}", i + 1, s.stages.len(), s.stages[i].name),
+                None => String::new(),
+            };
+            ("running", doing)
+        }
+        Some(s) if s.state == RunState::Stale => ("stale", String::new()),
+        _ if pending > 0 => ("pending", String::new()),
+        Some(s)
+            if s.state == RunState::Finished
+                && !matches!(s.outcome, Some("passed" | "warning")) =>
+        {
+            ("last failed", String::new())
+        }
+        _ => ("idle", String::new()),
+    };
+    crate::html::HostRow {
+        host: h,
+        state,
+        doing,
+        last: latest.as_ref().map(crate::status::Summary::from),
+        pending,
+        runs: ctx.index.runs_of(&h.name),
+    }
 }
 
 /// What a page shows of the login: the user, and the CSRF token of a browser

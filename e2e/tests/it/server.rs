@@ -9,6 +9,7 @@ use std::path::{Path, PathBuf};
 mod abort;
 mod cli;
 mod corrupt;
+mod fleet;
 pub(crate) mod full_disk;
 mod fuzz;
 mod gc;
