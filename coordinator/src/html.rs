@@ -246,6 +246,8 @@ pub struct IndexPage<'a> {
     pub session: Option<Viewer>,
     /// Now, unix seconds (for ages).
     pub now: u64,
+    /// Plans stored in the state folder (`plans/`), offered to operators per host.
+    pub plans: Vec<String>,
 }
 
 /// An age: `3m`, `2h`, `5d`.
@@ -277,8 +279,17 @@ pub fn index(p: &IndexPage<'_>) -> String {
     } else {
         out.push_str(
             "<table><tr><th>host</th><th>state</th><th>last run</th><th>pending</th>\
-             <th>runs</th><th>MACs</th><th>image</th></tr>\n",
+             <th>runs</th><th>MACs</th><th>image</th><th></th></tr>\n",
         );
+        let act = p
+            .session
+            .as_ref()
+            .filter(|v| v.operator && !p.plans.is_empty());
+        let options: String = p
+            .plans
+            .iter()
+            .map(|n| format!("<option>{}</option>", escape(n)))
+            .collect();
         for h in p.hosts {
             let last = match &h.last {
                 Some(r) => format!(
@@ -295,7 +306,7 @@ pub fn index(p: &IndexPage<'_>) -> String {
             let _ = writeln!(
                 out,
                 "<tr><td><a href=\"/?host={name}\">{name}</a></td><td><span class=\"{cls}\">{state}</span>{doing}</td>\
-                 <td>{last}</td><td>{pending}</td><td>{runs}</td><td><code>{macs}</code></td><td>{image}</td></tr>",
+                 <td>{last}</td><td>{pending}</td><td>{runs}</td><td><code>{macs}</code></td><td>{image}</td><td>{issue}</td></tr>",
                 name = escape(&h.host.name),
                 cls = escape(&state_class),
                 state = escape(h.state),
@@ -308,6 +319,14 @@ pub fn index(p: &IndexPage<'_>) -> String {
                 runs = h.runs,
                 macs = escape(&h.host.macs.join(", ")),
                 image = escape(h.host.image.as_deref().unwrap_or("")),
+                issue = act.map_or_else(String::new, |v| format!(
+                    "<form method=\"post\" action=\"/v1/hosts/{name}/tickets\">\
+                     <input type=\"hidden\" name=\"csrf\" value=\"{csrf}\">\
+                     <select name=\"plan\">{options}</select> \
+                     <button type=\"submit\">issue</button></form>",
+                    name = escape(&h.host.name),
+                    csrf = escape(&v.csrf),
+                )),
             );
         }
         out.push_str("</table>\n");

@@ -357,6 +357,9 @@ fn route(ctx: &Ctx, rq: &mut Request, method: &Method, path: &str, query: &str) 
             Method::Head => artifacts::offset(ctx, rq, &parse_run(run)?, &parse_sha(sha)?),
             _ => Err(Refusal::new(405, "method not allowed (use PUT or HEAD)")),
         },
+        ["v1", "hosts", host, "tickets"] => {
+            only(*method == Method::Post, "POST").and_then(|_| actions::issue(ctx, rq, host))
+        }
         ["v1", "hosts", mac, "ticket"] => {
             only(get(method), "GET").and_then(|_| api::host_ticket(ctx, mac))
         }

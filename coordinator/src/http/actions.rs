@@ -1,4 +1,6 @@
-//! What an operator does from a page or a script: `POST /v1/runs/{run}/abort`.
+//! What an operator does from a page or a script: `POST /v1/runs/{run}/abort`,
+//! `POST /v1/hosts/{host}/tickets` (issue a ticket from a plan stored in the state
+//! folder's `plans/`).
 //! The same domain calls as the command line; the caller's name goes with the
 //! request into the run's record.
 use kiln_protocol::RunId;
@@ -51,4 +53,64 @@ pub fn abort(ctx: &Ctx, rq: &mut Request, run: &RunId) -> Reply {
         &format!("/runs/{run}"),
         format!("abort of run {run} requested"),
     )
+}
+
+/// The plans stored in the state folder (`plans/NAME.toml`), by name.
+pub fn stored_plans(state: &crate::state::State) -> Vec<String> {
+    let Ok(rd) = std::fs::read_dir(state.root.join("plans")) else {
+        return Vec::new();
+    };
+    let mut out: Vec<String> = rd
+        .flatten()
+        .filter_map(|e| {
+            let n = e.file_name().to_str()?.strip_suffix(".toml")?.to_string();
+            crate::state::check_name(&n, "plan").ok().map(|()| n)
+        })
+        .collect();
+    out.sort();
+    out
+}
+
+/// `POST /v1/hosts/{host}/tickets` (form: `plan` = a stored plan's name, optional
+/// `ttl`): issues a ticket for the host, reporting to this coordinator as the
+/// request reached it; 303 to the new run's page (or 201 with its id).
+pub fn issue(ctx: &Ctx, rq: &mut Request, host: &str) -> Reply {
+    let f = form(rq)?;
+    let c = operator(ctx, rq, field(&f, "csrf"))?;
+    let host = percent(host);
+    let plan = field(&f, "plan").unwrap_or("");
+    crate::state::check_name(plan, "plan").map_err(|e| Refusal::new(400, format!("{e:#}")))?;
+    let path = ctx.state.root.join("plans").join(format!("{plan}.toml"));
+    if !path.is_file() {
+        return Err(Refusal::new(
+            404,
+            format!("no stored plan {plan} (plans/{plan}.toml)"),
+        ));
+    }
+    let ttl = crate::units::parse_duration(field(&f, "ttl").unwrap_or("24h"))
+        .map_err(|e| Refusal::new(400, format!("ttl: {e}")))?;
+    let base = super::base_url(rq, ctx.addr);
+    let issued = crate::ticket::issue(&ctx.state, &path, &host, ttl, Some(&base))
+        .map_err(|e| Refusal::new(422, format!("{e:#}")))?;
+    log::info!(
+        "run {}: plan {plan} issued for host {host} by {}",
+        issued.run,
+        c.who().name
+    );
+    if wants_page(rq) {
+        return done(rq, &format!("/runs/{}", issued.run), String::new());
+    }
+    Ok(text(
+        201,
+        format!("{}\n", issued.run),
+        "text/plain; charset=utf-8",
+    ))
+}
+
+/// A path segment with `%XX` escapes decoded (host names are plain words).
+fn percent(s: &str) -> String {
+    form_urlencoded::parse(format!("x={s}").as_bytes())
+        .next()
+        .map(|(_, v)| v.into_owned())
+        .unwrap_or_default()
 }

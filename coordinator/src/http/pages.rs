@@ -89,6 +89,7 @@ pub fn index(ctx: &Ctx, query: &str, caller: Option<&Caller>) -> Reply {
         hosts_from,
         session: session_of(caller),
         now,
+        plans: super::actions::stored_plans(&ctx.state),
     });
     Ok(text(200, html, HTML))
 }

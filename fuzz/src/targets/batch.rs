@@ -64,6 +64,7 @@ impl Batch {
             hosts_from: 0,
             session: None,
             now: 0,
+            plans: Vec::new(),
         });
         let frames = rd.frames().expect("stored frames");
         let _ = report::log_lines(&frames).count();

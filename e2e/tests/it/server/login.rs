@@ -262,3 +262,63 @@ fn wrong_passwords_from_one_address_are_rate_limited() {
         429
     );
 }
+
+#[test]
+fn an_operator_issues_a_stored_plan_for_a_host_from_the_fleet_page() {
+    let (_d, state) = keyed_state();
+    user_add(&state, "ada", "operator", PASSWORD);
+    let o = kc(
+        &state,
+        &["host", "add", "rack1-07", "--mac", "52:54:00:00:30:07"],
+    );
+    assert_eq!(o.code, 0, "{}", o.stderr);
+    std::fs::create_dir_all(state.join("plans")).unwrap();
+    std::fs::write(
+        state.join("plans/burnin.toml"),
+        "[[stage]]\nname = \"inv\"\nkind = \"inventory\"\n",
+    )
+    .unwrap();
+    let c = Coordinator::start_private(&state, &[]);
+    let (_, cookie, _) = post_form(
+        &format!("{}/login", c.url),
+        None,
+        &[("user", "ada"), ("password", PASSWORD)],
+    );
+    let session = cookie.unwrap().split(';').next().unwrap().to_string();
+    let (_, page, _) = get_with(&format!("{}/", c.url), Some(("Cookie", &session)));
+    assert!(
+        page.contains("action=\"/v1/hosts/rack1-07/tickets\""),
+        "{page}"
+    );
+    assert!(page.contains("<option>burnin</option>"), "{page}");
+    let csrf = csrf_of(&page);
+    let issue = format!("{}/v1/hosts/rack1-07/tickets", c.url);
+    assert_eq!(
+        post_form(&issue, Some(&session), &[("plan", "burnin")]).0,
+        403,
+        "no csrf"
+    );
+    assert_eq!(
+        post_form(&issue, Some(&session), &[("plan", "nope"), ("csrf", &csrf)]).0,
+        404
+    );
+    let (s, _, loc) = post_form(
+        &issue,
+        Some(&session),
+        &[("plan", "burnin"), ("csrf", &csrf)],
+    );
+    assert_eq!(s, 303);
+    let run = loc.unwrap().trim_start_matches("/runs/").to_string();
+    // The host boots it: the ticket reports to this coordinator.
+    let a = get(&c.url, "/v1/hosts/52:54:00:00:30:07/ticket");
+    assert_eq!(a.header("Kiln-Run"), Some(run.as_str()));
+    let show = kc(
+        &state,
+        &[
+            "ticket",
+            "show",
+            &format!("{}/runs/{run}/ticket.kiln", state.display()),
+        ],
+    );
+    assert!(show.stdout.contains(&c.url), "{}", show.stdout);
+}
