@@ -7,15 +7,16 @@ use argh::FromArgs;
 use std::path::PathBuf;
 
 use crate::commands::admin::{
-    DnsmasqCmd, HostAddCmd, HostListCmd, ImageAddCmd, InitCmd, KeyCmd, SecretSetCmd,
+    DnsmasqCmd, HostAddCmd, HostListCmd, HostSetCmd, ImageAddCmd, InitCmd, KeyCmd, SecretSetCmd,
 };
+use crate::commands::power::HostPowerCmd;
 use crate::commands::runs::{
     ImportCmd, ReportCmd, RunAbortCmd, RunAckContestCmd, RunLogsCmd, RunShowCmd, RunsCmd,
 };
 use crate::commands::serve::ServeCmd;
 use crate::commands::ticket::{TicketIssueCmd, TicketShowCmd};
 use crate::commands::watch::RunWatchCmd;
-use crate::commands::{admin, runs, serve, ticket, watch};
+use crate::commands::{admin, power, runs, serve, ticket, watch};
 use crate::exit;
 use crate::state::{State, resolve_root};
 
@@ -64,7 +65,9 @@ pub struct HostCmd {
 #[allow(missing_docs)]
 pub enum HostSub {
     Add(HostAddCmd),
+    Set(HostSetCmd),
     List(HostListCmd),
+    Power(HostPowerCmd),
 }
 
 /// Manage secrets.
@@ -158,8 +161,14 @@ pub fn run(cli: Cli) -> Result<i32> {
             command: HostSub::Add(c),
         }) => admin::cmd_host_add(&state, &c),
         Command::Host(HostCmd {
+            command: HostSub::Set(c),
+        }) => admin::cmd_host_set(&state, &c),
+        Command::Host(HostCmd {
             command: HostSub::List(_),
         }) => admin::cmd_host_list(&state),
+        Command::Host(HostCmd {
+            command: HostSub::Power(c),
+        }) => power::cmd_host_power(&state, &c),
         Command::Secret(SecretCmd {
             command: SecretSub::Set(c),
         }) => admin::cmd_secret_set(&state, &c),

@@ -18,6 +18,7 @@ pub mod ipxe;
 pub mod limits;
 pub mod neigh;
 pub mod plan;
+pub mod power;
 pub mod report;
 pub mod state;
 pub mod status;

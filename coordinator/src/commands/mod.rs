@@ -4,6 +4,7 @@
 //! module does.
 
 pub mod admin;
+pub mod power;
 pub mod runs;
 pub mod serve;
 pub mod ticket;

@@ -25,6 +25,7 @@ fn fx() -> Fx {
         image: None,
         spec: None,
         agent_key: None,
+        power: None,
     };
     Fx {
         _tmp: tmp,

@@ -6,6 +6,7 @@
 mod common;
 
 mod artifacts;
+mod bmc;
 mod claims;
 mod container;
 mod crash;
@@ -16,6 +17,7 @@ mod image;
 mod live_import;
 mod netboot;
 mod offline;
+mod power;
 mod qemu;
 mod quickstart;
 mod race;
