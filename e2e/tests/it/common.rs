@@ -91,6 +91,11 @@ impl Coordinator {
 
     /// Starts a server with extra `serve` arguments.
     pub fn start_with(state: &Path, extra: &[&str]) -> Coordinator {
+        Self::start_env(state, extra, &[])
+    }
+
+    /// Starts a server with extra `serve` arguments and environment variables.
+    pub fn start_env(state: &Path, extra: &[&str], env: &[(&str, &str)]) -> Coordinator {
         let addr_file = state.join(format!("addr.{}", std::process::id()));
         let _ = std::fs::remove_file(&addr_file);
         let mut child = Command::new(bin("kiln-coordinator"))
@@ -99,6 +104,7 @@ impl Coordinator {
             .args(["serve", "--listen", "127.0.0.1:0", "--addr-file"])
             .arg(&addr_file)
             .args(extra)
+            .envs(env.iter().copied())
             .stdout(Stdio::null())
             .stderr(Stdio::piped())
             .spawn()

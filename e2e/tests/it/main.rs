@@ -14,6 +14,7 @@ mod expiry;
 mod full_disk;
 mod hardware;
 mod image;
+mod lights;
 mod live_import;
 mod netboot;
 mod offline;
