@@ -19,7 +19,7 @@ use crate::state::State;
 use crate::store::RunDir;
 
 /// The file in the run folder.
-pub const POWER_LOG: &str = "power.log";
+pub const POWER_LOG: &str = crate::store::files::POWER_LOG;
 
 /// Largest power.log written (and read: a larger one is read up to this).
 pub const MAX_POWER_LOG_BYTES: u64 = 256 << 10;

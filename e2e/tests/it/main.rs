@@ -15,6 +15,7 @@ mod full_disk;
 mod hardware;
 mod image;
 mod lights;
+mod lights_netboot;
 mod live_import;
 mod netboot;
 mod offline;

@@ -1,0 +1,279 @@
+//! Lights-out, the whole path: `ticket issue --boot` for a host behind ipmi_sim, whose
+//! "power on" starts a real qemu guest (TCG) that netboots the kiln image through
+//! iPXE from the coordinator; the agent runs the ticket; the coordinator reads the
+//! power state back through IPMI after the run and switches the host off; the qemu
+//! process is gone. And a guest that cannot netboot: one power cycle, then
+//! `error: never booted`, then IPMI powers it off (ipmi_sim kills qemu).
+use serde_json::Value;
+use std::path::Path;
+use std::time::Duration;
+
+use crate::bmc::{self, IPMI_PASSWORD, IpmiSim};
+use crate::common::{Coordinator, kc, wait_until, write};
+use crate::image::{image, register, trusted_state};
+use crate::qemu::{Qemu, guest_url};
+
+const VM_MAC: &str = "52:54:00:6b:10:01";
+/// TCG is slow and the CPUs are shared: generous limits, never timed asserts.
+const BOOT_LIMIT: Duration = Duration::from_secs(900);
+
+/// The qemu command line ipmi_sim runs on power-on: the harness's own, its serial
+/// console into `console.log` instead of stdio, its pid into `machine.pid`.
+fn vm_startcmd(dir: &Path, builder: crate::qemu::QemuBuilder) -> String {
+    let mut args = builder.command_line();
+    if let Some(i) = args.iter().position(|a| a == "stdio") {
+        args[i] = format!("file:{}", dir.join("console.log").display());
+    }
+    assert!(
+        args.iter().all(|a| !a.contains(['\'', '"', ' '])),
+        "{args:?}"
+    );
+    format!(
+        "sh -c 'echo $$ > {}/machine.pid; exec qemu-system-x86_64 {}'",
+        dir.display(),
+        args.join(" ")
+    )
+}
+
+fn machine_pid(dir: &Path) -> Option<u32> {
+    std::fs::read_to_string(dir.join("machine.pid"))
+        .ok()?
+        .trim()
+        .parse()
+        .ok()
+}
+
+fn show(state: &Path, run: &str) -> Value {
+    let o = kc(state, &["run", "show", run, "--json"]);
+    assert_eq!(o.code, 0, "{}", o.stderr);
+    serde_json::from_str(&o.stdout).unwrap()
+}
+
+fn setup(tmp: &Path, kernel: &Path, initrd: &Path) -> std::path::PathBuf {
+    let state = trusted_state(tmp);
+    register(&state, kernel, initrd);
+    let f = write(tmp, "bmc.secret", &format!("{IPMI_PASSWORD}\n"));
+    assert_eq!(
+        kc(
+            &state,
+            &["secret", "set", "bmc", "--file", f.to_str().unwrap()]
+        )
+        .code,
+        0
+    );
+    std::fs::remove_file(f).unwrap();
+    state
+}
+
+fn plan(dir: &Path) -> std::path::PathBuf {
+    write(
+        dir,
+        "plan.toml",
+        "name = \"lights-netboot\"\ntimeout = \"10m\"\n[[stage]]\nname = \"hello\"\n\
+         kind = \"exec\"\ncommand = [\"sh\", \"-c\", \"echo hello from $(uname -r)\"]\n",
+    )
+}
+
+#[test]
+fn a_netbooted_host_runs_its_ticket_through_ipmi_and_ends_powered_off() {
+    let Some((kernel, initrd)) = image() else {
+        return;
+    };
+    let tmp = tempfile::tempdir().unwrap();
+    let state = setup(tmp.path(), &kernel, &initrd);
+    let server = Coordinator::start(&state);
+    let bmc_dir = tmp.path().join("bmc");
+    std::fs::create_dir_all(&bmc_dir).unwrap();
+    let vm = Qemu::builder("lights1")
+        .netboot(&format!("{}/boot.ipxe", guest_url(&server.url)))
+        .mac(VM_MAC)
+        .smbios_serial("KILN-LIGHTS-1");
+    let Some(sim) = IpmiSim::start(&bmc_dir, &vm_startcmd(&bmc_dir, vm)) else {
+        return;
+    };
+    let o = kc(
+        &state,
+        &[
+            "host",
+            "add",
+            "node1",
+            "--mac",
+            VM_MAC,
+            "--image",
+            "kiln",
+            "--power",
+            &sim.url(),
+            "--power-secret",
+            "bmc",
+        ],
+    );
+    assert_eq!(o.code, 0, "{}", o.stderr);
+    let plan = plan(tmp.path());
+    let o = kc(
+        &state,
+        &[
+            "ticket",
+            "issue",
+            "--plan",
+            plan.to_str().unwrap(),
+            "--host",
+            "node1",
+            "--boot",
+        ],
+    );
+    assert_eq!(o.code, 0, "{}", o.stderr);
+    let run = o.stdout.trim().to_string();
+    wait_until(BOOT_LIMIT, "the run to finish", || {
+        show(&state, &run)["state"] == "finished"
+    });
+    let v = show(&state, &run);
+    let console = std::fs::read_to_string(bmc_dir.join("console.log")).unwrap_or_default();
+    assert_eq!(v["outcome"], "passed", "{v:#}\nconsole:\n{console}");
+    wait_until(Duration::from_secs(120), "the host to be released", || {
+        show(&state, &run)["power"]["phase"] == "released"
+    });
+    let pid = machine_pid(&bmc_dir).expect("ipmi_sim started qemu");
+    wait_until(Duration::from_secs(60), "qemu to be gone", || {
+        !bmc::alive(pid)
+    });
+    let (ok, out) = sim.ipmitool(&["chassis", "power", "status"]);
+    assert!(ok && out.contains("off"), "{out}");
+
+    let v = show(&state, &run);
+    let recs = v["power"]["records"].as_array().unwrap();
+    let find = |ev: &str| recs.iter().find(|r| r["event"] == ev).cloned();
+    let acts: Vec<String> = recs
+        .iter()
+        .filter(|r| r["event"] == "action")
+        .map(|r| format!("{}:{}", r["action"].as_str().unwrap(), r["ok"]))
+        .collect();
+    assert!(acts.contains(&"on:true".to_string()), "{acts:?}");
+    // The boot override: accepted, or refused with a warning and the boot went on.
+    assert!(
+        acts.contains(&"pxe:true".to_string())
+            || recs.iter().any(|r| r["event"] == "warning"
+                && r["detail"].as_str().unwrap().contains("boot override")),
+        "{recs:?}"
+    );
+    let released = find("released").unwrap();
+    let how = released["detail"].as_str().unwrap();
+    // The agent powers a netbooted machine off itself after a finished run; the
+    // coordinator reads that back through IPMI (or switches it off if still on).
+    assert!(how == "already off" || how == "powered off", "{how}");
+    assert!(console.contains("Linux version"), "{console}");
+    assert!(console.contains("kiln: agent"), "{console}");
+    let logs = kc(&state, &["run", "logs", &run]).stdout;
+    assert!(logs.contains("hello from 6."), "{logs}");
+
+    // Figures (printed, never asserted).
+    let powering = find("powering").unwrap()["at_ms"].as_u64().unwrap();
+    let booting = find("booting").unwrap()["at_ms"].as_u64().unwrap();
+    let claim = v["claim"]["at_ms"].as_u64().unwrap();
+    eprintln!(
+        "lights-out netboot (TCG): queue -> powered on {:.2}s, power-on -> claim {:.1}s, \
+         released: {how}",
+        (booting - powering) as f64 / 1000.0,
+        claim.saturating_sub(booting) as f64 / 1000.0,
+    );
+    drop(sim);
+}
+
+#[test]
+fn a_host_that_cannot_netboot_is_cycled_once_then_never_booted_and_powered_off() {
+    let Some((kernel, initrd)) = image() else {
+        return;
+    };
+    let tmp = tempfile::tempdir().unwrap();
+    let state = setup(tmp.path(), &kernel, &initrd);
+    let server = Coordinator::start(&state);
+    let bmc_dir = tmp.path().join("bmc");
+    std::fs::create_dir_all(&bmc_dir).unwrap();
+    // No network card and an empty disk: the firmware finds nothing to boot.
+    let disk = tmp.path().join("empty.img");
+    std::fs::write(&disk, vec![0u8; 1 << 20]).unwrap();
+    let vm = Qemu::builder("nonic")
+        .no_network()
+        .disk(&disk, crate::qemu::Bus::Ide);
+    let Some(sim) = IpmiSim::start(&bmc_dir, &vm_startcmd(&bmc_dir, vm)) else {
+        return;
+    };
+    let o = kc(
+        &state,
+        &[
+            "host",
+            "add",
+            "node2",
+            "--mac",
+            "52:54:00:6b:10:02",
+            "--image",
+            "kiln",
+            "--power",
+            &sim.url(),
+            "--power-secret",
+            "bmc",
+            "--boot-timeout",
+            "20s",
+        ],
+    );
+    assert_eq!(o.code, 0, "{}", o.stderr);
+    let plan = plan(tmp.path());
+    let o = kc(
+        &state,
+        &[
+            "ticket",
+            "issue",
+            "--plan",
+            plan.to_str().unwrap(),
+            "--host",
+            "node2",
+            "--boot",
+            "--url",
+            &server.url,
+        ],
+    );
+    assert_eq!(o.code, 0, "{}", o.stderr);
+    let run = o.stdout.trim().to_string();
+    wait_until(Duration::from_secs(30), "qemu to start", || {
+        machine_pid(&bmc_dir).is_some_and(bmc::alive)
+    });
+    wait_until(
+        Duration::from_secs(180),
+        "the watchdog to end the run",
+        || show(&state, &run)["state"] == "finished",
+    );
+    let v = show(&state, &run);
+    assert_eq!(v["outcome"], "error");
+    assert!(
+        v["power"]["error"]
+            .as_str()
+            .unwrap()
+            .starts_with("never booted"),
+        "{v:#}"
+    );
+    wait_until(Duration::from_secs(60), "the host to be released", || {
+        show(&state, &run)["power"]["phase"] == "released"
+    });
+    let pid = machine_pid(&bmc_dir).unwrap();
+    wait_until(Duration::from_secs(60), "ipmi_sim to stop qemu", || {
+        !bmc::alive(pid)
+    });
+    let recs = v["power"]["records"].as_array().unwrap().clone();
+    let acts: Vec<String> = recs
+        .iter()
+        .filter(|r| r["event"] == "action")
+        .map(|r| format!("{}:{}", r["action"].as_str().unwrap(), r["ok"]))
+        .collect();
+    assert!(acts.contains(&"cycle:true".to_string()), "{acts:?}");
+    let released = show(&state, &run)["power"]["records"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .rev()
+        .find(|r| r["event"] == "released")
+        .cloned()
+        .unwrap();
+    assert_eq!(released["detail"], "powered off", "{released}");
+    let console = std::fs::read_to_string(bmc_dir.join("console.log")).unwrap_or_default();
+    eprintln!("console of the machine that never booted:\n{console}");
+    drop(sim);
+}
