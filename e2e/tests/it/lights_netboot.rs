@@ -257,6 +257,13 @@ fn a_host_that_cannot_netboot_is_cycled_once_then_never_booted_and_powered_off()
     wait_until(Duration::from_secs(60), "ipmi_sim to stop qemu", || {
         !bmc::alive(pid)
     });
+    // A run the coordinator ended boots nothing, should the machine come up later.
+    let script = ureq::get(&format!("{}/ipxe/52-54-00-6b-10-02", server.url))
+        .call()
+        .unwrap()
+        .into_string()
+        .unwrap();
+    assert!(script.contains("nothing pending"), "{script}");
     let recs = v["power"]["records"].as_array().unwrap().clone();
     let acts: Vec<String> = recs
         .iter()
