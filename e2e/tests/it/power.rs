@@ -314,3 +314,54 @@ fn wake_on_lan_sends_the_magic_packet() {
     assert_eq!(o.code, 2, "{o:?}");
     assert!(o.stderr.contains("cannot power"), "{}", o.stderr);
 }
+
+/// Figures, printed (never asserted): `host power … status|on|off` through the
+/// coordinator against ipmitool run by hand, ten rounds each, on ipmi_sim.
+#[test]
+fn bench_power_actions_against_ipmitool_by_hand() {
+    let (tmp, state) = fresh_state();
+    let dir = tmp.path().join("bmc");
+    let Some(sim) = IpmiSim::start(&dir, &machine_cmd(&dir)) else {
+        return;
+    };
+    set_secret(&state, tmp.path(), "bmc1", IPMI_PASSWORD);
+    let o = kc(
+        &state,
+        &[
+            "host",
+            "add",
+            "n1",
+            "--mac",
+            "52:54:00:00:10:09",
+            "--power",
+            &sim.url(),
+            "--power-secret",
+            "bmc1",
+        ],
+    );
+    assert_eq!(o.code, 0, "{}", o.stderr);
+    let median = |mut v: Vec<f64>| {
+        v.sort_by(f64::total_cmp);
+        v[v.len() / 2]
+    };
+    for action in ["status", "on", "off"] {
+        let mut ours = Vec::new();
+        let mut by_hand = Vec::new();
+        for _ in 0..10 {
+            let t = std::time::Instant::now();
+            let o = power(&state, "n1", action);
+            ours.push(t.elapsed().as_secs_f64() * 1000.0);
+            assert_eq!(o.code, 0, "{}", o.stderr);
+            let t = std::time::Instant::now();
+            let (ok, _) = sim.ipmitool(&["chassis", "power", action]);
+            by_hand.push(t.elapsed().as_secs_f64() * 1000.0);
+            assert!(ok);
+        }
+        eprintln!(
+            "power {action}: kiln-coordinator host power {:.1} ms median, ipmitool by hand \
+             {:.1} ms median (10 rounds, ipmi_sim on loopback)",
+            median(ours),
+            median(by_hand)
+        );
+    }
+}
