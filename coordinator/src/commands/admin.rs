@@ -432,8 +432,9 @@ pub struct HostAddCmd {
     /// (`kiln-ed25519 <base64> [comment]`), a file holding it, or `none` to unenrol
     #[argh(option)]
     pub agent_key: Option<String>,
-    /// power control: ipmi://USER@BMC[:PORT], redfish://USER@BMC[:PORT][/redfish/v1/Systems/ID],
-    /// wol[://BROADCAST[:PORT]], or `none` to remove it
+    /// power control: `ipmi://USER@BMC[:PORT]`,
+    /// `redfish://USER@BMC[:PORT][/redfish/v1/Systems/ID]`, `wol[://BROADCAST[:PORT]]`,
+    /// or `none` to remove it
     #[argh(option)]
     pub power: Option<String>,
     /// the secret holding the BMC password (`secret set NAME --file F`)
