@@ -83,6 +83,14 @@ fn power(out: &mut String, s: &RunStatus) {
         );
     }
     out.push_str("</table>\n");
+    if !p.console_tail.is_empty() {
+        out.push_str("<p>console (last lines):</p>\n<pre>");
+        for l in &p.console_tail {
+            out.push_str(&escape(l));
+            out.push('\n');
+        }
+        out.push_str("</pre>\n");
+    }
 }
 
 /// The claim rows of a run page: source and key of the claim, the enrolled key,

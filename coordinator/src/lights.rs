@@ -24,6 +24,16 @@ pub const POWER_LOG: &str = crate::store::files::POWER_LOG;
 /// Largest power.log written (and read: a larger one is read up to this).
 pub const MAX_POWER_LOG_BYTES: u64 = 256 << 10;
 
+/// The host's serial console as the coordinator read it (IPMI serial-over-LAN), from
+/// power-on until the agent's claim: text lines, control characters made visible.
+pub const CONSOLE_LOG: &str = "console.log";
+
+/// Largest console.log written; what comes after is dropped (one line says so).
+pub const MAX_CONSOLE_BYTES: u64 = 1 << 20;
+
+/// Console lines a view shows (the last ones).
+pub const VIEW_CONSOLE_LINES: usize = 20;
+
 /// Records a view shows (the last ones).
 pub const VIEW_RECORDS: usize = 100;
 
@@ -94,7 +104,7 @@ impl Record {
             action: None,
             ok: None,
             took_ms: None,
-            detail: crate::power::one_line(&detail.into()),
+            detail: crate::power::one_line_max(&detail.into(), 2000),
             settings: None,
         }
     }
@@ -171,6 +181,124 @@ pub fn records(rd: &RunDir) -> Vec<Record> {
         .collect()
 }
 
+/// Turns console bytes into lines appended to a run's console.log: partial lines
+/// wait for their end, carriage returns and ANSI escapes are dropped, other control
+/// characters made visible, ipmitool's own banner left out; capped at
+/// [`MAX_CONSOLE_BYTES`].
+pub struct ConsoleWriter {
+    path: std::path::PathBuf,
+    partial: Vec<u8>,
+    full: bool,
+}
+
+impl ConsoleWriter {
+    /// A writer appending to the run's console.log.
+    pub fn new(rd: &RunDir) -> Self {
+        ConsoleWriter {
+            path: rd.path(CONSOLE_LOG),
+            partial: Vec::new(),
+            full: false,
+        }
+    }
+
+    /// Takes one chunk of console bytes.
+    pub fn push(&mut self, bytes: &[u8]) {
+        if self.full {
+            return;
+        }
+        self.partial.extend_from_slice(bytes);
+        let Some(end) = self.partial.iter().rposition(|b| *b == b'\n') else {
+            if self.partial.len() > 4096 {
+                // A line that never ends: write what there is.
+                let chunk = std::mem::take(&mut self.partial);
+                self.write_lines(&chunk);
+            }
+            return;
+        };
+        let rest = self.partial.split_off(end + 1);
+        let chunk = std::mem::replace(&mut self.partial, rest);
+        self.write_lines(&chunk);
+    }
+
+    fn write_lines(&mut self, chunk: &[u8]) {
+        let text = String::from_utf8_lossy(chunk);
+        let mut out = String::new();
+        for line in text.split('\n') {
+            let line = strip_escapes(line);
+            let line = line.trim_end();
+            if line.is_empty()
+                || line.contains("SOL Session operational")
+                || line.contains("HPM.x Capabilities")
+            {
+                continue;
+            }
+            out.push_str(&kiln_cmdline::visible::visible(line));
+            out.push('\n');
+        }
+        if out.is_empty() {
+            return;
+        }
+        let size = std::fs::metadata(&self.path).map_or(0, |m| m.len());
+        if size + out.len() as u64 > MAX_CONSOLE_BYTES {
+            self.full = true;
+            out = format!("[console capped at {MAX_CONSOLE_BYTES} bytes]\n");
+        }
+        let res = std::fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(&self.path)
+            .and_then(|mut f| f.write_all(out.as_bytes()));
+        if let Err(e) = res {
+            log::warn!("{}: {e}", self.path.display());
+            self.full = true;
+        }
+    }
+}
+
+/// Drops ANSI escape sequences (`ESC [ … letter`) and carriage returns.
+fn strip_escapes(s: &str) -> String {
+    let mut out = String::with_capacity(s.len());
+    let mut chars = s.chars().peekable();
+    while let Some(c) = chars.next() {
+        match c {
+            '\u{1b}' => {
+                if chars.peek() == Some(&'[') {
+                    chars.next();
+                    for c in chars.by_ref() {
+                        if c.is_ascii_alphabetic() {
+                            break;
+                        }
+                    }
+                }
+            }
+            '\r' => {}
+            c => out.push(c),
+        }
+    }
+    out
+}
+
+/// The last `n` lines of a run's console.log (at most its last 64 KiB are read).
+pub fn console_tail(rd: &RunDir, n: usize) -> Vec<String> {
+    use std::io::{Read, Seek, SeekFrom};
+    let Ok(mut f) = std::fs::File::open(rd.path(CONSOLE_LOG)) else {
+        return Vec::new();
+    };
+    let len = f.metadata().map_or(0, |m| m.len());
+    let start = len.saturating_sub(64 << 10);
+    let mut buf = Vec::new();
+    if f.seek(SeekFrom::Start(start)).is_err() || f.take(64 << 10).read_to_end(&mut buf).is_err() {
+        return Vec::new();
+    }
+    let text = String::from_utf8_lossy(&buf);
+    let mut lines: Vec<String> = text.lines().map(str::to_string).collect();
+    if start > 0 && !lines.is_empty() {
+        lines.remove(0); // cut mid-line
+    }
+    let skip = lines.len().saturating_sub(n);
+    lines.split_off(skip)
+}
+
 /// Where a lights-out run is, from its records alone.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct Progress {
@@ -240,6 +368,8 @@ pub struct PowerView {
     pub power_off: bool,
     /// The last [`VIEW_RECORDS`] records.
     pub records: Vec<Record>,
+    /// The last [`VIEW_CONSOLE_LINES`] lines of the host's console (console.log).
+    pub console_tail: Vec<String>,
 }
 
 /// The power queue's order as serve last wrote it (`power/queue.json`: run ids).
@@ -302,6 +432,7 @@ pub fn view(rd: &RunDir, run: &str, claimed: bool) -> Option<PowerView> {
         lost_after_s: settings.lost_after_s,
         power_off: settings.power_off,
         records: recs.into_iter().skip(skip).collect(),
+        console_tail: console_tail(rd, VIEW_CONSOLE_LINES),
     })
 }
 
@@ -337,6 +468,30 @@ mod tests {
         let p = progress(&recs);
         assert_eq!((p.booting_since_ms, p.watchdog_cycles), (Some(9), 1));
         assert_eq!(p.ended.as_deref(), Some("never booted"));
+    }
+
+    #[test]
+    fn console_bytes_become_safe_capped_lines() {
+        let dir = tempfile::tempdir().unwrap();
+        let rd = RunDir {
+            id: kiln_protocol::RunId([1; 16]),
+            dir: dir.path().to_path_buf(),
+        };
+        let mut w = ConsoleWriter::new(&rd);
+        w.push(b"[SOL Session operational.  Use ~? for help]\r\nSeaBIOS \x1b[1mver");
+        w.push(b"sion\x1b[0m\r\nNo bootable device.\x07\r\npart");
+        assert_eq!(
+            console_tail(&rd, 10),
+            ["SeaBIOS version", "No bootable device.\\x07"]
+        );
+        let big = vec![b'x'; 1000];
+        for _ in 0..1100 {
+            w.push(&big);
+            w.push(b"\n");
+        }
+        let len = std::fs::metadata(rd.path(CONSOLE_LOG)).unwrap().len();
+        assert!(len <= MAX_CONSOLE_BYTES + 100, "{len}");
+        assert_eq!(console_tail(&rd, 1), ["[console capped at 1048576 bytes]"]);
     }
 
     #[test]

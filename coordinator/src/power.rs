@@ -124,6 +124,25 @@ pub trait Bmc: Send + Sync {
     fn describe(&self) -> String;
     /// Performs one action; blocks at most about [`ACTION_TIMEOUT`].
     fn act(&self, action: Action) -> Result<Answer, PowerError>;
+    /// Starts reading the host's serial console (IPMI serial-over-LAN), each chunk
+    /// of bytes handed to `sink` on a thread of its own; `None` when the driver has
+    /// no console.
+    fn console(&self, sink: ConsoleSink) -> Result<Option<Box<dyn Console>>, PowerError> {
+        let _ = sink;
+        Ok(None)
+    }
+}
+
+/// Where console bytes go.
+pub type ConsoleSink = Box<dyn FnMut(&[u8]) + Send>;
+
+/// A console being read.
+pub trait Console: Send {
+    /// Whether it is still reading (the session may end: the BMC dropped it, the
+    /// host was power cycled).
+    fn alive(&mut self) -> bool;
+    /// Stops reading and closes the session on the BMC.
+    fn stop(self: Box<Self>);
 }
 
 /// The longest one power action may take before it is abandoned with an error.
@@ -380,6 +399,11 @@ pub fn driver(state: &State, host: &Host) -> Result<Box<dyn Bmc>> {
 
 /// Makes a BMC's words one safe line of at most 300 characters.
 pub fn one_line(s: &str) -> String {
+    one_line_max(s, 300)
+}
+
+/// Makes text one safe line of at most `max` characters (lines joined by "; ").
+pub fn one_line_max(s: &str, max: usize) -> String {
     let joined = s
         .lines()
         .map(str::trim)
@@ -388,9 +412,9 @@ pub fn one_line(s: &str) -> String {
         .join("; ");
     let mut out: String = kiln_cmdline::visible::visible(&joined)
         .chars()
-        .take(300)
+        .take(max)
         .collect();
-    if joined.chars().count() > 300 {
+    if joined.chars().count() > max {
         out.push('…');
     }
     out
@@ -426,6 +450,20 @@ pub fn reading(state: &State, host: &str) -> Option<Reading> {
     let path = reading_path(state, host).ok()?;
     let bytes = kiln_protocol::io::read_file_capped(&path, 4096, "a power reading").ok()?;
     serde_json::from_slice(&bytes).ok()
+}
+
+/// Starts reading a host's console, if its driver has one.
+pub fn console_of_host(
+    state: &State,
+    host: &Host,
+    sink: ConsoleSink,
+) -> Result<Option<Box<dyn Console>>, PowerError> {
+    let bmc = driver(state, host).map_err(|e| PowerError {
+        bmc: host.name.clone(),
+        reason: format!("{e:#}"),
+        unsupported: false,
+    })?;
+    bmc.console(sink)
 }
 
 /// Runs one action on a host and records the state it read or implied; returns the

@@ -21,14 +21,14 @@
 //! up only its own host.
 use anyhow::Result;
 use kiln_protocol::{PublicKey, RunId};
-use std::collections::HashSet;
+use std::collections::{HashMap, HashSet};
 use std::sync::{Arc, Mutex};
 use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 
 use crate::fsutil::now_ms;
 use crate::lights::{self, Event, Progress, Record};
-use crate::power::{Action, PowerState, act_on_host};
+use crate::power::{Action, Console, PowerState, act_on_host, console_of_host};
 use crate::state::{Host, State};
 use crate::status::{RunState, RunStatus};
 use crate::store::RunDir;
@@ -64,6 +64,7 @@ pub fn spawn(state: State, key: PublicKey, opts: Options) -> JoinHandle<()> {
                 key,
                 opts,
                 busy: Arc::new(Mutex::new(HashSet::new())),
+                consoles: Arc::new(Mutex::new(Consoles::default())),
                 done: HashSet::new(),
                 last_queue: Vec::new(),
             };
@@ -84,10 +85,25 @@ struct Queue {
     opts: Options,
     /// Runs with a power action in flight on a thread.
     busy: Arc<Mutex<HashSet<RunId>>>,
+    /// Console readers of booting hosts.
+    consoles: Arc<Mutex<Consoles>>,
     /// Runs released (nothing more to do) — skipped without reading.
     done: HashSet<RunId>,
     last_queue: Vec<String>,
 }
+
+/// The console readers (IPMI serial-over-LAN) of hosts between power-on and claim.
+#[derive(Default)]
+struct Consoles {
+    live: HashMap<RunId, Box<dyn Console>>,
+    starting: HashSet<RunId>,
+    last_try: HashMap<RunId, Instant>,
+    /// Runs whose host's driver has no console.
+    none: HashSet<RunId>,
+}
+
+/// How long after a failed (or ended) console session the next is tried.
+const CONSOLE_RETRY: Duration = Duration::from_secs(2);
 
 /// One lights-out run as the tick sees it.
 struct Seen {
@@ -159,6 +175,10 @@ impl Queue {
                 active += 1;
             }
         }
+        for r in &seen {
+            let wants = r.p.booting_since_ms.is_some() && !r.claimed() && !r.over();
+            self.console(r, hosts.get(&r.s.host), wants);
+        }
         let mut queued: Vec<&Seen> = Vec::new();
         for r in &seen {
             if busy_now.contains(&r.id) {
@@ -199,6 +219,54 @@ impl Queue {
             self.start(r, hosts.get(&r.s.host));
         }
         Ok(())
+    }
+
+    /// Keeps a console reader on a booting host (restarted when its session ends),
+    /// and stops it once the agent claimed or the run is over.
+    fn console(&self, r: &Seen, host: Option<&Host>, wants: bool) {
+        let mut c = self.consoles.lock().expect("consoles lock");
+        if !wants {
+            if let Some(con) = c.live.remove(&r.id) {
+                std::thread::spawn(move || con.stop());
+            }
+            return;
+        }
+        if let Some(con) = c.live.get_mut(&r.id) {
+            if con.alive() {
+                return;
+            }
+            c.live.remove(&r.id);
+        }
+        let recent = c
+            .last_try
+            .get(&r.id)
+            .is_some_and(|t| t.elapsed() < CONSOLE_RETRY);
+        if recent || c.none.contains(&r.id) || c.starting.contains(&r.id) {
+            return;
+        }
+        let Some(host) = host.cloned() else {
+            return;
+        };
+        c.starting.insert(r.id);
+        c.last_try.insert(r.id, Instant::now());
+        drop(c);
+        let (state, rd, id) = (self.state.clone(), r.rd.clone(), r.id);
+        let consoles = self.consoles.clone();
+        std::thread::spawn(move || {
+            let mut writer = lights::ConsoleWriter::new(&rd);
+            let res = console_of_host(&state, &host, Box::new(move |b| writer.push(b)));
+            let mut c = consoles.lock().expect("consoles lock");
+            c.starting.remove(&id);
+            match res {
+                Ok(Some(con)) => {
+                    c.live.insert(id, con);
+                }
+                Ok(None) => {
+                    c.none.insert(id);
+                }
+                Err(e) => log::debug!("run {id}: console: {e}"),
+            }
+        });
     }
 
     /// Runs `f` on a thread, the run marked busy until it returns.
@@ -265,15 +333,14 @@ impl Queue {
         }
         let after = crate::fmt::fmt_ms(limit);
         if r.p.watchdog_cycles >= 1 || host.is_none() {
-            let _ = lights::append(
-                &r.rd,
-                &Record::new(
-                    Event::Ended,
-                    format!(
-                        "never booted: no claim within {after} of power-on, twice (one power cycle between)"
-                    ),
-                ),
+            let mut detail = format!(
+                "never booted: no claim within {after} of power-on, twice (one power cycle between)"
             );
+            let console = lights::console_tail(&r.rd, 5);
+            if !console.is_empty() {
+                detail += &format!("; the console's last lines: {}", console.join(" | "));
+            }
+            let _ = lights::append(&r.rd, &Record::new(Event::Ended, detail));
             return;
         }
         let host = host.cloned().expect("checked");
@@ -331,6 +398,10 @@ impl Queue {
         );
         if !tail.is_empty() {
             detail += &format!("; its last lines: {tail}");
+        }
+        let console = lights::console_tail(&r.rd, 3);
+        if !console.is_empty() {
+            detail += &format!("; the console's last lines: {}", console.join(" | "));
         }
         let _ = lights::append(&r.rd, &Record::new(Event::Ended, detail));
     }

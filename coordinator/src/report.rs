@@ -124,6 +124,16 @@ fn power_text(o: &mut String, s: &RunStatus, v: &dyn Fn(&str) -> String) {
     for r in &p.records {
         let _ = writeln!(o, "  {} {}", fmt_unix(r.at_ms / 1000), v(&r.describe()));
     }
+    if !p.console_tail.is_empty() {
+        let _ = writeln!(
+            o,
+            "console  (last lines; all: run logs {} --console)",
+            s.run
+        );
+        for l in &p.console_tail {
+            let _ = writeln!(o, "  {}", v(l));
+        }
+    }
 }
 
 /// What `run show` prints; `raw` leaves control characters in.

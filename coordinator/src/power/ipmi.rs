@@ -7,9 +7,13 @@ use std::io::Read;
 use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
-use super::{ACTION_TIMEOUT, Action, Answer, Bmc, MAX_ANSWER_BYTES, PowerError, PowerState};
+use super::{
+    ACTION_TIMEOUT, Action, Answer, Bmc, Console, ConsoleSink, MAX_ANSWER_BYTES, PowerError,
+    PowerState,
+};
 
 /// One BMC reached with ipmitool.
+#[derive(Clone)]
 pub struct Ipmi {
     user: String,
     host: String,
@@ -42,8 +46,8 @@ impl Ipmi {
         }
     }
 
-    /// Runs `ipmitool … ARGS`; stdout on success, else the error line.
-    fn run(&self, args: &[&str]) -> Result<String, PowerError> {
+    /// `ipmitool` with the session options (the password in its environment).
+    fn command(&self) -> Command {
         let mut cmd = Command::new(&self.tool);
         cmd.args(["-I", "lanplus", "-C"])
             .arg(self.cipher.to_string())
@@ -52,8 +56,14 @@ impl Ipmi {
             .args([
                 "-U", &self.user, "-E", "-L", "OPERATOR", "-N", "2", "-R", "2",
             ])
-            .args(args)
-            .env("IPMI_PASSWORD", &self.password)
+            .env("IPMI_PASSWORD", &self.password);
+        cmd
+    }
+
+    /// Runs `ipmitool … ARGS`; stdout on success, else the error line.
+    fn run(&self, args: &[&str]) -> Result<String, PowerError> {
+        let mut cmd = self.command();
+        cmd.args(args)
             .stdin(Stdio::null())
             .stdout(Stdio::piped())
             .stderr(Stdio::piped());
@@ -122,7 +132,71 @@ impl Ipmi {
     }
 }
 
+/// A serial-over-LAN session: `ipmitool sol activate` on a pseudo-terminal (ipmitool
+/// insists on one), read on a thread.
+struct Sol {
+    child: std::process::Child,
+    bmc: Ipmi,
+}
+
+impl Console for Sol {
+    fn alive(&mut self) -> bool {
+        matches!(self.child.try_wait(), Ok(None))
+    }
+
+    fn stop(mut self: Box<Self>) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+        // Free the BMC's one SOL session for the next reader.
+        let _ = self.bmc.run(&["sol", "deactivate"]);
+    }
+}
+
+impl Drop for Sol {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
 impl Bmc for Ipmi {
+    fn console(&self, mut sink: ConsoleSink) -> Result<Option<Box<dyn Console>>, PowerError> {
+        // A session a crashed reader left open would refuse this one.
+        let _ = self.run(&["sol", "deactivate"]);
+        let pty = nix::pty::openpty(None, None)
+            .map_err(|e| self.err(format!("opening a pseudo-terminal for SOL: {e}")))?;
+        let slave = |fd: &std::os::fd::OwnedFd| {
+            fd.try_clone()
+                .map(Stdio::from)
+                .map_err(|e| self.err(format!("pseudo-terminal: {e}")))
+        };
+        let mut cmd = self.command();
+        cmd.args(["sol", "activate"])
+            .stdin(slave(&pty.slave)?)
+            .stdout(slave(&pty.slave)?)
+            .stderr(slave(&pty.slave)?);
+        let child = cmd
+            .spawn()
+            .map_err(|e| self.err(format!("starting {} sol activate: {e}", self.tool)))?;
+        drop(cmd);
+        drop(pty.slave);
+        let mut master = std::fs::File::from(pty.master);
+        std::thread::spawn(move || {
+            let mut buf = [0u8; 4096];
+            // EIO once the session's process is gone.
+            while let Ok(n) = master.read(&mut buf) {
+                if n == 0 {
+                    break;
+                }
+                sink(&buf[..n]);
+            }
+        });
+        Ok(Some(Box::new(Sol {
+            child,
+            bmc: self.clone(),
+        })))
+    }
+
     fn describe(&self) -> String {
         if self.host.contains(':') {
             format!("ipmi://{}@[{}]:{}", self.user, self.host, self.port)
