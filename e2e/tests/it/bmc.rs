@@ -44,6 +44,12 @@ impl IpmiSim {
     /// Starts a BMC whose `chassis power on` runs `startcmd` (a shell command line)
     /// and whose power off kills it. None (after [`skip`]) without ipmi_sim/ipmitool.
     pub fn start(dir: &Path, startcmd: &str) -> Option<IpmiSim> {
+        Self::start_with_sol(dir, startcmd, None)
+    }
+
+    /// Like [`IpmiSim::start`], with serial-over-LAN: on `sol activate` the BMC
+    /// connects to `127.0.0.1:sol_port` (the machine's serial port as a TCP server).
+    pub fn start_with_sol(dir: &Path, startcmd: &str, sol_port: Option<u16>) -> Option<IpmiSim> {
         if !require_tool("ipmi_sim") || !require_tool("ipmitool") {
             return None;
         }
@@ -67,9 +73,12 @@ set_working_mc 0x20
   startnow false
   poweroff_wait 1
   kill_wait 2
-  user 1 true  ""       ""   user  10 none md2 md5 straight
+{sol}  user 1 true  ""       ""   user  10 none md2 md5 straight
   user 2 true  "{IPMI_USER}" "{IPMI_PASSWORD}" admin 10 none md2 md5 straight
-"#
+"#,
+            sol = sol_port
+                .map(|p| format!("  sol \"tcp:127.0.0.1:{p}\" 115200\n"))
+                .unwrap_or_default()
         );
         std::fs::write(dir.join("lan.conf"), conf).expect("write lan.conf");
         std::fs::write(

@@ -18,11 +18,13 @@ const VM_MAC: &str = "52:54:00:6b:10:01";
 const BOOT_LIMIT: Duration = Duration::from_secs(900);
 
 /// The qemu command line ipmi_sim runs on power-on: the harness's own, its serial
-/// console into `console.log` instead of stdio, its pid into `machine.pid`.
-fn vm_startcmd(dir: &Path, builder: crate::qemu::QemuBuilder) -> String {
+/// port a TCP server on `sol_port` that ipmi_sim's serial-over-LAN connects to (qemu
+/// waits for it before it starts the machine, as a real serial port loses nothing),
+/// its pid into `machine.pid`.
+fn vm_startcmd(dir: &Path, builder: crate::qemu::QemuBuilder, sol_port: u16) -> String {
     let mut args = builder.command_line();
     if let Some(i) = args.iter().position(|a| a == "stdio") {
-        args[i] = format!("file:{}", dir.join("console.log").display());
+        args[i] = format!("tcp:127.0.0.1:{sol_port},server=on,wait=on");
     }
     assert!(
         args.iter().all(|a| !a.contains(['\'', '"', ' '])),
@@ -88,7 +90,9 @@ fn a_netbooted_host_runs_its_ticket_through_ipmi_and_ends_powered_off() {
         .netboot(&format!("{}/boot.ipxe", guest_url(&server.url)))
         .mac(VM_MAC)
         .smbios_serial("KILN-LIGHTS-1");
-    let Some(sim) = IpmiSim::start(&bmc_dir, &vm_startcmd(&bmc_dir, vm)) else {
+    let sol = bmc::free_tcp_port();
+    let Some(sim) = IpmiSim::start_with_sol(&bmc_dir, &vm_startcmd(&bmc_dir, vm, sol), Some(sol))
+    else {
         return;
     };
     let o = kc(
@@ -127,7 +131,7 @@ fn a_netbooted_host_runs_its_ticket_through_ipmi_and_ends_powered_off() {
         show(&state, &run)["state"] == "finished"
     });
     let v = show(&state, &run);
-    let console = std::fs::read_to_string(bmc_dir.join("console.log")).unwrap_or_default();
+    let console = kc(&state, &["run", "logs", &run, "--console"]).stdout;
     assert_eq!(v["outcome"], "passed", "{v:#}\nconsole:\n{console}");
     wait_until(Duration::from_secs(120), "the host to be released", || {
         show(&state, &run)["power"]["phase"] == "released"
@@ -160,8 +164,19 @@ fn a_netbooted_host_runs_its_ticket_through_ipmi_and_ends_powered_off() {
     // The agent powers a netbooted machine off itself after a finished run; the
     // coordinator reads that back through IPMI (or switches it off if still on).
     assert!(how == "already off" || how == "powered off", "{how}");
+    // The console, read through IPMI serial-over-LAN from power-on to the claim:
+    // the kernel's first line and the agent's start.
     assert!(console.contains("Linux version"), "{console}");
     assert!(console.contains("kiln: agent"), "{console}");
+    eprintln!(
+        "console lines captured before the claim: {} (the agent's start line {})",
+        console.lines().count(),
+        if console.contains("kiln: agent") {
+            "seen"
+        } else {
+            "not seen"
+        }
+    );
     let logs = kc(&state, &["run", "logs", &run]).stdout;
     assert!(logs.contains("hello from 6."), "{logs}");
 
@@ -191,10 +206,15 @@ fn a_host_that_cannot_netboot_is_cycled_once_then_never_booted_and_powered_off()
     // No network card and an empty disk: the firmware finds nothing to boot.
     let disk = tmp.path().join("empty.img");
     std::fs::write(&disk, vec![0u8; 1 << 20]).unwrap();
+    // The firmware's text screen goes to the serial port (`graphics=off`: SeaBIOS's
+    // serial graphics adapter), as a server's console redirection does.
     let vm = Qemu::builder("nonic")
         .no_network()
-        .disk(&disk, crate::qemu::Bus::Ide);
-    let Some(sim) = IpmiSim::start(&bmc_dir, &vm_startcmd(&bmc_dir, vm)) else {
+        .disk(&disk, crate::qemu::Bus::Ide)
+        .args(&["-machine", "graphics=off"]);
+    let sol = bmc::free_tcp_port();
+    let Some(sim) = IpmiSim::start_with_sol(&bmc_dir, &vm_startcmd(&bmc_dir, vm, sol), Some(sol))
+    else {
         return;
     };
     let o = kc(
@@ -280,7 +300,11 @@ fn a_host_that_cannot_netboot_is_cycled_once_then_never_booted_and_powered_off()
         .cloned()
         .unwrap();
     assert_eq!(released["detail"], "powered off", "{released}");
-    let console = std::fs::read_to_string(bmc_dir.join("console.log")).unwrap_or_default();
-    eprintln!("console of the machine that never booted:\n{console}");
+    let console = kc(&state, &["run", "logs", &run, "--console"]).stdout;
+    assert!(console.contains("No bootable device"), "{console}");
+    // The error's detail ends with the console's last lines.
+    let err = v["power"]["error"].as_str().unwrap();
+    assert!(err.contains("No bootable device"), "{err}");
+    eprintln!("never booted: {err}");
     drop(sim);
 }
