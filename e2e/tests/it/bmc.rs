@@ -141,6 +141,17 @@ impl Drop for IpmiSim {
         let _ = self.ipmitool(&["chassis", "power", "off"]);
         let _ = self.child.kill();
         let _ = self.child.wait();
+        // The machine it started (every startcmd here writes `machine.pid`) would
+        // outlive a simulator killed before its power-off wait is over.
+        if let Some(pid) = std::fs::read_to_string(self.dir.join("machine.pid"))
+            .ok()
+            .and_then(|p| p.trim().parse::<u32>().ok())
+            .filter(|p| alive(*p))
+        {
+            let _ = Command::new("kill")
+                .args(["-KILL", &pid.to_string()])
+                .status();
+        }
     }
 }
 

@@ -190,6 +190,15 @@ fn a_host_that_never_claims_gets_one_power_cycle_then_error_never_booted() {
     assert!(acts.iter().any(|a| a == "off:true"), "{acts:?}");
     let text = kc(&fx.state, &["run", "show", &run]).stdout;
     assert!(text.contains("error    never booted"), "{text}");
+    // run watch shows the power steps and ends with the run, exit 3.
+    let w = kc(&fx.state, &["run", "watch", &run]);
+    assert_eq!(w.code, 3, "{w:?}");
+    assert!(w.stdout.contains("== power: power on: ok"), "{}", w.stdout);
+    assert!(
+        w.stdout.contains("ended: error: never booted"),
+        "{}",
+        w.stdout
+    );
     assert!(text.contains("power on: ok"), "{text}");
     let page = ureq::get(&format!("{}/runs/{run}", server.url))
         .call()
