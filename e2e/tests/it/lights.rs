@@ -566,3 +566,50 @@ fn waves_power_at_most_n_hosts_at_once() {
     }
     assert_eq!(most, 3, "hosts powered at once, as the BMCs saw it");
 }
+
+#[test]
+fn a_wrong_bmc_password_ends_the_run_naming_the_bmc_and_nowhere_the_password() {
+    let fx = Fx::new();
+    let wrong = "kiln-WRONG-lights-pw-3b7";
+    let f = write(&fx.dir, "wrong.secret", &format!("{wrong}\n"));
+    assert_eq!(
+        kc(&fx.state, &["secret", "set", "bmc", "--file", s(&f)]).code,
+        0
+    );
+    std::fs::remove_file(f).unwrap();
+    let bmc_dir = fx.dir.join("bmc");
+    let Some(sim) = IpmiSim::start(&bmc_dir, &sleeper(&bmc_dir)) else {
+        return;
+    };
+    fx.host("n1", "52:54:00:00:60:01", &sim.url(), &[]);
+    let server = Coordinator::start(&fx.state);
+    let plan = write(&fx.dir, "plan.toml", PLAN);
+    let run = fx.issue("n1", &plan, &server.url);
+    wait_until(Duration::from_secs(60), "the run to end", || {
+        fx.show(&run)["state"] == "finished"
+    });
+    let v = fx.show(&run);
+    assert_eq!(v["outcome"], "error");
+    let err = v["power"]["error"].as_str().unwrap();
+    assert!(
+        err.starts_with("power on failed") && err.contains(&sim.url()),
+        "{err}"
+    );
+    assert!(
+        machine_pid(&bmc_dir).is_none(),
+        "powered on with a wrong password"
+    );
+    let page = ureq::get(&format!("{}/runs/{run}", server.url))
+        .call()
+        .unwrap()
+        .into_string()
+        .unwrap();
+    let text = kc(&fx.state, &["run", "show", &run]).stdout;
+    let events =
+        std::fs::read(fx.state.join("runs").join(&run).join("events.log")).unwrap_or_default();
+    for t in [fx.power_log(&run), page, text, v.to_string()] {
+        assert!(!t.contains(wrong), "{t}");
+    }
+    assert!(!String::from_utf8_lossy(&events).contains(wrong));
+    drop(sim);
+}
