@@ -308,3 +308,90 @@ fn a_host_that_cannot_netboot_is_cycled_once_then_never_booted_and_powered_off()
     eprintln!("never booted: {err}");
     drop(sim);
 }
+
+#[test]
+fn a_guest_killed_mid_stage_ends_agent_lost_with_its_last_lines() {
+    let Some((kernel, initrd)) = image() else {
+        return;
+    };
+    let tmp = tempfile::tempdir().unwrap();
+    let state = setup(tmp.path(), &kernel, &initrd);
+    let server = Coordinator::start(&state);
+    let bmc_dir = tmp.path().join("bmc");
+    std::fs::create_dir_all(&bmc_dir).unwrap();
+    let vm = Qemu::builder("lost1")
+        .netboot(&format!("{}/boot.ipxe", guest_url(&server.url)))
+        .mac("52:54:00:6b:10:03")
+        .smbios_serial("KILN-LIGHTS-3");
+    let sol = bmc::free_tcp_port();
+    let Some(sim) = IpmiSim::start_with_sol(&bmc_dir, &vm_startcmd(&bmc_dir, vm, sol), Some(sol))
+    else {
+        return;
+    };
+    let o = kc(
+        &state,
+        &[
+            "host",
+            "add",
+            "node3",
+            "--mac",
+            "52:54:00:6b:10:03",
+            "--image",
+            "kiln",
+            "--power",
+            &sim.url(),
+            "--power-secret",
+            "bmc",
+            "--lost-after",
+            "5s",
+        ],
+    );
+    assert_eq!(o.code, 0, "{}", o.stderr);
+    let plan = write(
+        tmp.path(),
+        "long.toml",
+        "name = \"long\"\n[[stage]]\nname = \"work\"\nkind = \"exec\"\n\
+         command = [\"sh\", \"-c\", \"echo working on it; echo still working; sleep 600\"]\n",
+    );
+    let o = kc(
+        &state,
+        &[
+            "ticket",
+            "issue",
+            "--plan",
+            plan.to_str().unwrap(),
+            "--host",
+            "node3",
+            "--boot",
+        ],
+    );
+    assert_eq!(o.code, 0, "{}", o.stderr);
+    let run = o.stdout.trim().to_string();
+    wait_until(BOOT_LIMIT, "the stage to report", || {
+        kc(&state, &["run", "logs", &run])
+            .stdout
+            .contains("still working")
+    });
+    // The machine dies mid-stage: SIGKILL qemu.
+    let pid = machine_pid(&bmc_dir).unwrap();
+    let _ = std::process::Command::new("kill")
+        .args(["-KILL", &pid.to_string()])
+        .status();
+    wait_until(
+        Duration::from_secs(120),
+        "the run to end agent lost",
+        || show(&state, &run)["state"] == "finished",
+    );
+    let v = show(&state, &run);
+    assert_eq!(v["outcome"], "error", "{v:#}");
+    let err = v["power"]["error"].as_str().unwrap();
+    assert!(
+        err.starts_with("agent lost") && err.contains("still working"),
+        "{err}"
+    );
+    wait_until(Duration::from_secs(60), "the host to be released", || {
+        show(&state, &run)["power"]["phase"] == "released"
+    });
+    eprintln!("agent lost: {err}");
+    drop(sim);
+}
