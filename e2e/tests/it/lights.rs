@@ -613,3 +613,78 @@ fn a_wrong_bmc_password_ends_the_run_naming_the_bmc_and_nowhere_the_password() {
     assert!(!String::from_utf8_lossy(&events).contains(wrong));
     drop(sim);
 }
+
+#[test]
+fn a_redfish_host_is_booted_cycled_and_switched_off_by_the_power_loop() {
+    let fx = Fx::new();
+    let Some(rf) = crate::bmc::Sushy::start(&fx.dir.join("rf"), "52:54:00:00:70:01") else {
+        return;
+    };
+    let f = write(
+        &fx.dir,
+        "rf.secret",
+        &format!("{}\n", crate::bmc::RF_PASSWORD),
+    );
+    assert_eq!(
+        kc(&fx.state, &["secret", "set", "rf", "--file", s(&f)]).code,
+        0
+    );
+    std::fs::remove_file(f).unwrap();
+    let o = kc(
+        &fx.state,
+        &[
+            "host",
+            "add",
+            "r1",
+            "--mac",
+            "52:54:00:00:70:01",
+            "--power",
+            &rf.url(),
+            "--power-secret",
+            "rf",
+            "--power-ca",
+            s(&rf.cert),
+            "--boot-timeout",
+            "3s",
+            "--auto-boot",
+            "yes",
+        ],
+    );
+    assert_eq!(o.code, 0, "{}", o.stderr);
+    let server = Coordinator::start(&fx.state);
+    let plan = write(&fx.dir, "plan.toml", PLAN);
+    // --auto-boot yes: no --boot needed.
+    let o = kc(
+        &fx.state,
+        &[
+            "ticket",
+            "issue",
+            "--plan",
+            s(&plan),
+            "--host",
+            "r1",
+            "--url",
+            &server.url,
+        ],
+    );
+    assert_eq!(o.code, 0, "{}", o.stderr);
+    let run = o.stdout.trim().to_string();
+    wait_until(Duration::from_secs(120), "the host to be released", || {
+        fx.phase(&run) == "released"
+    });
+    let v = fx.show(&run);
+    assert!(
+        v["power"]["error"]
+            .as_str()
+            .unwrap()
+            .starts_with("never booted"),
+        "{v}"
+    );
+    let acts = fx.actions(&run);
+    for want in ["pxe:true", "on:true", "cycle:true"] {
+        assert!(acts.iter().any(|a| a == want), "{want}: {acts:?}");
+    }
+    let sys = rf.system().unwrap();
+    assert_eq!(sys["Boot"]["BootSourceOverrideTarget"], "Pxe", "{sys}");
+    assert!(!fx.power_log(&run).contains(crate::bmc::RF_PASSWORD));
+}
