@@ -487,3 +487,47 @@ pub fn settings(host: &Host, plan: &crate::plan::PlanLights) -> lights::Settings
         power_off: plan.power_off.unwrap_or(true),
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::plan::PlanLights;
+    use crate::state::PowerToml;
+
+    #[test]
+    fn the_plan_wins_over_the_host_over_the_defaults() {
+        let mut host = Host {
+            name: "h".into(),
+            macs: vec![],
+            serial: None,
+            image: None,
+            spec: None,
+            agent_key: None,
+            power: None,
+        };
+        let none = PlanLights::default();
+        let d = settings(&host, &none);
+        assert_eq!(
+            (d.boot_timeout_s, d.lost_after_s, d.power_off),
+            (600, 600, true)
+        );
+        host.power = Some(PowerToml {
+            url: "wol".into(),
+            boot_timeout_s: Some(60),
+            lost_after_s: Some(120),
+            ..PowerToml::default()
+        });
+        let h = settings(&host, &none);
+        assert_eq!((h.boot_timeout_s, h.lost_after_s), (60, 120));
+        let plan = PlanLights {
+            power_off: Some(false),
+            boot_timeout_s: Some(5),
+            lost_after_s: None,
+        };
+        let p = settings(&host, &plan);
+        assert_eq!(
+            (p.boot_timeout_s, p.lost_after_s, p.power_off),
+            (5, 120, false)
+        );
+    }
+}
