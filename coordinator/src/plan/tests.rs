@@ -623,5 +623,9 @@ fn lights_out_keys_are_read_beside_the_plan() {
         2,
         "boot_timeout",
     );
-    f.fails(&format!("power_off = \"no\"\n{stage}"), 1, "expected a boolean");
+    f.fails(
+        &format!("power_off = \"no\"\n{stage}"),
+        1,
+        "expected a boolean",
+    );
 }

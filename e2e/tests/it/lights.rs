@@ -688,3 +688,51 @@ fn a_redfish_host_is_booted_cycled_and_switched_off_by_the_power_loop() {
     assert_eq!(sys["Boot"]["BootSourceOverrideTarget"], "Pxe", "{sys}");
     assert!(!fx.power_log(&run).contains(crate::bmc::RF_PASSWORD));
 }
+
+#[test]
+fn two_runs_never_power_one_host_at_once() {
+    let fx = Fx::new();
+    let fake_dir = fx.dir.join("fake");
+    std::fs::create_dir_all(&fake_dir).unwrap();
+    let fake = fake_ipmitool(&fake_dir);
+    fx.host(
+        "n1",
+        "52:54:00:00:80:01",
+        "ipmi://admin@127.0.0.1:7100",
+        &["--boot-timeout", "1s"],
+    );
+    let plan = write(&fx.dir, "plan.toml", PLAN);
+    let server = Coordinator::start_env(&fx.state, &[], &[("KILN_IPMITOOL", s(&fake))]);
+    let first = fx.issue("n1", &plan, &server.url);
+    let second = fx.issue("n1", &plan, &server.url);
+    // Issued in the same second, they are queued by run id: either may go first.
+    let mut one_waited = false;
+    wait_until(Duration::from_secs(120), "both runs to be released", || {
+        let (a, b) = (fx.phase(&first), fx.phase(&second));
+        if (a == "booting" && b == "queued") || (b == "booting" && a == "queued") {
+            one_waited = true;
+        }
+        a == "released" && b == "released"
+    });
+    assert!(one_waited, "neither run waited for the other");
+    let at = |run: &str, ev: &str| -> u64 {
+        let v = fx.show(run);
+        v["power"]["records"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .find(|r| r["event"] == ev)
+            .unwrap()["at_ms"]
+            .as_u64()
+            .unwrap()
+    };
+    let (early, late) = if at(&first, "powering") <= at(&second, "powering") {
+        (&first, &second)
+    } else {
+        (&second, &first)
+    };
+    assert!(
+        at(late, "powering") >= at(early, "released"),
+        "the second run powered the host before the first let go of it"
+    );
+}
