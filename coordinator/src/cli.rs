@@ -7,9 +7,10 @@ use argh::FromArgs;
 use std::path::PathBuf;
 
 use crate::commands::admin::{
-    DnsmasqCmd, HostAddCmd, HostListCmd, ImageAddCmd, InitCmd, KeyCmd, SecretSetCmd,
+    DnsmasqCmd, HostAddCmd, HostListCmd, HostSetCmd, ImageAddCmd, InitCmd, KeyCmd, SecretSetCmd,
 };
 use crate::commands::gc::GcCmd;
+use crate::commands::power::HostPowerCmd;
 use crate::commands::runs::{
     ImportCmd, ReportCmd, RunAbortCmd, RunAckContestCmd, RunLogsCmd, RunShowCmd, RunsCmd,
 };
@@ -17,7 +18,7 @@ use crate::commands::serve::ServeCmd;
 use crate::commands::ticket::{TicketIssueCmd, TicketShowCmd};
 use crate::commands::users::{TokenCmd, TokenSub, UserCmd, UserSub};
 use crate::commands::watch::RunWatchCmd;
-use crate::commands::{admin, gc, runs, serve, ticket, users, watch};
+use crate::commands::{admin, gc, power, runs, serve, ticket, users, watch};
 use crate::exit;
 use crate::state::{State, resolve_root};
 
@@ -69,7 +70,9 @@ pub struct HostCmd {
 #[allow(missing_docs)]
 pub enum HostSub {
     Add(HostAddCmd),
+    Set(HostSetCmd),
     List(HostListCmd),
+    Power(HostPowerCmd),
 }
 
 /// Manage secrets.
@@ -163,8 +166,14 @@ pub fn run(cli: Cli) -> Result<i32> {
             command: HostSub::Add(c),
         }) => admin::cmd_host_add(&state, &c),
         Command::Host(HostCmd {
+            command: HostSub::Set(c),
+        }) => admin::cmd_host_set(&state, &c),
+        Command::Host(HostCmd {
             command: HostSub::List(_),
         }) => admin::cmd_host_list(&state),
+        Command::Host(HostCmd {
+            command: HostSub::Power(c),
+        }) => power::cmd_host_power(&state, &c),
         Command::Secret(SecretCmd {
             command: SecretSub::Set(c),
         }) => admin::cmd_secret_set(&state, &c),

@@ -74,6 +74,43 @@ fn badges(state: RunState, corrupt: Option<&Corruption>, contested: bool) -> Str
     b
 }
 
+/// A lights-out run's power record (power.log): phase, queue place, the error that
+/// ended the run, and a table of every power action with the BMC's answer.
+fn power(out: &mut String, s: &RunStatus) {
+    let Some(p) = &s.power else {
+        return;
+    };
+    let place = p
+        .queue_position
+        .map(|n| format!(", place {n} in the power queue"))
+        .unwrap_or_default();
+    let _ = writeln!(out, "<p>power: {}{place}</p>", badge(p.phase));
+    if let Some(e) = &p.error {
+        let _ = writeln!(out, "<p class=\"error\">error: {}</p>", escape(e));
+    }
+    out.push_str("<table><tr><th>at</th><th>power</th><th>answer</th></tr>\n");
+    for r in &p.records {
+        let d = r.describe();
+        let (what, detail) = d.split_once(": ").unwrap_or((&d, ""));
+        let _ = writeln!(
+            out,
+            "<tr><td>{}</td><td>{}</td><td>{}</td></tr>",
+            fmt_unix(r.at_ms / 1000),
+            escape(what),
+            escape(detail)
+        );
+    }
+    out.push_str("</table>\n");
+    if !p.console_tail.is_empty() {
+        out.push_str("<p>console (last lines):</p>\n<pre>");
+        for l in &p.console_tail {
+            out.push_str(&escape(l));
+            out.push('\n');
+        }
+        out.push_str("</pre>\n");
+    }
+}
+
 /// The claim rows of a run page: source and key of the claim, the enrolled key,
 /// and every contested or refused claim.
 fn claims(out: &mut String, s: &RunStatus) {
@@ -451,6 +488,7 @@ pub fn run_page(s: &RunStatus, tails: &[Vec<String>], in_cas: &dyn Fn(&Sha256) -
         frames = s.frames,
     );
     claims(&mut out, s);
+    power(&mut out, s);
     if let Some(r) = &s.abort_requested {
         let _ = writeln!(
             out,

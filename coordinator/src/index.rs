@@ -103,7 +103,9 @@ fn read_row(rd: &RunDir, key: &PublicKey, write: bool) -> Result<Option<(Row, bo
     }
     let has = |f: &str| rd.path(f).exists();
     let mut outcome = None;
-    let phase = if !has(files::CLAIM) && !has(files::EVENTS) && !has(files::ABORT) {
+    // A lights-out run the coordinator ended (never booted) boots nothing.
+    let ended = has(files::POWER_LOG) && rd.ended_by_coordinator();
+    let phase = if !(has(files::CLAIM) || has(files::EVENTS) || has(files::ABORT) || ended) {
         Phase::Pending
     } else if has(files::EVENTS)
         && let Some(s) = summarize(rd, key, write)?

@@ -226,6 +226,23 @@ impl Ingester {
             return Err(Refusal::new(404, format!("no run {run}")));
         }
         self.with_run(run, |rd, slot| {
+            if mode == Mode::Online
+                && let Some(why) = crate::lights::ended(rd)
+            {
+                // The coordinator ended this lights-out run (never booted, agent
+                // lost): a late agent is refused and recorded, never merged.
+                let _ = crate::lights::append(
+                    rd,
+                    &crate::lights::Record::new(
+                        crate::lights::Event::LateAgent,
+                        format!("refused a batch from {from} ({} bytes)", body.len()),
+                    ),
+                );
+                return Err(Refusal::new(
+                    409,
+                    format!("run {run} was ended by the coordinator: {why}"),
+                ));
+            }
             let c = refresh(rd, &self.key, slot)?;
             let checked = validate(run, body, c, mode, now_s(), self.max_log).and_then(|v| {
                 resend::check_stored(rd, c, &v)?;

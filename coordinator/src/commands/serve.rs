@@ -38,6 +38,17 @@ pub fn cmd_serve(state: &State, c: &ServeCmd) -> Result<i32> {
             "{n} (net.core.somaxconn)"
         )),
     );
+    if c.power_concurrency == 0 {
+        anyhow::bail!("--power-concurrency must be at least 1");
+    }
+    // The lights-out loop: power queue, boot watchdog, lost agents, power off.
+    crate::powerq::spawn(
+        state.clone(),
+        state.public_key()?,
+        crate::powerq::Options {
+            concurrency: c.power_concurrency,
+        },
+    );
     if let Some(f) = &c.addr_file {
         // A bare file name has an empty parent; write_atomic wants a real folder.
         let f = std::path::Path::new(".").join(f);
@@ -182,4 +193,8 @@ pub struct ServeCmd {
     /// run `gc` (its default ages) this often while serving, e.g. 1d (default: never)
     #[argh(option)]
     pub gc_every: Option<String>,
+    /// lights-out: most runs powering or booting at once; the rest wait in the power
+    /// queue (default 4)
+    #[argh(option, default = "crate::powerq::DEFAULT_CONCURRENCY")]
+    pub power_concurrency: usize,
 }

@@ -165,6 +165,13 @@ pub(super) struct PlanToml {
     pub name: Option<Spanned<String>>,
     pub fail_fast: Option<Spanned<bool>>,
     pub timeout: Option<Spanned<Value>>,
+    /// Lights-out (coordinator-side, not in the ticket): power the host off after
+    /// the run (default true).
+    pub power_off: Option<Spanned<bool>>,
+    /// Lights-out: power-on to claim before the boot watchdog acts.
+    pub boot_timeout: Option<Spanned<Value>>,
+    /// Lights-out: silence of a claimed run's agent before it counts as lost.
+    pub lost_after: Option<Spanned<Value>>,
     #[serde(default)]
     pub stage: Vec<Spanned<StageToml>>,
 }
@@ -181,6 +188,15 @@ impl PlanToml {
         }
         if let Some(v) = &mut self.timeout {
             v.locate(text, all.clone(), "timeout");
+        }
+        if let Some(v) = &mut self.power_off {
+            v.locate(text, all.clone(), "power_off");
+        }
+        if let Some(v) = &mut self.boot_timeout {
+            v.locate(text, all.clone(), "boot_timeout");
+        }
+        if let Some(v) = &mut self.lost_after {
+            v.locate(text, all.clone(), "lost_after");
         }
         for s in &mut self.stage {
             s.locate(text, all.clone(), "stage");

@@ -25,6 +25,7 @@ fn fx() -> Fx {
         image: None,
         spec: None,
         agent_key: None,
+        power: None,
     };
     Fx {
         _tmp: tmp,
@@ -595,5 +596,36 @@ fn errors_in_dotted_key_tables_name_their_line() {
         EXEC.replace("command = \"true\"", "command.x = 1").as_str(),
         4,
         "command",
+    );
+}
+
+#[test]
+fn lights_out_keys_are_read_beside_the_plan() {
+    let f = fx();
+    let stage = "[[stage]]\nname = \"a\"\nkind = \"exec\"\ncommand = [\"true\"]\n";
+    let none = f.load(stage).expect("plain plan");
+    assert_eq!(none.lights, PlanLights::default());
+    let set = f
+        .load(&format!(
+            "power_off = false\nboot_timeout = \"5m\"\nlost_after = 90\n{stage}"
+        ))
+        .expect("lights-out plan");
+    assert_eq!(
+        set.lights,
+        PlanLights {
+            power_off: Some(false),
+            boot_timeout_s: Some(300),
+            lost_after_s: Some(90),
+        }
+    );
+    f.fails(
+        &format!("\nboot_timeout = \"soon\"\n{stage}"),
+        2,
+        "boot_timeout",
+    );
+    f.fails(
+        &format!("power_off = \"no\"\n{stage}"),
+        1,
+        "expected a boolean",
     );
 }

@@ -231,6 +231,7 @@ impl Folder {
             contested: false,
             claim_events: Vec::new(),
             enrolled_key: t.host.agent_key.map(|k| k.fingerprint()),
+            power: None,
         }
     }
 }

@@ -92,13 +92,23 @@ impl Coordinator {
     /// Starts a server with extra `serve` arguments, its pages and JSON readable
     /// without a login (`--public-read`), as most tests read them.
     pub fn start_with(state: &Path, extra: &[&str]) -> Coordinator {
-        let mut args = vec!["--public-read"];
-        args.extend_from_slice(extra);
-        Self::start_private(state, &args)
+        Self::start_env(state, extra, &[])
     }
 
     /// Starts a server whose pages and JSON need a login (no `--public-read`).
     pub fn start_private(state: &Path, extra: &[&str]) -> Coordinator {
+        Self::spawn(state, extra, &[])
+    }
+
+    /// Starts a server with extra `serve` arguments and environment variables, its
+    /// pages and JSON readable without a login (`--public-read`).
+    pub fn start_env(state: &Path, extra: &[&str], env: &[(&str, &str)]) -> Coordinator {
+        let mut args = vec!["--public-read"];
+        args.extend_from_slice(extra);
+        Self::spawn(state, &args, env)
+    }
+
+    fn spawn(state: &Path, extra: &[&str], env: &[(&str, &str)]) -> Coordinator {
         let addr_file = state.join(format!("addr.{}", std::process::id()));
         let _ = std::fs::remove_file(&addr_file);
         let mut child = Command::new(bin("kiln-coordinator"))
@@ -107,6 +117,7 @@ impl Coordinator {
             .args(["serve", "--listen", "127.0.0.1:0", "--addr-file"])
             .arg(&addr_file)
             .args(extra)
+            .envs(env.iter().copied())
             .stdout(Stdio::null())
             .stderr(Stdio::piped())
             .spawn()

@@ -6,6 +6,7 @@
 mod common;
 
 mod artifacts;
+mod bmc;
 mod browser;
 mod claims;
 mod container;
@@ -14,9 +15,12 @@ mod expiry;
 mod full_disk;
 mod hardware;
 mod image;
+mod lights;
+mod lights_netboot;
 mod live_import;
 mod netboot;
 mod offline;
+mod power;
 mod qemu;
 mod quickstart;
 mod race;
