@@ -157,7 +157,7 @@ fn main() {
     };
     let spec = spec(e, &image);
     let cell = &args::cells(&spec)[0];
-    let exact = args::run_args(e.1, &spec, cell, "kiln-bench-exact", &mounts, &[]);
+    let exact = args::run_args(e.1, &spec, cell, &image, "kiln-bench-exact", &mounts, &[]);
     let exact: Vec<&str> = exact.iter().map(String::as_str).collect();
 
     let (mut raw, mut raw_hard, mut raw_exact, mut stage) = (vec![], vec![], vec![], vec![]);

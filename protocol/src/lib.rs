@@ -31,9 +31,9 @@ pub use frame::{Ack, Batch, Command, Event, Frame, Outcome, SealedCheck, Secrets
 pub use ids::{Mac, RunId, Sha256, hex, parse_hex};
 pub use key::{KeyId, PublicKey, SecretKey};
 pub use plan::{
-    ContainerSpec, CpuStressSpec, DiskSpec, GpuSpec, HostSpec, ImageRef, Mount, NetworkSpec,
-    NicSpec, Os, Plan, Runtime, SmartSpec, SshSpec, Stage, StageKind, StorageSpec, StorageTool,
-    TestBundle,
+    BuildSpec, ContainerSpec, CpuStressSpec, DiskSpec, GpuSpec, HostSpec, ImageRef, Mount,
+    NetworkSpec, NicSpec, Os, Plan, Runtime, SmartSpec, SshSpec, Stage, StageKind, StorageSpec,
+    StorageTool, TestBundle,
 };
 pub use records::{RecordReader, ResultRecord, encode_record};
 pub use ticket::{HostBinding, SignedTicket, Ticket};

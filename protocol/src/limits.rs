@@ -161,10 +161,7 @@ fn check_stage(i: usize, s: &Stage) -> Result<(), Error> {
 fn check_container(at: &dyn Fn(&str) -> String, c: &ContainerSpec) -> Result<(), Error> {
     list(&|| at("images"), &c.images)?;
     for img in &c.images {
-        match img {
-            ImageRef::Registry(r) => long(&|| at("image"), r)?,
-            ImageRef::Archive { name, .. } => long(&|| at("image name"), name)?,
-        }
+        check_image(at, img)?;
     }
     list(&|| at("matrix"), &c.axes)?;
     for (axis, values) in &c.axes {
@@ -185,6 +182,28 @@ fn check_container(at: &dyn Fn(&str) -> String, c: &ContainerSpec) -> Result<(),
         long(&|| at("mount container path"), &m.container)?;
     }
     Ok(())
+}
+
+fn check_image(at: &dyn Fn(&str) -> String, img: &ImageRef) -> Result<(), Error> {
+    match img {
+        ImageRef::Registry(r) => long(&|| at("image"), r),
+        ImageRef::Archive { name, .. } => long(&|| at("image name"), name),
+        ImageRef::Build(b) => {
+            long(&|| at("build"), &b.file)?;
+            long(&|| at("context"), &b.context)?;
+            list(&|| at("build_args"), &b.args)?;
+            for (k, v) in &b.args {
+                name(&|| at("build_args name"), k)?;
+                text(
+                    &|| at(&format!("build_args.{}", short(k))),
+                    v,
+                    MAX_VALUE_LEN,
+                    "MAX_VALUE_LEN",
+                )?;
+            }
+            Ok(())
+        }
+    }
 }
 
 fn check_ssh(at: &dyn Fn(&str) -> String, s: &SshSpec) -> Result<(), Error> {

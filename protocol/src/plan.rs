@@ -143,6 +143,25 @@ pub enum ImageRef {
         /// Archive size in bytes.
         size: u64,
     },
+    /// Built on the agent from a Containerfile in the stage's test folder (appended
+    /// variant: older agents refuse the ticket rather than misread it).
+    Build(BuildSpec),
+}
+
+/// An image the agent builds from a Containerfile in the stage's test folder, tagged
+/// `localhost/kiln-build/<stage>:<hash of context, Containerfile and args>` and
+/// reused while an image with that tag exists.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct BuildSpec {
+    /// The Containerfile, relative to the stage's test folder.
+    pub file: String,
+    /// The build context, relative to the stage's test folder (`""`: the folder).
+    pub context: String,
+    /// Build arguments (`--build-arg`); a value `${AXIS}` is the cell's value of that
+    /// matrix axis.
+    pub args: Vec<(String, String)>,
+    /// Build afresh without the engine's layer cache, even when the tag exists.
+    pub no_cache: bool,
 }
 
 impl ImageRef {
@@ -151,6 +170,7 @@ impl ImageRef {
         match self {
             ImageRef::Registry(r) => r,
             ImageRef::Archive { name, .. } => name,
+            ImageRef::Build(b) => &b.file,
         }
     }
 }

@@ -3,6 +3,7 @@
 //! Needs the local test images from `.ci/podman.sh` and `.ci/docker.sh`.
 mod support;
 
+mod build;
 mod hardening;
 mod lifecycle;
 mod matrix;

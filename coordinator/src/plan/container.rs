@@ -1,11 +1,12 @@
 //! Container stages: images (registry refs or archives in the CAS), matrix axes, and
 //! the hardened defaults each relaxation must name.
 use anyhow::{Context, Result};
-use kiln_protocol::{ContainerSpec, ImageRef, Mount, Runtime};
+use kiln_protocol::{BuildSpec, ContainerSpec, ImageRef, Mount, Runtime, TestBundle};
 use std::ops::Range;
+use std::path::{Component, Path, PathBuf};
 use toml::Value;
 
-use super::raw::StageToml;
+use super::raw::{Spanned, StageToml};
 use super::{StageAt, is_env_name, scalar, val};
 
 /// Cells run at once unless the plan says otherwise.
@@ -19,7 +20,11 @@ const DEFAULT_PIDS: u32 = 1024;
 /// Size of the tmpfs at /tmp unless the plan says otherwise.
 const DEFAULT_TMPFS: &str = "64M";
 
-pub(super) fn build(at: &StageAt, s: &StageToml) -> Result<ContainerSpec> {
+pub(super) fn build(
+    at: &StageAt,
+    s: &StageToml,
+    tests: Option<&(TestBundle, PathBuf)>,
+) -> Result<ContainerSpec> {
     let runtime = match s.runtime.as_ref() {
         None => Runtime::Auto,
         Some(r) => match r.get_ref().as_str() {
@@ -72,10 +77,25 @@ pub(super) fn build(at: &StageAt, s: &StageToml) -> Result<ContainerSpec> {
     if let Some(i) = &s.image {
         images.push(image(at, i.get_ref(), i.span())?);
     }
+    if let Some(b) = &s.build {
+        if !images.is_empty() {
+            return Err(at.err(b.span(), "give `build` or `image`/`matrix.image`, not both"));
+        }
+        images.push(ImageRef::Build(build_spec(at, s, b, tests, &axes)?));
+    } else if let Some((key, span)) = [
+        ("context", s.context.as_ref().map(|v| v.span())),
+        ("build_args", s.build_args.as_ref().map(|v| v.span())),
+        ("no_cache", s.no_cache.as_ref().map(|v| v.span())),
+    ]
+    .into_iter()
+    .find_map(|(k, sp)| sp.map(|sp| (k, sp)))
+    {
+        return Err(at.err(span, format!("`{key}` needs `build`")));
+    }
     if images.is_empty() {
         return Err(at.err(
             at.span.clone(),
-            "container stages need `image` or `matrix.image`",
+            "container stages need `image`, `matrix.image` or `build`",
         ));
     }
     let command = match &s.command {
@@ -125,6 +145,97 @@ pub(super) fn build(at: &StageAt, s: &StageToml) -> Result<ContainerSpec> {
             None => crate::units::parse_size(DEFAULT_TMPFS).expect("default parses"),
         },
         mounts: mounts(at, s)?,
+    })
+}
+
+/// A relative path inside the test folder (no root, no `..`) that exists there.
+fn in_tests(at: &StageAt, root: &Path, rel: &Spanned<String>, key: &str, dir: bool) -> Result<()> {
+    let p = Path::new(rel.get_ref());
+    if p.components()
+        .any(|c| !matches!(c, Component::Normal(_) | Component::CurDir))
+    {
+        return Err(at.err(
+            rel.span(),
+            format!("`{key}` must be a relative path inside the test folder"),
+        ));
+    }
+    let full = root.join(p);
+    let ok = if dir { full.is_dir() } else { full.is_file() };
+    if !ok {
+        let what = if dir { "a folder" } else { "a file" };
+        return Err(at.err(
+            rel.span(),
+            format!(
+                "`{key}` {:?} is not {what} in the test folder ({})",
+                rel.get_ref(),
+                full.display()
+            ),
+        ));
+    }
+    Ok(())
+}
+
+/// `build = "Containerfile"`, `context`, `build_args`, `no_cache`: the Containerfile
+/// and context must be in the stage's test folder; `${AXIS}` in an argument must
+/// name a matrix axis.
+fn build_spec(
+    at: &StageAt,
+    s: &StageToml,
+    file: &Spanned<String>,
+    tests: Option<&(TestBundle, PathBuf)>,
+    axes: &[(String, Vec<String>)],
+) -> Result<BuildSpec> {
+    let Some((_, root)) = tests else {
+        return Err(at.err(
+            file.span(),
+            "`build` needs `tests` (the Containerfile is in the test folder)",
+        ));
+    };
+    in_tests(at, root, file, "build", false)?;
+    let context = match &s.context {
+        Some(c) => {
+            in_tests(at, root, c, "context", true)?;
+            c.get_ref().clone()
+        }
+        None => String::new(),
+    };
+    let mut args = Vec::new();
+    if let Some(t) = &s.build_args {
+        for (k, v) in t.get_ref() {
+            let Some(value) = scalar(v).filter(|_| !v.is_array() && !v.is_table()) else {
+                return Err(at.err(
+                    t.span(),
+                    format!("build_args.{k} must be a string or a number"),
+                ));
+            };
+            if !is_env_name(k) {
+                return Err(at.err(
+                    t.span(),
+                    format!("build argument {k:?} is not a variable name"),
+                ));
+            }
+            let mut rest = value.as_str();
+            while let Some(start) = rest.find("${") {
+                let Some(end) = rest[start..].find('}') else {
+                    break;
+                };
+                let var = &rest[start + 2..start + end];
+                if !axes.iter().any(|(a, _)| a == var) {
+                    return Err(at.err(
+                        t.span(),
+                        format!("build_args.{k} uses ${{{var}}}, which is not a matrix axis"),
+                    ));
+                }
+                rest = &rest[start + end..];
+            }
+            args.push((k.clone(), value));
+        }
+    }
+    Ok(BuildSpec {
+        file: file.get_ref().clone(),
+        context,
+        args,
+        no_cache: val(&s.no_cache).unwrap_or(false),
     })
 }
 

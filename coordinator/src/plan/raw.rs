@@ -261,6 +261,10 @@ stage_toml! {
     tmpfs: Value,
     mounts: Vec<MountToml>,
     allow_host_mounts: bool,
+    build: String,
+    context: String,
+    build_args: Table,
+    no_cache: bool,
     // ssh
     host: String,
     port: u16,
@@ -323,6 +327,10 @@ pub(super) const KINDS: &[(&str, &[&str])] = &[
             "tmpfs",
             "mounts",
             "allow_host_mounts",
+            "build",
+            "context",
+            "build_args",
+            "no_cache",
         ],
     ),
     (

@@ -384,12 +384,73 @@ fn errors_name_the_line() {
     f.fails(
         "[[stage]]\nname = \"c\"\nkind = \"container\"\n",
         1,
-        "need `image` or `matrix.image`",
+        "need `image`, `matrix.image` or `build`",
     );
     f.fails(
         "[[stage]]\nname = \"c\"\nkind = \"container\"\nimage = { archive = \"nope.tar\", name = \"x\" }\n",
         4,
         "image archive nope.tar does not exist",
+    );
+}
+
+#[test]
+fn container_builds_come_from_the_test_folder() {
+    let f = fx();
+    f.file("t/Containerfile", "FROM x\n");
+    f.file("t/ctx/data", "1");
+    let head = "[[stage]]\nname = \"b\"\nkind = \"container\"\ntests = \"t\"\n";
+    let p = f
+        .load(&format!(
+            "{head}build = \"Containerfile\"\ncontext = \"ctx\"\nno_cache = true\n\
+             matrix = {{ BASE = [\"a:1\", \"b:1\"] }}\nbuild_args = {{ BASE = \"${{BASE}}\", V = 2 }}\n"
+        ))
+        .expect("plan");
+    let StageKind::Container(c) = &p.plan.stages[0].kind else {
+        panic!("not a container stage");
+    };
+    assert_eq!(
+        c.images,
+        [ImageRef::Build(kiln_protocol::BuildSpec {
+            file: "Containerfile".into(),
+            context: "ctx".into(),
+            args: vec![("BASE".into(), "${BASE}".into()), ("V".into(), "2".into())],
+            no_cache: true,
+        })]
+    );
+    f.fails(
+        &format!("{head}build = \"Containerfile\"\nbuild_args = {{ BASE = \"${{BASE}}\" }}\n"),
+        6,
+        "build_args.BASE uses ${BASE}, which is not a matrix axis",
+    );
+    f.fails(
+        &format!("{head}build = \"../plan.toml\"\n"),
+        5,
+        "`build` must be a relative path inside the test folder",
+    );
+    f.fails(
+        &format!("{head}build = \"Nope\"\n"),
+        5,
+        "`build` \"Nope\" is not a file in the test folder",
+    );
+    f.fails(
+        &format!("{head}build = \"Containerfile\"\ncontext = \"Containerfile\"\n"),
+        6,
+        "is not a folder",
+    );
+    f.fails(
+        &format!("{head}build = \"Containerfile\"\nimage = \"x\"\n"),
+        5,
+        "give `build` or `image`/`matrix.image`, not both",
+    );
+    f.fails(
+        &format!("{head}image = \"x\"\nno_cache = true\n"),
+        6,
+        "`no_cache` needs `build`",
+    );
+    f.fails(
+        "[[stage]]\nname = \"b\"\nkind = \"container\"\nbuild = \"Containerfile\"\n",
+        4,
+        "`build` needs `tests`",
     );
 }
 

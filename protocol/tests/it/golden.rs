@@ -291,6 +291,28 @@ fn stage_kinds_round_trip() {
 }
 
 #[test]
+fn image_refs() {
+    // Registry 0, Archive 1, Build 2 (appended): tags are wire format.
+    golden(&ImageRef::Registry("a".into()), "000161");
+    golden(
+        &ImageRef::Build(BuildSpec {
+            file: "Containerfile".into(),
+            context: "".into(),
+            args: vec![("BASE".into(), "${BASE}".into())],
+            no_cache: true,
+        }),
+        &concat!(
+            "02",
+            "0d 436f6e7461696e657266696c65", // file "Containerfile"
+            "00",                            // context ""
+            "01 04 42415345 07 247b424153457d", // args [("BASE", "${BASE}")]
+            "01",                            // no_cache
+        )
+        .replace(' ', ""),
+    );
+}
+
+#[test]
 fn sealed_ack() {
     // The coordinator key signs "kiln-ack-v1\0" ++ claim key ++ postcard(Ack);
     // ed25519 is deterministic, so the whole wire is pinned.

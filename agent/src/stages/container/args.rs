@@ -122,7 +122,9 @@ pub const DEFAULT_USER: &str = "65534:65534";
 /// Default working directory inside the container.
 pub const DEFAULT_WORKDIR: &str = "/workspace";
 
-/// The full argument list after the engine's program name: `run … IMAGE [COMMAND…]`.
+/// The full argument list after the engine's program name: `run … IMAGE [COMMAND…]`
+/// (`image` is the cell's image name: the registry reference, archive name or build
+/// tag).
 ///
 /// `env` (plan env, then the cell's axes) goes on the command line as `NAME=VALUE`.
 /// Secrets are never in it: they are files in a read-only mount ([`Mounts::secrets`]),
@@ -132,6 +134,7 @@ pub fn run_args(
     kind: EngineKind,
     spec: &ContainerSpec,
     cell: &Cell,
+    image: &str,
     name: &str,
     mounts: &Mounts,
     env: &[(String, String)],
@@ -193,7 +196,7 @@ pub fn run_args(
     for (k, v) in env.iter().chain(&cell.env) {
         a.extend(["--env".into(), format!("{k}={v}")]);
     }
-    a.push(cell.image.label().into());
+    a.push(image.into());
     a.extend(spec.command.iter().cloned());
     a
 }
@@ -264,7 +267,7 @@ mod tests {
             secrets: Some("/s".into()),
             ..mounts()
         };
-        let a = run_args(EngineKind::Podman, &s, c, "n", &m, &env);
+        let a = run_args(EngineKind::Podman, &s, c, "debian:12", "n", &m, &env);
         let line = a.join(" ");
         for want in [
             "run --rm --name n --replace --pull=never --read-only --cap-drop ALL",
@@ -277,7 +280,7 @@ mod tests {
         ] {
             assert!(line.contains(want), "{want:?} not in {line:?}");
         }
-        let d = run_args(EngineKind::Docker, &s, c, "n", &mounts(), &[]);
+        let d = run_args(EngineKind::Docker, &s, c, "debian:12", "n", &mounts(), &[]);
         assert!(!d.contains(&"--replace".to_string()));
     }
 
@@ -294,7 +297,16 @@ mod tests {
         s.pids_limit = 0;
         s.tmpfs_bytes = 0;
         s.workdir = Some("/src".into());
-        let line = run_args(EngineKind::Podman, &s, &cells(&s)[0], "n", &mounts(), &[]).join(" ");
+        let line = run_args(
+            EngineKind::Podman,
+            &s,
+            &cells(&s)[0],
+            "x",
+            "n",
+            &mounts(),
+            &[],
+        )
+        .join(" ");
         for gone in [
             "--read-only",
             "--network",

@@ -7,6 +7,7 @@ use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 
 use super::args::{self, Cell, Mounts};
+use super::build::Build;
 use super::engine::{Engine, ImageError};
 use crate::stages::ctx::{StageCtx, Stop};
 use crate::stages::proc::{ProcEnd, ProcSpec, run_streamed};
@@ -30,6 +31,22 @@ pub struct Shared<'a> {
     /// Each image's readiness by label, once known (pulled or loaded once per stage;
     /// a failure is remembered too, so a matrix does not pull a missing image per cell).
     pub images: BTreeMap<String, Mutex<Option<Result<(), String>>>>,
+    /// Each cell's build (by cell index), where its image is built: resolved, or why
+    /// not.
+    pub builds: Vec<Option<Result<Build, String>>>,
+    /// Each build's end by tag, once known (cells sharing a tag build once).
+    pub built: BTreeMap<String, Mutex<Option<BuildEnd>>>,
+}
+
+/// How a build ended (remembered for the cells that share it).
+#[derive(Debug, Clone)]
+pub enum BuildEnd {
+    /// The image is there (built now, or reused).
+    Ready,
+    /// The build failed: the test's Containerfile or context (the cell fails).
+    Failed(String, Vec<String>),
+    /// The engine failed (the cell is an `error`).
+    Error(String),
 }
 
 impl<'a> Shared<'a> {
@@ -40,8 +57,17 @@ impl<'a> Shared<'a> {
         cells: &[Cell],
         base: PathBuf,
         secrets: Option<PathBuf>,
+        builds: Vec<Option<Result<Build, String>>>,
     ) -> Self {
+        let built = builds
+            .iter()
+            .flatten()
+            .flatten()
+            .map(|b| (b.tag.clone(), Mutex::new(None)))
+            .collect();
         Shared {
+            builds,
+            built,
             engine,
             spec,
             multi: cells.len() > 1,
@@ -75,6 +101,87 @@ impl<'a> Shared<'a> {
             Err(ImageError::Stopped(_)) => {}
         }
         r
+    }
+
+    /// Builds `b` unless its tag is there (or another cell built it already); the
+    /// `build` part reports what happened, once per tag.
+    async fn build(&self, ctx: &StageCtx, b: &Build) -> Result<BuildEnd, Stop> {
+        let Some(lock) = self.built.get(&b.tag) else {
+            return Ok(BuildEnd::Error(format!("no build slot for {}", b.tag)));
+        };
+        let mut known = lock.lock().await;
+        if let Some(end) = known.as_ref() {
+            return Ok(end.clone());
+        }
+        let end = if !b.no_cache {
+            match self.engine.image_state(&b.tag).await {
+                Err(e) => Some(BuildEnd::Error(e)),
+                Ok(true) => {
+                    let detail = format!("reused {} (built nothing)", b.tag);
+                    ctx.note(&format!("[{}] {detail}", b.part));
+                    ctx.part(&b.part, Outcome::Passed, &detail, vec![]);
+                    Some(BuildEnd::Ready)
+                }
+                Ok(false) => None,
+            }
+        } else {
+            None
+        };
+        let end = match end {
+            Some(end) => end,
+            None => {
+                let started = std::time::Instant::now();
+                let out = self.engine.build(ctx, b, self.spec.network).await;
+                let last = out.tail.last().cloned().unwrap_or_default();
+                let (outcome, end) = match out.end {
+                    ProcEnd::Exited(0) => (Outcome::Passed, BuildEnd::Ready),
+                    ProcEnd::Stopped(s) => {
+                        ctx.part(
+                            &b.part,
+                            s.outcome(),
+                            &s.detail(ctx.stage.timeout_s),
+                            out.tail,
+                        );
+                        return Err(s);
+                    }
+                    ProcEnd::Exited(c) => (
+                        Outcome::Failed,
+                        BuildEnd::Failed(
+                            format!("build failed (exit {c}): {last}"),
+                            out.tail.clone(),
+                        ),
+                    ),
+                    ProcEnd::Signaled(sig) => (
+                        Outcome::Error,
+                        BuildEnd::Error(format!(
+                            "{} build was killed by signal {sig}",
+                            self.engine.program
+                        )),
+                    ),
+                    ProcEnd::SpawnFailed(e) => (
+                        Outcome::Error,
+                        BuildEnd::Error(format!("could not start the build: {e}")),
+                    ),
+                    ProcEnd::TimedOut(d) => (
+                        Outcome::Error,
+                        BuildEnd::Error(format!(
+                            "the build did not finish within {}s",
+                            d.as_secs()
+                        )),
+                    ),
+                };
+                let detail = match &end {
+                    BuildEnd::Ready => {
+                        format!("built {} in {:.1}s", b.tag, started.elapsed().as_secs_f64())
+                    }
+                    BuildEnd::Failed(d, _) | BuildEnd::Error(d) => d.clone(),
+                };
+                ctx.part(&b.part, outcome, &detail, out.tail);
+                end
+            }
+        };
+        *known = Some(end.clone());
+        Ok(end)
     }
 }
 
@@ -115,11 +222,25 @@ impl CellRun {
 /// Runs one cell under `ctx` (whose stop signal is the cell's own).
 pub async fn run(ctx: &StageCtx, shared: &Shared<'_>, cell: &Cell) -> CellRun {
     let label = cell.label();
-    match shared.ready(ctx, &label, &cell.image).await {
-        Ok(()) => {}
-        Err(ImageError::Stopped(s)) => return CellRun::stopped(s, ctx.stage.timeout_s),
-        Err(ImageError::Failed(e)) => return CellRun::new(Outcome::Error, e),
-    }
+    let image = match shared.builds.get(cell.index) {
+        Some(Some(Err(e))) => return CellRun::new(Outcome::Error, e.clone()),
+        Some(Some(Ok(b))) => match shared.build(ctx, b).await {
+            Err(s) => return CellRun::stopped(s, ctx.stage.timeout_s),
+            Ok(BuildEnd::Ready) => b.tag.clone(),
+            Ok(BuildEnd::Error(e)) => return CellRun::new(Outcome::Error, e),
+            Ok(BuildEnd::Failed(detail, tail)) => {
+                return CellRun {
+                    tail,
+                    ..CellRun::new(Outcome::Failed, detail)
+                };
+            }
+        },
+        _ => match shared.ready(ctx, &label, &cell.image).await {
+            Ok(()) => cell.image.label().to_string(),
+            Err(ImageError::Stopped(s)) => return CellRun::stopped(s, ctx.stage.timeout_s),
+            Err(ImageError::Failed(e)) => return CellRun::new(Outcome::Error, e),
+        },
+    };
     let artifacts = shared
         .artifacts_base
         .join(format!("{}-{}", cell.index, cell.slug()));
@@ -149,7 +270,15 @@ pub async fn run(ctx: &StageCtx, shared: &Shared<'_>, cell: &Cell) -> CellRun {
             args::SECRETS_DIR.to_string(),
         ));
     }
-    let argv = args::run_args(shared.engine.kind, shared.spec, cell, &name, &mounts, &env);
+    let argv = args::run_args(
+        shared.engine.kind,
+        shared.spec,
+        cell,
+        &image,
+        &name,
+        &mounts,
+        &env,
+    );
     let mut spec = ProcSpec::new(std::iter::once(shared.engine.program.to_string()).chain(argv));
     spec.prefix = shared.multi.then(|| label.clone());
     spec.tail_lines = TAIL_LINES;

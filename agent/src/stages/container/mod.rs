@@ -13,12 +13,13 @@
 //! in the exec stage's `KILN_SECRETS_DIR`; never an environment value, so no secret is
 //! in the engine's command line or environment, nor in `podman inspect` /
 //! `docker inspect` of the container.
-use kiln_protocol::{ContainerSpec, Outcome};
+use kiln_protocol::{ContainerSpec, ImageRef, Outcome};
 use std::path::{Path, PathBuf};
 
 use super::ctx::{StageCtx, StageResult};
 
 pub mod args;
+pub mod build;
 pub mod cell;
 pub mod engine;
 pub mod matrix;
@@ -55,7 +56,14 @@ pub async fn run(ctx: &StageCtx, spec: &ContainerSpec) -> StageResult {
             return StageResult::error(format!("writing secrets: {e}"));
         }
     };
-    let shared = cell::Shared::new(engine, spec, &cells, base.clone(), secrets);
+    let builds = cells
+        .iter()
+        .map(|c| match &c.image {
+            ImageRef::Build(b) => Some(build::resolve(&ctx.stage.name, &ctx.dir, b, &c.env)),
+            _ => None,
+        })
+        .collect();
+    let shared = cell::Shared::new(engine, spec, &cells, base.clone(), secrets, builds);
     let ended = matrix::run(ctx, &shared, &cells).await;
     let _ = std::fs::remove_dir_all(&base);
     let _ = std::fs::remove_dir_all(&holder);
