@@ -225,6 +225,13 @@ fn a_failing_build_fails_its_cells_with_the_build_tail(e: Eng) {
     }
     assert!(!sink.lines().iter().any(|l| l.contains("never")));
     assert!(e.containers_of(name).is_empty());
+    // Nor the failed step's container (docker keeps it without --force-rm).
+    let mut ps = vec!["ps", "-a", "--no-trunc", "--format", "{{.Command}}"];
+    if e == Eng::Podman {
+        ps.push("--external");
+    }
+    let left = e.cmd(&ps).unwrap();
+    assert!(!left.contains("broken-step-output"), "{left}");
 }
 
 on_both_engines!(

@@ -141,6 +141,8 @@ pub fn build_args(b: &Build, network: bool) -> Vec<String> {
         b.tag.clone(),
         "--label".into(),
         "kiln.build=1".into(),
+        // A failed step's container goes too (docker keeps it otherwise).
+        "--force-rm".into(),
     ];
     if !network {
         a.extend(["--network".into(), "none".into()]);
@@ -249,7 +251,7 @@ mod tests {
         };
         assert_eq!(
             build_args(&b, false).join(" "),
-            "build --file /w/Containerfile --tag t --label kiln.build=1 --network none --no-cache --build-arg BASE=img /w"
+            "build --file /w/Containerfile --tag t --label kiln.build=1 --force-rm --network none --no-cache --build-arg BASE=img /w"
         );
         assert!(!build_args(&b, true).contains(&"--network".to_string()));
     }
