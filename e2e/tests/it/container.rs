@@ -429,6 +429,25 @@ fn engine_builds(wrappers: &Path) -> Vec<String> {
         .collect()
 }
 
+/// Removes every tag of image repository `.1` from engine `.0` when dropped.
+struct Rmi(String, String);
+
+impl Drop for Rmi {
+    fn drop(&mut self) {
+        let o = Command::new(&self.0)
+            .args(["images", "--format", "{{.Repository}}:{{.Tag}}"])
+            .output();
+        let listed = o
+            .map(|o| String::from_utf8_lossy(&o.stdout).into_owned())
+            .unwrap_or_default();
+        for t in listed.lines() {
+            if t.starts_with(&format!("{}:", self.1)) {
+                let _ = Command::new(&self.0).args(["rmi", "--force", t]).output();
+            }
+        }
+    }
+}
+
 /// A Containerfile built on first use, reused (the engine is never asked to build)
 /// on the second run of the unchanged folder, rebuilt after one changed byte; nothing
 /// of any run is left in the engine.
@@ -439,23 +458,6 @@ fn containerfile_built_then_reused(engine: &str) {
     let fx = Fx::new();
     let stage = format!("e2e-build-{engine}-{}", std::process::id());
     let repo = format!("localhost/kiln-build/{stage}");
-    struct Rmi(String, String);
-    impl Drop for Rmi {
-        fn drop(&mut self) {
-            let o = Command::new(&self.0)
-                .args(["images", "--format", "{{.Repository}}:{{.Tag}}"])
-                .output();
-            for t in o
-                .map(|o| String::from_utf8_lossy(&o.stdout).into_owned())
-                .unwrap_or_default()
-                .lines()
-            {
-                if t.starts_with(&format!("{}:", self.1)) {
-                    let _ = Command::new(&self.0).args(["rmi", "--force", t]).output();
-                }
-            }
-        }
-    }
     let _rmi = Rmi(engine.to_string(), repo.clone());
     write(
         &fx.dir,
@@ -552,4 +554,99 @@ fn containerfile_built_then_reused_podman() {
 #[test]
 fn containerfile_built_then_reused_docker() {
     containerfile_built_then_reused("docker");
+}
+
+/// The names of the volumes mounted into container `name`.
+fn volumes_of(engine: &str, name: &str) -> Vec<String> {
+    let o = Command::new(engine)
+        .args([
+            "inspect",
+            "--format",
+            "{{range .Mounts}}{{if .Name}}{{.Name}} {{end}}{{end}}",
+            name,
+        ])
+        .output()
+        .expect("engine inspect");
+    String::from_utf8_lossy(&o.stdout)
+        .split_whitespace()
+        .map(str::to_string)
+        .collect()
+}
+
+/// An agent SIGKILLed while its cell runs leaves the container (and the anonymous
+/// volume of the built image's `VOLUME`) to the engine; restarted, the stage's next
+/// attempt removes them first, and when it ends nothing of the run is left.
+fn a_killed_agent_leaves_nothing_after_its_restart(engine: &str) {
+    if !require_engine(engine) {
+        return;
+    }
+    let fx = Fx::new();
+    let stage = format!("e2e-crash-{engine}-{}", std::process::id());
+    let _rmi = Rmi(engine.to_string(), format!("localhost/kiln-build/{stage}"));
+    write(
+        &fx.dir,
+        "tests/crash/Containerfile",
+        &format!("FROM {IMAGE_A}\nVOLUME /data\n"),
+    );
+    let run = fx.issue(&format!(
+        r#"name = "crash"
+[[stage]]
+name = "{stage}"
+kind = "container"
+runtime = "{engine}"
+build = "Containerfile"
+tests = "tests/crash"
+command = ["sh", "-c", "echo attempt $KILN_ATTEMPT; [ $KILN_ATTEMPT != 1 ] || sleep 300; echo done"]
+retries = 1
+timeout = "10m"
+"#
+    ));
+    let wrap = engine_wrapper(&fx.dir, engine);
+    let mut agent = fx.agent_with_path(&run, &wrap, "work");
+    wait_until(Duration::from_secs(120), "the first attempt to run", || {
+        fx.logs(&run).contains("attempt 1")
+    });
+    agent.kill().expect("SIGKILL the agent");
+    let _ = agent.wait();
+    let left = leftovers(engine, &run);
+    assert_eq!(left.len(), 1, "the container outlives the agent: {left:?}");
+    let container = left[0].trim_start_matches("container ").to_string();
+    let volumes = volumes_of(engine, &container);
+    assert_eq!(
+        volumes.len(),
+        1,
+        "the VOLUME's anonymous volume: {volumes:?}"
+    );
+
+    let mut agent = fx.agent_with_path(&run, &wrap, "work");
+    assert_eq!(
+        wait_exit(&mut agent, Duration::from_secs(180)),
+        0,
+        "{}",
+        fx.logs(&run)
+    );
+    assert!(fx.logs(&run).contains("attempt 2"), "{}", fx.logs(&run));
+    assert!(
+        leftovers(engine, &run).is_empty(),
+        "{:?}",
+        leftovers(engine, &run)
+    );
+    let o = Command::new(engine)
+        .args(["volume", "ls", "--format", "{{.Name}}"])
+        .output()
+        .expect("volume ls");
+    let now = String::from_utf8_lossy(&o.stdout);
+    for v in &volumes {
+        assert!(!now.lines().any(|l| l == v), "volume {v} is left");
+    }
+}
+
+#[test]
+fn a_killed_agent_leaves_nothing_after_its_restart_podman() {
+    a_killed_agent_leaves_nothing_after_its_restart("podman");
+}
+
+#[test]
+fn a_killed_agent_leaves_nothing_after_its_restart_docker() {
+    a_killed_agent_leaves_nothing_after_its_restart("docker");
 }
