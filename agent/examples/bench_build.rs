@@ -38,6 +38,8 @@ fn spec(runtime: Runtime, no_cache: bool) -> ContainerSpec {
         pids_limit: 1024,
         tmpfs_bytes: 64 << 20,
         mounts: vec![],
+        services: vec![],
+        keep_failed: false,
     }
 }
 

@@ -181,6 +181,30 @@ fn check_container(at: &dyn Fn(&str) -> String, c: &ContainerSpec) -> Result<(),
         long(&|| at("mount host path"), &m.host)?;
         long(&|| at("mount container path"), &m.container)?;
     }
+    list(&|| at("services"), &c.services)?;
+    for svc in &c.services {
+        name(&|| at("service name"), &svc.name)?;
+        let at = |what: &str| at(&format!("service {} {what}", short(&svc.name)));
+        check_image(&at, &svc.image)?;
+        texts(&|| at("command"), &svc.command)?;
+        list(&|| at("env"), &svc.env)?;
+        for (k, v) in &svc.env {
+            name(&|| at("env name"), k)?;
+            text(
+                &|| at(&format!("env {}", short(k))),
+                v,
+                MAX_VALUE_LEN,
+                "MAX_VALUE_LEN",
+            )?;
+        }
+        list(&|| at("secrets"), &svc.secrets)?;
+        for n in &svc.secrets {
+            name(&|| at("secret name"), n)?;
+        }
+        if let Some(h) = &svc.health {
+            texts(&|| at("health command"), &h.command)?;
+        }
+    }
     Ok(())
 }
 

@@ -8,3 +8,4 @@ mod hardening;
 mod lifecycle;
 mod matrix;
 mod outputs;
+mod services;

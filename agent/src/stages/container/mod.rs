@@ -22,7 +22,9 @@ pub mod args;
 pub mod build;
 pub mod cell;
 pub mod engine;
+pub mod gc;
 pub mod matrix;
+pub mod services;
 
 /// Runs the stage: every cell, then the folded outcome.
 pub async fn run(ctx: &StageCtx, spec: &ContainerSpec) -> StageResult {
@@ -34,16 +36,26 @@ pub async fn run(ctx: &StageCtx, spec: &ContainerSpec) -> StageResult {
     if cells.is_empty() {
         return StageResult::error("the stage names no image");
     }
-    // A retry, or a rerun after the agent died: containers of the stage's earlier
-    // attempts that a crash left running go first.
-    let earlier: Vec<String> = (1..ctx.attempt)
-        .flat_map(|a| {
-            cells
-                .iter()
-                .map(move |c| args::container_name(&ctx.run, &ctx.stage.name, a, c))
-        })
-        .collect();
+    // A retry, or a rerun after the agent died: containers (tests and services) and
+    // networks of the stage's earlier attempts that a crash left go first, and so do
+    // the containers an earlier run of this stage kept (`keep_failed`).
+    let mut earlier = Vec::new();
+    let mut networks = Vec::new();
+    for a in 1..ctx.attempt {
+        for c in &cells {
+            let name = args::container_name(&ctx.run, &ctx.stage.name, a, c);
+            for svc in &spec.services {
+                earlier.push(services::container_name(&name, &svc.name));
+            }
+            networks.push(services::network_name(&name));
+            earlier.push(name);
+        }
+    }
     engine.remove_all(&earlier).await;
+    if !spec.services.is_empty() {
+        engine.remove_networks(&networks).await;
+    }
+    gc::remove_kept(&engine, Some(&ctx.stage.name)).await;
     if let Err(e) = open_workspace(&ctx.dir) {
         return StageResult::error(format!("stage folder {}: {e}", ctx.dir.display()));
     }
@@ -63,7 +75,50 @@ pub async fn run(ctx: &StageCtx, spec: &ContainerSpec) -> StageResult {
             _ => None,
         })
         .collect();
-    let shared = cell::Shared::new(engine, spec, &cells, base.clone(), secrets, builds);
+    let service_builds = cells
+        .iter()
+        .map(|c| {
+            spec.services
+                .iter()
+                .map(|svc| match &svc.image {
+                    ImageRef::Build(b) => {
+                        Some(build::resolve(&ctx.stage.name, &ctx.dir, b, &c.env))
+                    }
+                    _ => None,
+                })
+                .collect()
+        })
+        .collect();
+    let mut service_secrets = std::collections::BTreeMap::new();
+    for svc in spec.services.iter().filter(|s| !s.secrets.is_empty()) {
+        let mine = ctx
+            .secrets
+            .iter()
+            .filter(|(k, _)| svc.secrets.contains(k))
+            .map(|(k, v)| (k.clone(), v.clone()))
+            .collect();
+        let dir = holder.join(format!("service-{}", svc.name));
+        match write_secret_files(&dir, &mine) {
+            Ok(Some(files)) => {
+                service_secrets.insert(svc.name.clone(), files);
+            }
+            Ok(None) => {}
+            Err(e) => {
+                let _ = std::fs::remove_dir_all(&holder);
+                return StageResult::error(format!("writing service {} secrets: {e}", svc.name));
+            }
+        }
+    }
+    let shared = cell::Shared::new(
+        engine,
+        spec,
+        &cells,
+        base.clone(),
+        secrets,
+        builds,
+        service_builds,
+        service_secrets,
+    );
     let ended = matrix::run(ctx, &shared, &cells).await;
     let _ = std::fs::remove_dir_all(&base);
     let _ = std::fs::remove_dir_all(&holder);
