@@ -144,7 +144,10 @@ impl<'a> Shared<'a> {
             Some(end) => end,
             None => {
                 let started = std::time::Instant::now();
-                let out = self.engine.build(ctx, b, self.spec.network).await;
+                let out = self
+                    .engine
+                    .build(ctx, b, self.spec.network, TAIL_LINES)
+                    .await;
                 let last = out.tail.last().cloned().unwrap_or_default();
                 let (outcome, end) = match out.end {
                     ProcEnd::Exited(0) => (Outcome::Passed, BuildEnd::Ready),

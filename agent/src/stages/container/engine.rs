@@ -122,18 +122,19 @@ impl Engine {
     }
 
     /// Runs `<engine> build` for `b` with its output streamed under the build's part
-    /// name; the process's end and last lines.
+    /// name; the process's end and last `tail_lines` lines.
     pub async fn build(
         &self,
         ctx: &StageCtx,
         b: &super::build::Build,
         network: bool,
+        tail_lines: usize,
     ) -> crate::stages::proc::ProcOutput {
         let mut spec = ProcSpec::new(
             std::iter::once(self.program.to_string()).chain(super::build::build_args(b, network)),
         );
         spec.prefix = Some(b.part.clone());
-        spec.tail_lines = super::cell::TAIL_LINES;
+        spec.tail_lines = tail_lines;
         run_streamed(ctx, &spec).await
     }
 
