@@ -650,3 +650,73 @@ fn a_killed_agent_leaves_nothing_after_its_restart_podman() {
 fn a_killed_agent_leaves_nothing_after_its_restart_docker() {
     a_killed_agent_leaves_nothing_after_its_restart("docker");
 }
+
+/// A plan with a service: busybox httpd serving a file of the test folder, healthy
+/// before the test, reached by name; its secret a file it reads (redacted in the
+/// log); its log a part; nothing of the run left.
+fn a_service_from_the_plan_is_reached_by_name(engine: &str) {
+    if !require_engine(engine) {
+        return;
+    }
+    let fx = Fx::new();
+    const SECRET: &str = "e2e-service-secret-5521";
+    let sf = write(&fx.dir, "svc-token.txt", SECRET);
+    let o = kc(&fx.state, &["secret", "set", "svc-token", "--file", s(&sf)]);
+    assert_eq!(o.code, 0, "secret set: {}", o.stderr);
+    write(
+        &fx.dir,
+        "tests/svc/www/index.html",
+        "served from the test folder\n",
+    );
+    let run = fx.issue(&format!(
+        r#"name = "services"
+[[stage]]
+name = "svc-{engine}"
+kind = "container"
+runtime = "{engine}"
+image = "{IMAGE_A}"
+tests = "tests/svc"
+secrets = ["svc-token"]
+command = ["sh", "-c", "wget -q -O- http://web:8080/index.html"]
+timeout = "5m"
+
+[[stage.service]]
+name = "web"
+image = "{IMAGE_A}"
+secrets = ["svc-token"]
+command = ["sh", "-c", "echo token $(cat $KILN_SECRETS_DIR/svc-token); exec httpd -f -p 8080 -h /workspace/www"]
+health = {{ command = ["wget", "-q", "-O", "/dev/null", "http://127.0.0.1:8080/index.html"], interval = "100ms", retries = 50 }}
+"#
+    ));
+    let mut agent = fx.agent(&run);
+    let code = wait_exit(&mut agent, Duration::from_secs(180));
+    assert_eq!(code, 0, "{} {}", fx.show(&run), fx.logs(&run));
+    let logs = fx.logs(&run);
+    assert!(logs.contains("served from the test folder\n"), "{logs}");
+    let show = fx.show(&run);
+    let web = show["stages"][0]["parts"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|p| p["name"] == "service web")
+        .unwrap_or_else(|| panic!("no service part: {show}"))
+        .clone();
+    let tail = web["tail"].to_string();
+    assert!(tail.contains("token [redacted:svc-token]"), "{web}");
+    assert!(!show.to_string().contains(SECRET) && !logs.contains(SECRET));
+    assert!(
+        leftovers(engine, &run).is_empty(),
+        "{:?}",
+        leftovers(engine, &run)
+    );
+}
+
+#[test]
+fn a_service_from_the_plan_is_reached_by_name_podman() {
+    a_service_from_the_plan_is_reached_by_name("podman");
+}
+
+#[test]
+fn a_service_from_the_plan_is_reached_by_name_docker() {
+    a_service_from_the_plan_is_reached_by_name("docker");
+}
