@@ -4,8 +4,13 @@
 //! Each cell runs in its own container named `kiln-<run8>-<stage>-<attempt>-<i>-<cell>`,
 //! with the stage's folder read-only at `/workspace`, an empty `/artifacts` whose files
 //! are uploaded afterwards, and a tmpfs `/tmp`. The container is removed whatever
-//! happens (exit, timeout, abort, fail_fast); a later attempt of the stage first
-//! removes what earlier attempts left, should the agent have died meanwhile.
+//! happens (exit, timeout, abort, fail_fast) unless `keep_failed` keeps a failed cell
+//! ([`gc`]); a later attempt of the stage first removes what earlier attempts left,
+//! should the agent have died meanwhile.
+//!
+//! The image is a registry reference, an archive from the CAS, or built here from a
+//! Containerfile in the test folder ([`build`]). Services ([`services`]) run beside
+//! each cell on a private network of the cell's own, healthy before the test starts.
 //!
 //! Inside, besides the plan's env and the cell's axes: `KILN_RUN`, `KILN_STAGE`,
 //! `KILN_ATTEMPT`, `KILN_CELL` (the cell's label) and `KILN_ARTIFACTS=/artifacts`.
@@ -38,7 +43,7 @@ pub async fn run(ctx: &StageCtx, spec: &ContainerSpec) -> StageResult {
     }
     // A retry, or a rerun after the agent died: containers (tests and services) and
     // networks of the stage's earlier attempts that a crash left go first, and so do
-    // the containers an earlier run of this stage kept (`keep_failed`).
+    // the containers an earlier run of this (`keep_failed`) stage kept.
     let mut earlier = Vec::new();
     let mut networks = Vec::new();
     for a in 1..ctx.attempt {
@@ -55,7 +60,10 @@ pub async fn run(ctx: &StageCtx, spec: &ContainerSpec) -> StageResult {
     if !spec.services.is_empty() {
         engine.remove_networks(&networks).await;
     }
-    gc::remove_kept(&engine, Some(&ctx.stage.name)).await;
+    if spec.keep_failed {
+        // Only keep_failed stages pay for the lookups (two `ps`, one `network ls`).
+        gc::remove_kept(&engine, Some(&ctx.stage.name)).await;
+    }
     if let Err(e) = open_workspace(&ctx.dir) {
         return StageResult::error(format!("stage folder {}: {e}", ctx.dir.display()));
     }
