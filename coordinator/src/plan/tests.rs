@@ -83,7 +83,13 @@ fn every_example_parses() {
         );
     }
     seen.sort();
-    for want in ["burn-in", "distros", "services", "smoke", "ssh-linux-windows"] {
+    for want in [
+        "burn-in",
+        "distros",
+        "services",
+        "smoke",
+        "ssh-linux-windows",
+    ] {
         assert!(seen.iter().any(|s| s == want), "missing example {want}");
     }
 }
