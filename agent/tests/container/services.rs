@@ -297,7 +297,47 @@ fn keep_failed_keeps_exactly_the_failed_cell_until_gc(e: Eng) {
     nothing_left(e, name);
 }
 
+fn a_service_built_from_the_test_folder(e: Eng) {
+    let name = "svc-built";
+    let mut svc = web(Some(http_health()));
+    svc.image = ImageRef::Build(kiln_protocol::BuildSpec {
+        file: "service/Containerfile".into(),
+        context: "service".into(),
+        args: vec![],
+        no_cache: false,
+    });
+    svc.command = vec![
+        "httpd".into(),
+        "-f".into(),
+        "-p".into(),
+        "8080".into(),
+        "-h".into(),
+        "/www".into(),
+    ];
+    let spec = with_services(e, "wget -q -O- http://web:8080/", vec![svc]);
+    let (c, sink, _d) = ctx(name, spec);
+    std::fs::create_dir_all(c.dir.join("service/www")).unwrap();
+    std::fs::write(
+        c.dir.join("service/Containerfile"),
+        format!("FROM {IMAGE_A}\nCOPY www /www\n"),
+    )
+    .unwrap();
+    std::fs::write(c.dir.join("service/www/index.html"), "built-service-page\n").unwrap();
+    let r = smol::block_on(run(&c));
+    assert_eq!(r.outcome, Outcome::Passed, "{r:?}: {:?}", sink.lines());
+    assert!(sink.lines().contains(&"built-service-page".to_string()));
+    let b = part(&sink, "build");
+    assert!(
+        b.2.starts_with("built localhost/kiln-build/svc-built:") || b.2.starts_with("reused "),
+        "{b:?}"
+    );
+    let tag = b.2.split_whitespace().nth(1).unwrap().to_string();
+    let _ = e.cmd(&["rmi", "--force", &tag]);
+    nothing_left(e, name);
+}
+
 on_both_engines!(
+    a_service_built_from_the_test_folder,
     a_healthy_service_is_reached_by_name_and_nothing_outside,
     a_never_healthy_service_is_an_error_with_its_log_tail,
     stopped_cells_with_services_leave_nothing,
