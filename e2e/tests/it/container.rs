@@ -574,8 +574,9 @@ fn volumes_of(engine: &str, name: &str) -> Vec<String> {
 }
 
 /// An agent SIGKILLed while its cell runs leaves the container (and the anonymous
-/// volume of the built image's `VOLUME`) to the engine; restarted, the stage's next
-/// attempt removes them first, and when it ends nothing of the run is left.
+/// volume of the built image's `VOLUME`), its service and their network to the
+/// engine; restarted, the stage's next attempt removes them first, and when it ends
+/// nothing of the run is left.
 fn a_killed_agent_leaves_nothing_after_its_restart(engine: &str) {
     if !require_engine(engine) {
         return;
@@ -599,6 +600,11 @@ tests = "tests/crash"
 command = ["sh", "-c", "echo attempt $KILN_ATTEMPT; [ $KILN_ATTEMPT != 1 ] || sleep 300; echo done"]
 retries = 1
 timeout = "10m"
+
+[[stage.service]]
+name = "idle"
+image = "{IMAGE_A}"
+command = ["sleep", "300"]
 "#
     ));
     let wrap = engine_wrapper(&fx.dir, engine);
@@ -609,8 +615,17 @@ timeout = "10m"
     agent.kill().expect("SIGKILL the agent");
     let _ = agent.wait();
     let left = leftovers(engine, &run);
-    assert_eq!(left.len(), 1, "the container outlives the agent: {left:?}");
-    let container = left[0].trim_start_matches("container ").to_string();
+    assert_eq!(
+        left.len(),
+        3,
+        "the test, its service and their network outlive the agent: {left:?}"
+    );
+    let container = left
+        .iter()
+        .find(|l| l.starts_with("container ") && !l.contains("-svc-"))
+        .expect("the test container")
+        .trim_start_matches("container ")
+        .to_string();
     let volumes = volumes_of(engine, &container);
     assert_eq!(
         volumes.len(),
