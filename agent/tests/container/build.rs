@@ -152,6 +152,11 @@ fn built_once_reused_while_unchanged_rebuilt_on_one_byte(e: Eng) {
         "{b:?}"
     );
     assert!(sink.lines().iter().any(|l| l.contains("building-now")));
+    // The image the rebuild replaced under the tag is untagged now: not left behind.
+    let old_id = first.split_whitespace().next().unwrap_or_default();
+    if identity(e, &tag).split_whitespace().next() != Some(old_id) {
+        let _ = e.cmd(&["rmi", old_id]);
+    }
     assert!(e.containers_of(name).is_empty());
 }
 
