@@ -268,6 +268,12 @@ pub fn run_args(
     a
 }
 
+/// A hardened spec for unit tests elsewhere in the module.
+#[cfg(test)]
+pub(crate) fn tests_spec() -> ContainerSpec {
+    tests::spec(&["x"])
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -41,6 +41,18 @@ pub async fn run(ctx: &StageCtx, spec: &ContainerSpec) -> StageResult {
     if cells.is_empty() {
         return StageResult::error("the stage names no image");
     }
+    // Names become container names, aliases and `--add-host` entries (the coordinator
+    // checks them too; a ticket is not trusted further than it must be).
+    if let Some(bad) = spec
+        .services
+        .iter()
+        .find(|s| !services::is_host_name(&s.name))
+    {
+        return StageResult::error(format!(
+            "service name {:?} is not a host name ([a-z0-9-], at most 63 bytes)",
+            bad.name
+        ));
+    }
     // A retry, or a rerun after the agent died: containers (tests and services) and
     // networks of the stage's earlier attempts that a crash left go first, and so do
     // the containers an earlier run of this (`keep_failed`) stage kept.

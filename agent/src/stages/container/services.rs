@@ -16,6 +16,16 @@ use crate::stages::proc::{ProcEnd, ProcSpec, run_streamed};
 /// Lines of a service's log kept in its part (and in an unhealthy service's error).
 pub const LOG_TAIL: usize = 50;
 
+/// A name a container is reached by: `[a-z0-9]`, inner `-`, at most 63 bytes.
+pub fn is_host_name(n: &str) -> bool {
+    !n.is_empty()
+        && n.len() <= 63
+        && !n.starts_with('-')
+        && !n.ends_with('-')
+        && n.bytes()
+            .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'-')
+}
+
 /// The cell's network: `<cell container>-net`.
 pub fn network_name(cell_container: &str) -> String {
     format!("{cell_container}-net")
@@ -340,5 +350,71 @@ async fn wait_healthy(
         if let Some(s) = stop {
             return Err(Unhealthy::Stopped(s));
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use kiln_protocol::ImageRef;
+
+    #[test]
+    fn host_names() {
+        assert!(is_host_name("web") && is_host_name("db-1"));
+        for bad in ["", "-a", "a-", "Web", "a_b", "a:b", "a b", &"a".repeat(64)] {
+            assert!(!is_host_name(bad), "{bad:?}");
+        }
+    }
+
+    #[test]
+    fn service_and_network_arguments() {
+        let mut spec = crate::stages::container::args::tests_spec();
+        let run = RunId([7; 16]);
+        let svc = ServiceSpec {
+            name: "web".into(),
+            image: ImageRef::Registry("i".into()),
+            command: vec!["httpd".into()],
+            env: vec![("K".into(), "v".into())],
+            secrets: vec!["s".into()],
+            health: None,
+        };
+        let earlier = [("db".to_string(), "10.0.0.2".to_string())];
+        let line = service_args(
+            (&run, "st"),
+            &spec,
+            &svc,
+            "i",
+            "c-svc-web",
+            "c-net",
+            &earlier,
+            "/w",
+            Some("/s"),
+        )
+        .join(" ");
+        for want in [
+            "run --detach --name c-svc-web --pull=never --read-only --cap-drop ALL",
+            "--user 65534:65534",
+            "--network c-net --network-alias web --hostname web --add-host db:10.0.0.2",
+            "--volume /w:/workspace:ro --volume /s:/run/secrets:ro",
+            "--env K=v i httpd",
+        ] {
+            assert!(line.contains(want), "{want:?} not in {line:?}");
+        }
+        let net =
+            |kind, spec: &ContainerSpec| network_args(kind, (&run, "st"), spec, "n").join(" ");
+        assert_eq!(
+            net(EngineKind::Podman, &spec),
+            "network create --internal --label kiln.run=07070707070707070707070707070707 n"
+        );
+        assert!(
+            net(EngineKind::Docker, &spec)
+                .contains("--internal --opt com.docker.network.bridge.inhibit_ipv4=true")
+        );
+        spec.network = true;
+        spec.keep_failed = true;
+        assert_eq!(
+            net(EngineKind::Docker, &spec),
+            "network create --label kiln.run=07070707070707070707070707070707 --label kiln.keep=st n"
+        );
     }
 }
