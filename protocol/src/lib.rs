@@ -31,9 +31,9 @@ pub use frame::{Ack, Batch, Command, Event, Frame, Outcome, SealedCheck, Secrets
 pub use ids::{Mac, RunId, Sha256, hex, parse_hex};
 pub use key::{KeyId, PublicKey, SecretKey};
 pub use plan::{
-    ContainerSpec, CpuStressSpec, DiskSpec, GpuSpec, HostSpec, ImageRef, Mount, NetworkSpec,
-    NicSpec, Os, Plan, Runtime, SmartSpec, SshSpec, Stage, StageKind, StorageSpec, StorageTool,
-    TestBundle,
+    BuildSpec, ContainerSpec, CpuStressSpec, DiskSpec, GpuSpec, HealthSpec, HostSpec, ImageRef,
+    Mount, NetworkSpec, NicSpec, Os, Plan, Runtime, ServiceSpec, SmartSpec, SshSpec, Stage,
+    StageKind, StorageSpec, StorageTool, TestBundle,
 };
 pub use records::{RecordReader, ResultRecord, encode_record};
 pub use ticket::{HostBinding, SignedTicket, Ticket};
@@ -42,13 +42,13 @@ pub use upload::{
 };
 
 /// Format version of tickets, batches and bundles; a changed encoding is a new version.
-pub const VERSION: u16 = 2;
+pub const VERSION: u16 = 3;
 /// First bytes of a ticket file; the last byte is the format version.
-pub const TICKET_MAGIC: &[u8; 8] = b"KILNTKT\x02";
+pub const TICKET_MAGIC: &[u8; 8] = b"KILNTKT\x03";
 /// First bytes of an offline result bundle; the last byte is the format version.
-pub const BUNDLE_MAGIC: &[u8; 8] = b"KILNRES\x02";
+pub const BUNDLE_MAGIC: &[u8; 8] = b"KILNRES\x03";
 /// Domain separator prefixed to a ticket body before signing.
-pub const TICKET_DOMAIN: &[u8] = b"kiln-ticket-v2\0";
+pub const TICKET_DOMAIN: &[u8] = b"kiln-ticket-v3\0";
 /// Domain separator prefixed to a batch body before signing.
 pub const BATCH_DOMAIN: &[u8] = b"kiln-batch-v1\0";
 /// Domain separator prefixed to a secrets request before signing.

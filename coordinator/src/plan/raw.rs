@@ -20,6 +20,14 @@ pub(crate) struct Spanned<T> {
 }
 
 impl<T> Spanned<T> {
+    /// A value at a known span (a nested value its table's span stands for).
+    pub fn new(span: Range<usize>, value: T) -> Self {
+        Spanned {
+            span: Some(span),
+            value,
+        }
+    }
+
     /// Byte range in the file (the start of the file until located).
     pub fn span(&self) -> Range<usize> {
         self.span.clone().unwrap_or(0..0)
@@ -277,6 +285,12 @@ stage_toml! {
     tmpfs: Value,
     mounts: Vec<MountToml>,
     allow_host_mounts: bool,
+    build: String,
+    context: String,
+    build_args: Table,
+    no_cache: bool,
+    service: Vec<Table>,
+    keep_failed: bool,
     // ssh
     host: String,
     port: u16,
@@ -339,6 +353,12 @@ pub(super) const KINDS: &[(&str, &[&str])] = &[
             "tmpfs",
             "mounts",
             "allow_host_mounts",
+            "build",
+            "context",
+            "build_args",
+            "no_cache",
+            "service",
+            "keep_failed",
         ],
     ),
     (

@@ -97,8 +97,9 @@ fn expired_and_wrong_host() {
 #[test]
 fn unknown_versions_are_named() {
     let key = test_key(1);
-    // A version 1 file (before enrolled host keys) and a future version 3.
-    for v in [1u8, 3] {
+    // A version 1 file (before enrolled host keys), a version 2 file (before container
+    // services) and a future version 4.
+    for v in [1u8, 2, 4] {
         let mut bytes = file(&sample_ticket(), &key);
         bytes[7] = v;
         assert_eq!(

@@ -143,8 +143,8 @@ fn foreign_expired_and_misbound_tickets_are_refused() {
         "no local MAC matches 02:00:00:00:00:01",
     );
     f.refused(
-        &f.resign(&ticket, |t| t.version = 3),
-        "unsupported format version 3",
+        &f.resign(&ticket, |t| t.version = 4),
+        "unsupported format version 4",
     );
     // A version 1 file (before enrolled host keys) is named, not misread.
     let mut magic = std::fs::read(&ticket).expect("ticket");
