@@ -228,6 +228,9 @@ pub struct HostRow<'a> {
     pub pending: usize,
     /// Runs issued for it.
     pub runs: usize,
+    /// Its last power reading (`on`, `off`) and that reading's age in seconds, when
+    /// it has power control.
+    pub power: Option<(String, u64)>,
 }
 
 /// The runs filter the fleet page shows and its links keep.
@@ -287,6 +290,28 @@ pub struct IndexPage<'a> {
     pub plans: Vec<String>,
 }
 
+/// A host's power cell: its last reading and, for an operator, buttons.
+fn power_cell(h: &HostRow<'_>, operator: Option<&Viewer>) -> String {
+    let Some((state, age_s)) = &h.power else {
+        return String::new();
+    };
+    let mut out = format!("{} <small>{} ago</small>", escape(state), age(*age_s));
+    if let Some(v) = operator {
+        let _ = write!(
+            out,
+            "<form class=\"power\" method=\"post\" action=\"/v1/hosts/{}/power\">\
+             <input type=\"hidden\" name=\"csrf\" value=\"{}\">{}</form>",
+            escape(&h.host.name),
+            escape(&v.csrf),
+            ["on", "off", "cycle"]
+                .iter()
+                .map(|a| format!("<button name=\"action\" value=\"{a}\">{a}</button>"))
+                .collect::<String>()
+        );
+    }
+    out
+}
+
 /// An age: `3m`, `2h`, `5d`.
 pub fn age(secs: u64) -> String {
     match secs {
@@ -315,13 +340,11 @@ pub fn index(p: &IndexPage<'_>) -> String {
         out.push_str("<p>No hosts: <code>kiln-coordinator host add</code>.</p>\n");
     } else {
         out.push_str(
-            "<table><tr><th>host</th><th>state</th><th>last run</th><th>pending</th>\
-             <th>runs</th><th>MACs</th><th>image</th><th></th></tr>\n",
+            "<table><tr><th>host</th><th>state</th><th>power</th><th>last run</th>\
+             <th>pending</th><th>runs</th><th>MACs</th><th>image</th><th></th></tr>\n",
         );
-        let act = p
-            .session
-            .as_ref()
-            .filter(|v| v.operator && !p.plans.is_empty());
+        let operator = p.session.as_ref().filter(|v| v.operator);
+        let act = operator.filter(|_| !p.plans.is_empty());
         let options: String = p
             .plans
             .iter()
@@ -343,7 +366,7 @@ pub fn index(p: &IndexPage<'_>) -> String {
             let _ = writeln!(
                 out,
                 "<tr><td><a href=\"/?host={name}\">{name}</a></td><td><span class=\"{cls}\">{state}</span>{doing}</td>\
-                 <td>{last}</td><td>{pending}</td><td>{runs}</td><td><code>{macs}</code></td><td>{image}</td><td>{issue}</td></tr>",
+                 <td>{power}</td><td>{last}</td><td>{pending}</td><td>{runs}</td><td><code>{macs}</code></td><td>{image}</td><td>{issue}</td></tr>",
                 name = escape(&h.host.name),
                 cls = escape(&state_class),
                 state = escape(h.state),
@@ -354,6 +377,7 @@ pub fn index(p: &IndexPage<'_>) -> String {
                 },
                 pending = h.pending,
                 runs = h.runs,
+                power = power_cell(h, operator),
                 macs = escape(&h.host.macs.join(", ")),
                 image = escape(h.host.image.as_deref().unwrap_or("")),
                 issue = act.map_or_else(String::new, |v| format!(

@@ -360,6 +360,9 @@ fn route(ctx: &Ctx, rq: &mut Request, method: &Method, path: &str, query: &str) 
         ["v1", "hosts", host, "tickets"] => {
             only(*method == Method::Post, "POST").and_then(|_| actions::issue(ctx, rq, host))
         }
+        ["v1", "hosts", host, "power"] => {
+            only(*method == Method::Post, "POST").and_then(|_| actions::power(ctx, rq, host))
+        }
         ["v1", "hosts", mac, "ticket"] => {
             only(get(method), "GET").and_then(|_| api::host_ticket(ctx, mac))
         }

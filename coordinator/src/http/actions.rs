@@ -114,3 +114,50 @@ fn percent(s: &str) -> String {
         .map(|(_, v)| v.into_owned())
         .unwrap_or_default()
 }
+
+/// `POST /v1/hosts/{host}/power` (form: `action` = status, on, off, cycle or pxe):
+/// the same call as `host power`; 200 with its one line (or 303 back to the fleet
+/// page), 502 naming the BMC when it fails, 409 for a host without power control.
+pub fn power(ctx: &Ctx, rq: &mut Request, host: &str) -> Reply {
+    let f = form(rq)?;
+    let c = operator(ctx, rq, field(&f, "csrf"))?;
+    let name = percent(host);
+    let action: crate::power::Action = field(&f, "action")
+        .unwrap_or("")
+        .parse()
+        .map_err(|e: String| Refusal::new(400, e))?;
+    let hosts = ctx
+        .index
+        .hosts()
+        .map_err(|e| Refusal::new(500, format!("{e:#}")))?;
+    let Some(h) = hosts.hosts.get(&name) else {
+        return Err(Refusal::new(404, format!("no host {name}")));
+    };
+    if h.power.is_none() {
+        return Err(Refusal::new(
+            409,
+            format!("host {name} has no power control"),
+        ));
+    }
+    log::info!("host {name}: power {} by {}", action.as_str(), c.who().name);
+    match crate::power::act_on_host(&ctx.state, h, action) {
+        Ok((answer, took)) => {
+            let state = answer.state.map(|s| format!("{s}: ")).unwrap_or_default();
+            let line = format!(
+                "{name} {}: {state}{} ({} ms)",
+                action.as_str(),
+                if answer.text.is_empty() {
+                    "done"
+                } else {
+                    &answer.text
+                },
+                took.as_millis()
+            );
+            done(rq, "/", crate::power::one_line(&line))
+        }
+        Err(e) => Err(Refusal::new(
+            502,
+            format!("host {name} {}: {e}", action.as_str()),
+        )),
+    }
+}

@@ -133,6 +133,16 @@ fn host_row<'h>(ctx: &Ctx, h: &'h crate::state::Host) -> crate::html::HostRow<'h
         last: latest.as_ref().map(crate::status::Summary::from),
         pending,
         runs: ctx.index.runs_of(&h.name),
+        power: h
+            .power
+            .as_ref()
+            .map(|_| match crate::power::reading(&ctx.state, &h.name) {
+                Some(r) => (
+                    r.state.to_string(),
+                    crate::fsutil::now_ms().saturating_sub(r.at_ms) / 1000,
+                ),
+                None => ("unknown".into(), 0),
+            }),
     }
 }
 

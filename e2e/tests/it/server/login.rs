@@ -322,3 +322,74 @@ fn an_operator_issues_a_stored_plan_for_a_host_from_the_fleet_page() {
     );
     assert!(show.stdout.contains(&c.url), "{}", show.stdout);
 }
+
+#[test]
+fn an_operator_powers_a_host_from_the_page_or_with_a_token() {
+    let (_d, state) = keyed_state();
+    let rx = std::net::UdpSocket::bind("127.0.0.1:0").unwrap();
+    rx.set_read_timeout(Some(std::time::Duration::from_secs(10)))
+        .unwrap();
+    let port = rx.local_addr().unwrap().port();
+    let o = kc(
+        &state,
+        &[
+            "host",
+            "add",
+            "w1",
+            "--mac",
+            "52:54:00:ab:cd:ef",
+            "--power",
+            &format!("wol://127.0.0.1:{port}"),
+        ],
+    );
+    assert_eq!(o.code, 0, "{}", o.stderr);
+    user_add(&state, "ada", "operator", PASSWORD);
+    let c = Coordinator::start_private(&state, &[]);
+    let (_, cookie, _) = post_form(
+        &format!("{}/login", c.url),
+        None,
+        &[("user", "ada"), ("password", PASSWORD)],
+    );
+    let session = cookie.unwrap().split(';').next().unwrap().to_string();
+    let (_, page, _) = get_with(&format!("{}/", c.url), Some(("Cookie", &session)));
+    assert!(page.contains("action=\"/v1/hosts/w1/power\""), "{page}");
+    let csrf = csrf_of(&page);
+    let power = format!("{}/v1/hosts/w1/power", c.url);
+    assert_eq!(
+        post_form(&power, None, &[("action", "on")]).0,
+        403,
+        "no login"
+    );
+    assert_eq!(
+        post_form(&power, Some(&session), &[("action", "on")]).0,
+        403,
+        "no csrf"
+    );
+    let (s, _, loc) = post_form(&power, Some(&session), &[("action", "on"), ("csrf", &csrf)]);
+    assert_eq!((s, loc.as_deref()), (303, Some("/")));
+    // The magic packet reached the wire: 6 x 0xff, then the MAC 16 times.
+    let mut buf = [0u8; 256];
+    let (n, _) = rx.recv_from(&mut buf).expect("no magic packet");
+    assert_eq!(n, 102);
+    assert_eq!(&buf[..6], &[0xff; 6]);
+    assert_eq!(&buf[6..12], &[0x52, 0x54, 0x00, 0xab, 0xcd, 0xef]);
+    // A script with an operator token; Wake-on-LAN cannot power off: 502, said so.
+    let token = kc(&state, &["token", "create", "bot", "--role", "operator"]).stdout;
+    let a = call(
+        agent()
+            .post(&power)
+            .set("Authorization", &format!("Bearer {}", token.trim()))
+            .set("Content-Type", "application/x-www-form-urlencoded"),
+        Some(b"action=off"),
+    );
+    assert_eq!(a.status, 502, "{}", a.text());
+    assert!(a.text().contains("w1 off"), "{}", a.text());
+    let a = call(
+        agent()
+            .post(&format!("{}/v1/hosts/nobody/power", c.url))
+            .set("Authorization", &format!("Bearer {}", token.trim()))
+            .set("Content-Type", "application/x-www-form-urlencoded"),
+        Some(b"action=on"),
+    );
+    assert_eq!(a.status, 404, "{}", a.text());
+}
