@@ -623,8 +623,11 @@ fn log_tail(out: &mut String, tail: &[String], st: &crate::status::StageStatus, 
     if total > tail.len() as u64 {
         let _ = writeln!(
             out,
-            "<p>last {} of {total} lines; all: <code>kiln-coordinator run logs {} --stage {}</code></p>",
+            "<p>last {} of {total} lines (<a href=\"/runs/{}/log?stage={}\">page back through \
+             them</a>; all: <code>kiln-coordinator run logs {} --stage {}</code>)</p>",
             tail.len(),
+            escape(run),
+            st.index,
             escape(run),
             escape(name)
         );
@@ -635,4 +638,68 @@ fn log_tail(out: &mut String, tail: &[String], st: &crate::status::StageStatus, 
         st.index,
         escape(&tail.join("\n"))
     );
+}
+
+/// One page of a stage's log (`GET /runs/{run}/log`).
+#[derive(Debug)]
+pub struct LogPage<'a> {
+    /// The run id.
+    pub run: &'a str,
+    /// The stage's index.
+    pub stage: u16,
+    /// The stage's name.
+    pub name: &'a str,
+    /// The page's lines.
+    pub lines: &'a [String],
+    /// The number (0-based) of the first line shown.
+    pub first: u64,
+    /// The stage's lines in all.
+    pub total: u64,
+}
+
+/// A page of a stage's log, with links to the page before and after.
+pub fn log_page(p: &LogPage<'_>) -> String {
+    let mut out = String::new();
+    head(
+        &mut out,
+        &format!("kiln run {} {}", p.run, p.name),
+        false,
+        None,
+    );
+    let _ = writeln!(
+        out,
+        "<p><a href=\"/runs/{run}\">run {short}</a></p><h1>{name} <small>lines {from} to {to} of {total}</small></h1>",
+        run = escape(p.run),
+        short = escape(p.run.get(..12).unwrap_or(p.run)),
+        name = escape(p.name),
+        from = p.first + 1,
+        to = p.first + p.lines.len() as u64,
+        total = p.total,
+    );
+    let mut nav = String::from("<p>");
+    if p.first > 0 {
+        let _ = write!(
+            nav,
+            "<a href=\"/runs/{}/log?stage={}&amp;before={}\">earlier lines</a> ",
+            escape(p.run),
+            p.stage,
+            p.first
+        );
+    }
+    let to = p.first + p.lines.len() as u64;
+    if to < p.total {
+        let _ = write!(
+            nav,
+            "<a href=\"/runs/{}/log?stage={}&amp;before={}\">later lines</a>",
+            escape(p.run),
+            p.stage,
+            (to + p.lines.len() as u64).min(p.total)
+        );
+    }
+    nav.push_str("</p>\n");
+    out.push_str(&nav);
+    let _ = writeln!(out, "<pre>{}</pre>", escape(&p.lines.join("\n")));
+    out.push_str(&nav);
+    out.push_str("</body></html>\n");
+    out
 }

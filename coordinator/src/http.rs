@@ -329,6 +329,13 @@ fn route(ctx: &Ctx, rq: &mut Request, method: &Method, path: &str, query: &str) 
                 Err(redirect) => Ok(redirect),
             }
         }),
+        ["runs", run, "log"] => only(get(method), "GET").and_then(|_| {
+            let id = parse_run(run)?;
+            match login::page_reader(ctx, rq, path) {
+                Ok(c) => pages::log_page(ctx, &id, query, c.as_ref()),
+                Err(redirect) => Ok(redirect),
+            }
+        }),
         ["v1", "runs"] => only(get(method), "GET").and_then(|_| {
             login::api_reader(ctx, rq)?;
             api::list_runs(ctx, query)

@@ -175,3 +175,79 @@ pub fn run(ctx: &Ctx, run: &RunId, caller: Option<&Caller>) -> Reply {
     };
     Ok(text(200, page, HTML))
 }
+
+/// Lines on one page of a stage's log.
+pub const LOG_PAGE: usize = 500;
+
+/// `GET /runs/{run}/log?stage=N[&before=K]`: [`LOG_PAGE`] lines of stage `N`'s log
+/// ending before line `K` (0-based; default: the end), with a link to the page
+/// before. The log is streamed through once a MiB at a time; only the page's lines
+/// are held, so a run of any length answers in bounded memory.
+pub fn log_page(ctx: &Ctx, run: &RunId, query: &str, caller: Option<&Caller>) -> Reply {
+    use std::io::Read;
+    let rd = RunDir::new(&ctx.state, *run);
+    if !rd.exists() {
+        return Err(Refusal::new(404, format!("no run {run}")));
+    }
+    let bad = |what: &str| Refusal::new(400, what.to_string());
+    let stage: u16 = super::param(query, "stage")
+        .ok_or_else(|| bad("stage= is required"))?
+        .parse()
+        .map_err(|_| bad("stage must be a stage index"))?;
+    let before: Option<u64> = match super::param(query, "before") {
+        Some(v) => Some(v.parse().map_err(|_| bad("before must be a line number"))?),
+        None => None,
+    };
+    let (_, ticket) = rd
+        .ticket(ctx.ingest.key())
+        .map_err(|e| Refusal::new(500, format!("{e:#}")))?;
+    let name = crate::report::stage_name(&ticket, stage);
+    // One pass: count the stage's lines and keep the last LOG_PAGE before `before`.
+    let mut window: std::collections::VecDeque<String> = Default::default();
+    let (mut n, mut scan) = (0u64, crate::store::Scan::default());
+    if let Ok(mut f) = std::fs::File::open(rd.path(crate::store::files::EVENTS)) {
+        let (mut buf, mut chunk) = (Vec::new(), vec![0u8; 1 << 20]);
+        loop {
+            let got = f
+                .read(&mut chunk)
+                .map_err(|e| Refusal::new(500, format!("reading run {run} events: {e}")))?;
+            if got == 0 {
+                break;
+            }
+            buf.extend_from_slice(&chunk[..got]);
+            let used = scan.feed(&buf, |frame| {
+                if let kiln_protocol::Event::Log { stage: s, text, .. } = frame.event
+                    && s == stage
+                {
+                    if before.is_none_or(|b| n < b) {
+                        window.push_back(text);
+                        if window.len() > LOG_PAGE {
+                            window.pop_front();
+                        }
+                    }
+                    n += 1;
+                }
+            });
+            buf.drain(..used);
+            if scan.corrupt.is_some() {
+                break;
+            }
+        }
+    }
+    let end = before.map_or(n, |b| b.min(n));
+    let first = end - window.len() as u64;
+    let lines: Vec<String> = window.into_iter().collect();
+    let page = crate::html::log_page(&crate::html::LogPage {
+        run: &run.to_string(),
+        stage,
+        name: &name,
+        lines: &lines,
+        first,
+        total: n,
+    });
+    let page = match session_of(caller) {
+        Some(v) => crate::html::with_session(page, &v, None),
+        None => page,
+    };
+    Ok(text(200, page, HTML))
+}
