@@ -10,13 +10,14 @@ use crate::commands::admin::{
     DnsmasqCmd, HostAddCmd, HostListCmd, ImageAddCmd, InitCmd, KeyCmd, SecretSetCmd,
 };
 use crate::commands::gc::GcCmd;
+use crate::commands::notify::{NotifyAddCmd, NotifyListCmd, NotifyRmCmd, NotifyStatusCmd};
 use crate::commands::runs::{
     ImportCmd, ReportCmd, RunAbortCmd, RunAckContestCmd, RunLogsCmd, RunShowCmd, RunsCmd,
 };
 use crate::commands::serve::ServeCmd;
 use crate::commands::ticket::{TicketIssueCmd, TicketShowCmd};
 use crate::commands::watch::RunWatchCmd;
-use crate::commands::{admin, gc, runs, serve, ticket, watch};
+use crate::commands::{admin, gc, notify, runs, serve, ticket, watch};
 use crate::exit;
 use crate::state::{State, resolve_root};
 
@@ -49,6 +50,7 @@ pub enum Command {
     Image(ImageCmd),
     Dnsmasq(DnsmasqCmd),
     Gc(GcCmd),
+    Notify(NotifyCmd),
 }
 
 /// Manage hosts.
@@ -142,6 +144,26 @@ pub enum ImageSub {
     Add(ImageAddCmd),
 }
 
+/// Notification receivers and the outbox.
+#[derive(FromArgs, Debug)]
+#[argh(subcommand, name = "notify")]
+pub struct NotifyCmd {
+    #[argh(subcommand)]
+    /// notify command
+    pub command: NotifySub,
+}
+
+/// Notify subcommands.
+#[derive(FromArgs, Debug)]
+#[argh(subcommand)]
+#[allow(missing_docs)]
+pub enum NotifySub {
+    Add(NotifyAddCmd),
+    List(NotifyListCmd),
+    Rm(NotifyRmCmd),
+    Status(NotifyStatusCmd),
+}
+
 /// Runs a parsed command line; returns the process exit code ([`crate::exit`]).
 pub fn run(cli: Cli) -> Result<i32> {
     let root = resolve_root(cli.state);
@@ -190,6 +212,12 @@ pub fn run(cli: Cli) -> Result<i32> {
         Command::Import(c) => runs::cmd_import(&state, &c),
         Command::Report(c) => runs::cmd_report(&state, &c),
         Command::Gc(c) => gc::cmd_gc(&state, &c),
+        Command::Notify(NotifyCmd { command }) => match command {
+            NotifySub::Add(c) => notify::cmd_add(&state, &c),
+            NotifySub::List(_) => notify::cmd_list(&state),
+            NotifySub::Rm(c) => notify::cmd_rm(&state, &c),
+            NotifySub::Status(c) => notify::cmd_status(&state, &c),
+        },
         Command::Image(ImageCmd {
             command: ImageSub::Add(c),
         }) => admin::cmd_image_add(&state, &c),

@@ -120,6 +120,14 @@ fn note_refused_claim(rd: &RunDir, c: &Cached, body: &[u8], from: Source, r: &Re
         Ok(_) => {
             if let Some(state) = rd.state() {
                 crate::journal::note_run(&state, &rd.id);
+                if kind == claims::Kind::Contested {
+                    let detail = format!("claim from {from} by {}: {detail}", k.fingerprint());
+                    if let Err(e) =
+                        crate::notify::emit(&state, &rd.id, crate::notify::Kind::Contested, &detail)
+                    {
+                        log::error!("run {}: queueing its contested notification: {e:#}", rd.id);
+                    }
+                }
             }
         }
         Err(e) => log::error!("run {}: recording a {} claim: {e:#}", rd.id, kind.as_str()),
@@ -254,6 +262,12 @@ impl Ingester {
             // The index cares when a run stops being pending and when it ends.
             if v.bind || c.finished != was_finished {
                 crate::journal::note_run(&self.state, run);
+            }
+            // Queued (durably) before the ack: an agent that gets no ack resends, and
+            // the resend queues it again, so a crash in between loses nothing.
+            if let Some(outcome) = v.outcome {
+                crate::notify::emit_finished(&self.state, run, outcome)
+                    .map_err(Refusal::internal)?;
             }
             let command = match rd.abort_request() {
                 Some(reason) if !c.finished => Command::Abort { reason },

@@ -20,6 +20,7 @@ pub mod ipxe;
 pub mod journal;
 pub mod limits;
 pub mod neigh;
+pub mod notify;
 pub mod plan;
 pub mod report;
 pub mod state;
