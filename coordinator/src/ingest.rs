@@ -333,7 +333,7 @@ impl Ingester {
         let mut before = None;
         let result = if !rd.dir.exists() {
             // Nobody writes a run without a folder: no lock until it exists.
-            go(&rd, Cached::empty(ticket), Some(ticket_file)).map(|c| c.upto)
+            go(&rd, Cached::empty(ticket), Some(ticket_file)).map(|c| (c.upto, c.finished))
         } else {
             self.with_run(&ticket.run, |rd, slot| {
                 let had_ticket = rd.exists();
@@ -355,17 +355,37 @@ impl Ingester {
                 }
                 let stored = go(rd, c, (!had_ticket).then_some(ticket_file));
                 *slot = stored.as_ref().ok().cloned();
-                stored.map(|c| c.upto)
+                stored.map(|c| (c.upto, c.finished))
             })
         };
         if result.is_err() && made_cas {
             let _ = std::fs::remove_dir(cas.dir());
         }
-        if let Ok(upto) = result
+        if let Ok((upto, _)) = result
             && before != Some(upto)
         {
             crate::journal::note_run(&self.state, &ticket.run);
         }
-        result
+        if let Ok((_, true)) = result
+            && crate::notify::has_receivers(&self.state)
+        {
+            // A finished run's notification, as online: queued again by a repeated
+            // import (at-least-once: an error here is the import's, and running it
+            // again stores nothing twice but queues this).
+            let outcome = rd
+                .frames()
+                .map_err(Refusal::internal)?
+                .iter()
+                .rev()
+                .find_map(|f| match f.event {
+                    kiln_protocol::Event::RunFinished { outcome } => Some(outcome),
+                    _ => None,
+                });
+            if let Some(o) = outcome {
+                crate::notify::emit_finished(&self.state, &ticket.run, o)
+                    .map_err(Refusal::internal)?;
+            }
+        }
+        result.map(|(upto, _)| upto)
     }
 }

@@ -248,6 +248,12 @@ pub fn receivers(state: &State) -> Result<Receivers> {
     toml::from_str(&text).map_err(|e| anyhow::anyhow!("{}: {}", path.display(), one_line(&e)))
 }
 
+/// Whether any receiver is configured (a cheap check before costly work; an
+/// unreadable file counts as yes, so the error surfaces in [`emit`]).
+pub fn has_receivers(state: &State) -> bool {
+    receivers(state).map_or(true, |r| !r.receivers.is_empty())
+}
+
 /// Writes the receivers atomically (0600: it may name secrets, and URLs with tokens).
 pub fn save_receivers(state: &State, r: &Receivers) -> Result<()> {
     let body = toml::to_string_pretty(r).context("encoding receivers.toml")?;

@@ -227,11 +227,15 @@ fn answer(r: Result<ureq::Response, ureq::Error>) -> Result<(), String> {
         }
         // Not the transport error's Display: it names the URL, whose path may hold a
         // token.
-        Err(ureq::Error::Transport(t)) => Err(format!(
-            "{}{}",
-            t.kind(),
-            t.message().map(|m| format!(": {m}")).unwrap_or_default()
-        )),
+        Err(ureq::Error::Transport(t)) => {
+            let cause = std::error::Error::source(&t).map(|s| format!(" ({s})"));
+            Err(format!(
+                "{}{}{}",
+                t.kind(),
+                t.message().map(|m| format!(": {m}")).unwrap_or_default(),
+                cause.unwrap_or_default()
+            ))
+        }
     }
 }
 

@@ -18,6 +18,7 @@ mod ingest;
 mod interrupted;
 mod limits;
 mod live_index;
+mod notify;
 mod pending;
 mod routes;
 mod terminal;
