@@ -168,7 +168,10 @@ fn a_mail_is_dot_stuffed_with_crlf_lines() {
 
 /// An HTTP receiver on loopback answering `status` to each request; hands back the
 /// requests (header lines, body).
-fn receiver_once(status: u16) -> (String, std::thread::JoinHandle<(Vec<String>, Vec<u8>)>) {
+/// Header lines and body of one request.
+type Request = (Vec<String>, Vec<u8>);
+
+fn receiver_once(status: u16) -> (String, std::thread::JoinHandle<Request>) {
     let l = TcpListener::bind("127.0.0.1:0").unwrap();
     let url = format!("http://{}/hook/T0KEN", l.local_addr().unwrap());
     let h = std::thread::spawn(move || {
