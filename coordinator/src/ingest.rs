@@ -258,6 +258,9 @@ impl Ingester {
             })?;
             if mode == Mode::Online {
                 rd.touch_seen();
+                if v.bind {
+                    crate::notify::stale::watch(&self.state, run);
+                }
             }
             // The index cares when a run stops being pending and when it ends.
             if v.bind || c.finished != was_finished {

@@ -21,6 +21,7 @@ use crate::store::RunDir;
 
 pub mod deliver;
 pub mod sender;
+pub mod stale;
 #[cfg(test)]
 mod tests;
 

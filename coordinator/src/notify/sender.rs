@@ -16,6 +16,9 @@ pub const FIRST_BACKOFF_S: u64 = 1;
 /// The longest wait between two attempts of one notification.
 pub const MAX_BACKOFF_S: u64 = 60;
 
+/// How often the sender looks for runs gone stale ([`super::stale::check`]).
+const STALE_CHECK: Duration = Duration::from_secs(15);
+
 /// How long the sender sleeps when nothing is due and nothing is queued.
 const IDLE: Duration = Duration::from_secs(5);
 
@@ -147,7 +150,14 @@ fn run(state: &State) {
             return;
         }
     };
+    let mut stale_checked: Option<std::time::Instant> = None;
     loop {
+        if stale_checked.is_none_or(|t| t.elapsed() >= STALE_CHECK) {
+            if let Err(e) = super::stale::check(state) {
+                log::warn!("notify: checking for stale runs: {e:#}");
+            }
+            stale_checked = Some(std::time::Instant::now());
+        }
         let sleep = match deliver_due(state) {
             Ok(p) => {
                 if p.sent + p.failed + p.dropped > 0 {

@@ -120,6 +120,14 @@ fn python() -> Option<&'static str> {
 }
 
 impl Smtp {
+    /// No server: an empty Maildir (for tests without mail).
+    fn none() -> Smtp {
+        Smtp {
+            child: Command::new("true").spawn().expect("true"),
+            maildir: PathBuf::from("/nonexistent"),
+        }
+    }
+
     fn start(py: &str, port: u16, maildir: &Path) -> Smtp {
         let child = Command::new(py)
             .args(["-m", "aiosmtpd", "-n", "-l"])
@@ -495,4 +503,53 @@ fn receivers_down_30s_and_a_sigkill_lose_no_notification() {
             .is_some_and(Vec::is_empty)
     });
     c.kill();
+}
+
+#[test]
+fn a_claimed_run_gone_quiet_is_notified_stale_once() {
+    let (_dir, state) = keyed_state();
+    let hook = Receiver::start(0);
+    let secret = state.with_file_name("hook.key");
+    std::fs::write(&secret, SECRET).expect("write secret");
+    let o = kc(
+        &state,
+        &["secret", "set", "hook", "--file", secret.to_str().unwrap()],
+    );
+    assert_eq!(o.code, 0, "{}", o.stderr);
+    let url = format!("http://127.0.0.1:{}/stale", hook.port);
+    add(
+        &state,
+        &[
+            "hook",
+            "--webhook",
+            &url,
+            "--secret",
+            "hook",
+            "--on",
+            "stale",
+        ],
+    );
+    let c = Coordinator::start(&state);
+    let (quiet, busy) = (issue(&state), issue(&state));
+    for run in [quiet, busy] {
+        let mut r = Reporter::new(run);
+        let claim = r.claim();
+        let f = r.frames(vec![claim]);
+        ack(&c.url, &run, &r.seal(f));
+    }
+    // The quiet run's last report was two minutes ago (the stale threshold is one).
+    let seen = state.join(format!("runs/{quiet}/seen"));
+    std::fs::write(&seen, (now_ms() - 120_000).to_string()).expect("write seen");
+    wait_until(Duration::from_secs(60), "a stale notification", || {
+        !hook.got().is_empty()
+    });
+    let got = arrived(&hook, &Receiver::start(0), &Smtp::none());
+    let want: BTreeSet<_> = [("hook".to_string(), quiet.to_string(), "stale".to_string())]
+        .into_iter()
+        .collect();
+    check(&got, &want);
+    // Notified once: its marker says so.
+    assert!(state.join(format!("notify/live/{quiet}.notified")).exists());
+    assert!(state.join(format!("notify/live/{busy}")).exists());
+    drop(c);
 }
