@@ -553,3 +553,63 @@ fn a_claimed_run_gone_quiet_is_notified_stale_once() {
     assert!(state.join(format!("notify/live/{busy}")).exists());
     drop(c);
 }
+
+#[test]
+fn notify_add_refuses_what_it_cannot_send_to() {
+    let (_dir, state) = keyed_state();
+    for (args, why) in [
+        (vec!["a", "--webhook", "https://hooks.example/x"], "https"),
+        (vec!["a", "--ntfy", "ftp://x/y"], "http://"),
+        (vec!["a"], "exactly one of"),
+        (
+            vec!["a", "--webhook", "http://h/", "--ntfy", "http://h/"],
+            "exactly one of",
+        ),
+        (
+            vec!["a", "--smtp", "smtp://m:25", "--to", "ops@lab"],
+            "--from",
+        ),
+        (
+            vec![
+                "a",
+                "--smtp",
+                "smtp://m",
+                "--from",
+                "k@lab",
+                "--to",
+                "x\r\nDATA",
+            ],
+            "bad mail address",
+        ),
+        (
+            vec!["a", "--webhook", "http://h/", "--on", "failed,boom"],
+            "unknown event",
+        ),
+        (
+            vec!["../a", "--webhook", "http://h/"],
+            "invalid receiver name",
+        ),
+    ] {
+        let o = kc(&state, &[&["notify", "add"], args.as_slice()].concat());
+        assert_eq!(o.code, 2, "{args:?}: {}", o.stdout);
+        assert!(o.stderr.contains(why), "{args:?}: {}", o.stderr);
+        assert_eq!(o.stderr.trim().lines().count(), 1, "{}", o.stderr);
+    }
+    add(&state, &["a", "--webhook", "http://h/"]);
+    let o = kc(&state, &["notify", "add", "a", "--ntfy", "http://h/t"]);
+    assert!(o.stderr.contains("exists"), "{}", o.stderr);
+    let o = kc(&state, &["notify", "list"]);
+    assert!(
+        o.stdout
+            .contains("on failed,held,never_booted,stale,contested"),
+        "{}",
+        o.stdout
+    );
+    let o = kc(&state, &["notify", "rm", "a"]);
+    assert_eq!(o.code, 0, "{}", o.stderr);
+    let o = kc(&state, &["notify", "rm", "a"]);
+    assert_ne!(o.code, 0);
+    let o = kc(&state, &["notify", "status"]);
+    assert_eq!(o.code, 0, "{}", o.stderr);
+    assert!(o.stdout.starts_with("0 pending, 0 failing"), "{}", o.stdout);
+}
