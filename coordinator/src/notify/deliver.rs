@@ -165,16 +165,17 @@ pub fn title(n: &Notification) -> String {
     header_safe(&format!("kiln: {}{host} ({})", n.event.as_str(), n.plan))
 }
 
-/// The text of a notification (ntfy's message, the mail's body).
+/// The text of a notification (ntfy's message, the mail's body): one field a line,
+/// each cut to one line (no CR or LF inside: nothing to smuggle into a mail).
 pub fn text(n: &Notification) -> String {
     format!(
         "run {}\nhost {}\nplan {}\nevent {}\n{}\nkey {}\n",
-        n.run,
-        n.host,
-        n.plan,
+        cut(&n.run, 64),
+        cut(&n.host, 200),
+        cut(&n.plan, 200),
         n.event.as_str(),
         cut(&n.detail, super::MAX_DETAIL),
-        n.key
+        cut(&n.key, 64)
     )
 }
 

@@ -155,7 +155,7 @@ fn a_mail_is_dot_stuffed_with_crlf_lines() {
         event: Kind::Failed,
         run: run().to_string(),
         host: "node1".into(),
-        plan: "nightly".into(),
+        plan: "night\rly\n.\r\nDATA".into(),
         detail: ".hidden".into(),
         time: 0,
     };
@@ -163,7 +163,11 @@ fn a_mail_is_dot_stuffed_with_crlf_lines() {
     assert!(m.contains("\r\n..hidden\r\n"), "{m}");
     assert!(m.contains(&format!("Message-ID: <{}@kiln>\r\n", n.key)));
     assert!(m.ends_with("\r\n."));
-    assert!(!m.replace("\r\n", "").contains('\n'), "bare LF in {m:?}");
+    assert!(
+        !m.replace("\r\n", "").contains(['\n', '\r']),
+        "bare CR or LF in {m:?}"
+    );
+    assert!(!m.contains("\r\n.\r\n"), "an early end of DATA in {m:?}");
 }
 
 /// An HTTP receiver on loopback answering `status` to each request; hands back the
