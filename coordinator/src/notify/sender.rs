@@ -150,12 +150,22 @@ fn run(state: &State) {
             return;
         }
     };
+    match (receivers(state), outbox(state)) {
+        (Ok(r), Ok(q)) if !r.receivers.is_empty() || !q.is_empty() => log::info!(
+            "notify: {} receiver(s), {} notification(s) queued",
+            r.receivers.len(),
+            q.len()
+        ),
+        (Err(e), _) | (_, Err(e)) => log::warn!("notify: {e:#}"),
+        _ => {}
+    }
     let mut stale_checked: Option<std::time::Instant> = None;
     loop {
         if stale_checked.is_none_or(|t| t.elapsed() >= STALE_CHECK) {
             if let Err(e) = super::stale::check(state) {
                 log::warn!("notify: checking for stale runs: {e:#}");
             }
+            sweep_temp(state);
             stale_checked = Some(std::time::Instant::now());
         }
         let sleep = match deliver_due(state) {
@@ -173,5 +183,29 @@ fn run(state: &State) {
             }
         };
         super::wait(sleep.max(Duration::from_millis(200)));
+    }
+}
+
+/// Removes temp files a crash left in the outbox in the middle of a write (an hour
+/// old: no write takes that long).
+fn sweep_temp(state: &State) {
+    let Ok(rd) = std::fs::read_dir(super::outbox_dir(state)) else {
+        return;
+    };
+    for e in rd.map_while(Result::ok).take(super::MAX_LISTED) {
+        let name = e.file_name();
+        let old = e
+            .metadata()
+            .and_then(|m| m.modified())
+            .ok()
+            .and_then(|t| t.elapsed().ok())
+            .is_some_and(|age| age > Duration::from_secs(3600));
+        if name
+            .to_str()
+            .is_some_and(|n| n.starts_with('.') && n.contains(".tmp"))
+            && old
+        {
+            let _ = std::fs::remove_file(e.path());
+        }
     }
 }
