@@ -184,7 +184,7 @@ pub struct NotifyAddCmd {
     #[argh(positional)]
     pub name: String,
     /// a webhook URL (http://…): JSON POST, signed with --secret (header
-    /// Kiln-Signature: sha256=<hex HMAC-SHA256 of the body>)
+    /// Kiln-Signature: sha256=HEX, the HMAC-SHA256 of the body)
     #[argh(option)]
     pub webhook: Option<String>,
     /// an ntfy topic URL (http://…/topic); --secret names an access token
