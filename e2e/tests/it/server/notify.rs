@@ -613,3 +613,36 @@ fn notify_add_refuses_what_it_cannot_send_to() {
     assert_eq!(o.code, 0, "{}", o.stderr);
     assert!(o.stdout.starts_with("0 pending, 0 failing"), "{}", o.stdout);
 }
+
+#[test]
+fn a_last_batch_whose_notification_cannot_be_queued_is_refused_until_it_can() {
+    let (_dir, state) = keyed_state();
+    add(
+        &state,
+        &["ops", "--webhook", "http://127.0.0.1:9/", "--on", "failed"],
+    );
+    let c = Coordinator::start(&state);
+    let run = issue(&state);
+    let mut r = Reporter::new(run);
+    let claim = r.claim();
+    let f = r.frames(vec![claim]);
+    ack(&c.url, &run, &r.seal(f));
+    // The outbox cannot be written: a file stands where its folder goes.
+    let outbox = state.join("notify/outbox");
+    let _ = std::fs::remove_dir(&outbox);
+    std::fs::write(&outbox, "in the way").expect("block the outbox");
+    let f = r.frames(full_run(Outcome::Failed));
+    let last = r.seal(f);
+    let a = post_batch(&c.url, &run, &last);
+    assert_eq!(a.status, 500, "{}", a.text());
+    // The agent sends it again once the outbox is back: acked, and queued.
+    std::fs::remove_file(&outbox).expect("unblock");
+    ack(&c.url, &run, &last);
+    let s = status(&state);
+    let q = s["queued"].as_array().expect("queued");
+    assert_eq!(q.len(), 1, "{s}");
+    assert_eq!(
+        (q[0]["run"].as_str(), q[0]["event"].as_str()),
+        (Some(run.to_string().as_str()), Some("failed"))
+    );
+}
