@@ -405,9 +405,8 @@ pub struct Queued {
 /// Most outbox files one listing reads (the rest wait for the next pass).
 pub const MAX_LISTED: usize = 100_000;
 
-/// The outbox, oldest first (by queue time); unreadable files are listed with the
-/// reason.
-pub fn outbox(state: &State) -> Result<Vec<Queued>> {
+/// The outbox's files (at most [`MAX_LISTED`]), unordered: `<key>.json`, not temp files.
+pub fn outbox_paths(state: &State) -> Result<Vec<PathBuf>> {
     let dir = outbox_dir(state);
     let rd = match std::fs::read_dir(&dir) {
         Ok(rd) => rd,
@@ -422,15 +421,31 @@ pub fn outbox(state: &State) -> Result<Vec<Queued>> {
         if name.starts_with('.') || !name.ends_with(".json") {
             continue;
         }
-        let path = e.path();
-        let entry = kiln_protocol::io::read_file_capped(&path, MAX_ENTRY_BYTES, "an outbox file")
-            .map_err(|e| e.to_string())
-            .and_then(|b| serde_json::from_slice::<Entry>(&b).map_err(|e| e.to_string()));
-        out.push(Queued { path, entry });
+        out.push(e.path());
         if out.len() >= MAX_LISTED {
             break;
         }
     }
+    Ok(out)
+}
+
+/// Reads one outbox file (size-bounded), or says why it cannot be read.
+pub fn read_entry(path: &std::path::Path) -> Result<Entry, String> {
+    kiln_protocol::io::read_file_capped(path, MAX_ENTRY_BYTES, "an outbox file")
+        .map_err(|e| e.to_string())
+        .and_then(|b| serde_json::from_slice::<Entry>(&b).map_err(|e| e.to_string()))
+}
+
+/// The outbox, oldest first (by queue time); unreadable files are listed with the
+/// reason.
+pub fn outbox(state: &State) -> Result<Vec<Queued>> {
+    let mut out: Vec<Queued> = outbox_paths(state)?
+        .into_iter()
+        .map(|path| Queued {
+            entry: read_entry(&path),
+            path,
+        })
+        .collect();
     out.sort_by_key(|q| q.entry.as_ref().map_or(0, |e| e.notification.time));
     Ok(out)
 }

@@ -3,10 +3,11 @@
 //! restart keeps the schedule). One sender per state folder (an flock on
 //! `notify/sender.lock`); a second server waits for it.
 use anyhow::{Context, Result};
-use std::collections::HashMap;
+use std::collections::{HashMap, HashSet};
+use std::path::{Path, PathBuf};
 use std::time::Duration;
 
-use super::{Entry, deliver, outbox, receivers};
+use super::{Entry, deliver, outbox, outbox_paths, read_entry, receivers};
 use crate::fsutil::{now_s, write_atomic};
 use crate::state::State;
 
@@ -43,76 +44,130 @@ pub struct Pass {
     pub next_at: Option<u64>,
 }
 
-/// One pass over the outbox: sends every due notification once, in queue order.
-/// After a receiver fails, its other notifications wait for the next pass.
+/// The sender's memory across passes: the outbox entries it has read (it is their
+/// only writer once queued, so only new files are read again), and each receiver's
+/// run of failures.
+#[derive(Debug, Default)]
+pub struct Sender {
+    cache: HashMap<PathBuf, Entry>,
+    /// Receiver name → (failures in a row, not before this time). While a receiver
+    /// is backing off none of its notifications is tried: a receiver that is down
+    /// costs one attempt per backoff, however much waits for it.
+    receivers: HashMap<String, (u32, u64)>,
+}
+
+/// One pass with a fresh [`Sender`] (reads every outbox file).
 pub fn deliver_due(state: &State) -> Result<Pass> {
-    let rs = receivers(state)?;
-    let mut pass = Pass::default();
-    // Receivers that failed in this pass, and when their failed notification is due.
-    let mut down: HashMap<String, u64> = HashMap::new();
-    for q in outbox(state)? {
-        let mut e: Entry = match q.entry {
-            Ok(e) => e,
-            Err(why) => {
-                // Not kiln's: moved aside so it is neither retried nor lost.
-                log::warn!("notify: {}: {why}; set aside", q.path.display());
-                let _ = std::fs::rename(&q.path, q.path.with_extension("bad"));
+    Sender::default().pass(state)
+}
+
+fn remove(path: &Path) -> Result<()> {
+    match std::fs::remove_file(path) {
+        Err(e) if e.kind() != std::io::ErrorKind::NotFound => {
+            Err(e).with_context(|| format!("removing {}", path.display()))
+        }
+        _ => Ok(()),
+    }
+}
+
+impl Sender {
+    /// One pass over the outbox: sends every due notification once, the earliest
+    /// due first (the fresh before the retried, so one notification a receiver
+    /// refuses does not hold back the others). After a receiver fails, its
+    /// notifications wait for its backoff.
+    pub fn pass(&mut self, state: &State) -> Result<Pass> {
+        let rs = receivers(state)?;
+        let mut pass = Pass::default();
+        let paths = outbox_paths(state)?;
+        let listed: HashSet<&PathBuf> = paths.iter().collect();
+        self.cache.retain(|p, _| listed.contains(p));
+        let mut due = Vec::new();
+        for path in &paths {
+            if !self.cache.contains_key(path) {
+                match read_entry(path) {
+                    Ok(e) => {
+                        self.cache.insert(path.clone(), e);
+                    }
+                    Err(why) => {
+                        // Not kiln's: moved aside so it is neither retried nor lost.
+                        log::warn!("notify: {}: {why}; set aside", path.display());
+                        let _ = std::fs::rename(path, path.with_extension("bad"));
+                        continue;
+                    }
+                }
+            }
+            let e = &self.cache[path];
+            due.push((e.next_at, e.notification.time, path.clone()));
+        }
+        due.sort();
+        self.receivers
+            .retain(|name, _| rs.receivers.iter().any(|r| &r.name == name));
+        for (_, _, path) in due {
+            let Some(mut e) = self.cache.get(&path).cloned() else {
+                continue;
+            };
+            let Some(r) = rs.receivers.iter().find(|r| r.name == e.receiver) else {
+                log::warn!(
+                    "notify: receiver {} is gone; dropping its {} of run {}",
+                    e.receiver,
+                    e.notification.event.as_str(),
+                    e.notification.run
+                );
+                remove(&path)?;
+                self.cache.remove(&path);
+                pass.dropped += 1;
+                continue;
+            };
+            let now = now_s();
+            let (_, receiver_until) = self.receivers.get(&r.name).copied().unwrap_or((0, 0));
+            let wait_until = receiver_until.max(e.next_at);
+            if wait_until > now {
+                pass.waiting += 1;
+                pass.next_at = Some(pass.next_at.map_or(wait_until, |n| n.min(wait_until)));
                 continue;
             }
-        };
-        let Some(r) = rs.receivers.iter().find(|r| r.name == e.receiver) else {
-            log::warn!(
-                "notify: receiver {} is gone; dropping its {} of run {}",
-                e.receiver,
-                e.notification.event.as_str(),
-                e.notification.run
-            );
-            std::fs::remove_file(&q.path)
-                .with_context(|| format!("removing {}", q.path.display()))?;
-            pass.dropped += 1;
-            continue;
-        };
-        let now = now_s();
-        let wait_until = down.get(&r.name).copied().unwrap_or(0).max(e.next_at);
-        if wait_until > now || down.contains_key(&r.name) {
-            pass.waiting += 1;
-            pass.next_at = Some(pass.next_at.map_or(wait_until, |n| n.min(wait_until)));
-            continue;
-        }
-        match deliver::send(state, r, &e) {
-            Ok(()) => {
-                std::fs::remove_file(&q.path)
-                    .with_context(|| format!("removing {}", q.path.display()))?;
-                log::info!(
-                    "notify: {} of run {} delivered to {} ({})",
-                    e.notification.event.as_str(),
-                    e.notification.run,
-                    r.name,
-                    e.notification.key
-                );
-                pass.sent += 1;
-            }
-            Err(why) => {
-                e.attempts = e.attempts.saturating_add(1);
-                e.next_at = now_s() + backoff(e.attempts);
-                log::warn!(
-                    "notify: {} ({}) attempt {} failed: {why}; next in {}s",
-                    r.name,
-                    r.redacted_url(),
-                    e.attempts,
-                    e.next_at.saturating_sub(now_s())
-                );
-                e.last_error = Some(why);
-                let bytes = serde_json::to_vec_pretty(&e).context("encoding a notification")?;
-                // Delivered meanwhile by nobody else (one sender), so rewriting is safe.
-                write_atomic(&q.path, &bytes, 0o600)?;
-                down.insert(r.name.clone(), e.next_at);
-                pass.failed += 1;
-                pass.next_at = Some(pass.next_at.map_or(e.next_at, |n| n.min(e.next_at)));
+            match deliver::send(state, r, &e) {
+                Ok(()) => {
+                    remove(&path)?;
+                    self.cache.remove(&path);
+                    self.receivers.remove(&r.name);
+                    log::info!(
+                        "notify: {} of run {} delivered to {} ({})",
+                        e.notification.event.as_str(),
+                        e.notification.run,
+                        r.name,
+                        e.notification.key
+                    );
+                    pass.sent += 1;
+                }
+                Err(why) => {
+                    let now = now_s();
+                    e.attempts = e.attempts.saturating_add(1);
+                    e.next_at = now + backoff(e.attempts);
+                    let fails = self.receivers.get(&r.name).map_or(0, |f| f.0) + 1;
+                    let until = now + backoff(fails);
+                    self.receivers.insert(r.name.clone(), (fails, until));
+                    log::warn!(
+                        "notify: {} ({}) attempt {} failed: {why}; next in {}s",
+                        r.name,
+                        r.redacted_url(),
+                        e.attempts,
+                        e.next_at.max(until).saturating_sub(now)
+                    );
+                    e.last_error = Some(why);
+                    let bytes = serde_json::to_vec_pretty(&e).context("encoding a notification")?;
+                    // One sender per state folder: nobody else rewrites a queued file
+                    // (one dropped meanwhile by `notify rm` comes back, and is dropped
+                    // at the next pass: its receiver is gone).
+                    write_atomic(&path, &bytes, 0o600)?;
+                    self.cache.insert(path.clone(), e);
+                    pass.failed += 1;
+                    pass.next_at = Some(pass.next_at.map_or(until, |n| n.min(until)));
+                }
             }
         }
+        Ok(pass)
     }
-    Ok(pass)
 }
 
 /// Starts the sender thread for `state`.
@@ -159,6 +214,7 @@ fn run(state: &State) {
         (Err(e), _) | (_, Err(e)) => log::warn!("notify: {e:#}"),
         _ => {}
     }
+    let mut sender = Sender::default();
     let mut stale_checked: Option<std::time::Instant> = None;
     loop {
         if stale_checked.is_none_or(|t| t.elapsed() >= STALE_CHECK) {
@@ -168,7 +224,7 @@ fn run(state: &State) {
             sweep_temp(state);
             stale_checked = Some(std::time::Instant::now());
         }
-        let sleep = match deliver_due(state) {
+        let sleep = match sender.pass(state) {
             Ok(p) => {
                 if p.sent + p.failed + p.dropped > 0 {
                     log::debug!("notify: {p:?}");

@@ -330,3 +330,38 @@ fn an_unreadable_outbox_file_is_set_aside() {
     assert!(outbox_dir(&s).join("x.bad").exists());
     assert!(outbox(&s).unwrap().is_empty());
 }
+
+#[test]
+fn a_receiver_that_is_down_costs_one_attempt_per_backoff() {
+    let (_d, s) = state();
+    // Nothing listens on a port just let go.
+    let port = TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port();
+    let url = format!("http://127.0.0.1:{port}/");
+    save_receivers(
+        &s,
+        &Receivers {
+            receivers: vec![receiver("down", Via::Webhook, &url, &Kind::ALL)],
+        },
+    )
+    .unwrap();
+    for kind in [Kind::Failed, Kind::Passed, Kind::Stale] {
+        emit(&s, &run(), kind, "x").unwrap();
+    }
+    let mut sender = super::sender::Sender::default();
+    let p = sender.pass(&s).unwrap();
+    assert_eq!((p.sent, p.failed, p.waiting), (0, 1, 2));
+    // At once again: the receiver is backing off, nothing is tried.
+    let p = sender.pass(&s).unwrap();
+    assert_eq!((p.sent, p.failed, p.waiting), (0, 0, 3));
+    // The two never tried are still pending, one is failing.
+    let attempts: Vec<u32> = outbox(&s)
+        .unwrap()
+        .iter()
+        .map(|q| q.entry.as_ref().unwrap().attempts)
+        .collect();
+    assert_eq!(attempts.iter().sum::<u32>(), 1, "{attempts:?}");
+}
