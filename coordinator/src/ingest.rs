@@ -116,18 +116,24 @@ fn note_refused_claim(rd: &RunDir, c: &Cached, body: &[u8], from: Source, r: &Re
         r.reason
     );
     let detail = format!("{} {}", r.status, r.reason);
+    // Notified when the run becomes contested (queued before it is recorded, so a
+    // crash in between notifies at the next attempt), not at every further attempt
+    // of the same claimant: the notification is the same key, and the claimant's
+    // rate is not the receivers' business.
+    if kind == claims::Kind::Contested
+        && let Some(state) = rd.state()
+        && !claims::read(rd).is_ok_and(|l| l.contested())
+    {
+        let detail = format!("claim from {from} by {}: {detail}", k.fingerprint());
+        if let Err(e) = crate::notify::emit(&state, &rd.id, crate::notify::Kind::Contested, &detail)
+        {
+            log::error!("run {}: queueing its contested notification: {e:#}", rd.id);
+        }
+    }
     match claims::append(rd, kind, from, Some(&k), &detail) {
         Ok(_) => {
             if let Some(state) = rd.state() {
                 crate::journal::note_run(&state, &rd.id);
-                if kind == claims::Kind::Contested {
-                    let detail = format!("claim from {from} by {}: {detail}", k.fingerprint());
-                    if let Err(e) =
-                        crate::notify::emit(&state, &rd.id, crate::notify::Kind::Contested, &detail)
-                    {
-                        log::error!("run {}: queueing its contested notification: {e:#}", rd.id);
-                    }
-                }
             }
         }
         Err(e) => log::error!("run {}: recording a {} claim: {e:#}", rd.id, kind.as_str()),

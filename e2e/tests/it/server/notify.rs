@@ -425,6 +425,10 @@ fn finished_runs_and_a_contested_claim_reach_real_receivers() {
         hook.got().len() + push.got().len() + smtp.mails().len(),
         want.len()
     );
+    // The run stays contested: a claimant's further attempts queue nothing more.
+    contest(&c.url, fail);
+    let s = status(&state);
+    assert!(s["queued"].as_array().is_some_and(Vec::is_empty), "{s}");
 }
 
 #[test]
