@@ -10,6 +10,7 @@ use crate::commands::admin::{
     DnsmasqCmd, HostAddCmd, HostListCmd, HostSetCmd, ImageAddCmd, InitCmd, KeyCmd, SecretSetCmd,
 };
 use crate::commands::gc::GcCmd;
+use crate::commands::notify::{NotifyAddCmd, NotifyListCmd, NotifyRmCmd, NotifyStatusCmd};
 use crate::commands::power::HostPowerCmd;
 use crate::commands::runs::{
     ImportCmd, ReportCmd, RunAbortCmd, RunAckContestCmd, RunLogsCmd, RunShowCmd, RunsCmd,
@@ -18,7 +19,7 @@ use crate::commands::serve::ServeCmd;
 use crate::commands::ticket::{TicketIssueCmd, TicketShowCmd};
 use crate::commands::users::{TokenCmd, TokenSub, UserCmd, UserSub};
 use crate::commands::watch::RunWatchCmd;
-use crate::commands::{admin, gc, power, runs, serve, ticket, users, watch};
+use crate::commands::{admin, gc, notify, power, runs, serve, ticket, users, watch};
 use crate::exit;
 use crate::state::{State, resolve_root};
 
@@ -53,6 +54,7 @@ pub enum Command {
     Gc(GcCmd),
     User(UserCmd),
     Token(TokenCmd),
+    Notify(NotifyCmd),
 }
 
 /// Manage hosts.
@@ -148,6 +150,26 @@ pub enum ImageSub {
     Add(ImageAddCmd),
 }
 
+/// Notification receivers and the outbox.
+#[derive(FromArgs, Debug)]
+#[argh(subcommand, name = "notify")]
+pub struct NotifyCmd {
+    #[argh(subcommand)]
+    /// notify command
+    pub command: NotifySub,
+}
+
+/// Notify subcommands.
+#[derive(FromArgs, Debug)]
+#[argh(subcommand)]
+#[allow(missing_docs)]
+pub enum NotifySub {
+    Add(NotifyAddCmd),
+    List(NotifyListCmd),
+    Rm(NotifyRmCmd),
+    Status(NotifyStatusCmd),
+}
+
 /// Runs a parsed command line; returns the process exit code ([`crate::exit`]).
 pub fn run(cli: Cli) -> Result<i32> {
     let root = resolve_root(cli.state);
@@ -217,6 +239,12 @@ pub fn run(cli: Cli) -> Result<i32> {
         Command::Token(TokenCmd {
             command: TokenSub::Rm(c),
         }) => users::cmd_token_rm(&state, &c),
+        Command::Notify(NotifyCmd { command }) => match command {
+            NotifySub::Add(c) => notify::cmd_add(&state, &c),
+            NotifySub::List(_) => notify::cmd_list(&state),
+            NotifySub::Rm(c) => notify::cmd_rm(&state, &c),
+            NotifySub::Status(c) => notify::cmd_status(&state, &c),
+        },
         Command::Image(ImageCmd {
             command: ImageSub::Add(c),
         }) => admin::cmd_image_add(&state, &c),

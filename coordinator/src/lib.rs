@@ -22,6 +22,7 @@ pub mod journal;
 pub mod lights;
 pub mod limits;
 pub mod neigh;
+pub mod notify;
 pub mod plan;
 pub mod power;
 pub mod powerq;

@@ -163,11 +163,20 @@ pub fn append(rd: &RunDir, rec: &Record) -> Result<()> {
     f.write_all(&line)
         .and_then(|_| f.sync_data())
         .with_context(|| format!("appending to {}", path.display()))?;
-    // The coordinator ending a run changes what the index serves (and lists).
+    // The coordinator ending a run changes what the index serves (and lists), and
+    // someone wants to hear of it.
     if rec.event == Event::Ended
         && let Some(state) = rd.state()
     {
         crate::journal::note_run(&state, &rd.id);
+        let kind = if rec.detail.starts_with("never booted") {
+            crate::notify::Kind::NeverBooted
+        } else {
+            crate::notify::Kind::Failed
+        };
+        if let Err(e) = crate::notify::emit(&state, &rd.id, kind, &rec.detail) {
+            log::error!("run {}: queueing its notification: {e:#}", rd.id);
+        }
     }
     Ok(())
 }

@@ -5,6 +5,7 @@
 
 pub mod admin;
 pub mod gc;
+pub mod notify;
 pub mod power;
 pub mod runs;
 pub mod serve;

@@ -55,6 +55,8 @@ pub fn cmd_serve(state: &State, c: &ServeCmd) -> Result<i32> {
         crate::fsutil::write_atomic(&f, format!("{}\n", server.addr()).as_bytes(), 0o644)
             .context("writing the address file")?;
     }
+    // Delivers the notification outbox (what a crash left queued included).
+    crate::notify::sender::spawn(state)?;
     if let Some(every) = &c.gc_every {
         let s =
             crate::units::parse_duration(every).map_err(|e| anyhow::anyhow!("--gc-every: {e}"))?;
