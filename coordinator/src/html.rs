@@ -202,7 +202,8 @@ fn session_bar(v: &Viewer, run: Option<&RunStatus>) -> String {
     out
 }
 
-/// `page` with [`session_bar`] at the top of its body.
+/// `page` with the session bar (who, log out; the abort form for an operator on a
+/// live run) at the top of its body.
 pub fn with_session(page: String, v: &Viewer, run: Option<&RunStatus>) -> String {
     match page
         .find("<body")
