@@ -5,6 +5,7 @@
 //! `Last-Event-ID`); a comment every [`KEEPALIVE`] finds a client that went away.
 use kiln_protocol::{Event, RunId};
 use std::io::{Read, Seek, SeekFrom};
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::{Duration, Instant};
 use tiny_http::{Request, Response, StatusCode};
 
@@ -20,9 +21,34 @@ pub const KEEPALIVE: Duration = Duration::from_secs(15);
 pub const MAX_STREAM: Duration = Duration::from_secs(3600);
 /// Most bytes of the log read per poll.
 const CHUNK: usize = 1 << 20;
+/// Most streams open at once (each holds a worker thread); beyond, 503.
+pub const MAX_STREAMS: usize = 256;
+
+/// Streams open now.
+static OPEN: AtomicUsize = AtomicUsize::new(0);
+
+/// One open stream's place in [`OPEN`], given back when the stream ends.
+struct Slot;
+
+impl Slot {
+    fn take() -> Option<Slot> {
+        OPEN.fetch_update(Ordering::AcqRel, Ordering::Acquire, |n| {
+            (n < MAX_STREAMS).then_some(n + 1)
+        })
+        .ok()
+        .map(|_| Slot)
+    }
+}
+
+impl Drop for Slot {
+    fn drop(&mut self) {
+        OPEN.fetch_sub(1, Ordering::AcqRel);
+    }
+}
 
 /// The body: reads events.log from where it was, turns frames into events.
 struct Frames {
+    _slot: Slot,
     rd: RunDir,
     scan: Scan,
     buf: Vec<u8>,
@@ -114,8 +140,15 @@ pub fn stream(ctx: &Ctx, rq: &Request, run: &RunId, query: &str) -> Reply {
             .parse::<u64>()
             .map_err(|_| Refusal::new(400, "Last-Event-ID (or after=) must be a frame's seq"))?,
     };
+    let Some(slot) = Slot::take() else {
+        return Err(Refusal::new(
+            503,
+            format!("{MAX_STREAMS} event streams are open: try again later"),
+        ));
+    };
     let now = Instant::now();
     let body = Frames {
+        _slot: slot,
         rd,
         scan: Scan::default(),
         buf: Vec::new(),

@@ -113,3 +113,26 @@ fn frames_stream_as_they_are_ingested_and_resume_after_the_last_id() {
     BufReader::new(t).read_line(&mut l).unwrap();
     assert!(l.starts_with("HTTP/1.1 400"), "{l}");
 }
+
+#[test]
+fn open_streams_are_capped_and_the_rest_of_the_server_answers() {
+    let (_d, state) = keyed_state();
+    let run = issue(&state);
+    let c = Coordinator::start(&state);
+    let mut r = Reporter::new(run);
+    let claim = r.claim();
+    let f = r.frames(vec![claim]);
+    ack(&c.url, &run, &r.seal(f));
+    // 256 live streams (the cap), each holding a worker thread.
+    let held: Vec<BufReader<TcpStream>> = (0..256).map(|_| open(&c.url, &run, None)).collect();
+    let addr = c.url.trim_start_matches("http://");
+    let mut t = TcpStream::connect(addr).unwrap();
+    write!(t, "GET /v1/runs/{run}/stream HTTP/1.1\r\nHost: x\r\n\r\n").unwrap();
+    let mut l = String::new();
+    BufReader::new(t).read_line(&mut l).unwrap();
+    assert!(l.starts_with("HTTP/1.1 503"), "{l}");
+    // The agent's routes still answer.
+    let f = r.frames(vec![log(0, "still served")]);
+    assert_eq!(ack(&c.url, &run, &r.seal(f)).upto, 2);
+    drop(held);
+}
