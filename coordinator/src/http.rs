@@ -12,8 +12,6 @@ use std::io::Read;
 use std::net::SocketAddr;
 use std::panic::AssertUnwindSafe;
 use std::sync::Arc;
-use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
-use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 use tiny_http::{Header, Method, Request, Response, ResponseBox, StatusCode};
 
@@ -31,12 +29,10 @@ mod stream;
 
 pub use net::Net;
 
-/// Worker threads always ready to answer requests. While all are busy (slow clients
-/// sending bodies), more are started, up to the connection cap; those end after
-/// [`EXTRA_WORKER_IDLE`] without work.
+/// Kept for callers that name a worker count: requests are now answered on the
+/// thread of the connection that sent them (vendored tiny_http patch 9), so there is
+/// no shared pool to size; the connection cap bounds the threads.
 pub const WORKERS: usize = 16;
-/// How long a worker started beyond [`WORKERS`] waits for work before it ends.
-pub const EXTRA_WORKER_IDLE: Duration = Duration::from_secs(10);
 pub use crate::limits::{DEFAULT_ARTIFACT_CAP, DEFAULT_RUN_QUOTA, Limits};
 #[doc(hidden)]
 pub use objects::{Range, parse_range};
@@ -69,69 +65,11 @@ pub struct Ctx {
 /// A refusal on its way to the client.
 pub type Reply = std::result::Result<ResponseBox, Refusal>;
 
-/// A running server; its workers stop on [`Server::stop`].
+/// A running server: each connection is served on its own thread, which reads a
+/// request, answers it and reads the next; [`Server::stop`] stops accepting.
 pub struct Server {
-    pool: Arc<Pool>,
+    http: Arc<tiny_http::Server>,
     addr: SocketAddr,
-    workers: Vec<JoinHandle<()>>,
-}
-
-/// The workers' shared state: the server, the handlers' context, and counts that
-/// tell a worker taking a request whether it was the last one waiting.
-struct Pool {
-    http: tiny_http::Server,
-    ctx: Ctx,
-    /// Workers waiting for a request.
-    idle: AtomicUsize,
-    /// Workers running.
-    total: AtomicUsize,
-    /// Most workers (the connection cap: each busy one holds a connection).
-    max: usize,
-    stopping: AtomicBool,
-}
-
-impl Pool {
-    /// A worker's loop; `extra` ones end after [`EXTRA_WORKER_IDLE`] without work.
-    fn work(self: &Arc<Self>, extra: bool) {
-        loop {
-            let next = if extra {
-                self.http.recv_timeout(EXTRA_WORKER_IDLE)
-            } else {
-                self.http.recv().map(Some)
-            };
-            let rq = match next {
-                Ok(Some(rq)) if !self.stopping.load(Ordering::Acquire) => rq,
-                _ => {
-                    self.idle.fetch_sub(1, Ordering::AcqRel);
-                    self.total.fetch_sub(1, Ordering::AcqRel);
-                    return;
-                }
-            };
-            if self.idle.fetch_sub(1, Ordering::AcqRel) == 1 {
-                self.grow();
-            }
-            handle(&self.ctx, rq);
-            self.idle.fetch_add(1, Ordering::AcqRel);
-        }
-    }
-
-    /// Starts one more worker, unless there are [`Pool::max`] already.
-    fn grow(self: &Arc<Self>) {
-        if self.total.fetch_add(1, Ordering::AcqRel) >= self.max {
-            self.total.fetch_sub(1, Ordering::AcqRel);
-            return;
-        }
-        self.idle.fetch_add(1, Ordering::AcqRel);
-        let pool = self.clone();
-        let spawned = std::thread::Builder::new()
-            .name("http-extra".into())
-            .spawn(move || pool.work(true));
-        if let Err(e) = spawned {
-            log::warn!("starting another worker thread: {e}");
-            self.idle.fetch_sub(1, Ordering::AcqRel);
-            self.total.fetch_sub(1, Ordering::AcqRel);
-        }
-    }
 }
 
 impl Server {
@@ -185,11 +123,8 @@ impl Server {
             log::info!("removed {swept} leftover upload temp file(s) from cas/");
         }
         let listener = net::listen_on(listen)?;
-        let http = tiny_http::Server::from_listener_with_limits(listener, None, net.limits())
-            .map_err(|e| anyhow::anyhow!("listening on {listen}: {e}"))?;
-        let addr = http
-            .server_addr()
-            .to_ip()
+        let addr = listener
+            .local_addr()
             .context("listening on a non-IP address")?;
         let ctx = Ctx {
             state: state.clone(),
@@ -203,29 +138,14 @@ impl Server {
             sessions: Default::default(),
             public_read,
         };
-        let workers = workers.max(1);
-        let pool = Arc::new(Pool {
-            http,
-            ctx,
-            idle: AtomicUsize::new(workers),
-            total: AtomicUsize::new(workers),
-            max: net.max_connections.max(workers),
-            stopping: AtomicBool::new(false),
-        });
-        let workers = (0..workers)
-            .map(|n| {
-                let pool = pool.clone();
-                std::thread::Builder::new()
-                    .name(format!("http-{n}"))
-                    .spawn(move || pool.work(false))
-                    .context("starting a worker thread")
-            })
-            .collect::<Result<Vec<_>>>()?;
-        Ok(Server {
-            pool,
-            addr,
-            workers,
-        })
+        let _ = workers;
+        let ctx = Arc::new(ctx);
+        let handler: tiny_http::Handler = Arc::new(move |rq| handle(&ctx, rq));
+        let http = Arc::new(
+            tiny_http::Server::from_listener_with_handler(listener, None, net.limits(), handler)
+                .map_err(|e| anyhow::anyhow!("listening on {listen}: {e}"))?,
+        );
+        Ok(Server { http, addr })
     }
 
     /// The bound address.
@@ -233,34 +153,20 @@ impl Server {
         self.addr
     }
 
-    /// Blocks until the workers end (they end on [`Server::stop`] or process exit).
+    /// Blocks until [`Server::stop`] (or the process ends).
     pub fn join(self) {
-        for w in self.workers {
-            let _ = w.join();
-        }
+        let _ = self.http.recv();
     }
 
     /// Connections open now.
     pub fn connections(&self) -> usize {
-        self.pool.http.num_connections()
+        self.http.num_connections()
     }
 
-    /// Worker threads running now.
-    pub fn workers(&self) -> usize {
-        self.pool.total.load(Ordering::Acquire)
-    }
-
-    /// Stops accepting requests and waits for the workers.
+    /// Stops accepting connections; connections open now finish the request they are
+    /// answering and then close when their clients do.
     pub fn stop(self) {
-        self.pool.stopping.store(true, Ordering::Release);
-        for w in self.workers {
-            // An extra worker may take a wake-up meant for this one: repeat.
-            while !w.is_finished() {
-                self.pool.http.unblock();
-                std::thread::sleep(Duration::from_millis(5));
-            }
-            let _ = w.join();
-        }
+        self.http.unblock();
     }
 }
 

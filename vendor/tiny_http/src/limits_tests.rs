@@ -309,3 +309,41 @@ fn a_streamed_body_goes_out_as_it_is_produced() {
     assert!(seen.contains("Transfer-Encoding: chunked"), "{seen}");
     go_tx.send(()).unwrap();
 }
+
+#[test]
+fn a_handler_answers_each_request_on_its_connections_thread() {
+    let l = TcpListener::bind("127.0.0.1:0").unwrap();
+    let addr = l.local_addr().unwrap().to_string();
+    let seen = Arc::new(std::sync::Mutex::new(Vec::new()));
+    let log = seen.clone();
+    let handler: crate::Handler = Arc::new(move |rq: crate::Request| {
+        log.lock()
+            .unwrap()
+            .push((rq.url().to_string(), std::thread::current().id()));
+        let body = rq.url().to_string();
+        let _ = rq.respond(Response::from_string(body));
+    });
+    let server =
+        Server::from_listener_with_handler(l, None, ConnectionLimits::default(), handler)
+            .unwrap();
+    // Two requests on one kept-alive connection, one on another: all answered, in
+    // order, each connection's on one thread, the two connections on two.
+    let mut a = connect(&addr);
+    for p in ["/a1", "/a2"] {
+        write!(a.get_mut(), "GET {p} HTTP/1.1\r\n\r\n").unwrap();
+        assert_eq!(response(&mut a).1, p);
+    }
+    let mut b = connect(&addr);
+    write!(b.get_mut(), "GET /b1 HTTP/1.1\r\n\r\n").unwrap();
+    assert_eq!(response(&mut b).1, "/b1");
+    let seen = seen.lock().unwrap().clone();
+    let urls: Vec<&str> = seen.iter().map(|(u, _)| u.as_str()).collect();
+    assert_eq!(urls, ["/a1", "/a2", "/b1"]);
+    assert_eq!(seen[0].1, seen[1].1);
+    assert_ne!(seen[0].1, seen[2].1);
+    assert_ne!(seen[0].1, std::thread::current().id());
+    // Nothing is queued for recv(): it waits until unblocked.
+    assert!(matches!(server.try_recv(), Ok(None)));
+    server.unblock();
+    assert!(server.recv().is_err());
+}
