@@ -70,6 +70,7 @@ pub type Reply = std::result::Result<ResponseBox, Refusal>;
 pub struct Server {
     http: Arc<tiny_http::Server>,
     addr: SocketAddr,
+    ctx: Arc<Ctx>,
 }
 
 impl Server {
@@ -140,12 +141,13 @@ impl Server {
         };
         let _ = workers;
         let ctx = Arc::new(ctx);
-        let handler: tiny_http::Handler = Arc::new(move |rq| handle(&ctx, rq));
+        let shared = ctx.clone();
+        let handler: tiny_http::Handler = Arc::new(move |rq| handle(&shared, rq));
         let http = Arc::new(
             tiny_http::Server::from_listener_with_handler(listener, None, net.limits(), handler)
                 .map_err(|e| anyhow::anyhow!("listening on {listen}: {e}"))?,
         );
-        Ok(Server { http, addr })
+        Ok(Server { http, addr, ctx })
     }
 
     /// The bound address.
@@ -156,6 +158,11 @@ impl Server {
     /// Blocks until [`Server::stop`] (or the process ends).
     pub fn join(self) {
         let _ = self.http.recv();
+    }
+
+    /// What the handlers share (the index, the ingester).
+    pub fn ctx(&self) -> &Arc<Ctx> {
+        &self.ctx
     }
 
     /// Connections open now.

@@ -662,6 +662,16 @@ impl Index {
         Ok(Page { rows, next, total })
     }
 
+    /// Runs claimed, aborted or expired and not finished (the lost-agent watch's).
+    pub fn live(&self) -> Vec<RunId> {
+        let runs = self.runs.read().unwrap_or_else(PoisonError::into_inner);
+        runs.rows
+            .iter()
+            .filter(|(_, r)| r.phase == Phase::Live)
+            .map(|(id, _)| *id)
+            .collect()
+    }
+
     /// The newest run issued for host `name`, if any.
     pub fn latest_of(&self, name: &str) -> Option<RunId> {
         let runs = self.runs.read().unwrap_or_else(PoisonError::into_inner);

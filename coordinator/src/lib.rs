@@ -21,6 +21,7 @@ pub mod ipxe;
 pub mod journal;
 pub mod lights;
 pub mod limits;
+pub mod lost;
 pub mod neigh;
 pub mod notify;
 pub mod plan;

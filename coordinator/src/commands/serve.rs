@@ -57,6 +57,30 @@ pub fn cmd_serve(state: &State, c: &ServeCmd) -> Result<i32> {
     }
     // Delivers the notification outbox (what a crash left queued included).
     crate::notify::sender::spawn(state)?;
+    let lost_after = Duration::from_secs(match &c.lost_after {
+        Some(v) => match crate::units::parse_duration(v) {
+            Ok(0) => anyhow::bail!("--lost-after must be longer than 0s"),
+            Ok(s) => s,
+            Err(e) => anyhow::bail!("--lost-after: {e}"),
+        },
+        None => crate::power::DEFAULT_LOST_AFTER_S,
+    });
+    let ctx = server.ctx().clone();
+    std::thread::Builder::new()
+        .name("lost".into())
+        .spawn(move || {
+            loop {
+                std::thread::sleep(crate::lost::EVERY);
+                if let Err(e) = ctx.index.sync() {
+                    log::warn!("lost-agent watch: {e:#}");
+                    continue;
+                }
+                for id in ctx.index.live() {
+                    crate::lost::check(&ctx.state, ctx.ingest.key(), &id, lost_after);
+                }
+            }
+        })
+        .context("starting the lost-agent watch")?;
     if let Some(every) = &c.gc_every {
         let s =
             crate::units::parse_duration(every).map_err(|e| anyhow::anyhow!("--gc-every: {e}"))?;
@@ -189,6 +213,10 @@ pub struct ServeCmd {
     /// seconds an idle keep-alive connection stays open (default 60)
     #[argh(option)]
     pub idle_timeout: Option<u64>,
+    /// a claimed run without power control whose agent sends nothing this long ends
+    /// `error: agent lost` (default 10m; lights-out runs use their own lost_after)
+    #[argh(option)]
+    pub lost_after: Option<String>,
     /// pages and the JSON API readable without a login (acting still needs one)
     #[argh(switch)]
     pub public_read: bool,

@@ -20,6 +20,7 @@ mod interrupted;
 mod limits;
 mod live_index;
 mod login;
+mod lost;
 mod notify;
 mod pending;
 mod routes;
