@@ -21,6 +21,9 @@ MAC=$(cat /sys/class/net/*/address | grep -v '^00:00:00:00:00:00$' | sort | head
 
 $K init
 $K host add "$(hostname)" --mac "$MAC"
+# A login for the pages (the password comes on standard input, never the command line).
+PASSWORD=${KILN_PASSWORD:-$(head -c 12 /dev/urandom | base64)}
+echo "$PASSWORD" | $K user add admin
 rm -f "$ADDR_FILE"
 $K serve --listen "$LISTEN" --addr-file "$ADDR_FILE" &
 SERVER=$!
@@ -42,7 +45,7 @@ RUN=$($K ticket issue --plan examples/plans/smoke.toml --host "$(hostname)" --ur
 $A run --ticket "$URL/v1/runs/$RUN/ticket" --trust "$STATE/key/coordinator.pub" --work "$WORK/$RUN"
 $K run show "$RUN"
 echo
-echo "result page: $URL/runs/$RUN"
+echo "result page: $URL/runs/$RUN (log in as admin, password $PASSWORD)"
 if [ -z "${KILN_QUICKSTART_NO_WAIT:-}" ]; then
   echo "serving it until Ctrl-C"
   wait $SERVER

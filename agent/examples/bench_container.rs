@@ -38,6 +38,8 @@ fn spec(e: Eng, image: &str) -> ContainerSpec {
         pids_limit: 1024,
         tmpfs_bytes: 64 << 20,
         mounts: vec![],
+        services: vec![],
+        keep_failed: false,
     }
 }
 
@@ -157,7 +159,17 @@ fn main() {
     };
     let spec = spec(e, &image);
     let cell = &args::cells(&spec)[0];
-    let exact = args::run_args(e.1, &spec, cell, "kiln-bench-exact", &mounts, &[]);
+    let exact = args::run_args(
+        e.1,
+        (&kiln_protocol::RunId([0; 16]), "bench"),
+        &spec,
+        cell,
+        &image,
+        "kiln-bench-exact",
+        &args::CellNet::None,
+        &mounts,
+        &[],
+    );
     let exact: Vec<&str> = exact.iter().map(String::as_str).collect();
 
     let (mut raw, mut raw_hard, mut raw_exact, mut stage) = (vec![], vec![], vec![], vec![]);

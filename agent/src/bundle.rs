@@ -1,4 +1,4 @@
-//! Offline result bundles: `KILNRES\x01`, then COBS records — the signed ticket, then
+//! Offline result bundles: `KILNRES\x03` ([`kiln_protocol::BUNDLE_MAGIC`]), then COBS records — the signed ticket, then
 //! per batch the blobs its `Artifact` frames name, then the sealed batch.
 use kiln_protocol::{
     BUNDLE_MAGIC, Batch, Event, Frame, ResultRecord, RunId, SecretKey, Sha256, SignedTicket,

@@ -27,6 +27,9 @@ use std::time::{Duration, Instant};
 mod common;
 use common::{now_s, random};
 
+/// Log lines of the one big live run in the lab.
+const BIG_RUN: usize = 200_000;
+
 fn arg(n: usize, default: usize) -> usize {
     std::env::args()
         .nth(n)
@@ -156,6 +159,51 @@ fn build_lab(root: &Path, hosts: usize, runs: usize) -> State {
         )
         .expect("claim.pub");
     }
+    // One live run with BIG_RUN log lines (the run page must load its tail fast).
+    let run = RunId([0xb1; 16]);
+    let dir = state.run_dir(&run);
+    std::fs::create_dir_all(&dir).expect("run folder");
+    std::fs::write(dir.join("ticket.kiln"), ticket(&key, run, 0, now).to_file()).expect("ticket");
+    let mut log = Vec::with_capacity(BIG_RUN * 64);
+    let mut push = |seq: u64, event: Event| {
+        let f = Frame {
+            seq,
+            at_ms: now * 1000 + seq,
+            event,
+        };
+        log.extend(encode_record(&postcard::to_allocvec(&f).expect("frame")));
+    };
+    push(
+        1,
+        Event::Claim {
+            agent_key: agent.public(),
+            agent_version: "bench".into(),
+            boot_id: "b".into(),
+        },
+    );
+    push(
+        2,
+        Event::StageStarted {
+            stage: 0,
+            attempt: 1,
+        },
+    );
+    for i in 0..BIG_RUN as u64 {
+        push(
+            3 + i,
+            Event::Log {
+                stage: 0,
+                stream: kiln_protocol::Stream::Stdout,
+                text: format!("burn-in line {i}: all cores at 100%, 71 C"),
+            },
+        );
+    }
+    std::fs::write(dir.join("events.log"), log).expect("events.log");
+    std::fs::write(
+        dir.join("claim.pub"),
+        format!("{}\n", agent.public().to_line("bench")),
+    )
+    .expect("claim.pub");
     eprintln!(
         "lab: {hosts} hosts, {hosts} pending tickets, {runs} finished runs written in {:.1} s",
         t0.elapsed().as_secs_f64()
@@ -199,7 +247,12 @@ impl Drop for Reap {
 /// The child: serve `state` until killed.
 fn child(state: &Path, addr_file: &Path) {
     let state = State::open(state).expect("state");
-    let server = kiln_coordinator::http::Server::start(&state, "127.0.0.1:0", 16).expect("serve");
+    let limits = kiln_coordinator::http::Limits {
+        public_read: true,
+        ..kiln_coordinator::http::Limits::from_env().expect("limits")
+    };
+    let server = kiln_coordinator::http::Server::start_with(&state, "127.0.0.1:0", 16, limits)
+        .expect("serve");
     std::fs::write(addr_file, format!("{}\n", server.addr())).expect("addr file");
     server.join();
 }
@@ -443,6 +496,10 @@ fn main() {
     );
     let (status, tkt) = conn.get(&format!("/v1/hosts/{}/ticket", mac(hosts / 2)));
     assert_eq!(status, 200, "ticket lookup");
+    let big = format!("/runs/{}", RunId([0xb1; 16]));
+    let (big_cold, big_len) = timed(&mut conn, &big, 1);
+    let (big_warm, _) = timed(&mut conn, &big, 5);
+    let (big_log, big_log_len) = timed(&mut conn, &format!("{big}/log?stage=0&before=100000"), 3);
     let (index_t, index_len) = timed(&mut conn, "/", 5);
     let (runs_t, runs_len) = timed(&mut conn, "/v1/runs?limit=100", 5);
 
@@ -483,7 +540,16 @@ fn main() {
         hwm / 1024
     );
     println!(
-        "GET /: {} ({} bytes); GET /v1/runs?limit=100: {} ({} bytes) (best of 5)",
+        "run page of a {BIG_RUN}-line run: first load {} ({} bytes), then {} (best of 5); \
+         a page back through its log: {} ({} bytes)",
+        ms(big_cold),
+        big_len,
+        ms(big_warm),
+        ms(big_log),
+        big_log_len
+    );
+    println!(
+        "GET / (the fleet page: 100 hosts, 100 runs): {} ({} bytes); GET /v1/runs?limit=100: {} ({} bytes) (best of 5)",
         ms(index_t),
         index_len,
         ms(runs_t),

@@ -7,16 +7,20 @@ use argh::FromArgs;
 use std::path::PathBuf;
 
 use crate::commands::admin::{
-    DnsmasqCmd, HostAddCmd, HostListCmd, ImageAddCmd, InitCmd, KeyCmd, SecretSetCmd,
+    DnsmasqCmd, HostAddCmd, HostListCmd, HostSetCmd, ImageAddCmd, InitCmd, KeyCmd, SecretSetCmd,
 };
+use crate::commands::gc::GcCmd;
 use crate::commands::hold::{RunApproveCmd, RunReleaseCmd, RunRetryCmd};
+use crate::commands::notify::{NotifyAddCmd, NotifyListCmd, NotifyRmCmd, NotifyStatusCmd};
+use crate::commands::power::HostPowerCmd;
 use crate::commands::runs::{
     ImportCmd, ReportCmd, RunAbortCmd, RunAckContestCmd, RunLogsCmd, RunShowCmd, RunsCmd,
 };
 use crate::commands::serve::ServeCmd;
 use crate::commands::ticket::{TicketIssueCmd, TicketShowCmd};
+use crate::commands::users::{TokenCmd, TokenSub, UserCmd, UserSub};
 use crate::commands::watch::RunWatchCmd;
-use crate::commands::{admin, hold, runs, serve, ticket, watch};
+use crate::commands::{admin, gc, hold, notify, power, runs, serve, ticket, users, watch};
 use crate::exit;
 use crate::state::{State, resolve_root};
 
@@ -48,6 +52,10 @@ pub enum Command {
     Report(ReportCmd),
     Image(ImageCmd),
     Dnsmasq(DnsmasqCmd),
+    Gc(GcCmd),
+    User(UserCmd),
+    Token(TokenCmd),
+    Notify(NotifyCmd),
 }
 
 /// Manage hosts.
@@ -65,7 +73,9 @@ pub struct HostCmd {
 #[allow(missing_docs)]
 pub enum HostSub {
     Add(HostAddCmd),
+    Set(HostSetCmd),
     List(HostListCmd),
+    Power(HostPowerCmd),
 }
 
 /// Manage secrets.
@@ -144,6 +154,26 @@ pub enum ImageSub {
     Add(ImageAddCmd),
 }
 
+/// Notification receivers and the outbox.
+#[derive(FromArgs, Debug)]
+#[argh(subcommand, name = "notify")]
+pub struct NotifyCmd {
+    #[argh(subcommand)]
+    /// notify command
+    pub command: NotifySub,
+}
+
+/// Notify subcommands.
+#[derive(FromArgs, Debug)]
+#[argh(subcommand)]
+#[allow(missing_docs)]
+pub enum NotifySub {
+    Add(NotifyAddCmd),
+    List(NotifyListCmd),
+    Rm(NotifyRmCmd),
+    Status(NotifyStatusCmd),
+}
+
 /// Runs a parsed command line; returns the process exit code ([`crate::exit`]).
 pub fn run(cli: Cli) -> Result<i32> {
     let root = resolve_root(cli.state);
@@ -162,8 +192,14 @@ pub fn run(cli: Cli) -> Result<i32> {
             command: HostSub::Add(c),
         }) => admin::cmd_host_add(&state, &c),
         Command::Host(HostCmd {
+            command: HostSub::Set(c),
+        }) => admin::cmd_host_set(&state, &c),
+        Command::Host(HostCmd {
             command: HostSub::List(_),
         }) => admin::cmd_host_list(&state),
+        Command::Host(HostCmd {
+            command: HostSub::Power(c),
+        }) => power::cmd_host_power(&state, &c),
         Command::Secret(SecretCmd {
             command: SecretSub::Set(c),
         }) => admin::cmd_secret_set(&state, &c),
@@ -200,6 +236,28 @@ pub fn run(cli: Cli) -> Result<i32> {
         }) => hold::cmd_approve(&state, &c),
         Command::Import(c) => runs::cmd_import(&state, &c),
         Command::Report(c) => runs::cmd_report(&state, &c),
+        Command::Gc(c) => gc::cmd_gc(&state, &c),
+        Command::User(UserCmd {
+            command: UserSub::Add(c),
+        }) => users::cmd_user_add(&state, &c),
+        Command::User(UserCmd {
+            command: UserSub::Rm(c),
+        }) => users::cmd_user_rm(&state, &c),
+        Command::Token(TokenCmd {
+            command: TokenSub::Create(c),
+        }) => users::cmd_token_create(&state, &c),
+        Command::Token(TokenCmd {
+            command: TokenSub::List(_),
+        }) => users::cmd_token_list(&state),
+        Command::Token(TokenCmd {
+            command: TokenSub::Rm(c),
+        }) => users::cmd_token_rm(&state, &c),
+        Command::Notify(NotifyCmd { command }) => match command {
+            NotifySub::Add(c) => notify::cmd_add(&state, &c),
+            NotifySub::List(_) => notify::cmd_list(&state),
+            NotifySub::Rm(c) => notify::cmd_rm(&state, &c),
+            NotifySub::Status(c) => notify::cmd_status(&state, &c),
+        },
         Command::Image(ImageCmd {
             command: ImageSub::Add(c),
         }) => admin::cmd_image_add(&state, &c),

@@ -21,17 +21,26 @@ td,th{border:1px solid #ccc;padding:.2em .6em;text-align:left;vertical-align:top
 th{background:#f3f3f3}pre{background:#f7f7f7;padding:.5em;overflow-x:auto;max-height:30em}\
 code{font-size:13px}.passed{color:#176b2c}.warning,.held,.stale{color:#9a6700}\
 .skipped,.not_run,.pending,.claimed{color:#666}.failed,.timed_out,.lost,.expired{color:#b3261e}\
-.error,.aborted{color:#8250df}.held{color:#9a6700;font-weight:bold}.running{color:#0550ae}.corrupt,.contested{color:#b3261e;font-weight:bold}";
+.error,.aborted{color:#8250df}.held{color:#9a6700;font-weight:bold}.running{color:#0550ae}.corrupt,.contested{color:#b3261e;font-weight:bold}\
+pre:empty{display:none}form.session{float:right}form.action{margin:.5em 0}\
+.last_failed,.never_booted{color:#b3261e}.idle{color:#176b2c}";
 
-fn head(out: &mut String, title: &str, live: bool) {
+/// The page's head and `<body>` tag. A live page updates itself: with JavaScript,
+/// `/kiln.js` (a run page follows its event stream, the index page fetches itself
+/// again every few seconds, neither reloads); without, a refresh every 2 s.
+fn head(out: &mut String, title: &str, live: bool, run: Option<(&str, u64)>) {
     out.push_str("<!doctype html>\n<html><head><meta charset=\"utf-8\">");
     if live {
-        out.push_str("<meta http-equiv=\"refresh\" content=\"2\">");
+        out.push_str("<noscript><meta http-equiv=\"refresh\" content=\"2\"></noscript>");
     }
     let _ = writeln!(
         out,
-        "<title>{}</title><style>{STYLE}</style></head><body>",
-        escape(title)
+        "<title>{}</title><style>{STYLE}</style><script src=\"/kiln.js\" defer></script>\
+         </head><body data-live=\"{}\" data-run=\"{}\" data-seq=\"{}\">",
+        escape(title),
+        u8::from(live),
+        escape(run.map_or("", |r| r.0)),
+        run.map_or(0, |r| r.1)
     );
 }
 
@@ -63,6 +72,43 @@ fn badges(state: RunState, corrupt: Option<&Corruption>, contested: bool) -> Str
         b.push_str(&badge("contested"));
     }
     b
+}
+
+/// A lights-out run's power record (power.log): phase, queue place, the error that
+/// ended the run, and a table of every power action with the BMC's answer.
+fn power(out: &mut String, s: &RunStatus) {
+    let Some(p) = &s.power else {
+        return;
+    };
+    let place = p
+        .queue_position
+        .map(|n| format!(", place {n} in the power queue"))
+        .unwrap_or_default();
+    let _ = writeln!(out, "<p>power: {}{place}</p>", badge(p.phase));
+    if let Some(e) = &p.error {
+        let _ = writeln!(out, "<p class=\"error\">error: {}</p>", escape(e));
+    }
+    out.push_str("<table><tr><th>at</th><th>power</th><th>answer</th></tr>\n");
+    for r in &p.records {
+        let d = r.describe();
+        let (what, detail) = d.split_once(": ").unwrap_or((&d, ""));
+        let _ = writeln!(
+            out,
+            "<tr><td>{}</td><td>{}</td><td>{}</td></tr>",
+            fmt_unix(r.at_ms / 1000),
+            escape(what),
+            escape(detail)
+        );
+    }
+    out.push_str("</table>\n");
+    if !p.console_tail.is_empty() {
+        out.push_str("<p>console (last lines):</p>\n<pre>");
+        for l in &p.console_tail {
+            out.push_str(&escape(l));
+            out.push('\n');
+        }
+        out.push_str("</pre>\n");
+    }
 }
 
 /// The claim rows of a run page: source and key of the claim, the enrolled key,
@@ -119,7 +165,108 @@ fn claims(out: &mut String, s: &RunStatus) {
     }
 }
 
-/// What the index page shows: one page of runs and one page of hosts.
+/// Who is looking at a page (a browser session).
+#[derive(Debug, Clone)]
+pub struct Viewer {
+    /// The user.
+    pub name: String,
+    /// Whether forms to act are shown.
+    pub operator: bool,
+    /// The session's CSRF token, carried by every form.
+    pub csrf: String,
+}
+
+/// The bar at the top of a page for a logged-in viewer: who, and a log-out form;
+/// for an operator on a live run, the abort form.
+fn session_bar(v: &Viewer, run: Option<&RunStatus>) -> String {
+    let csrf = escape(&v.csrf);
+    let mut out = format!(
+        "<form class=\"session\" method=\"post\" action=\"/logout\">{} · \
+         <input type=\"hidden\" name=\"csrf\" value=\"{csrf}\">\
+         <button type=\"submit\">log out</button></form>\n",
+        escape(&v.name)
+    );
+    if let Some(r) = run
+        && v.operator
+        && r.state.is_live()
+    {
+        let _ = writeln!(
+            out,
+            "<form class=\"action\" method=\"post\" action=\"/v1/runs/{id}/abort\">\
+             <input type=\"hidden\" name=\"csrf\" value=\"{csrf}\">\
+             <input name=\"reason\" placeholder=\"reason\" required> \
+             <button type=\"submit\" id=\"abort\">abort</button></form>",
+            id = escape(&r.run)
+        );
+    }
+    out
+}
+
+/// `page` with the session bar (who, log out; the abort form for an operator on a
+/// live run) at the top of its body.
+pub fn with_session(page: String, v: &Viewer, run: Option<&RunStatus>) -> String {
+    match page
+        .find("<body")
+        .and_then(|i| page[i..].find('>').map(|j| i + j + 1))
+    {
+        Some(at) => format!("{}{}{}", &page[..at], session_bar(v, run), &page[at..]),
+        None => page,
+    }
+}
+
+/// One host's row on the fleet page.
+#[derive(Debug)]
+pub struct HostRow<'a> {
+    /// The host, as in hosts.toml.
+    pub host: &'a Host,
+    /// Its state: `idle`, `pending`, `running`, `stale`, `last failed`, …
+    pub state: &'static str,
+    /// What it is doing (`stage 2/5: memtest`), if anything.
+    pub doing: String,
+    /// Its newest run.
+    pub last: Option<Summary>,
+    /// Pending tickets.
+    pub pending: usize,
+    /// Runs issued for it.
+    pub runs: usize,
+    /// Its last power reading (`on`, `off`) and that reading's age in seconds, when
+    /// it has power control.
+    pub power: Option<(String, u64)>,
+}
+
+/// The runs filter the fleet page shows and its links keep.
+#[derive(Debug, Default, Clone)]
+pub struct RunsFilter {
+    /// `host=`.
+    pub host: String,
+    /// `plan=`.
+    pub plan: String,
+    /// `outcome=`.
+    pub outcome: String,
+    /// `since=` (a duration, e.g. `24h`).
+    pub since: String,
+}
+
+impl RunsFilter {
+    /// The filter as query parameters (`&host=…`), for links.
+    pub fn query(&self) -> String {
+        let mut q = form_urlencoded::Serializer::new(String::new());
+        for (k, v) in [
+            ("host", &self.host),
+            ("plan", &self.plan),
+            ("outcome", &self.outcome),
+            ("since", &self.since),
+        ] {
+            if !v.is_empty() {
+                q.append_pair(k, v);
+            }
+        }
+        let q = q.finish();
+        if q.is_empty() { q } else { format!("&{q}") }
+    }
+}
+
+/// What the fleet page shows: a page of hosts with their state, and a page of runs.
 #[derive(Debug)]
 pub struct IndexPage<'a> {
     /// Runs, newest first.
@@ -128,25 +275,170 @@ pub struct IndexPage<'a> {
     pub total_runs: usize,
     /// The run id to list older runs before, when there are more.
     pub older: Option<String>,
-    /// Hosts with the number of runs issued for each.
-    pub hosts: &'a [(&'a Host, usize)],
+    /// The runs filter in force.
+    pub filter: RunsFilter,
+    /// Hosts with their state.
+    pub hosts: &'a [HostRow<'a>],
     /// Hosts in all.
     pub total_hosts: usize,
     /// Index in hosts.toml of the first host shown.
     pub hosts_from: usize,
+    /// The logged-in viewer, if any.
+    pub session: Option<Viewer>,
+    /// Now, unix seconds (for ages).
+    pub now: u64,
+    /// Plans stored in the state folder (`plans/`), offered to operators per host.
+    pub plans: Vec<String>,
 }
 
-/// The runs and hosts index: a bounded page of each, with links to the next.
+/// A host's power cell: its last reading and, for an operator, buttons.
+fn power_cell(h: &HostRow<'_>, operator: Option<&Viewer>) -> String {
+    let Some((state, age_s)) = &h.power else {
+        return String::new();
+    };
+    let mut out = format!("{} <small>{} ago</small>", escape(state), age(*age_s));
+    if let Some(v) = operator {
+        let _ = write!(
+            out,
+            "<form class=\"power\" method=\"post\" action=\"/v1/hosts/{}/power\">\
+             <input type=\"hidden\" name=\"csrf\" value=\"{}\">{}</form>",
+            escape(&h.host.name),
+            escape(&v.csrf),
+            ["on", "off", "cycle"]
+                .iter()
+                .map(|a| format!("<button name=\"action\" value=\"{a}\">{a}</button>"))
+                .collect::<String>()
+        );
+    }
+    out
+}
+
+/// An age: `3m`, `2h`, `5d`.
+pub fn age(secs: u64) -> String {
+    match secs {
+        s if s < 120 => format!("{s}s"),
+        s if s < 7200 => format!("{}m", s / 60),
+        s if s < 172_800 => format!("{}h", s / 3600),
+        s => format!("{}d", s / 86400),
+    }
+}
+
+/// The fleet page: every host (a page of them) with its state, what it runs and its
+/// last outcome; below, runs with filters. Bounded pages, links to the next.
 pub fn index(p: &IndexPage<'_>) -> String {
     let mut out = String::new();
     let live = p
         .runs
         .iter()
-        .any(|r| r.state.is_live() && r.state.as_str() != "pending");
-    head(&mut out, "kiln", live);
-    out.push_str("<h1>kiln</h1>\n<h2>Runs</h2>\n");
+        .any(|r| r.state.is_live() && r.state.as_str() != "pending")
+        || p.hosts.iter().any(|h| h.state == "running");
+    head(&mut out, "kiln", live, None);
+    if let Some(v) = &p.session {
+        out.push_str(&session_bar(v, None));
+    }
+    out.push_str("<h1>kiln</h1>\n<h2>Hosts</h2>\n");
+    if p.total_hosts == 0 {
+        out.push_str("<p>No hosts: <code>kiln-coordinator host add</code>.</p>\n");
+    } else {
+        out.push_str(
+            "<table><tr><th>host</th><th>state</th><th>power</th><th>last run</th>\
+             <th>pending</th><th>runs</th><th>MACs</th><th>image</th><th></th></tr>\n",
+        );
+        let operator = p.session.as_ref().filter(|v| v.operator);
+        let act = operator.filter(|_| !p.plans.is_empty());
+        let options: String = p
+            .plans
+            .iter()
+            .map(|n| format!("<option>{}</option>", escape(n)))
+            .collect();
+        for h in p.hosts {
+            let last = match &h.last {
+                Some(r) => format!(
+                    "<a href=\"/runs/{id}\"><code>{short}</code></a> {plan} {state} {age} ago",
+                    id = escape(&r.run),
+                    short = escape(r.run.get(..8).unwrap_or(&r.run)),
+                    plan = escape(&r.plan),
+                    state = r.outcome.as_deref().map_or_else(|| summary_badge(r), badge),
+                    age = age(p.now.saturating_sub(r.issued_at)),
+                ),
+                None => String::new(),
+            };
+            let state_class = h.state.replace(' ', "_");
+            let _ = writeln!(
+                out,
+                "<tr><td><a href=\"/?host={name}\">{name}</a></td><td><span class=\"{cls}\">{state}</span>{doing}</td>\
+                 <td>{power}</td><td>{last}</td><td>{pending}</td><td>{runs}</td><td><code>{macs}</code></td><td>{image}</td><td>{issue}</td></tr>",
+                name = escape(&h.host.name),
+                cls = escape(&state_class),
+                state = escape(h.state),
+                doing = if h.doing.is_empty() {
+                    String::new()
+                } else {
+                    format!(" {}", escape(&h.doing))
+                },
+                pending = h.pending,
+                runs = h.runs,
+                power = power_cell(h, operator),
+                macs = escape(&h.host.macs.join(", ")),
+                image = escape(h.host.image.as_deref().unwrap_or("")),
+                issue = act.map_or_else(String::new, |v| format!(
+                    "<form method=\"post\" action=\"/v1/hosts/{name}/tickets\">\
+                     <input type=\"hidden\" name=\"csrf\" value=\"{csrf}\">\
+                     <select name=\"plan\">{options}</select> \
+                     <button type=\"submit\">issue</button></form>",
+                    name = escape(&h.host.name),
+                    csrf = escape(&v.csrf),
+                )),
+            );
+        }
+        out.push_str("</table>\n");
+        let shown_to = p.hosts_from + p.hosts.len();
+        if p.hosts_from > 0 || shown_to < p.total_hosts {
+            let _ = write!(
+                out,
+                "<p>hosts {} to {} of {}",
+                p.hosts_from + 1,
+                shown_to,
+                p.total_hosts
+            );
+            if shown_to < p.total_hosts {
+                let _ = write!(out, " · <a href=\"/?hosts_from={shown_to}\">more hosts</a>");
+            }
+            out.push_str("</p>\n");
+        }
+    }
+    let f = &p.filter;
+    let _ = writeln!(
+        out,
+        "<h2>Runs</h2>\n<form method=\"get\" action=\"/\" class=\"filter\">\
+         <input name=\"host\" placeholder=\"host\" value=\"{}\"> \
+         <input name=\"plan\" placeholder=\"plan\" value=\"{}\"> \
+         <select name=\"outcome\">{}</select> \
+         <input name=\"since\" placeholder=\"since (24h, 7d)\" value=\"{}\"> \
+         <button type=\"submit\">filter</button></form>",
+        escape(&f.host),
+        escape(&f.plan),
+        [
+            "",
+            "passed",
+            "warning",
+            "failed",
+            "error",
+            "aborted",
+            "timed_out",
+            "skipped"
+        ]
+        .iter()
+        .map(|o| format!(
+            "<option value=\"{o}\"{}>{}</option>",
+            if *o == f.outcome { " selected" } else { "" },
+            if o.is_empty() { "any outcome" } else { o }
+        ))
+        .collect::<String>(),
+        escape(&f.since),
+    );
     if p.runs.is_empty() {
-        out.push_str("<p>No runs yet: <code>kiln-coordinator ticket issue</code>.</p>\n");
+        out.push_str("<p>No runs here: <code>kiln-coordinator ticket issue</code>.</p>\n");
     } else {
         out.push_str(
             "<table><tr><th>run</th><th>plan</th><th>host</th><th>state</th>\
@@ -174,45 +466,12 @@ pub fn index(p: &IndexPage<'_>) -> String {
         if let Some(older) = &p.older {
             let _ = write!(
                 out,
-                " · <a href=\"/?before={}\">older runs</a>",
-                escape(older)
+                " · <a href=\"/?before={}{}\">older runs</a>",
+                escape(older),
+                escape(&f.query())
             );
         }
         out.push_str("</p>\n");
-    }
-    out.push_str("<h2>Hosts</h2>\n");
-    if p.total_hosts == 0 {
-        out.push_str("<p>No hosts: <code>kiln-coordinator host add</code>.</p>\n");
-    } else {
-        out.push_str(
-            "<table><tr><th>name</th><th>MACs</th><th>serial</th><th>image</th>\
-            <th>runs</th></tr>\n",
-        );
-        for (h, n) in p.hosts {
-            let _ = writeln!(
-                out,
-                "<tr><td>{}</td><td><code>{}</code></td><td>{}</td><td>{}</td><td>{n}</td></tr>",
-                escape(&h.name),
-                escape(&h.macs.join(", ")),
-                escape(h.serial.as_deref().unwrap_or("")),
-                escape(h.image.as_deref().unwrap_or("")),
-            );
-        }
-        out.push_str("</table>\n");
-        let shown_to = p.hosts_from + p.hosts.len();
-        if p.hosts_from > 0 || shown_to < p.total_hosts {
-            let _ = write!(
-                out,
-                "<p>hosts {} to {} of {}",
-                p.hosts_from + 1,
-                shown_to,
-                p.total_hosts
-            );
-            if shown_to < p.total_hosts {
-                let _ = write!(out, " · <a href=\"/?hosts_from={shown_to}\">more hosts</a>");
-            }
-            out.push_str("</p>\n");
-        }
     }
     out.push_str("</body></html>\n");
     out
@@ -227,6 +486,7 @@ pub fn run_page(s: &RunStatus, tails: &[Vec<String>], in_cas: &dyn Fn(&Sha256) -
         &mut out,
         &format!("kiln run {} ({})", s.plan, s.run),
         s.state.is_live(),
+        Some((&s.run, s.frames)),
     );
     let _ = writeln!(
         out,
@@ -253,6 +513,7 @@ pub fn run_page(s: &RunStatus, tails: &[Vec<String>], in_cas: &dyn Fn(&Sha256) -
         frames = s.frames,
     );
     claims(&mut out, s);
+    power(&mut out, s);
     if let Some(r) = &s.abort_requested {
         let _ = writeln!(
             out,
@@ -385,24 +646,96 @@ pub fn run_page(s: &RunStatus, tails: &[Vec<String>], in_cas: &dyn Fn(&Sha256) -
             }
         }
         let tail = tails.get(st.index as usize).map_or(&[][..], Vec::as_slice);
-        log_tail(&mut out, tail, st.log_lines, &s.run, &st.name);
+        log_tail(&mut out, tail, st, &s.run);
     }
     out.push_str("</body></html>\n");
     out
 }
 
-fn log_tail(out: &mut String, tail: &[String], total: u64, run: &str, name: &str) {
-    if total == 0 {
-        return;
-    }
+/// A stage's last log lines, in `<pre id="tail-N">` (empty, and hidden, until the
+/// stage logs: a live page appends to it).
+fn log_tail(out: &mut String, tail: &[String], st: &crate::status::StageStatus, run: &str) {
+    let (total, name) = (st.log_lines, &st.name);
     if total > tail.len() as u64 {
         let _ = writeln!(
             out,
-            "<p>last {} of {total} lines; all: <code>kiln-coordinator run logs {} --stage {}</code></p>",
+            "<p>last {} of {total} lines (<a href=\"/runs/{}/log?stage={}\">page back through \
+             them</a>; all: <code>kiln-coordinator run logs {} --stage {}</code>)</p>",
             tail.len(),
+            escape(run),
+            st.index,
             escape(run),
             escape(name)
         );
     }
-    let _ = writeln!(out, "<pre>{}</pre>", escape(&tail.join("\n")));
+    let _ = writeln!(
+        out,
+        "<pre id=\"tail-{}\">{}</pre>",
+        st.index,
+        escape(&tail.join("\n"))
+    );
+}
+
+/// One page of a stage's log (`GET /runs/{run}/log`).
+#[derive(Debug)]
+pub struct LogPage<'a> {
+    /// The run id.
+    pub run: &'a str,
+    /// The stage's index.
+    pub stage: u16,
+    /// The stage's name.
+    pub name: &'a str,
+    /// The page's lines.
+    pub lines: &'a [String],
+    /// The number (0-based) of the first line shown.
+    pub first: u64,
+    /// The stage's lines in all.
+    pub total: u64,
+}
+
+/// A page of a stage's log, with links to the page before and after.
+pub fn log_page(p: &LogPage<'_>) -> String {
+    let mut out = String::new();
+    head(
+        &mut out,
+        &format!("kiln run {} {}", p.run, p.name),
+        false,
+        None,
+    );
+    let _ = writeln!(
+        out,
+        "<p><a href=\"/runs/{run}\">run {short}</a></p><h1>{name} <small>lines {from} to {to} of {total}</small></h1>",
+        run = escape(p.run),
+        short = escape(p.run.get(..12).unwrap_or(p.run)),
+        name = escape(p.name),
+        from = p.first + 1,
+        to = p.first + p.lines.len() as u64,
+        total = p.total,
+    );
+    let mut nav = String::from("<p>");
+    if p.first > 0 {
+        let _ = write!(
+            nav,
+            "<a href=\"/runs/{}/log?stage={}&amp;before={}\">earlier lines</a> ",
+            escape(p.run),
+            p.stage,
+            p.first
+        );
+    }
+    let to = p.first + p.lines.len() as u64;
+    if to < p.total {
+        let _ = write!(
+            nav,
+            "<a href=\"/runs/{}/log?stage={}&amp;before={}\">later lines</a>",
+            escape(p.run),
+            p.stage,
+            (to + p.lines.len() as u64).min(p.total)
+        );
+    }
+    nav.push_str("</p>\n");
+    out.push_str(&nav);
+    let _ = writeln!(out, "<pre>{}</pre>", escape(&p.lines.join("\n")));
+    out.push_str(&nav);
+    out.push_str("</body></html>\n");
+    out
 }

@@ -12,28 +12,27 @@ use std::io::Read;
 use std::net::SocketAddr;
 use std::panic::AssertUnwindSafe;
 use std::sync::Arc;
-use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
-use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 use tiny_http::{Header, Method, Request, Response, ResponseBox, StatusCode};
 
 use crate::ingest::{Ingester, Refusal};
 use crate::state::State;
 
+mod actions;
 mod api;
 mod artifacts;
+pub mod login;
 pub mod net;
 mod objects;
 mod pages;
+mod stream;
 
 pub use net::Net;
 
-/// Worker threads always ready to answer requests. While all are busy (slow clients
-/// sending bodies), more are started, up to the connection cap; those end after
-/// [`EXTRA_WORKER_IDLE`] without work.
+/// Kept for callers that name a worker count: requests are now answered on the
+/// thread of the connection that sent them (vendored tiny_http patch 9), so there is
+/// no shared pool to size; the connection cap bounds the threads.
 pub const WORKERS: usize = 16;
-/// How long a worker started beyond [`WORKERS`] waits for work before it ends.
-pub const EXTRA_WORKER_IDLE: Duration = Duration::from_secs(10);
 pub use crate::limits::{DEFAULT_ARTIFACT_CAP, DEFAULT_RUN_QUOTA, Limits};
 #[doc(hidden)]
 pub use objects::{Range, parse_range};
@@ -57,74 +56,21 @@ pub struct Ctx {
     pub signer: kiln_protocol::SecretKey,
     /// The in-memory index of the state folder, following its change journal.
     pub index: crate::index::Index,
+    /// Login sessions and failed-login counts.
+    pub sessions: crate::auth::Sessions,
+    /// Pages and the JSON API readable without a login (`serve --public-read`).
+    pub public_read: bool,
 }
 
 /// A refusal on its way to the client.
 pub type Reply = std::result::Result<ResponseBox, Refusal>;
 
-/// A running server; its workers stop on [`Server::stop`].
+/// A running server: each connection is served on its own thread, which reads a
+/// request, answers it and reads the next; [`Server::stop`] stops accepting.
 pub struct Server {
-    pool: Arc<Pool>,
+    http: Arc<tiny_http::Server>,
     addr: SocketAddr,
-    workers: Vec<JoinHandle<()>>,
-}
-
-/// The workers' shared state: the server, the handlers' context, and counts that
-/// tell a worker taking a request whether it was the last one waiting.
-struct Pool {
-    http: tiny_http::Server,
-    ctx: Ctx,
-    /// Workers waiting for a request.
-    idle: AtomicUsize,
-    /// Workers running.
-    total: AtomicUsize,
-    /// Most workers (the connection cap: each busy one holds a connection).
-    max: usize,
-    stopping: AtomicBool,
-}
-
-impl Pool {
-    /// A worker's loop; `extra` ones end after [`EXTRA_WORKER_IDLE`] without work.
-    fn work(self: &Arc<Self>, extra: bool) {
-        loop {
-            let next = if extra {
-                self.http.recv_timeout(EXTRA_WORKER_IDLE)
-            } else {
-                self.http.recv().map(Some)
-            };
-            let rq = match next {
-                Ok(Some(rq)) if !self.stopping.load(Ordering::Acquire) => rq,
-                _ => {
-                    self.idle.fetch_sub(1, Ordering::AcqRel);
-                    self.total.fetch_sub(1, Ordering::AcqRel);
-                    return;
-                }
-            };
-            if self.idle.fetch_sub(1, Ordering::AcqRel) == 1 {
-                self.grow();
-            }
-            handle(&self.ctx, rq);
-            self.idle.fetch_add(1, Ordering::AcqRel);
-        }
-    }
-
-    /// Starts one more worker, unless there are [`Pool::max`] already.
-    fn grow(self: &Arc<Self>) {
-        if self.total.fetch_add(1, Ordering::AcqRel) >= self.max {
-            self.total.fetch_sub(1, Ordering::AcqRel);
-            return;
-        }
-        self.idle.fetch_add(1, Ordering::AcqRel);
-        let pool = self.clone();
-        let spawned = std::thread::Builder::new()
-            .name("http-extra".into())
-            .spawn(move || pool.work(true));
-        if let Err(e) = spawned {
-            log::warn!("starting another worker thread: {e}");
-            self.idle.fetch_sub(1, Ordering::AcqRel);
-            self.total.fetch_sub(1, Ordering::AcqRel);
-        }
-    }
+    ctx: Arc<Ctx>,
 }
 
 impl Server {
@@ -156,6 +102,7 @@ impl Server {
             artifact_cap,
             run_quota,
             claim_check,
+            public_read,
         } = limits;
         let ingest = Ingester::new(state)?.with_claim_check(claim_check);
         let signer = state.signing_key()?;
@@ -177,11 +124,8 @@ impl Server {
             log::info!("removed {swept} leftover upload temp file(s) from cas/");
         }
         let listener = net::listen_on(listen)?;
-        let http = tiny_http::Server::from_listener_with_limits(listener, None, net.limits())
-            .map_err(|e| anyhow::anyhow!("listening on {listen}: {e}"))?;
-        let addr = http
-            .server_addr()
-            .to_ip()
+        let addr = listener
+            .local_addr()
             .context("listening on a non-IP address")?;
         let ctx = Ctx {
             state: state.clone(),
@@ -192,30 +136,18 @@ impl Server {
             addr,
             signer,
             index,
+            sessions: Default::default(),
+            public_read,
         };
-        let workers = workers.max(1);
-        let pool = Arc::new(Pool {
-            http,
-            ctx,
-            idle: AtomicUsize::new(workers),
-            total: AtomicUsize::new(workers),
-            max: net.max_connections.max(workers),
-            stopping: AtomicBool::new(false),
-        });
-        let workers = (0..workers)
-            .map(|n| {
-                let pool = pool.clone();
-                std::thread::Builder::new()
-                    .name(format!("http-{n}"))
-                    .spawn(move || pool.work(false))
-                    .context("starting a worker thread")
-            })
-            .collect::<Result<Vec<_>>>()?;
-        Ok(Server {
-            pool,
-            addr,
-            workers,
-        })
+        let _ = workers;
+        let ctx = Arc::new(ctx);
+        let shared = ctx.clone();
+        let handler: tiny_http::Handler = Arc::new(move |rq| handle(&shared, rq));
+        let http = Arc::new(
+            tiny_http::Server::from_listener_with_handler(listener, None, net.limits(), handler)
+                .map_err(|e| anyhow::anyhow!("listening on {listen}: {e}"))?,
+        );
+        Ok(Server { http, addr, ctx })
     }
 
     /// The bound address.
@@ -223,34 +155,25 @@ impl Server {
         self.addr
     }
 
-    /// Blocks until the workers end (they end on [`Server::stop`] or process exit).
+    /// Blocks until [`Server::stop`] (or the process ends).
     pub fn join(self) {
-        for w in self.workers {
-            let _ = w.join();
-        }
+        let _ = self.http.recv();
+    }
+
+    /// What the handlers share (the index, the ingester).
+    pub fn ctx(&self) -> &Arc<Ctx> {
+        &self.ctx
     }
 
     /// Connections open now.
     pub fn connections(&self) -> usize {
-        self.pool.http.num_connections()
+        self.http.num_connections()
     }
 
-    /// Worker threads running now.
-    pub fn workers(&self) -> usize {
-        self.pool.total.load(Ordering::Acquire)
-    }
-
-    /// Stops accepting requests and waits for the workers.
+    /// Stops accepting connections; connections open now finish the request they are
+    /// answering and then close when their clients do.
     pub fn stop(self) {
-        self.pool.stopping.store(true, Ordering::Release);
-        for w in self.workers {
-            // An extra worker may take a wake-up meant for this one: repeat.
-            while !w.is_finished() {
-                self.pool.http.unblock();
-                std::thread::sleep(Duration::from_millis(5));
-            }
-            let _ = w.join();
-        }
+        self.http.unblock();
     }
 }
 
@@ -284,7 +207,23 @@ fn route(ctx: &Ctx, rq: &mut Request, method: &Method, path: &str, query: &str) 
     let segs: Vec<&str> = path.trim_start_matches('/').split('/').collect();
     let get = |m: &Method| matches!(m, Method::Get | Method::Head);
     match segs.as_slice() {
-        [""] => only(get(method), "GET").and_then(|_| pages::index(ctx, query)),
+        [""] => only(get(method), "GET").and_then(|_| match login::page_reader(ctx, rq, "/") {
+            Ok(c) => pages::index(ctx, query, c.as_ref()),
+            Err(redirect) => Ok(redirect),
+        }),
+        ["login"] => match method {
+            Method::Get | Method::Head => login::get(query),
+            Method::Post => login::post(ctx, rq),
+            _ => Err(Refusal::new(405, "method not allowed (use GET or POST)")),
+        },
+        ["logout"] => only(*method == Method::Post, "POST").and_then(|_| login::logout(ctx, rq)),
+        ["kiln.js"] => only(get(method), "GET").map(|_| {
+            text(
+                200,
+                include_str!("http/kiln.js"),
+                "text/javascript; charset=utf-8",
+            )
+        }),
         ["boot.ipxe"] => only(get(method), "GET")
             .map(|_| text(200, crate::ipxe::boot_script(), "text/plain; charset=utf-8")),
         ["ipxe", mac] => only(get(method), "GET").map(|_| {
@@ -296,11 +235,36 @@ fn route(ctx: &Ctx, rq: &mut Request, method: &Method, path: &str, query: &str) 
         ["cas", sha] => {
             only(get(method), "GET").and_then(|_| objects::get(ctx, rq, &parse_sha(sha)?))
         }
-        ["runs", run] => only(get(method), "GET").and_then(|_| pages::run(ctx, &parse_run(run)?)),
-        ["v1", "runs"] => only(get(method), "GET").and_then(|_| api::list_runs(ctx, query)),
-        ["v1", "runs", run] => {
-            only(get(method), "GET").and_then(|_| api::show_run(ctx, &parse_run(run)?))
-        }
+        ["runs", run] => only(get(method), "GET").and_then(|_| {
+            let id = parse_run(run)?;
+            match login::page_reader(ctx, rq, path) {
+                Ok(c) => pages::run(ctx, &id, c.as_ref()),
+                Err(redirect) => Ok(redirect),
+            }
+        }),
+        ["runs", run, "log"] => only(get(method), "GET").and_then(|_| {
+            let id = parse_run(run)?;
+            match login::page_reader(ctx, rq, path) {
+                Ok(c) => pages::log_page(ctx, &id, query, c.as_ref()),
+                Err(redirect) => Ok(redirect),
+            }
+        }),
+        ["v1", "runs"] => only(get(method), "GET").and_then(|_| {
+            login::api_reader(ctx, rq)?;
+            api::list_runs(ctx, query)
+        }),
+        ["v1", "runs", run] => only(get(method), "GET").and_then(|_| {
+            let id = parse_run(run)?;
+            login::api_reader(ctx, rq)?;
+            api::show_run(ctx, &id)
+        }),
+        ["v1", "runs", run, "stream"] => only(get(method), "GET").and_then(|_| {
+            let id = parse_run(run)?;
+            login::api_reader(ctx, rq)?;
+            stream::stream(ctx, rq, &id, query)
+        }),
+        ["v1", "runs", run, "abort"] => only(*method == Method::Post, "POST")
+            .and_then(|_| actions::abort(ctx, rq, &parse_run(run)?)),
         ["v1", "runs", run, "ticket"] => {
             only(get(method), "GET").and_then(|_| api::run_ticket(ctx, &parse_run(run)?))
         }
@@ -313,6 +277,12 @@ fn route(ctx: &Ctx, rq: &mut Request, method: &Method, path: &str, query: &str) 
             Method::Head => artifacts::offset(ctx, rq, &parse_run(run)?, &parse_sha(sha)?),
             _ => Err(Refusal::new(405, "method not allowed (use PUT or HEAD)")),
         },
+        ["v1", "hosts", host, "tickets"] => {
+            only(*method == Method::Post, "POST").and_then(|_| actions::issue(ctx, rq, host))
+        }
+        ["v1", "hosts", host, "power"] => {
+            only(*method == Method::Post, "POST").and_then(|_| actions::power(ctx, rq, host))
+        }
         ["v1", "hosts", mac, "ticket"] => {
             only(get(method), "GET").and_then(|_| api::host_ticket(ctx, mac))
         }

@@ -61,11 +61,15 @@ struct Row {
     macs: Vec<Mac>,
     phase: Phase,
     verified: AtomicU8,
+    /// The plan's name (listing filters).
+    plan: Arc<str>,
+    /// The outcome of a finished run (listing filters).
+    outcome: Option<Arc<str>>,
 }
 
 /// The one-line form of a run for the index, read from its folder, and whether its
 /// summary.json was (re)written for it.
-fn read_row(rd: &RunDir, key: &PublicKey) -> Result<Option<(Row, bool)>> {
+fn read_row(rd: &RunDir, key: &PublicKey, write: bool) -> Result<Option<(Row, bool)>> {
     if let Some(s) = read_summary(rd) {
         return Ok(Some((
             Row {
@@ -75,6 +79,8 @@ fn read_row(rd: &RunDir, key: &PublicKey) -> Result<Option<(Row, bool)>> {
                 macs: Vec::new(),
                 phase: Phase::Done,
                 verified: AtomicU8::new(GOOD),
+                plan: s.plan.as_str().into(),
+                outcome: s.outcome.as_deref().map(Into::into),
             },
             false,
         )));
@@ -96,9 +102,15 @@ fn read_row(rd: &RunDir, key: &PublicKey) -> Result<Option<(Row, bool)>> {
         bail!("run {}: ticket.kiln is for run {}", rd.id, t.run);
     }
     let has = |f: &str| rd.path(f).exists();
-    let phase = if !has(files::CLAIM) && !has(files::EVENTS) && !has(files::ABORT) {
+    let mut outcome = None;
+    // A lights-out run the coordinator ended (never booted) boots nothing.
+    let ended = has(files::POWER_LOG) && rd.ended_by_coordinator();
+    let phase = if !(has(files::CLAIM) || has(files::EVENTS) || has(files::ABORT) || ended) {
         Phase::Pending
-    } else if has(files::EVENTS) && summarize(rd, key)? {
+    } else if has(files::EVENTS)
+        && let Some(s) = summarize(rd, key, write)?
+    {
+        outcome = s.outcome.as_deref().map(Into::into);
         Phase::Done
     } else {
         Phase::Live
@@ -111,6 +123,8 @@ fn read_row(rd: &RunDir, key: &PublicKey) -> Result<Option<(Row, bool)>> {
             macs: t.host.macs.clone(),
             phase,
             verified: AtomicU8::new(UNCHECKED),
+            plan: t.plan.name.as_str().into(),
+            outcome,
         },
         phase == Phase::Done,
     )))
@@ -151,20 +165,26 @@ fn read_summary(rd: &RunDir) -> Option<Summary> {
 }
 
 /// Folds the run; when it has finished (and its log is whole), writes summary.json
-/// and returns true. The fold is dropped from the per-process cache afterwards.
-fn summarize(rd: &RunDir, key: &PublicKey) -> Result<bool> {
+/// (with `write`) and returns its summary. The fold is dropped from the per-process
+/// cache afterwards.
+fn summarize(rd: &RunDir, key: &PublicKey, write: bool) -> Result<Option<Summary>> {
     let (events_len, claims_len) = (
         len_of(&rd.path(files::EVENTS)),
         len_of(&rd.path(files::CLAIMS)),
     );
     let s = crate::status::current(rd, key)?;
     if s.finished_at_ms.is_none() || s.corrupt.is_some() {
-        return Ok(false);
+        return Ok(None);
+    }
+    crate::status::forget(rd);
+    let summary = Summary::from(&s);
+    if !write {
+        return Ok(Some(summary));
     }
     let file = SummaryFile {
         events_len,
         claims_len,
-        summary: Summary::from(&s),
+        summary,
     };
     let body = serde_json::to_vec(&file).context("encoding summary.json")?;
     // Derived, so not fsynced (a torn one after a crash fails to parse and is
@@ -177,8 +197,7 @@ fn summarize(rd: &RunDir, key: &PublicKey) -> Result<bool> {
         let _ = std::fs::remove_file(&tmp);
         log::warn!("run {}: writing summary.json: {e}", rd.id);
     }
-    crate::status::forget(rd);
-    Ok(true)
+    Ok(Some(file.summary))
 }
 
 /// A file's identity for "has it changed": inode, size, mtime.
@@ -229,7 +248,8 @@ struct Runs {
     order: BTreeSet<(u64, RunId)>,
     pending_by_mac: HashMap<Mac, BTreeSet<(u64, RunId)>>,
     pending_by_host: HashMap<Arc<str>, BTreeSet<(u64, RunId)>>,
-    per_host: HashMap<Arc<str>, usize>,
+    /// Every run of a host by (issue time, id).
+    by_host: HashMap<Arc<str>, BTreeSet<(u64, RunId)>>,
 }
 
 impl Runs {
@@ -237,7 +257,7 @@ impl Runs {
         self.remove(&id);
         let k = (row.issued_at, id);
         self.order.insert(k);
-        *self.per_host.entry(row.host.clone()).or_default() += 1;
+        self.by_host.entry(row.host.clone()).or_default().insert(k);
         if row.phase == Phase::Pending {
             for m in &row.macs {
                 self.pending_by_mac.entry(*m).or_default().insert(k);
@@ -256,10 +276,10 @@ impl Runs {
         };
         let k = (row.issued_at, *id);
         self.order.remove(&k);
-        if let Some(n) = self.per_host.get_mut(&row.host) {
-            *n -= 1;
-            if *n == 0 {
-                self.per_host.remove(&row.host);
+        if let Some(set) = self.by_host.get_mut(&row.host) {
+            set.remove(&k);
+            if set.is_empty() {
+                self.by_host.remove(&row.host);
             }
         }
         if row.phase == Phase::Pending {
@@ -296,6 +316,30 @@ impl Runs {
         let k = (row.issued_at, *id);
         let (macs, host) = (std::mem::take(&mut row.macs), row.host.clone());
         self.unpend(&k, &macs, &host);
+    }
+}
+
+/// Which runs a listing shows (`GET /?host=&plan=&outcome=&since=`).
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Filter {
+    /// Only this host's runs.
+    pub host: Option<String>,
+    /// Only runs of this plan.
+    pub plan: Option<String>,
+    /// Only finished runs with this outcome (`passed`, `failed`, …).
+    pub outcome: Option<String>,
+    /// Only runs issued at or after this time, unix seconds.
+    pub since: Option<u64>,
+}
+
+impl Filter {
+    fn admits(&self, r: &Row) -> bool {
+        self.plan.as_deref().is_none_or(|p| &*r.plan == p)
+            && self
+                .outcome
+                .as_deref()
+                .is_none_or(|o| r.outcome.as_deref() == Some(o))
+            && self.since.is_none_or(|t| r.issued_at >= t)
     }
 }
 
@@ -338,7 +382,8 @@ pub struct Built {
 
 impl Index {
     /// Reads the state folder. With `follow`, the index then follows the change
-    /// journal (a server); without, it is a snapshot (a command).
+    /// journal and writes the summary.json files it finds missing (a server);
+    /// without, it is a snapshot that writes nothing (a command).
     pub fn build(state: &State, follow: bool) -> Result<(Index, Built)> {
         let key = state.public_key()?;
         // The journal's end is taken before the folder is read: a change made while
@@ -349,7 +394,7 @@ impl Index {
             None
         };
         let t0 = Instant::now();
-        let (runs, summarized) = scan(state, &key)?;
+        let (runs, summarized) = scan(state, &key, follow)?;
         let built = Built {
             runs: runs.rows.len(),
             pending: runs
@@ -412,7 +457,7 @@ impl Index {
             }
             News::Rebuild => {
                 log::info!("journal replaced: rebuilding the index from the state folder");
-                let (runs, _) = scan(&self.state, &self.key)?;
+                let (runs, _) = scan(&self.state, &self.key, true)?;
                 *self.runs.write().unwrap_or_else(PoisonError::into_inner) = runs;
             }
         }
@@ -423,7 +468,7 @@ impl Index {
     /// Re-reads one run's folder into the index.
     pub fn refresh(&self, id: &RunId) -> Result<()> {
         let rd = RunDir::new(&self.state, *id);
-        let row = read_row(&rd, &self.key)?;
+        let row = read_row(&rd, &self.key, self.follower.is_some())?;
         let mut runs = self.runs.write().unwrap_or_else(PoisonError::into_inner);
         match row {
             Some((r, _)) => runs.insert(*id, r),
@@ -547,7 +592,7 @@ impl Index {
     /// Runs issued for host `name` (its row count on the index page).
     pub fn runs_of(&self, name: &str) -> usize {
         let runs = self.runs.read().unwrap_or_else(PoisonError::into_inner);
-        runs.per_host.get(name).copied().unwrap_or(0)
+        runs.by_host.get(name).map_or(0, BTreeSet::len)
     }
 
     /// Whether run `id` is indexed.
@@ -560,6 +605,17 @@ impl Index {
     /// page) when given. Each row is read from its summary.json (finished runs) or
     /// its fold (the rest): the work is that of the page, not of the lab.
     pub fn page(&self, limit: usize, before: Option<&RunId>) -> Result<Page> {
+        self.page_where(limit, before, &Filter::default())
+    }
+
+    /// [`Index::page`] of the runs `filter` lets through. A host filter walks that
+    /// host's runs only; plan, outcome and time filters are checked in memory.
+    pub fn page_where(
+        &self,
+        limit: usize,
+        before: Option<&RunId>,
+        filter: &Filter,
+    ) -> Result<Page> {
         self.sync()?;
         let limit = limit.clamp(1, MAX_PAGE);
         let (ids, next, total) = {
@@ -571,11 +627,20 @@ impl Index {
                 },
                 None => (u64::MAX, RunId([0xff; 16])),
             };
-            let mut it = runs.order.range(..upper).rev();
+            let empty = BTreeSet::new();
+            let set = match &filter.host {
+                Some(h) => runs.by_host.get(h.as_str()).unwrap_or(&empty),
+                None => &runs.order,
+            };
+            let mut it = set
+                .range(..upper)
+                .rev()
+                .map(|(_, id)| (*id, &runs.rows[id]))
+                .filter(|(_, r)| filter.admits(r));
             let ids: Vec<(RunId, Phase)> = it
                 .by_ref()
                 .take(limit)
-                .map(|(_, id)| (*id, runs.rows[id].phase))
+                .map(|(id, r)| (id, r.phase))
                 .collect();
             let more = it.next().is_some();
             let next = more.then(|| ids.last().map(|(id, _)| *id)).flatten();
@@ -597,6 +662,33 @@ impl Index {
         Ok(Page { rows, next, total })
     }
 
+    /// Runs claimed, aborted or expired and not finished (the lost-agent watch's).
+    pub fn live(&self) -> Vec<RunId> {
+        let runs = self.runs.read().unwrap_or_else(PoisonError::into_inner);
+        runs.rows
+            .iter()
+            .filter(|(_, r)| r.phase == Phase::Live)
+            .map(|(id, _)| *id)
+            .collect()
+    }
+
+    /// The newest run issued for host `name`, if any.
+    pub fn latest_of(&self, name: &str) -> Option<RunId> {
+        let runs = self.runs.read().unwrap_or_else(PoisonError::into_inner);
+        runs.by_host.get(name)?.last().map(|(_, id)| *id)
+    }
+
+    /// How many pending (unexpired) tickets host `name` has.
+    pub fn pending_of(&self, name: &str) -> usize {
+        let now = now_s();
+        let runs = self.runs.read().unwrap_or_else(PoisonError::into_inner);
+        runs.pending_by_host.get(name).map_or(0, |set| {
+            set.iter()
+                .filter(|(_, id)| runs.rows[id].not_after >= now)
+                .count()
+        })
+    }
+
     /// Every run, newest first (the command line's `runs` without `--limit`).
     pub fn all(&self) -> Result<Vec<Summary>> {
         let mut out = Vec::new();
@@ -613,8 +705,8 @@ impl Index {
 }
 
 /// Reads every run folder (on every core): the rows and how many summaries were
-/// written.
-fn scan(state: &State, key: &PublicKey) -> Result<(Runs, usize)> {
+/// (with `write`; else would have been) written.
+fn scan(state: &State, key: &PublicKey, write: bool) -> Result<(Runs, usize)> {
     let ids = state.run_ids()?;
     let threads = std::thread::available_parallelism()
         .map_or(2, |n| n.get())
@@ -628,7 +720,7 @@ fn scan(state: &State, key: &PublicKey) -> Result<(Runs, usize)> {
                     let mut out = Vec::with_capacity(part.len());
                     for id in part {
                         let rd = RunDir::new(state, *id);
-                        match read_row(&rd, key) {
+                        match read_row(&rd, key, write) {
                             Ok(Some((r, wrote))) => out.push((*id, r, wrote)),
                             Ok(None) => {}
                             Err(e) => log::warn!("{e:#}; not indexed"),

@@ -116,6 +116,20 @@ fn note_refused_claim(rd: &RunDir, c: &Cached, body: &[u8], from: Source, r: &Re
         r.reason
     );
     let detail = format!("{} {}", r.status, r.reason);
+    // Notified when the run becomes contested (queued before it is recorded, so a
+    // crash in between notifies at the next attempt), not at every further attempt
+    // of the same claimant: the notification is the same key, and the claimant's
+    // rate is not the receivers' business.
+    if kind == claims::Kind::Contested
+        && let Some(state) = rd.state()
+        && !claims::read(rd).is_ok_and(|l| l.contested())
+    {
+        let detail = format!("claim from {from} by {}: {detail}", k.fingerprint());
+        if let Err(e) = crate::notify::emit(&state, &rd.id, crate::notify::Kind::Contested, &detail)
+        {
+            log::error!("run {}: queueing its contested notification: {e:#}", rd.id);
+        }
+    }
     match claims::append(rd, kind, from, Some(&k), &detail) {
         Ok(_) => {
             if let Some(state) = rd.state() {
@@ -226,6 +240,23 @@ impl Ingester {
             return Err(Refusal::new(404, format!("no run {run}")));
         }
         self.with_run(run, |rd, slot| {
+            if mode == Mode::Online
+                && let Some(why) = crate::lights::ended(rd)
+            {
+                // The coordinator ended this lights-out run (never booted, agent
+                // lost): a late agent is refused and recorded, never merged.
+                let _ = crate::lights::append(
+                    rd,
+                    &crate::lights::Record::new(
+                        crate::lights::Event::LateAgent,
+                        format!("refused a batch from {from} ({} bytes)", body.len()),
+                    ),
+                );
+                return Err(Refusal::new(
+                    409,
+                    format!("run {run} was ended by the coordinator: {why}"),
+                ));
+            }
             let c = refresh(rd, &self.key, slot)?;
             let checked = validate(run, body, c, mode, now_s(), self.max_log).and_then(|v| {
                 resend::check_stored(rd, c, &v)?;
@@ -250,11 +281,20 @@ impl Ingester {
             })?;
             if mode == Mode::Online {
                 rd.touch_seen();
+                if v.bind {
+                    crate::notify::stale::watch(&self.state, run);
+                }
             }
             // The index cares when a run stops being pending, when it ends, and when
             // a hold begins or ends.
             if v.bind || c.finished != was_finished || c.held != was_held {
                 crate::journal::note_run(&self.state, run);
+            }
+            // Queued (durably) before the ack: an agent that gets no ack resends, and
+            // the resend queues it again, so a crash in between loses nothing.
+            if let Some(outcome) = v.outcome {
+                crate::notify::emit_finished(&self.state, run, outcome)
+                    .map_err(Refusal::internal)?;
             }
             // A held run gets its pending order (`run release|retry|approve`) while
             // the hold it was given for lasts; an abort request does not stop it.
@@ -325,7 +365,7 @@ impl Ingester {
         let mut before = None;
         let result = if !rd.dir.exists() {
             // Nobody writes a run without a folder: no lock until it exists.
-            go(&rd, Cached::empty(ticket), Some(ticket_file)).map(|c| c.upto)
+            go(&rd, Cached::empty(ticket), Some(ticket_file)).map(|c| (c.upto, c.finished))
         } else {
             self.with_run(&ticket.run, |rd, slot| {
                 let had_ticket = rd.exists();
@@ -347,17 +387,37 @@ impl Ingester {
                 }
                 let stored = go(rd, c, (!had_ticket).then_some(ticket_file));
                 *slot = stored.as_ref().ok().cloned();
-                stored.map(|c| c.upto)
+                stored.map(|c| (c.upto, c.finished))
             })
         };
         if result.is_err() && made_cas {
             let _ = std::fs::remove_dir(cas.dir());
         }
-        if let Ok(upto) = result
+        if let Ok((upto, _)) = result
             && before != Some(upto)
         {
             crate::journal::note_run(&self.state, &ticket.run);
         }
-        result
+        if let Ok((_, true)) = result
+            && crate::notify::has_receivers(&self.state)
+        {
+            // A finished run's notification, as online: queued again by a repeated
+            // import (at-least-once: an error here is the import's, and running it
+            // again stores nothing twice but queues this).
+            let outcome = rd
+                .frames()
+                .map_err(Refusal::internal)?
+                .iter()
+                .rev()
+                .find_map(|f| match f.event {
+                    kiln_protocol::Event::RunFinished { outcome } => Some(outcome),
+                    _ => None,
+                });
+            if let Some(o) = outcome {
+                crate::notify::emit_finished(&self.state, &ticket.run, o)
+                    .map_err(Refusal::internal)?;
+            }
+        }
+        result.map(|(upto, _)| upto)
     }
 }

@@ -25,6 +25,7 @@ fn setup(image: Option<&str>) -> (tempfile::TempDir, State) {
             image: image.map(str::to_string),
             spec: None,
             agent_key: None,
+            power: None,
         }],
     };
     s.save_hosts(&hosts).unwrap();

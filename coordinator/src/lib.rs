@@ -3,6 +3,7 @@
 #![forbid(unsafe_code)]
 #![warn(missing_docs)]
 
+pub mod auth;
 pub mod cas;
 pub mod claims;
 pub mod cli;
@@ -10,6 +11,7 @@ pub mod commands;
 pub mod exit;
 pub mod fmt;
 pub mod fsutil;
+pub mod gc;
 pub mod html;
 pub mod http;
 pub mod images;
@@ -17,10 +19,15 @@ pub mod index;
 pub mod ingest;
 pub mod ipxe;
 pub mod journal;
+pub mod lights;
 pub mod limits;
+pub mod lost;
 pub mod neigh;
+pub mod notify;
 pub mod orders;
 pub mod plan;
+pub mod power;
+pub mod powerq;
 pub mod report;
 pub mod state;
 pub mod status;

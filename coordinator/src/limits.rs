@@ -16,6 +16,8 @@ pub struct Limits {
     pub run_quota: u64,
     /// The neighbour-table check of claims (`serve --claim-check`).
     pub claim_check: crate::neigh::ClaimCheck,
+    /// Pages and the JSON API readable without a login (`serve --public-read`).
+    pub public_read: bool,
 }
 
 impl Limits {
@@ -25,6 +27,7 @@ impl Limits {
             artifact_cap: size_env("KILN_ARTIFACT_CAP", DEFAULT_ARTIFACT_CAP)?,
             run_quota: size_env("KILN_RUN_ARTIFACT_QUOTA", DEFAULT_RUN_QUOTA)?,
             claim_check: Default::default(),
+            public_read: false,
         })
     }
 }

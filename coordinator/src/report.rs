@@ -117,6 +117,46 @@ fn claims_text(o: &mut String, s: &RunStatus, v: &dyn Fn(&str) -> String) {
     }
 }
 
+/// The lights-out lines of `run show` (power.log): phase, queue place, the error
+/// that ended the run, and every power record.
+fn power_text(o: &mut String, s: &RunStatus, v: &dyn Fn(&str) -> String) {
+    let Some(p) = &s.power else {
+        return;
+    };
+    let place = p
+        .queue_position
+        .map(|n| format!(", place {n} in the power queue"))
+        .unwrap_or_default();
+    let _ = writeln!(
+        o,
+        "power    {}{place} (boot timeout {}, lost after {}, {})",
+        p.phase,
+        crate::fmt::fmt_ms(p.boot_timeout_s * 1000),
+        crate::fmt::fmt_ms(p.lost_after_s * 1000),
+        if p.power_off {
+            "powered off after"
+        } else {
+            "kept on after"
+        }
+    );
+    if let Some(e) = &p.error {
+        let _ = writeln!(o, "error    {}", v(e));
+    }
+    for r in &p.records {
+        let _ = writeln!(o, "  {} {}", fmt_unix(r.at_ms / 1000), v(&r.describe()));
+    }
+    if !p.console_tail.is_empty() {
+        let _ = writeln!(
+            o,
+            "console  (last lines; all: run logs {} --console)",
+            s.run
+        );
+        for l in &p.console_tail {
+            let _ = writeln!(o, "  {}", v(l));
+        }
+    }
+}
+
 /// What `run show` prints; `raw` leaves control characters in.
 pub fn show_text(s: &RunStatus, raw: bool) -> String {
     let v = |t: &str| shown(t, raw).into_owned();
@@ -150,6 +190,7 @@ pub fn show_text(s: &RunStatus, raw: bool) -> String {
         let _ = writeln!(o, "agent    {}", v(a));
     }
     claims_text(&mut o, s, &v);
+    power_text(&mut o, s, &v);
     let _ = writeln!(
         o,
         "issued   {}, expires {}",

@@ -291,7 +291,44 @@ pub struct Host {
     /// `kiln-agent enroll`): tickets for this host name it and only it may claim them.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub agent_key: Option<String>,
+    /// Lights-out power control (`power.rs`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub power: Option<PowerToml>,
 }
+
+/// `[host.power]` in hosts.toml.
+#[derive(Debug, Clone, Default, Serialize, Deserialize, PartialEq, Eq)]
+#[serde(deny_unknown_fields)]
+pub struct PowerToml {
+    /// `ipmi://USER@BMC[:PORT]`, `redfish://USER@BMC[:PORT][/redfish/v1/Systems/ID]`
+    /// or `wol[://BROADCAST[:PORT]]`.
+    pub url: String,
+    /// The secret holding the BMC password.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub secret: Option<String>,
+    /// Redfish: the BMC's certificate (or its CA), PEM, pinned.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub ca_pem: Option<String>,
+    /// Redfish: accept any certificate (explicit, shown in `host list`).
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub insecure: bool,
+    /// `ticket issue` powers this host on without `--boot`.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub boot: bool,
+    /// Seconds from power-on to the agent's claim before the watchdog acts
+    /// (default [`DEFAULT_BOOT_TIMEOUT_S`]).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub boot_timeout_s: Option<u64>,
+    /// Seconds of silence after which a claimed run's agent counts as lost
+    /// (default [`DEFAULT_LOST_AFTER_S`]).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub lost_after_s: Option<u64>,
+}
+
+/// Default boot watchdog: ten minutes from power-on to claim.
+pub const DEFAULT_BOOT_TIMEOUT_S: u64 = 600;
+/// Default silence before a claimed run's agent counts as lost: ten minutes.
+pub const DEFAULT_LOST_AFTER_S: u64 = 600;
 
 impl Host {
     /// The enrolled agent key, parsed.

@@ -30,6 +30,12 @@ pub const LOG_TAIL: usize = 50;
 pub enum RunState {
     /// Issued, not yet claimed by an agent.
     Pending,
+    /// Lights-out: taken from the power queue; the boot override and power-on are
+    /// being sent to the host's BMC (`power.log`).
+    Powering,
+    /// Lights-out: powered on, waiting for the agent's claim (the boot watchdog
+    /// runs).
+    Booting,
     /// An agent claimed it; no stage has started.
     Claimed,
     /// Stages are running.
@@ -58,6 +64,8 @@ impl RunState {
     pub fn as_str(self) -> &'static str {
         match self {
             RunState::Pending => "pending",
+            RunState::Powering => "powering",
+            RunState::Booting => "booting",
             RunState::Claimed => "claimed",
             RunState::Running => "running",
             RunState::Finished => "finished",
@@ -74,6 +82,8 @@ impl RunState {
         matches!(
             self,
             RunState::Pending
+                | RunState::Powering
+                | RunState::Booting
                 | RunState::Claimed
                 | RunState::Running
                 | RunState::Stale
@@ -131,6 +141,10 @@ pub struct RunStatus {
     /// Fingerprint of the enrolled agent key the ticket names (the only key that may
     /// claim the run).
     pub enrolled_key: Option<String>,
+    /// Lights-out runs (`ticket issue --boot`): the coordinator's power record
+    /// (`power.log`): phase, queue place, every power action, the infrastructure
+    /// error that ended the run.
+    pub power: Option<crate::lights::PowerView>,
     /// While the run is held: until when, and how to log in.
     pub hold: Option<HoldStatus>,
     /// Every order to a held run and what came of it: the operator's requests (as
@@ -320,7 +334,29 @@ pub fn annotate(rd: &RunDir, s: &mut RunStatus) -> Result<()> {
     orders.append(&mut s.orders);
     orders.sort_by_key(|o| o.at_ms);
     s.orders = orders;
+    annotate_power(rd, s);
     Ok(())
+}
+
+/// Adds a lights-out run's power record: `pending` becomes `powering` or `booting`,
+/// and a run the coordinator ended (never booted, agent lost) is finished with
+/// outcome `error`.
+fn annotate_power(rd: &RunDir, s: &mut RunStatus) {
+    let claimed = !matches!(s.state, RunState::Pending | RunState::Expired) || s.claim.is_some();
+    let Some(v) = crate::lights::view(rd, &s.run, claimed) else {
+        return;
+    };
+    match (s.state, v.phase) {
+        (RunState::Pending, "powering") => s.state = RunState::Powering,
+        (RunState::Pending, "booting") => s.state = RunState::Booting,
+        _ => {}
+    }
+    if v.error.is_some() && s.state.is_live() {
+        s.state = RunState::Finished;
+        s.outcome = Some("error");
+        s.exit_status = Some(kiln_protocol::Outcome::Error.exit_status());
+    }
+    s.power = Some(v);
 }
 
 /// A run's status and per-stage log tails, from the fold cache: the one loader of

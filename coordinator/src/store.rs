@@ -36,6 +36,9 @@ pub mod files {
     pub const CLAIMS: &str = "claims";
     /// A finished run's listing row (`crate::index`), derived, rebuilt if missing.
     pub const SUMMARY: &str = "summary.json";
+    /// A lights-out run's power record: steps, power actions, the coordinator's end
+    /// of the run (written and read by `lights.rs`).
+    pub const POWER_LOG: &str = "power.log";
 }
 
 /// An operator's abort request of a run (`runs/<run>/abort`).
@@ -77,6 +80,20 @@ impl RunDir {
     /// Path of one of the [`files`].
     pub fn path(&self, name: &str) -> PathBuf {
         self.dir.join(name)
+    }
+
+    /// Whether the coordinator ended this lights-out run (an `ended` record in its
+    /// power.log, written by `lights.rs`).
+    pub fn ended_by_coordinator(&self) -> bool {
+        let Ok(bytes) =
+            kiln_protocol::io::read_file_capped(&self.path(files::POWER_LOG), 1 << 20, "power.log")
+        else {
+            return false;
+        };
+        bytes.split(|b| *b == b'\n').any(|l| {
+            serde_json::from_slice::<serde_json::Value>(l)
+                .is_ok_and(|v| v.get("event").and_then(|e| e.as_str()) == Some("ended"))
+        })
     }
 
     /// Whether the run has a ticket.
@@ -326,6 +343,10 @@ pub fn next_pending(state: &State, key: &PublicKey, mac: &Mac) -> Result<Option<
             .iter()
             .any(|f| rd.path(f).exists())
         {
+            continue;
+        }
+        // A lights-out run the coordinator ended (never booted) boots nothing.
+        if rd.ended_by_coordinator() {
             continue;
         }
         let Ok((_, t)) = rd.ticket(key) else {

@@ -220,6 +220,7 @@ impl Lab {
             image: None,
             spec: None,
             agent_key: None,
+            power: None,
         };
         state
             .save_hosts(&kiln_coordinator::state::Hosts {

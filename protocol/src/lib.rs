@@ -33,9 +33,9 @@ pub use frame::{
 pub use ids::{Mac, RunId, Sha256, hex, parse_hex};
 pub use key::{KeyId, PublicKey, SecretKey};
 pub use plan::{
-    ContainerSpec, CpuStressSpec, DiskSpec, GpuSpec, Hold, HoldWhen, HostSpec, ImageRef, Mount,
-    NetworkSpec, NicSpec, Os, Plan, Runtime, SmartSpec, SshSpec, Stage, StageKind, StorageSpec,
-    StorageTool, TestBundle,
+    BuildSpec, ContainerSpec, CpuStressSpec, DiskSpec, GpuSpec, HealthSpec, Hold, HoldWhen,
+    HostSpec, ImageRef, Mount, NetworkSpec, NicSpec, Os, Plan, Runtime, ServiceSpec, SmartSpec,
+    SshSpec, Stage, StageKind, StorageSpec, StorageTool, TestBundle,
 };
 pub use records::{RecordReader, ResultRecord, encode_record};
 pub use ticket::{HostBinding, SignedTicket, Ticket};

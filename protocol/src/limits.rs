@@ -169,10 +169,7 @@ fn check_stage(i: usize, s: &Stage) -> Result<(), Error> {
 fn check_container(at: &dyn Fn(&str) -> String, c: &ContainerSpec) -> Result<(), Error> {
     list(&|| at("images"), &c.images)?;
     for img in &c.images {
-        match img {
-            ImageRef::Registry(r) => long(&|| at("image"), r)?,
-            ImageRef::Archive { name, .. } => long(&|| at("image name"), name)?,
-        }
+        check_image(at, img)?;
     }
     list(&|| at("matrix"), &c.axes)?;
     for (axis, values) in &c.axes {
@@ -192,7 +189,53 @@ fn check_container(at: &dyn Fn(&str) -> String, c: &ContainerSpec) -> Result<(),
         long(&|| at("mount host path"), &m.host)?;
         long(&|| at("mount container path"), &m.container)?;
     }
+    list(&|| at("services"), &c.services)?;
+    for svc in &c.services {
+        name(&|| at("service name"), &svc.name)?;
+        let at = |what: &str| at(&format!("service {} {what}", short(&svc.name)));
+        check_image(&at, &svc.image)?;
+        texts(&|| at("command"), &svc.command)?;
+        list(&|| at("env"), &svc.env)?;
+        for (k, v) in &svc.env {
+            name(&|| at("env name"), k)?;
+            text(
+                &|| at(&format!("env {}", short(k))),
+                v,
+                MAX_VALUE_LEN,
+                "MAX_VALUE_LEN",
+            )?;
+        }
+        list(&|| at("secrets"), &svc.secrets)?;
+        for n in &svc.secrets {
+            name(&|| at("secret name"), n)?;
+        }
+        if let Some(h) = &svc.health {
+            texts(&|| at("health command"), &h.command)?;
+        }
+    }
     Ok(())
+}
+
+fn check_image(at: &dyn Fn(&str) -> String, img: &ImageRef) -> Result<(), Error> {
+    match img {
+        ImageRef::Registry(r) => long(&|| at("image"), r),
+        ImageRef::Archive { name, .. } => long(&|| at("image name"), name),
+        ImageRef::Build(b) => {
+            long(&|| at("build"), &b.file)?;
+            long(&|| at("context"), &b.context)?;
+            list(&|| at("build_args"), &b.args)?;
+            for (k, v) in &b.args {
+                name(&|| at("build_args name"), k)?;
+                text(
+                    &|| at(&format!("build_args.{}", short(k))),
+                    v,
+                    MAX_VALUE_LEN,
+                    "MAX_VALUE_LEN",
+                )?;
+            }
+            Ok(())
+        }
+    }
 }
 
 fn check_ssh(at: &dyn Fn(&str) -> String, s: &SshSpec) -> Result<(), Error> {

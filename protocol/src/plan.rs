@@ -190,6 +190,25 @@ pub enum ImageRef {
         /// Archive size in bytes.
         size: u64,
     },
+    /// Built on the agent from a Containerfile in the stage's test folder (appended
+    /// variant: older agents refuse the ticket rather than misread it).
+    Build(BuildSpec),
+}
+
+/// An image the agent builds from a Containerfile in the stage's test folder, tagged
+/// `localhost/kiln-build/<stage>:<hash of context, Containerfile and args>` and
+/// reused while an image with that tag exists.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct BuildSpec {
+    /// The Containerfile, relative to the stage's test folder.
+    pub file: String,
+    /// The build context, relative to the stage's test folder (`""`: the folder).
+    pub context: String,
+    /// Build arguments (`--build-arg`); a value `${AXIS}` is the cell's value of that
+    /// matrix axis.
+    pub args: Vec<(String, String)>,
+    /// Build afresh without the engine's layer cache, even when the tag exists.
+    pub no_cache: bool,
 }
 
 impl ImageRef {
@@ -198,6 +217,7 @@ impl ImageRef {
         match self {
             ImageRef::Registry(r) => r,
             ImageRef::Archive { name, .. } => name,
+            ImageRef::Build(b) => &b.file,
         }
     }
 }
@@ -250,6 +270,45 @@ pub struct ContainerSpec {
     pub tmpfs_bytes: u64,
     /// Extra bind mounts (checked against `allow_host_mounts` at issue time).
     pub mounts: Vec<Mount>,
+    /// Containers started beside each cell, on a private network of the cell's own,
+    /// healthy before the test starts (new in format version 3).
+    pub services: Vec<ServiceSpec>,
+    /// A failed cell's container and its services are kept (stopped) for inspection,
+    /// until `kiln-agent gc` or the next run of the stage on the host (version 3).
+    pub keep_failed: bool,
+}
+
+/// A service container beside each cell of a container stage (a database, a web
+/// server), reached from the test by its name.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ServiceSpec {
+    /// Host name the test reaches it by; unique within the stage.
+    pub name: String,
+    /// Its image (a registry reference, an archive or a build).
+    pub image: ImageRef,
+    /// argv (empty: the image's default).
+    pub command: Vec<String>,
+    /// Environment.
+    pub env: Vec<(String, String)>,
+    /// Names of the stage's secrets it gets as files in `/run/secrets`.
+    pub secrets: Vec<String>,
+    /// Its health check; none: started counts as healthy.
+    pub health: Option<HealthSpec>,
+}
+
+/// A service's health check, run inside it with `exec` until it exits 0.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct HealthSpec {
+    /// argv run in the service container.
+    pub command: Vec<String>,
+    /// Wait between checks, milliseconds.
+    pub interval_ms: u64,
+    /// Longest one check may take, milliseconds.
+    pub timeout_ms: u64,
+    /// Failed checks after `start_period_ms` before the service counts as unhealthy.
+    pub retries: u32,
+    /// Failures in this first stretch do not count, milliseconds.
+    pub start_period_ms: u64,
 }
 
 /// Remote operating system of an SSH stage.

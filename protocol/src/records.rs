@@ -63,7 +63,7 @@ impl Iterator for RecordReader<'_> {
     }
 }
 
-/// One record of an offline result bundle (after the `KILNRES\x01` magic).
+/// One record of an offline result bundle (after the `KILNRES\x03` magic, [`crate::BUNDLE_MAGIC`]).
 /// The first record is the ticket; blobs precede the batches that name them.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub enum ResultRecord {

@@ -5,6 +5,7 @@ use argh::FromArgs;
 
 mod boot;
 mod enroll;
+mod gc;
 mod run;
 mod verify;
 
@@ -13,6 +14,7 @@ mod verify;
 // `crate::cli` then closes a cycle and fails the check.
 pub use crate::cli::boot::BootCmd;
 pub use crate::cli::enroll::EnrollCmd;
+pub use crate::cli::gc::GcCmd;
 pub use crate::cli::run::RunCmd;
 pub use crate::cli::verify::VerifyCmd;
 
@@ -34,6 +36,7 @@ pub enum Command {
     Run(RunCmd),
     Boot(BootCmd),
     Enroll(EnrollCmd),
+    Gc(GcCmd),
 }
 
 /// Runs a parsed command line; returns the exit status.
@@ -43,6 +46,7 @@ pub fn run(cli: Cli) -> i32 {
         Command::Run(c) => crate::cli::run::cmd_run(&c),
         Command::Boot(c) => crate::cli::boot::cmd_boot(&c),
         Command::Enroll(c) => crate::cli::enroll::cmd_enroll(&c),
+        Command::Gc(c) => crate::cli::gc::cmd_gc(&c),
     }
 }
 

@@ -53,6 +53,11 @@ fn write_secrets(ctx: &StageCtx) -> std::io::Result<Option<PathBuf>> {
 /// Runs the command; exit 0 passed, 42 warning, 43 skipped, other failed,
 /// could-not-start error; a stop ends it timed_out or aborted.
 pub async fn run(ctx: &StageCtx, command: &[String]) -> StageResult {
+    // The folder a command puts its artifacts in exists before it starts.
+    let artifacts = ctx.dir.join("artifacts");
+    if let Err(e) = std::fs::create_dir_all(&artifacts) {
+        return StageResult::error(format!("creating {}: {e}", artifacts.display()));
+    }
     let mut spec = ProcSpec::new(command.iter().cloned());
     spec.env = ctx.env();
     spec.env.extend([
@@ -61,7 +66,7 @@ pub async fn run(ctx: &StageCtx, command: &[String]) -> StageResult {
         ("KILN_ATTEMPT".to_string(), ctx.attempt.to_string()),
         (
             "KILN_ARTIFACTS".to_string(),
-            ctx.dir.join("artifacts").display().to_string(),
+            artifacts.display().to_string(),
         ),
     ]);
     let secrets_dir = match write_secrets(ctx) {
@@ -138,5 +143,23 @@ mod tests {
             ]
         );
         assert!(!d.path().join("0-s/.secrets-1").exists());
+    }
+
+    #[test]
+    fn the_artifacts_folder_exists_when_the_command_starts() {
+        let d = tempfile::tempdir().unwrap();
+        let dir = d.path().join("0-s").join("1");
+        std::fs::create_dir_all(&dir).unwrap();
+        let stage = Stage::new("s", StageKind::Exec { command: vec![] });
+        let (ctx, _sink) = StageCtx::for_test(stage, dir.clone());
+        let cmd: Vec<String> = ["sh", "-c", "echo report > \"$KILN_ARTIFACTS/out.txt\""]
+            .map(String::from)
+            .to_vec();
+        let r = smol::block_on(run(&ctx, &cmd));
+        assert_eq!(r.outcome, Outcome::Passed, "{r:?}");
+        assert_eq!(
+            std::fs::read_to_string(dir.join("artifacts/out.txt")).unwrap(),
+            "report\n"
+        );
     }
 }

@@ -3,7 +3,9 @@
 //! Needs the local test images from `.ci/podman.sh` and `.ci/docker.sh`.
 mod support;
 
+mod build;
 mod hardening;
 mod lifecycle;
 mod matrix;
 mod outputs;
+mod services;

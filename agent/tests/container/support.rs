@@ -106,6 +106,8 @@ impl Eng {
             pids_limit: 128,
             tmpfs_bytes: 16 << 20,
             mounts: vec![],
+            services: vec![],
+            keep_failed: false,
         }
     }
 

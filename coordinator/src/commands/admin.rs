@@ -7,7 +7,9 @@ use std::path::Path;
 use std::path::PathBuf;
 
 use crate::exit;
+use crate::power::{PowerToml, PowerUrl};
 use crate::state::{Host, MAX_SECRET_BYTES, State, check_name};
+use crate::units::parse_duration;
 use crate::visible::visible;
 
 /// `init`: create the state folder and key (idempotent), print the public key.
@@ -114,6 +116,7 @@ pub fn cmd_host_add(state: &State, c: &HostAddCmd) -> Result<i32> {
             image: None,
             spec: None,
             agent_key: None,
+            power: None,
         },
     };
     if !macs.is_empty() {
@@ -128,6 +131,7 @@ pub fn cmd_host_add(state: &State, c: &HostAddCmd) -> Result<i32> {
     if let Some(k) = agent_key {
         host.agent_key = k;
     }
+    host.power = power_settings(state, host.power.take(), c)?;
     if host.macs.is_empty() && host.serial.is_none() {
         bail!(
             "host {} needs at least one --mac or --serial (tickets are bound to them)",
@@ -149,6 +153,99 @@ pub fn cmd_host_add(state: &State, c: &HostAddCmd) -> Result<i32> {
     Ok(exit::OK)
 }
 
+/// Applies the `--power…` options to a host's power settings (checked, the CA read).
+fn power_settings(
+    state: &State,
+    old: Option<PowerToml>,
+    c: &HostAddCmd,
+) -> Result<Option<PowerToml>> {
+    let mut p = match c.power.as_deref() {
+        Some("none") => return Ok(None),
+        Some(url) => {
+            url.parse::<PowerUrl>()?;
+            PowerToml {
+                url: url.trim().to_string(),
+                ..old.unwrap_or_default()
+            }
+        }
+        None => match old {
+            Some(p) => p,
+            None => {
+                let any = c.power_secret.is_some()
+                    || c.power_ca.is_some()
+                    || c.power_insecure
+                    || c.auto_boot.is_some()
+                    || c.boot_timeout.is_some()
+                    || c.lost_after.is_some();
+                if any {
+                    bail!("host {}: give --power URL first", c.name);
+                }
+                return Ok(None);
+            }
+        },
+    };
+    if let Some(name) = &c.power_secret {
+        check_name(name, "secret")?;
+        if !state.secret_path(name)?.is_file() {
+            bail!("secret {name:?} is not set (kiln-coordinator secret set {name} --file F)");
+        }
+        p.secret = Some(name.clone());
+    }
+    if let Some(file) = &c.power_ca {
+        let pem = kiln_protocol::io::read_text_capped(
+            file,
+            crate::power::tls::MAX_CA_BYTES,
+            "a PEM file",
+        )
+        .map_err(|e| anyhow::anyhow!("--power-ca {}: {e}", file.display()))?;
+        crate::power::tls::parse_pem(&pem)
+            .with_context(|| format!("--power-ca {}", file.display()))?;
+        p.ca_pem = Some(pem);
+        p.insecure = false;
+    }
+    if c.power_insecure {
+        p.insecure = true;
+        p.ca_pem = None;
+    }
+    if let Some(v) = &c.auto_boot {
+        p.boot = match v.as_str() {
+            "yes" | "true" | "on" => true,
+            "no" | "false" | "off" => false,
+            _ => bail!("--auto-boot {v:?}: yes or no"),
+        };
+    }
+    if let Some(d) = &c.boot_timeout {
+        p.boot_timeout_s = Some(
+            parse_duration(d)
+                .map_err(|e| anyhow::anyhow!("--boot-timeout: {e}"))?
+                .max(1),
+        );
+    }
+    if let Some(d) = &c.lost_after {
+        p.lost_after_s = Some(
+            parse_duration(d)
+                .map_err(|e| anyhow::anyhow!("--lost-after: {e}"))?
+                .max(1),
+        );
+    }
+    let url: PowerUrl = p.url.parse()?;
+    if url.needs_secret() && p.secret.is_none() {
+        bail!(
+            "host {}: {} needs --power-secret NAME (the BMC password, stored with `secret set`)",
+            c.name,
+            p.url
+        );
+    }
+    if matches!(url, PowerUrl::Redfish { .. }) && p.ca_pem.is_none() && !p.insecure {
+        bail!(
+            "host {}: redfish needs the BMC's certificate pinned (--power-ca FILE) \
+             or an explicit --power-insecure",
+            c.name
+        );
+    }
+    Ok(Some(p))
+}
+
 /// `host list`.
 pub fn cmd_host_list(state: &State) -> Result<i32> {
     let hosts = state.hosts()?;
@@ -164,9 +261,10 @@ pub fn cmd_host_list(state: &State) -> Result<i32> {
         .unwrap_or(4)
         .max(4);
     println!(
-        "{:<width$}  {:<17}  {:<16}  IMAGE",
-        "NAME", "MACS", "SERIAL"
+        "{:<width$}  {:<17}  {:<16}  {:<16}  IMAGE",
+        "NAME", "MACS", "SERIAL", "POWER"
     );
+    let now = crate::fsutil::now_ms();
     for h in &hosts.hosts {
         let macs = if h.macs.is_empty() {
             "-".into()
@@ -178,11 +276,21 @@ pub fn cmd_host_list(state: &State) -> Result<i32> {
             Ok(None) => String::new(),
             Err(e) => format!("  {e}"),
         };
+        let power = match (&h.power, crate::power::reading(state, &h.name)) {
+            (None, _) => "-".to_string(),
+            (Some(_), None) => "not read".to_string(),
+            (Some(_), Some(r)) => format!(
+                "{} {} ago",
+                r.state,
+                crate::fmt::fmt_ms(now.saturating_sub(r.at_ms))
+            ),
+        };
         println!(
-            "{:<width$}  {:<17}  {:<16}  {}{}",
+            "{:<width$}  {:<17}  {:<16}  {:<16}  {}{}",
             visible(&h.name),
             visible(&macs),
             visible(h.serial.as_deref().unwrap_or("-")),
+            power,
             visible(h.image.as_deref().unwrap_or("-")),
             visible(&enrolled),
         );
@@ -255,6 +363,17 @@ fn describe(h: &Host) -> String {
     if let Ok(Some(k)) = h.agent_key() {
         s += &format!(" agent key {}", k.fingerprint());
     }
+    if let Some(p) = &h.power {
+        s += &format!(" power {}", p.url);
+        if p.insecure {
+            s += " (certificate not checked)";
+        } else if p.ca_pem.is_some() {
+            s += " (certificate pinned)";
+        }
+        if p.boot {
+            s += " auto-boot";
+        }
+    }
     s
 }
 
@@ -313,6 +432,98 @@ pub struct HostAddCmd {
     /// (`kiln-ed25519 <base64> [comment]`), a file holding it, or `none` to unenrol
     #[argh(option)]
     pub agent_key: Option<String>,
+    /// power control: `ipmi://USER@BMC[:PORT]`,
+    /// `redfish://USER@BMC[:PORT][/redfish/v1/Systems/ID]`, `wol[://BROADCAST[:PORT]]`,
+    /// or `none` to remove it
+    #[argh(option)]
+    pub power: Option<String>,
+    /// the secret holding the BMC password (`secret set NAME --file F`)
+    #[argh(option)]
+    pub power_secret: Option<String>,
+    /// redfish: the BMC's certificate or its CA (PEM), pinned
+    #[argh(option)]
+    pub power_ca: Option<PathBuf>,
+    /// redfish: accept any certificate the BMC presents
+    #[argh(switch)]
+    pub power_insecure: bool,
+    /// yes: `ticket issue` powers the host on without --boot (no: only with it)
+    #[argh(option)]
+    pub auto_boot: Option<String>,
+    /// power-on to claim before the boot watchdog acts, e.g. 10m
+    #[argh(option)]
+    pub boot_timeout: Option<String>,
+    /// silence of a claimed run's agent before it counts as lost, e.g. 10m
+    #[argh(option)]
+    pub lost_after: Option<String>,
+}
+
+/// Change a host: the same options as `host add`; the host must exist.
+#[derive(FromArgs, Debug)]
+#[argh(subcommand, name = "set")]
+pub struct HostSetCmd {
+    /// host name
+    #[argh(positional)]
+    pub name: String,
+    /// MAC address (repeatable)
+    #[argh(option)]
+    pub mac: Vec<String>,
+    /// DMI product serial
+    #[argh(option)]
+    pub serial: Option<String>,
+    /// netboot image name
+    #[argh(option)]
+    pub image: Option<String>,
+    /// enrol the host's agent key (see `host add`), or `none`
+    #[argh(option)]
+    pub agent_key: Option<String>,
+    /// power control URL (see `host add`), or `none`
+    #[argh(option)]
+    pub power: Option<String>,
+    /// the secret holding the BMC password
+    #[argh(option)]
+    pub power_secret: Option<String>,
+    /// redfish: the BMC's certificate or its CA (PEM), pinned
+    #[argh(option)]
+    pub power_ca: Option<PathBuf>,
+    /// redfish: accept any certificate the BMC presents
+    #[argh(switch)]
+    pub power_insecure: bool,
+    /// yes: `ticket issue` powers the host on without --boot (no: only with it)
+    #[argh(option)]
+    pub auto_boot: Option<String>,
+    /// power-on to claim before the boot watchdog acts, e.g. 10m
+    #[argh(option)]
+    pub boot_timeout: Option<String>,
+    /// silence of a claimed run's agent before it counts as lost, e.g. 10m
+    #[argh(option)]
+    pub lost_after: Option<String>,
+}
+
+impl From<&HostSetCmd> for HostAddCmd {
+    fn from(c: &HostSetCmd) -> Self {
+        HostAddCmd {
+            name: c.name.clone(),
+            mac: c.mac.clone(),
+            serial: c.serial.clone(),
+            image: c.image.clone(),
+            agent_key: c.agent_key.clone(),
+            power: c.power.clone(),
+            power_secret: c.power_secret.clone(),
+            power_ca: c.power_ca.clone(),
+            power_insecure: c.power_insecure,
+            auto_boot: c.auto_boot.clone(),
+            boot_timeout: c.boot_timeout.clone(),
+            lost_after: c.lost_after.clone(),
+        }
+    }
+}
+
+/// `host set`: like `host add` for a host that exists.
+pub fn cmd_host_set(state: &State, c: &HostSetCmd) -> Result<i32> {
+    if state.hosts()?.get(&c.name).is_none() {
+        bail!("no host {:?} (host add {} --mac M)", c.name, c.name);
+    }
+    cmd_host_add(state, &HostAddCmd::from(c))
 }
 
 /// List hosts.

@@ -4,8 +4,12 @@
 //! module does.
 
 pub mod admin;
+pub mod gc;
 pub mod hold;
+pub mod notify;
+pub mod power;
 pub mod runs;
 pub mod serve;
 pub mod ticket;
+pub mod users;
 pub mod watch;

@@ -69,6 +69,12 @@ pub fn cmd_logs(state: &State, c: &RunLogsCmd) -> Result<i32> {
     let id = state.resolve_run(&c.run)?;
     let rd = RunDir::new(state, id);
     let (_, ticket) = rd.ticket(&state.public_key()?)?;
+    if c.console {
+        // console.log is written safe already (controls made visible, capped).
+        let text = std::fs::read_to_string(rd.path(crate::lights::CONSOLE_LOG)).unwrap_or_default();
+        print!("{text}");
+        return Ok(exit::OK);
+    }
     let only = match &c.stage {
         Some(name) => Some(stage_index(&ticket, name)?),
         None => None,
@@ -208,6 +214,10 @@ pub struct RunLogsCmd {
     /// are shown as escapes such as \x1b)
     #[argh(switch)]
     pub raw: bool,
+    /// the host's console as the coordinator read it (IPMI serial-over-LAN, from
+    /// power-on to the claim) instead of the agent's lines
+    #[argh(switch)]
+    pub console: bool,
 }
 
 /// Abort a run: reaches the agent with its next ack.

@@ -21,6 +21,7 @@ pub fn cmd_serve(state: &State, c: &ServeCmd) -> Result<i32> {
     limits.claim_check =
         crate::neigh::ClaimCheck::from_flag(&c.claim_check, c.neigh_table.clone())?;
     limits.claim_check.probe();
+    limits.public_read = c.public_read;
     let net = net_options(c)?;
     let server = Server::start_net(state, &c.listen, WORKERS, limits, net)?;
     log::info!(
@@ -37,11 +38,71 @@ pub fn cmd_serve(state: &State, c: &ServeCmd) -> Result<i32> {
             "{n} (net.core.somaxconn)"
         )),
     );
+    if c.power_concurrency == 0 {
+        anyhow::bail!("--power-concurrency must be at least 1");
+    }
+    // The lights-out loop: power queue, boot watchdog, lost agents, power off.
+    crate::powerq::spawn(
+        state.clone(),
+        state.public_key()?,
+        crate::powerq::Options {
+            concurrency: c.power_concurrency,
+        },
+    );
     if let Some(f) = &c.addr_file {
         // A bare file name has an empty parent; write_atomic wants a real folder.
         let f = std::path::Path::new(".").join(f);
         crate::fsutil::write_atomic(&f, format!("{}\n", server.addr()).as_bytes(), 0o644)
             .context("writing the address file")?;
+    }
+    // Delivers the notification outbox (what a crash left queued included).
+    crate::notify::sender::spawn(state)?;
+    let lost_after = Duration::from_secs(match &c.lost_after {
+        Some(v) => match crate::units::parse_duration(v) {
+            Ok(0) => anyhow::bail!("--lost-after must be longer than 0s"),
+            Ok(s) => s,
+            Err(e) => anyhow::bail!("--lost-after: {e}"),
+        },
+        None => crate::power::DEFAULT_LOST_AFTER_S,
+    });
+    let ctx = server.ctx().clone();
+    std::thread::Builder::new()
+        .name("lost".into())
+        .spawn(move || {
+            loop {
+                std::thread::sleep(crate::lost::EVERY);
+                if let Err(e) = ctx.index.sync() {
+                    log::warn!("lost-agent watch: {e:#}");
+                    continue;
+                }
+                for id in ctx.index.live() {
+                    crate::lost::check(&ctx.state, ctx.ingest.key(), &id, lost_after);
+                }
+            }
+        })
+        .context("starting the lost-agent watch")?;
+    if let Some(every) = &c.gc_every {
+        let s =
+            crate::units::parse_duration(every).map_err(|e| anyhow::anyhow!("--gc-every: {e}"))?;
+        if s == 0 {
+            anyhow::bail!("--gc-every must be longer than 0s");
+        }
+        let state = state.clone();
+        std::thread::Builder::new()
+            .name("gc".into())
+            .spawn(move || {
+                loop {
+                    std::thread::sleep(Duration::from_secs(s));
+                    match crate::gc::collect(&state, &crate::gc::Policy::default(), false) {
+                        Ok(r) => log::info!(
+                            "gc: {}",
+                            super::gc::summary(&r, false).lines().last().unwrap_or("")
+                        ),
+                        Err(e) => log::warn!("gc: {e:#}"),
+                    }
+                }
+            })
+            .context("starting the gc thread")?;
     }
     server.join();
     Ok(exit::OK)
@@ -152,4 +213,18 @@ pub struct ServeCmd {
     /// seconds an idle keep-alive connection stays open (default 60)
     #[argh(option)]
     pub idle_timeout: Option<u64>,
+    /// a claimed run without power control whose agent sends nothing this long ends
+    /// `error: agent lost` (default 10m; lights-out runs use their own lost_after)
+    #[argh(option)]
+    pub lost_after: Option<String>,
+    /// pages and the JSON API readable without a login (acting still needs one)
+    #[argh(switch)]
+    pub public_read: bool,
+    /// run `gc` (its default ages) this often while serving, e.g. 1d (default: never)
+    #[argh(option)]
+    pub gc_every: Option<String>,
+    /// lights-out: most runs powering or booting at once; the rest wait in the power
+    /// queue (default 4)
+    #[argh(option, default = "crate::powerq::DEFAULT_CONCURRENCY")]
+    pub power_concurrency: usize,
 }

@@ -25,6 +25,7 @@ pub fn cmd_watch(state: &State, c: &RunWatchCmd) -> Result<i32> {
     let mut tail = Tail::default();
     let mut frames: Vec<Frame> = Vec::new();
     let mut last_state = None;
+    let mut power_shown = 0usize;
     let stdout = std::io::stdout();
     loop {
         let new = tail.poll(&rd)?;
@@ -39,7 +40,7 @@ pub fn cmd_watch(state: &State, c: &RunWatchCmd) -> Result<i32> {
         }
         frames.extend(new);
         let abort = rd.abort();
-        let s = fold(Inputs {
+        let mut s = fold(Inputs {
             ticket: &ticket,
             frames: &frames,
             last_seen_ms: rd.last_seen_ms(),
@@ -47,9 +48,23 @@ pub fn cmd_watch(state: &State, c: &RunWatchCmd) -> Result<i32> {
             now_ms: now_ms(),
             corrupt: tail.scan.corrupt.as_ref(),
         });
+        // A lights-out run: its power steps, and the coordinator's end of the run
+        // (never booted, agent lost), come from power.log.
+        if rd.path(files::POWER_LOG).exists() {
+            let recs = crate::lights::records(&rd);
+            for r in recs.iter().skip(power_shown) {
+                println!("== power: {}", visible(&r.describe()));
+            }
+            power_shown = power_shown.max(recs.len());
+            crate::status::annotate(&rd, &mut s)?;
+        }
         if last_state != Some(s.state) {
             match s.state {
                 RunState::Pending => println!("== run {id} is pending: waiting for an agent"),
+                RunState::Powering => println!("== run {id} is powering its host on"),
+                RunState::Booting => {
+                    println!("== run {id} is booting: waiting for the agent's claim")
+                }
                 RunState::Stale => println!("== run {id} is stale: no report for a minute"),
                 RunState::Held => {
                     if let Some(h) = &s.hold {
@@ -74,6 +89,9 @@ pub fn cmd_watch(state: &State, c: &RunWatchCmd) -> Result<i32> {
             last_state = Some(s.state);
         }
         if !s.state.is_live() {
+            if let Some(e) = s.power.as_ref().and_then(|p| p.error.as_ref()) {
+                println!("== run {id} ended: error: {}", visible(e));
+            }
             return Ok(s.exit_status.unwrap_or_else(exit::error));
         }
         std::thread::sleep(POLL);

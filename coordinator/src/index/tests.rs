@@ -172,7 +172,7 @@ fn a_following_index_answers_as_the_folder_does_after_a_random_mix_of_writes() {
     assert!(runs.len() > 30, "{} runs", runs.len());
     assert!(claimed.iter().filter(|c| c.2).count() > 3, "{claimed:?}");
     // A rebuild reads the same, from summary.json for the finished runs.
-    let (fresh, built) = Index::build(&lab.state, false).unwrap();
+    let (fresh, built) = Index::build(&lab.state, true).unwrap();
     assert_eq!(built.runs, runs.len());
     assert_eq!(
         built.summarized, 0,
@@ -204,10 +204,14 @@ fn a_missing_or_stale_summary_is_rebuilt_and_a_bad_one_is_not_trusted() {
     };
     post(&ing, t.run, vec![frame(2, finished)], &k);
     let rd = RunDir::new(&lab.state, t.run);
+    // A snapshot (a command) writes nothing; a server's index writes it.
     let (_, built) = Index::build(&lab.state, false).unwrap();
     assert_eq!(built.summarized, 1);
+    assert!(!rd.path(files::SUMMARY).exists());
+    let (_, built) = Index::build(&lab.state, true).unwrap();
+    assert_eq!(built.summarized, 1);
     assert!(rd.path(files::SUMMARY).is_file());
-    let (_, built) = Index::build(&lab.state, false).unwrap();
+    let (_, built) = Index::build(&lab.state, true).unwrap();
     assert_eq!(built.summarized, 0, "kept");
     // A lying summary (its sizes do not match the log) is not believed.
     let text = std::fs::read_to_string(rd.path(files::SUMMARY)).unwrap();
@@ -215,12 +219,12 @@ fn a_missing_or_stale_summary_is_rebuilt_and_a_bad_one_is_not_trusted() {
         .replace("\"failed\"", "\"passed\"")
         .replace("\"events_len\":", "\"events_len\":1");
     std::fs::write(rd.path(files::SUMMARY), lie).unwrap();
-    let (i, built) = Index::build(&lab.state, false).unwrap();
+    let (i, built) = Index::build(&lab.state, true).unwrap();
     assert_eq!(built.summarized, 1);
     assert_eq!(i.all().unwrap()[0].outcome.as_deref(), Some("failed"));
     // Junk is not believed either.
     std::fs::write(rd.path(files::SUMMARY), b"\xff{").unwrap();
-    let (i, built) = Index::build(&lab.state, false).unwrap();
+    let (i, built) = Index::build(&lab.state, true).unwrap();
     assert_eq!(built.summarized, 1);
     assert_eq!(i.all().unwrap()[0].outcome.as_deref(), Some("failed"));
 }

@@ -1,5 +1,5 @@
 //! The checks every batch passes before any of it is stored, online or imported.
-use kiln_protocol::{Batch, Event, Frame, MAX_BATCH_BYTES, PublicKey, RunId};
+use kiln_protocol::{Batch, Event, Frame, MAX_BATCH_BYTES, Outcome, PublicKey, RunId};
 
 use super::{Cached, Mode, Refusal};
 
@@ -16,6 +16,10 @@ pub(super) struct Verdict {
     pub upto: u64,
     /// Whether the new frames end the run.
     pub finished: bool,
+    /// The outcome of a RunFinished among the new or the resent frames: a resend
+    /// of the last batch (its ack was lost, say to a crash) queues its notification
+    /// again, so none is lost between the store and the outbox.
+    pub outcome: Option<Outcome>,
     /// The last new frame's seq when it is a `Held` frame.
     pub held: Option<u64>,
     /// Frames the batch resends (seqs the run already holds), as COBS records, and
@@ -141,6 +145,10 @@ pub(super) fn validate(
         finished: fresh
             .iter()
             .any(|f| matches!(f.event, Event::RunFinished { .. })),
+        outcome: batch.frames.iter().rev().find_map(|f| match f.event {
+            Event::RunFinished { outcome } => Some(outcome),
+            _ => None,
+        }),
         held: fresh
             .last()
             .filter(|f| matches!(f.event, Event::Held { .. }))

@@ -22,7 +22,7 @@ pub(super) fn build(
         "exec" => StageKind::Exec {
             command: command(at, at.need(&s.command, "command", kind)?)?,
         },
-        "container" => StageKind::Container(super::container::build(at, s)?),
+        "container" => StageKind::Container(super::container::build(at, s, tests)?),
         "ssh" => StageKind::Ssh(ssh(at, s, tests)?),
         "inventory" => StageKind::Inventory,
         "smart" => StageKind::Smart(SmartSpec {

@@ -26,6 +26,20 @@ pub struct LoadedPlan {
     pub plan: Plan,
     /// Every CAS object the plan references (test bundles, image archives), sorted.
     pub cas: Vec<Sha256>,
+    /// The plan's lights-out settings (kept by the coordinator, not in the ticket).
+    pub lights: PlanLights,
+}
+
+/// A plan's lights-out settings (top-level `power_off`, `boot_timeout`,
+/// `lost_after`); unset ones fall back to the host's, then the defaults.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct PlanLights {
+    /// `power_off = false` keeps the host on after the run.
+    pub power_off: Option<bool>,
+    /// Seconds from power-on to claim.
+    pub boot_timeout_s: Option<u64>,
+    /// Seconds of agent silence.
+    pub lost_after_s: Option<u64>,
 }
 
 /// Reads a plan file, packs its test folders into the state's CAS, and checks it
@@ -56,9 +70,22 @@ pub fn load_plan(path: &Path, state: &State, host: &Host) -> Result<LoadedPlan> 
         anyhow!("{}:{line}: {}", path.display(), msg.trim())
     })?;
     raw.locate(&text);
+    let lights = PlanLights {
+        power_off: raw.power_off.as_ref().map(|v| *v.get_ref()),
+        boot_timeout_s: raw
+            .boot_timeout
+            .as_ref()
+            .map(|t| cx.duration(t, "boot_timeout").map(|s| s.max(1)))
+            .transpose()?,
+        lost_after_s: raw
+            .lost_after
+            .as_ref()
+            .map(|t| cx.duration(t, "lost_after").map(|s| s.max(1)))
+            .transpose()?,
+    };
     let plan = cx.plan(raw)?;
     let cas = cx.cas.into_inner().into_iter().collect();
-    Ok(LoadedPlan { plan, cas })
+    Ok(LoadedPlan { plan, cas, lights })
 }
 
 /// What the conversion needs: the file (for line numbers), its folder (for relative

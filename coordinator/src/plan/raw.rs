@@ -20,6 +20,14 @@ pub(crate) struct Spanned<T> {
 }
 
 impl<T> Spanned<T> {
+    /// A value at a known span (a nested value its table's span stands for).
+    pub fn new(span: Range<usize>, value: T) -> Self {
+        Spanned {
+            span: Some(span),
+            value,
+        }
+    }
+
     /// Byte range in the file (the start of the file until located).
     pub fn span(&self) -> Range<usize> {
         self.span.clone().unwrap_or(0..0)
@@ -168,6 +176,13 @@ pub(super) struct PlanToml {
     pub hold: Option<Spanned<String>>,
     pub hold_for: Option<Spanned<Value>>,
     pub hold_keys: Option<Spanned<String>>,
+    /// Lights-out (coordinator-side, not in the ticket): power the host off after
+    /// the run (default true).
+    pub power_off: Option<Spanned<bool>>,
+    /// Lights-out: power-on to claim before the boot watchdog acts.
+    pub boot_timeout: Option<Spanned<Value>>,
+    /// Lights-out: silence of a claimed run's agent before it counts as lost.
+    pub lost_after: Option<Spanned<Value>>,
     #[serde(default)]
     pub stage: Vec<Spanned<StageToml>>,
 }
@@ -193,6 +208,15 @@ impl PlanToml {
         }
         if let Some(v) = &mut self.hold_keys {
             v.locate(text, all.clone(), "hold_keys");
+        }
+        if let Some(v) = &mut self.power_off {
+            v.locate(text, all.clone(), "power_off");
+        }
+        if let Some(v) = &mut self.boot_timeout {
+            v.locate(text, all.clone(), "boot_timeout");
+        }
+        if let Some(v) = &mut self.lost_after {
+            v.locate(text, all.clone(), "lost_after");
         }
         for s in &mut self.stage {
             s.locate(text, all.clone(), "stage");
@@ -273,6 +297,12 @@ stage_toml! {
     tmpfs: Value,
     mounts: Vec<MountToml>,
     allow_host_mounts: bool,
+    build: String,
+    context: String,
+    build_args: Table,
+    no_cache: bool,
+    service: Vec<Table>,
+    keep_failed: bool,
     // ssh
     host: String,
     port: u16,
@@ -335,6 +365,12 @@ pub(super) const KINDS: &[(&str, &[&str])] = &[
             "tmpfs",
             "mounts",
             "allow_host_mounts",
+            "build",
+            "context",
+            "build_args",
+            "no_cache",
+            "service",
+            "keep_failed",
         ],
     ),
     (

@@ -25,6 +25,7 @@ fn fx() -> Fx {
         image: None,
         spec: None,
         agent_key: None,
+        power: None,
     };
     Fx {
         _tmp: tmp,
@@ -83,7 +84,13 @@ fn every_example_parses() {
         );
     }
     seen.sort();
-    for want in ["burn-in", "distros", "smoke", "ssh-linux-windows"] {
+    for want in [
+        "burn-in",
+        "distros",
+        "services",
+        "smoke",
+        "ssh-linux-windows",
+    ] {
         assert!(seen.iter().any(|s| s == want), "missing example {want}");
     }
 }
@@ -384,12 +391,165 @@ fn errors_name_the_line() {
     f.fails(
         "[[stage]]\nname = \"c\"\nkind = \"container\"\n",
         1,
-        "need `image` or `matrix.image`",
+        "need `image`, `matrix.image` or `build`",
     );
     f.fails(
         "[[stage]]\nname = \"c\"\nkind = \"container\"\nimage = { archive = \"nope.tar\", name = \"x\" }\n",
         4,
         "image archive nope.tar does not exist",
+    );
+}
+
+#[test]
+fn container_builds_come_from_the_test_folder() {
+    let f = fx();
+    f.file("t/Containerfile", "FROM x\n");
+    f.file("t/ctx/data", "1");
+    let head = "[[stage]]\nname = \"b\"\nkind = \"container\"\ntests = \"t\"\n";
+    let p = f
+        .load(&format!(
+            "{head}build = \"Containerfile\"\ncontext = \"ctx\"\nno_cache = true\n\
+             matrix = {{ BASE = [\"a:1\", \"b:1\"] }}\nbuild_args = {{ BASE = \"${{BASE}}\", V = 2 }}\n"
+        ))
+        .expect("plan");
+    let StageKind::Container(c) = &p.plan.stages[0].kind else {
+        panic!("not a container stage");
+    };
+    assert_eq!(
+        c.images,
+        [ImageRef::Build(kiln_protocol::BuildSpec {
+            file: "Containerfile".into(),
+            context: "ctx".into(),
+            args: vec![("BASE".into(), "${BASE}".into()), ("V".into(), "2".into())],
+            no_cache: true,
+        })]
+    );
+    f.fails(
+        &format!("{head}build = \"Containerfile\"\nbuild_args = {{ BASE = \"${{BASE}}\" }}\n"),
+        6,
+        "build_args.BASE uses ${BASE}, which is not a matrix axis",
+    );
+    f.fails(
+        &format!("{head}build = \"../plan.toml\"\n"),
+        5,
+        "`build` must be a relative path inside the test folder",
+    );
+    f.fails(
+        &format!("{head}build = \"Nope\"\n"),
+        5,
+        "`build` \"Nope\" is not a file in the test folder",
+    );
+    f.fails(
+        &format!("{head}build = \"Containerfile\"\ncontext = \"Containerfile\"\n"),
+        6,
+        "is not a folder",
+    );
+    f.fails(
+        &format!("{head}build = \"Containerfile\"\nimage = \"x\"\n"),
+        5,
+        "give `build` or `image`/`matrix.image`, not both",
+    );
+    f.fails(
+        &format!("{head}image = \"x\"\nno_cache = true\n"),
+        6,
+        "`no_cache` needs `build`",
+    );
+    f.fails(
+        "[[stage]]\nname = \"b\"\nkind = \"container\"\nbuild = \"Containerfile\"\n",
+        4,
+        "`build` needs `tests`",
+    );
+}
+
+#[test]
+fn container_services_and_keep_failed() {
+    let f = fx();
+    f.file("t/Containerfile", "FROM x\n");
+    let head = "[[stage]]\nname = \"s\"\nkind = \"container\"\ntests = \"t\"\nimage = \"a:1\"\n\
+                secrets = [\"ssh-ci\"]\nkeep_failed = true\n";
+    let p = f
+        .load(&format!(
+            "{head}[[stage.service]]\nname = \"web\"\nimage = \"b:1\"\ncommand = [\"httpd\", \"-f\"]\n\
+             env = {{ PORT = 8080 }}\nsecrets = [\"ssh-ci\"]\n\
+             health = {{ command = [\"wget\", \"-q\", \"http://127.0.0.1:8080/\"], interval = \"200ms\", timeout = \"2s\", retries = 5, start_period = 1 }}\n\
+             [[stage.service]]\nname = \"db\"\nbuild = \"Containerfile\"\n"
+        ))
+        .expect("plan");
+    let StageKind::Container(c) = &p.plan.stages[0].kind else {
+        panic!("not a container stage");
+    };
+    assert!(c.keep_failed);
+    assert_eq!(
+        c.services,
+        [
+            kiln_protocol::ServiceSpec {
+                name: "web".into(),
+                image: ImageRef::Registry("b:1".into()),
+                command: vec!["httpd".into(), "-f".into()],
+                env: vec![("PORT".into(), "8080".into())],
+                secrets: vec!["ssh-ci".into()],
+                health: Some(kiln_protocol::HealthSpec {
+                    command: vec!["wget".into(), "-q".into(), "http://127.0.0.1:8080/".into()],
+                    interval_ms: 200,
+                    timeout_ms: 2000,
+                    retries: 5,
+                    start_period_ms: 1000,
+                }),
+            },
+            kiln_protocol::ServiceSpec {
+                name: "db".into(),
+                image: ImageRef::Build(kiln_protocol::BuildSpec {
+                    file: "Containerfile".into(),
+                    context: String::new(),
+                    args: vec![],
+                    no_cache: false,
+                }),
+                command: vec![],
+                env: vec![],
+                secrets: vec![],
+                health: None,
+            },
+        ]
+    );
+    let svc = |body: &str| format!("{head}[[stage.service]]\n{body}\n");
+    f.fails(&svc("image = \"b\""), 8, "a service needs a `name`");
+    f.fails(
+        &svc("name = \"Web_1\"\nimage = \"b\""),
+        8,
+        "is not a host name",
+    );
+    f.fails(
+        &svc("name = \"w\""),
+        8,
+        "service w needs `image` or `build`",
+    );
+    f.fails(
+        &svc("name = \"w\"\nimage = \"b\"\nport = 1"),
+        8,
+        "`port` is not a service setting",
+    );
+    f.fails(
+        &svc("name = \"w\"\nimage = \"b\"\nsecrets = [\"other\"]"),
+        8,
+        "secret \"other\" is not in the stage's `secrets`",
+    );
+    f.fails(
+        &svc("name = \"w\"\nimage = \"b\"\nhealth = { interval = \"1s\" }"),
+        8,
+        "`health` needs a `command`",
+    );
+    f.fails(
+        &svc("name = \"w\"\nimage = \"b\"\nhealth = { command = \"true\", interval = \"soon\" }"),
+        8,
+        "health.interval: invalid duration",
+    );
+    f.fails(
+        &format!(
+            "{}[[stage.service]]\nname = \"w\"\nimage = \"c\"\n",
+            svc("name = \"w\"\nimage = \"b\"")
+        ),
+        8,
+        "two services are named \"w\"",
     );
 }
 
@@ -661,5 +821,36 @@ fn bad_hold_settings_name_the_line() {
         &format!("hold = \"always\"\nhold_keys = \"junk\"\n{EXEC}"),
         2,
         "line 1 is not an OpenSSH public key",
+    );
+}
+
+#[test]
+fn lights_out_keys_are_read_beside_the_plan() {
+    let f = fx();
+    let stage = "[[stage]]\nname = \"a\"\nkind = \"exec\"\ncommand = [\"true\"]\n";
+    let none = f.load(stage).expect("plain plan");
+    assert_eq!(none.lights, PlanLights::default());
+    let set = f
+        .load(&format!(
+            "power_off = false\nboot_timeout = \"5m\"\nlost_after = 90\n{stage}"
+        ))
+        .expect("lights-out plan");
+    assert_eq!(
+        set.lights,
+        PlanLights {
+            power_off: Some(false),
+            boot_timeout_s: Some(300),
+            lost_after_s: Some(90),
+        }
+    );
+    f.fails(
+        &format!("\nboot_timeout = \"soon\"\n{stage}"),
+        2,
+        "boot_timeout",
+    );
+    f.fails(
+        &format!("power_off = \"no\"\n{stage}"),
+        1,
+        "expected a boolean",
     );
 }

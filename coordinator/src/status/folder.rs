@@ -280,6 +280,7 @@ impl Folder {
                 _ => None,
             },
             orders: self.orders.clone(),
+            power: None,
         }
     }
 }

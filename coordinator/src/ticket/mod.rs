@@ -25,6 +25,8 @@ pub struct Issued {
     pub file: Vec<u8>,
     /// CAS objects the plan references.
     pub cas: Vec<Sha256>,
+    /// The plan's lights-out settings.
+    pub lights: crate::plan::PlanLights,
 }
 
 /// Longest `--ttl`: a year. A ticket is a bearer of trust until `not_after`; one that
@@ -94,6 +96,7 @@ pub fn issue(
         ticket,
         file,
         cas: loaded.cas,
+        lights: loaded.lights,
     })
 }
 

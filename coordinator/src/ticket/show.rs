@@ -228,6 +228,12 @@ fn settings(kind: &StageKind) -> Value {
                 ImageRef::Archive { name, sha256, size } => {
                     json!({ "name": name, "archive": sha256.to_string(), "size": size })
                 }
+                ImageRef::Build(b) => json!({
+                    "build": b.file,
+                    "context": b.context,
+                    "build_args": b.args,
+                    "no_cache": b.no_cache,
+                }),
             })
             .collect();
         v["images"] = json!(images);

@@ -14,6 +14,7 @@ fn setup() -> (tempfile::TempDir, State, PathBuf) {
                 image: None,
                 spec: None,
                 agent_key: None,
+                power: None,
             },
             Host {
                 name: "loose".into(),
@@ -22,6 +23,7 @@ fn setup() -> (tempfile::TempDir, State, PathBuf) {
                 image: None,
                 spec: None,
                 agent_key: None,
+                power: None,
             },
         ],
     };

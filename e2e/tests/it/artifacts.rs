@@ -62,7 +62,7 @@ fail_fast = false
 [[stage]]
 name = "linked-folder"
 kind = "exec"
-command = ["sh", "-c", "ln -s {o} artifacts"]
+command = ["sh", "-c", "rmdir artifacts && ln -s {o} artifacts"]
 
 [[stage]]
 name = "links-inside"

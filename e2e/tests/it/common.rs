@@ -89,13 +89,38 @@ impl Coordinator {
         Self::start_with(state, &[])
     }
 
-    /// Starts a server with extra `serve` arguments.
+    /// Starts a server with extra `serve` arguments, its pages and JSON readable
+    /// without a login (`--public-read`), as most tests read them.
     pub fn start_with(state: &Path, extra: &[&str]) -> Coordinator {
-        Self::start_at(state, "127.0.0.1:0", extra)
+        Self::start_env(state, extra, &[])
     }
 
-    /// Starts a server listening on `listen` (a restart on the address agents know).
+    /// Starts a server whose pages and JSON need a login (no `--public-read`).
+    pub fn start_private(state: &Path, extra: &[&str]) -> Coordinator {
+        Self::spawn(state, extra, &[])
+    }
+
+    /// Starts a server with extra `serve` arguments and environment variables, its
+    /// pages and JSON readable without a login (`--public-read`).
+    pub fn start_env(state: &Path, extra: &[&str], env: &[(&str, &str)]) -> Coordinator {
+        let mut args = vec!["--public-read"];
+        args.extend_from_slice(extra);
+        Self::spawn(state, &args, env)
+    }
+
+    fn spawn(state: &Path, extra: &[&str], env: &[(&str, &str)]) -> Coordinator {
+        Self::spawn_at(state, "127.0.0.1:0", extra, env)
+    }
+
+    /// Starts a server listening on `listen` (a restart on the address agents know),
+    /// its pages and JSON readable without a login (`--public-read`).
     pub fn start_at(state: &Path, listen: &str, extra: &[&str]) -> Coordinator {
+        let mut args = vec!["--public-read"];
+        args.extend_from_slice(extra);
+        Self::spawn_at(state, listen, &args, &[])
+    }
+
+    fn spawn_at(state: &Path, listen: &str, extra: &[&str], env: &[(&str, &str)]) -> Coordinator {
         let addr_file = state.join(format!("addr.{}", std::process::id()));
         let _ = std::fs::remove_file(&addr_file);
         let mut child = Command::new(bin("kiln-coordinator"))
@@ -104,6 +129,7 @@ impl Coordinator {
             .args(["serve", "--listen", listen, "--addr-file"])
             .arg(&addr_file)
             .args(extra)
+            .envs(env.iter().copied())
             .stdout(Stdio::null())
             .stderr(Stdio::piped())
             .spawn()

@@ -91,6 +91,26 @@ impl Fx {
             .expect("starting kiln-agent")
     }
 
+    /// [`Fx::agent`] with `wrappers` first in PATH and the work folder `work`.
+    fn agent_with_path(&self, run: &str, wrappers: &Path, work: &str) -> Child {
+        let ticket = self.state.join("runs").join(run).join("ticket.kiln");
+        let trust = self.state.join("key/coordinator.pub");
+        let path = format!(
+            "{}:{}",
+            wrappers.display(),
+            std::env::var("PATH").unwrap_or_default()
+        );
+        Command::new(bin("kiln-agent"))
+            .args(["run", "--ticket", s(&ticket), "--trust", s(&trust)])
+            .args(["--work", work])
+            .env("PATH", path)
+            .current_dir(&self.dir)
+            .stdout(Stdio::null())
+            .stderr(Stdio::inherit())
+            .spawn()
+            .expect("starting kiln-agent")
+    }
+
     fn show(&self, run: &str) -> Value {
         let o = kc(&self.state, &["run", "show", run, "--json"]);
         assert_eq!(o.code, 0, "run show failed: {}", o.stderr);
@@ -323,4 +343,395 @@ command = ["sh", "-c", ". /etc/os-release; echo running $ID"]
         fx.logs(&run)
     );
     assert!(containers_of(&run).is_empty());
+}
+
+/// What `engine` holds of run `run`: containers (any state), networks and volumes
+/// whose name starts `kiln-<run8>`, one `kind name` line each.
+pub fn leftovers(engine: &str, run: &str) -> Vec<String> {
+    let prefix = format!("kiln-{}", &run[..8]);
+    let mut out = Vec::new();
+    for (kind, args) in [
+        ("container", &["ps", "-a", "--format", "{{.Names}}"][..]),
+        ("network", &["network", "ls", "--format", "{{.Name}}"][..]),
+        ("volume", &["volume", "ls", "--format", "{{.Name}}"][..]),
+    ] {
+        let o = Command::new(engine)
+            .args(args)
+            .output()
+            .expect("engine list");
+        assert!(
+            o.status.success(),
+            "{engine} {args:?}: {}",
+            String::from_utf8_lossy(&o.stderr)
+        );
+        for l in String::from_utf8_lossy(&o.stdout).lines() {
+            if l.starts_with(&prefix) {
+                out.push(format!("{kind} {l}"));
+            }
+        }
+    }
+    out
+}
+
+/// The engine, its test images, and (for docker) a daemon that answers.
+fn require_engine(engine: &str) -> bool {
+    if engine == "podman" {
+        return require_podman();
+    }
+    if !require_tool("docker") {
+        return false;
+    }
+    let ok = Command::new("docker")
+        .args(["image", "inspect", IMAGE_A])
+        .output()
+        .map(|o| o.status.success())
+        .unwrap_or(false);
+    if !ok {
+        skip("docker does not answer or lacks the test images (run `. .ci/docker.sh`)");
+    }
+    ok
+}
+
+/// Where `program` is in PATH.
+fn which(program: &str) -> PathBuf {
+    std::env::split_paths(&std::env::var_os("PATH").unwrap_or_default())
+        .map(|d| d.join(program))
+        .find(|p| p.is_file())
+        .unwrap_or_else(|| panic!("{program} not in PATH"))
+}
+
+/// A folder holding `engine`, a wrapper that appends its arguments to `calls.log`
+/// there and runs the real engine.
+fn engine_wrapper(dir: &Path, engine: &str) -> PathBuf {
+    use std::os::unix::fs::PermissionsExt;
+    let d = dir.join("wrap");
+    std::fs::create_dir_all(&d).unwrap();
+    let real = which(engine);
+    let w = write(
+        &d,
+        engine,
+        &format!(
+            "#!/bin/sh\necho \"$*\" >> '{}'\nexec '{}' \"$@\"\n",
+            d.join("calls.log").display(),
+            real.display()
+        ),
+    );
+    std::fs::set_permissions(&w, std::fs::Permissions::from_mode(0o755)).unwrap();
+    d
+}
+
+fn engine_builds(wrappers: &Path) -> Vec<String> {
+    std::fs::read_to_string(wrappers.join("calls.log"))
+        .unwrap_or_default()
+        .lines()
+        .filter(|l| l.starts_with("build "))
+        .map(str::to_string)
+        .collect()
+}
+
+/// Removes every tag of image repository `.1` from engine `.0` when dropped.
+struct Rmi(String, String);
+
+impl Drop for Rmi {
+    fn drop(&mut self) {
+        let o = Command::new(&self.0)
+            .args(["images", "--format", "{{.Repository}}:{{.Tag}}"])
+            .output();
+        let listed = o
+            .map(|o| String::from_utf8_lossy(&o.stdout).into_owned())
+            .unwrap_or_default();
+        for t in listed.lines() {
+            if t.starts_with(&format!("{}:", self.1)) {
+                let _ = Command::new(&self.0).args(["rmi", "--force", t]).output();
+            }
+        }
+    }
+}
+
+/// A Containerfile built on first use, reused (the engine is never asked to build)
+/// on the second run of the unchanged folder, rebuilt after one changed byte; nothing
+/// of any run is left in the engine.
+fn containerfile_built_then_reused(engine: &str) {
+    if !require_engine(engine) {
+        return;
+    }
+    let fx = Fx::new();
+    let stage = format!("e2e-build-{engine}-{}", std::process::id());
+    let repo = format!("localhost/kiln-build/{stage}");
+    let _rmi = Rmi(engine.to_string(), repo.clone());
+    write(
+        &fx.dir,
+        "tests/built/Containerfile",
+        &format!("FROM {IMAGE_A}\nCOPY hello.txt /hello.txt\n"),
+    );
+    write(&fx.dir, "tests/built/hello.txt", "hello from the build\n");
+    let plan = format!(
+        r#"name = "build"
+[[stage]]
+name = "{stage}"
+kind = "container"
+runtime = "{engine}"
+build = "Containerfile"
+tests = "tests/built"
+command = ["cat", "/hello.txt"]
+timeout = "5m"
+"#
+    );
+    let wrap = engine_wrapper(&fx.dir, engine);
+    let mut runs = Vec::new();
+    for round in 0..3 {
+        if round == 2 {
+            write(&fx.dir, "tests/built/hello.txt", "hello from the build!\n");
+        }
+        let run = fx.issue(&plan);
+        let mut agent = fx.agent_with_path(&run, &wrap, &format!("work{round}"));
+        let code = wait_exit(&mut agent, Duration::from_secs(180));
+        assert_eq!(
+            code,
+            0,
+            "round {round}: {} {}",
+            fx.show(&run),
+            fx.logs(&run)
+        );
+        let show = fx.show(&run);
+        let st = &show["stages"][0];
+        assert_eq!(st["outcome"], "passed", "{st}");
+        let build = st["parts"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .find(|p| p["name"] == "build")
+            .unwrap_or_else(|| panic!("no build part: {st}"))
+            .clone();
+        let builds = engine_builds(&wrap);
+        match round {
+            0 => {
+                assert_eq!(builds.len(), 1, "{builds:?}");
+                assert!(
+                    build["detail"]
+                        .as_str()
+                        .unwrap()
+                        .starts_with(&format!("built {repo}:")),
+                    "{build}"
+                );
+            }
+            1 => {
+                assert_eq!(
+                    builds.len(),
+                    1,
+                    "the engine built nothing the second time: {builds:?}"
+                );
+                assert!(
+                    build["detail"]
+                        .as_str()
+                        .unwrap()
+                        .starts_with(&format!("reused {repo}:")),
+                    "{build}"
+                );
+            }
+            _ => assert_eq!(builds.len(), 2, "a changed byte rebuilds: {builds:?}"),
+        }
+        let want = if round == 2 {
+            "hello from the build!\n"
+        } else {
+            "hello from the build\n"
+        };
+        assert!(fx.logs(&run).contains(want), "{}", fx.logs(&run));
+        assert!(
+            leftovers(engine, &run).is_empty(),
+            "{:?}",
+            leftovers(engine, &run)
+        );
+        runs.push(run);
+    }
+}
+
+#[test]
+fn containerfile_built_then_reused_podman() {
+    containerfile_built_then_reused("podman");
+}
+
+#[test]
+fn containerfile_built_then_reused_docker() {
+    containerfile_built_then_reused("docker");
+}
+
+/// The names of the volumes mounted into container `name`.
+fn volumes_of(engine: &str, name: &str) -> Vec<String> {
+    let o = Command::new(engine)
+        .args([
+            "inspect",
+            "--format",
+            "{{range .Mounts}}{{if .Name}}{{.Name}} {{end}}{{end}}",
+            name,
+        ])
+        .output()
+        .expect("engine inspect");
+    String::from_utf8_lossy(&o.stdout)
+        .split_whitespace()
+        .map(str::to_string)
+        .collect()
+}
+
+/// An agent SIGKILLed while its cell runs leaves the container (and the anonymous
+/// volume of the built image's `VOLUME`), its service and their network to the
+/// engine; restarted, the stage's next attempt removes them first, and when it ends
+/// nothing of the run is left.
+fn a_killed_agent_leaves_nothing_after_its_restart(engine: &str) {
+    if !require_engine(engine) {
+        return;
+    }
+    let fx = Fx::new();
+    let stage = format!("e2e-crash-{engine}-{}", std::process::id());
+    let _rmi = Rmi(engine.to_string(), format!("localhost/kiln-build/{stage}"));
+    write(
+        &fx.dir,
+        "tests/crash/Containerfile",
+        &format!("FROM {IMAGE_A}\nVOLUME /data\n"),
+    );
+    let run = fx.issue(&format!(
+        r#"name = "crash"
+[[stage]]
+name = "{stage}"
+kind = "container"
+runtime = "{engine}"
+build = "Containerfile"
+tests = "tests/crash"
+command = ["sh", "-c", "echo attempt $KILN_ATTEMPT; [ $KILN_ATTEMPT != 1 ] || sleep 300; echo done"]
+retries = 1
+timeout = "10m"
+
+[[stage.service]]
+name = "idle"
+image = "{IMAGE_A}"
+command = ["sleep", "300"]
+"#
+    ));
+    let wrap = engine_wrapper(&fx.dir, engine);
+    let mut agent = fx.agent_with_path(&run, &wrap, "work");
+    wait_until(Duration::from_secs(120), "the first attempt to run", || {
+        fx.logs(&run).contains("attempt 1")
+    });
+    agent.kill().expect("SIGKILL the agent");
+    let _ = agent.wait();
+    let left = leftovers(engine, &run);
+    assert_eq!(
+        left.len(),
+        3,
+        "the test, its service and their network outlive the agent: {left:?}"
+    );
+    let container = left
+        .iter()
+        .find(|l| l.starts_with("container ") && !l.contains("-svc-"))
+        .expect("the test container")
+        .trim_start_matches("container ")
+        .to_string();
+    let volumes = volumes_of(engine, &container);
+    assert_eq!(
+        volumes.len(),
+        1,
+        "the VOLUME's anonymous volume: {volumes:?}"
+    );
+
+    let mut agent = fx.agent_with_path(&run, &wrap, "work");
+    assert_eq!(
+        wait_exit(&mut agent, Duration::from_secs(180)),
+        0,
+        "{}",
+        fx.logs(&run)
+    );
+    assert!(fx.logs(&run).contains("attempt 2"), "{}", fx.logs(&run));
+    assert!(
+        leftovers(engine, &run).is_empty(),
+        "{:?}",
+        leftovers(engine, &run)
+    );
+    let o = Command::new(engine)
+        .args(["volume", "ls", "--format", "{{.Name}}"])
+        .output()
+        .expect("volume ls");
+    let now = String::from_utf8_lossy(&o.stdout);
+    for v in &volumes {
+        assert!(!now.lines().any(|l| l == v), "volume {v} is left");
+    }
+}
+
+#[test]
+fn a_killed_agent_leaves_nothing_after_its_restart_podman() {
+    a_killed_agent_leaves_nothing_after_its_restart("podman");
+}
+
+#[test]
+fn a_killed_agent_leaves_nothing_after_its_restart_docker() {
+    a_killed_agent_leaves_nothing_after_its_restart("docker");
+}
+
+/// A plan with a service: busybox httpd serving a file of the test folder, healthy
+/// before the test, reached by name; its secret a file it reads (redacted in the
+/// log); its log a part; nothing of the run left.
+fn a_service_from_the_plan_is_reached_by_name(engine: &str) {
+    if !require_engine(engine) {
+        return;
+    }
+    let fx = Fx::new();
+    const SECRET: &str = "e2e-service-secret-5521";
+    let sf = write(&fx.dir, "svc-token.txt", SECRET);
+    let o = kc(&fx.state, &["secret", "set", "svc-token", "--file", s(&sf)]);
+    assert_eq!(o.code, 0, "secret set: {}", o.stderr);
+    write(
+        &fx.dir,
+        "tests/svc/www/index.html",
+        "served from the test folder\n",
+    );
+    let run = fx.issue(&format!(
+        r#"name = "services"
+[[stage]]
+name = "svc-{engine}"
+kind = "container"
+runtime = "{engine}"
+image = "{IMAGE_A}"
+tests = "tests/svc"
+secrets = ["svc-token"]
+command = ["sh", "-c", "wget -q -O- http://web:8080/index.html"]
+timeout = "5m"
+
+[[stage.service]]
+name = "web"
+image = "{IMAGE_A}"
+secrets = ["svc-token"]
+command = ["sh", "-c", "echo token $(cat $KILN_SECRETS_DIR/svc-token); exec httpd -f -p 8080 -h /workspace/www"]
+health = {{ command = ["wget", "-q", "-O", "/dev/null", "http://127.0.0.1:8080/index.html"], interval = "100ms", retries = 50 }}
+"#
+    ));
+    let mut agent = fx.agent(&run);
+    let code = wait_exit(&mut agent, Duration::from_secs(180));
+    assert_eq!(code, 0, "{} {}", fx.show(&run), fx.logs(&run));
+    let logs = fx.logs(&run);
+    assert!(logs.contains("served from the test folder\n"), "{logs}");
+    let show = fx.show(&run);
+    let web = show["stages"][0]["parts"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|p| p["name"] == "service web")
+        .unwrap_or_else(|| panic!("no service part: {show}"))
+        .clone();
+    let tail = web["tail"].to_string();
+    assert!(tail.contains("token [redacted:svc-token]"), "{web}");
+    assert!(!show.to_string().contains(SECRET) && !logs.contains(SECRET));
+    assert!(
+        leftovers(engine, &run).is_empty(),
+        "{:?}",
+        leftovers(engine, &run)
+    );
+}
+
+#[test]
+fn a_service_from_the_plan_is_reached_by_name_podman() {
+    a_service_from_the_plan_is_reached_by_name("podman");
+}
+
+#[test]
+fn a_service_from_the_plan_is_reached_by_name_docker() {
+    a_service_from_the_plan_is_reached_by_name("docker");
 }

@@ -6,6 +6,8 @@
 mod common;
 
 mod artifacts;
+mod bmc;
+mod browser;
 mod claims;
 mod container;
 mod crash;
@@ -14,10 +16,13 @@ mod full_disk;
 mod hardware;
 mod hold;
 mod image;
+mod lights;
+mod lights_netboot;
 mod live_import;
 mod netboot;
 mod netboot_hold;
 mod offline;
+mod power;
 mod qemu;
 mod quickstart;
 mod race;

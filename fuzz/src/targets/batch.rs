@@ -58,9 +58,13 @@ impl Batch {
             runs: &runs,
             total_runs: runs.len(),
             older: None,
+            filter: Default::default(),
             hosts: &[],
             total_hosts: 0,
             hosts_from: 0,
+            session: None,
+            now: 0,
+            plans: Vec::new(),
         });
         let frames = rd.frames().expect("stored frames");
         let _ = report::log_lines(&frames).count();

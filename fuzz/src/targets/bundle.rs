@@ -1,4 +1,4 @@
-//! Offline result bundles (`KILNRES\x02` + COBS records): the record stream reader
+//! Offline result bundles (`KILNRES\x03` + COBS records): the record stream reader
 //! and record decoder of the protocol, and the coordinator's whole streamed `import`
 //! (magic, records, ticket signature, every batch through the ingest check, blobs
 //! against Artifact frames, staging and commit) into a lab state folder on tmpfs,

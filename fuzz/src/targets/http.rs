@@ -37,6 +37,8 @@ impl Http {
             index: kiln_coordinator::index::Index::build(&lab.state, true)
                 .expect("index")
                 .0,
+            sessions: Default::default(),
+            public_read: true,
         };
         Http {
             _lab: lab,

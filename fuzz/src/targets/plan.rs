@@ -19,6 +19,20 @@ pub struct Plan {
     accepted: u64,
 }
 
+/// Copies the folder `from` to `to`, subfolders too (test folders have them).
+fn copy_tree(from: &Path, to: &Path) {
+    std::fs::create_dir_all(to).expect("mkdir");
+    for entry in std::fs::read_dir(from).expect("read a test folder") {
+        let entry = entry.expect("entry");
+        let dest = to.join(entry.file_name());
+        if entry.file_type().expect("file type").is_dir() {
+            copy_tree(&entry.path(), &dest);
+        } else {
+            std::fs::copy(entry.path(), &dest).expect("copy");
+        }
+    }
+}
+
 impl Plan {
     /// Sets the target up: a lab with copies of `examples/tests/*` and an image
     /// archive beside the plan file.
@@ -26,15 +40,7 @@ impl Plan {
         let lab = Lab::new();
         let root = lab.dir.path();
         let examples = Path::new(env!("CARGO_MANIFEST_DIR")).join("../examples/tests");
-        for entry in std::fs::read_dir(&examples).expect("examples/tests") {
-            let entry = entry.expect("entry");
-            let to = root.join("tests").join(entry.file_name());
-            std::fs::create_dir_all(&to).expect("mkdir");
-            for f in std::fs::read_dir(entry.path()).expect("read test folder") {
-                let f = f.expect("entry");
-                std::fs::copy(f.path(), to.join(f.file_name())).expect("copy");
-            }
-        }
+        copy_tree(&examples, &root.join("tests"));
         std::fs::create_dir_all(root.join("plans/images")).expect("mkdir");
         std::fs::write(root.join("plans/images/tools.tar"), b"not really a tar\n")
             .expect("archive");

@@ -1,4 +1,4 @@
-//! Ticket files (`KILNTKT\x01` + postcard(SignedTicket)): the agent's whole check
+//! Ticket files (`KILNTKT\x03` + postcard(SignedTicket)): the agent's whole check
 //! (`kiln_agent::verify::check_ticket`: size, format, key, signature, version,
 //! expiry, host binding) and the protocol's decode without a signature (what
 //! `ticket show` and the coordinator's store use). Some inputs that still parse are

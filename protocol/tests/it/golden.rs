@@ -293,6 +293,15 @@ fn stage_kinds_round_trip() {
                 container: "/b".into(),
                 read_only: true,
             }],
+            services: vec![ServiceSpec {
+                name: "db".into(),
+                image: ImageRef::Registry("pg:16".into()),
+                command: vec![],
+                env: vec![],
+                secrets: vec![],
+                health: None,
+            }],
+            keep_failed: true,
         }),
         StageKind::Ssh(SshSpec {
             host: "h".into(),
@@ -345,6 +354,82 @@ fn stage_kinds_round_trip() {
     }
     // Exec is tag 0.
     golden(&StageKind::Exec { command: vec![] }, "0000");
+}
+
+#[test]
+fn container_services_and_keep_failed() {
+    // New in version 3: ContainerSpec ends with `services` and `keep_failed`.
+    let spec = ContainerSpec {
+        runtime: Runtime::Podman,
+        images: vec![ImageRef::Registry("a".into())],
+        axes: vec![],
+        command: vec![],
+        workdir: None,
+        concurrency: 1,
+        fail_fast: false,
+        read_only: true,
+        network: false,
+        user: None,
+        cap_add: vec![],
+        no_new_privileges: true,
+        memory_bytes: 0,
+        cpu_millis: 0,
+        pids_limit: 0,
+        tmpfs_bytes: 0,
+        mounts: vec![],
+        services: vec![ServiceSpec {
+            name: "web".into(),
+            image: ImageRef::Registry("b".into()),
+            command: vec!["httpd".into()],
+            env: vec![("K".into(), "v".into())],
+            secrets: vec!["s".into()],
+            health: Some(HealthSpec {
+                command: vec!["true".into()],
+                interval_ms: 500,
+                timeout_ms: 1000,
+                retries: 3,
+                start_period_ms: 0,
+            }),
+        }],
+        keep_failed: true,
+    };
+    golden(
+        &spec,
+        &concat!(
+            "01 01 00 0161 00 00 00 01 00 01 00 00 00 01 00 00 00 00 00", // through mounts
+            "01",                                                         // one service
+            "03 776562",                                                  // name "web"
+            "00 0162",                                                    // image Registry("b")
+            "01 05 6874747064",                                           // command ["httpd"]
+            "01 01 4b 01 76",                                             // env [("K","v")]
+            "01 01 73",                                                   // secrets ["s"]
+            "01 01 04 74727565 f403 e807 03 00",                          // health Some(...)
+            "01",                                                         // keep_failed
+        )
+        .replace(' ', ""),
+    );
+}
+
+#[test]
+fn image_refs() {
+    // Registry 0, Archive 1, Build 2 (appended): tags are wire format.
+    golden(&ImageRef::Registry("a".into()), "000161");
+    golden(
+        &ImageRef::Build(BuildSpec {
+            file: "Containerfile".into(),
+            context: "".into(),
+            args: vec![("BASE".into(), "${BASE}".into())],
+            no_cache: true,
+        }),
+        &concat!(
+            "02",
+            "0d 436f6e7461696e657266696c65", // file "Containerfile"
+            "00",                            // context ""
+            "01 04 42415345 07 247b424153457d", // args [("BASE", "${BASE}")]
+            "01",                            // no_cache
+        )
+        .replace(' ', ""),
+    );
 }
 
 #[test]

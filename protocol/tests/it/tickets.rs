@@ -97,7 +97,8 @@ fn expired_and_wrong_host() {
 #[test]
 fn unknown_versions_are_named() {
     let key = test_key(1);
-    // Version 1 and 2 files (before enrolled host keys, before holds) and a future 4.
+    // A version 1 file (before enrolled host keys), a version 2 file (before container
+    // services and holds) and a future version 4.
     for v in [1u8, 2, 4] {
         let mut bytes = file(&sample_ticket(), &key);
         bytes[7] = v;

@@ -186,6 +186,10 @@ pub struct ServerConfig {
     pub ssl: Option<SslConfig>,
 }
 
+/// A request handler called on the connection's thread
+/// ([`Server::from_listener_with_handler`]).
+pub type Handler = Arc<dyn Fn(Request) + Send + Sync + 'static>;
+
 /// Caps and timeouts applied to every connection (see [`Server::from_listener_with_limits`]).
 ///
 /// The default caps the request line at 8 KiB (longer: `414 URI Too Long`) and the
@@ -327,7 +331,29 @@ impl Server {
         ssl_config: Option<SslConfig>,
         limits: ConnectionLimits,
     ) -> Result<Server, Box<dyn Error + Send + Sync + 'static>> {
-        let listener = listener.into();
+        Self::build(listener.into(), ssl_config, limits, None)
+    }
+
+    /// [`Server::from_listener_with_limits`] that calls `handler` with each request on
+    /// the thread that read it (the connection's own), instead of queueing requests
+    /// for [`Server::recv`]: no hand-off between threads per request. The handler
+    /// must answer the request before it returns; [`Server::recv`] then only returns
+    /// once [`Server::unblock`] is called.
+    pub fn from_listener_with_handler<L: Into<Listener>>(
+        listener: L,
+        ssl_config: Option<SslConfig>,
+        limits: ConnectionLimits,
+        handler: Handler,
+    ) -> Result<Server, Box<dyn Error + Send + Sync + 'static>> {
+        Self::build(listener.into(), ssl_config, limits, Some(handler))
+    }
+
+    fn build(
+        listener: Listener,
+        ssl_config: Option<SslConfig>,
+        limits: ConnectionLimits,
+        handler: Option<Handler>,
+    ) -> Result<Server, Box<dyn Error + Send + Sync + 'static>> {
         // building the "close" variable
         let close_trigger = Arc::new(AtomicBool::new(false));
 
@@ -451,8 +477,14 @@ impl Server {
 
                 let messages = inside_messages.clone();
                 let mut client = Some(client);
+                let handler = handler.clone();
                 let spawned = tasks_pool.spawn(Box::new(move || {
-                    if let Some(client) = client.take() {
+                    if let Some(handler) = &handler {
+                        // KILN: each request answered on this thread, in order.
+                        for rq in client.take().into_iter().flatten() {
+                            handler(rq);
+                        }
+                    } else if let Some(client) = client.take() {
                         // Synchronization is needed for HTTPS requests to avoid a deadlock
                         if client.secure() {
                             let (sender, receiver) = mpsc::channel();

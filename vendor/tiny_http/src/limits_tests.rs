@@ -262,3 +262,88 @@ fn an_accepted_tcp_connection_can_turn_nagle_off() {
         _ => panic!("a TCP listener gave another kind of connection"),
     }
 }
+
+/// A body that yields `first`, then waits for the test's go before ending.
+struct Gated {
+    first: Option<Vec<u8>>,
+    go: std::sync::mpsc::Receiver<()>,
+}
+
+impl std::io::Read for Gated {
+    fn read(&mut self, buf: &mut [u8]) -> std::io::Result<usize> {
+        if let Some(f) = self.first.take() {
+            buf[..f.len()].copy_from_slice(&f);
+            return Ok(f.len());
+        }
+        let _ = self.go.recv_timeout(ANSWER);
+        Ok(0)
+    }
+}
+
+#[test]
+fn a_streamed_body_goes_out_as_it_is_produced() {
+    let l = TcpListener::bind("127.0.0.1:0").unwrap();
+    let addr = l.local_addr().unwrap().to_string();
+    let server = Server::from_listener_with_limits(l, None, ConnectionLimits::default()).unwrap();
+    let (go_tx, go) = std::sync::mpsc::channel();
+    std::thread::spawn(move || {
+        if let Ok(rq) = server.recv() {
+            let body = Gated {
+                first: Some(b"event: one\n\n".to_vec()),
+                go,
+            };
+            let _ = rq.respond(Response::new(crate::StatusCode(200), vec![], body, None, None));
+        }
+    });
+    let mut s = connect(&addr);
+    write!(s.get_mut(), "GET /stream HTTP/1.1\r\n\r\n").unwrap();
+    // Headers, then the first chunk, while the body has not ended: the reader only
+    // ends after this test saw its first event (a buffered chunk never arrives, and
+    // the read below times out).
+    let mut seen = String::new();
+    while !seen.contains("event: one") {
+        let mut l = String::new();
+        assert!(s.read_line(&mut l).unwrap() > 0, "connection closed: {seen}");
+        seen.push_str(&l);
+    }
+    assert!(seen.contains("Transfer-Encoding: chunked"), "{seen}");
+    go_tx.send(()).unwrap();
+}
+
+#[test]
+fn a_handler_answers_each_request_on_its_connections_thread() {
+    let l = TcpListener::bind("127.0.0.1:0").unwrap();
+    let addr = l.local_addr().unwrap().to_string();
+    let seen = Arc::new(std::sync::Mutex::new(Vec::new()));
+    let log = seen.clone();
+    let handler: crate::Handler = Arc::new(move |rq: crate::Request| {
+        log.lock()
+            .unwrap()
+            .push((rq.url().to_string(), std::thread::current().id()));
+        let body = rq.url().to_string();
+        let _ = rq.respond(Response::from_string(body));
+    });
+    let server =
+        Server::from_listener_with_handler(l, None, ConnectionLimits::default(), handler)
+            .unwrap();
+    // Two requests on one kept-alive connection, one on another: all answered, in
+    // order, each connection's on one thread, the two connections on two.
+    let mut a = connect(&addr);
+    for p in ["/a1", "/a2"] {
+        write!(a.get_mut(), "GET {p} HTTP/1.1\r\n\r\n").unwrap();
+        assert_eq!(response(&mut a).1, p);
+    }
+    let mut b = connect(&addr);
+    write!(b.get_mut(), "GET /b1 HTTP/1.1\r\n\r\n").unwrap();
+    assert_eq!(response(&mut b).1, "/b1");
+    let seen = seen.lock().unwrap().clone();
+    let urls: Vec<&str> = seen.iter().map(|(u, _)| u.as_str()).collect();
+    assert_eq!(urls, ["/a1", "/a2", "/b1"]);
+    assert_eq!(seen[0].1, seen[1].1);
+    assert_ne!(seen[0].1, seen[2].1);
+    assert_ne!(seen[0].1, std::thread::current().id());
+    // Nothing is queued for recv(): it waits until unblocked.
+    assert!(matches!(server.try_recv(), Ok(None)));
+    server.unblock();
+    assert!(server.recv().is_err());
+}

@@ -440,7 +440,10 @@ where
                 Some(TransferEncoding::Chunked) => {
                     use chunked_transfer::Encoder;
 
-                    let mut writer = Encoder::new(writer);
+                    // KILN: each read of the body goes out as a chunk at once (a
+                    // body of unknown length may be a stream, such as server-sent
+                    // events: buffering held its events back).
+                    let mut writer = Encoder::with_flush_after_write(FlushEach(writer));
                     io::copy(&mut reader, &mut writer)?;
                 }
 
@@ -577,5 +580,21 @@ impl Clone for Response<io::Empty> {
             data_length: self.data_length,
             chunked_threshold: self.chunked_threshold,
         }
+    }
+}
+
+/// A writer that flushes its inner writer after every write (KILN: see the
+/// chunked body in `raw_print`).
+struct FlushEach<W: Write>(W);
+
+impl<W: Write> Write for FlushEach<W> {
+    fn write(&mut self, buf: &[u8]) -> io::Result<usize> {
+        let n = self.0.write(buf)?;
+        self.0.flush()?;
+        Ok(n)
+    }
+
+    fn flush(&mut self) -> io::Result<()> {
+        self.0.flush()
     }
 }

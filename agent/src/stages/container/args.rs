@@ -103,6 +103,84 @@ pub fn container_name(run: &RunId, stage: &str, attempt: u32, cell: &Cell) -> St
     )
 }
 
+/// A cell's network.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum CellNet {
+    /// `--network none` (the default: no network at all).
+    None,
+    /// The engine's default network (`network = true`, no services).
+    Default,
+    /// The cell's own network, shared with its services: each `(name, address)` is
+    /// an `--add-host` so the test reaches a service by name (no engine DNS needed).
+    Named {
+        /// The network's name.
+        network: String,
+        /// Service names and their addresses on the network.
+        hosts: Vec<(String, String)>,
+    },
+}
+
+impl CellNet {
+    /// What a cell without services gets: none unless the plan allows the network.
+    pub fn plain(spec: &ContainerSpec) -> CellNet {
+        if spec.network {
+            CellNet::Default
+        } else {
+            CellNet::None
+        }
+    }
+}
+
+/// The label `keep_failed` stages put on their containers and networks, valued with
+/// the stage's name: what `kiln-agent gc` removes, and what the next run of the same
+/// stage removes first.
+pub const KEEP_LABEL: &str = "kiln.keep";
+
+/// Labels on everything a stage creates: `kiln.run`, and for `keep_failed` stages
+/// [`KEEP_LABEL`]`=<stage>`.
+pub fn labels(run: &RunId, stage: &str, spec: &ContainerSpec) -> Vec<String> {
+    let mut a = vec!["--label".into(), format!("kiln.run={run}")];
+    if spec.keep_failed {
+        a.extend(["--label".into(), format!("{KEEP_LABEL}={stage}")]);
+    }
+    a
+}
+
+/// The hardened defaults (each relaxation explicit in the plan) shared by test
+/// containers and services: read-only root, all capabilities dropped,
+/// no-new-privileges, an unprivileged user, memory/CPU/process caps, a tmpfs `/tmp`.
+pub fn hardening(spec: &ContainerSpec) -> Vec<String> {
+    let mut a: Vec<String> = Vec::new();
+    if spec.read_only {
+        a.push("--read-only".into());
+    }
+    a.extend(["--cap-drop".into(), "ALL".into()]);
+    for cap in &spec.cap_add {
+        a.extend(["--cap-add".into(), cap.clone()]);
+    }
+    if spec.no_new_privileges {
+        a.extend(["--security-opt".into(), "no-new-privileges".into()]);
+    }
+    let user = spec.user.as_deref().unwrap_or(DEFAULT_USER);
+    a.extend(["--user".into(), user.into()]);
+    if spec.memory_bytes > 0 {
+        a.extend(["--memory".into(), spec.memory_bytes.to_string()]);
+    }
+    if spec.cpu_millis > 0 {
+        let cpus = format!("{}.{:03}", spec.cpu_millis / 1000, spec.cpu_millis % 1000);
+        a.extend(["--cpus".into(), cpus]);
+    }
+    if spec.pids_limit > 0 {
+        a.extend(["--pids-limit".into(), spec.pids_limit.to_string()]);
+    }
+    let mut tmpfs = "/tmp:rw,nosuid,nodev,mode=1777".to_string();
+    if spec.tmpfs_bytes > 0 {
+        tmpfs.push_str(&format!(",size={}", spec.tmpfs_bytes));
+    }
+    a.extend(["--tmpfs".into(), tmpfs]);
+    a
+}
+
 /// Where a cell's folders live on the agent's host.
 #[derive(Debug, Clone)]
 pub struct Mounts {
@@ -122,56 +200,48 @@ pub const DEFAULT_USER: &str = "65534:65534";
 /// Default working directory inside the container.
 pub const DEFAULT_WORKDIR: &str = "/workspace";
 
-/// The full argument list after the engine's program name: `run … IMAGE [COMMAND…]`.
+/// The full argument list after the engine's program name: `run … IMAGE [COMMAND…]`
+/// (`image` is the cell's image name: the registry reference, archive name or build
+/// tag).
 ///
 /// `env` (plan env, then the cell's axes) goes on the command line as `NAME=VALUE`.
 /// Secrets are never in it: they are files in a read-only mount ([`Mounts::secrets`]),
 /// so no value is in the engine's command line, its environment, or the container's
 /// metadata (`podman inspect` / `docker inspect` list the environment).
+#[allow(clippy::too_many_arguments)]
 pub fn run_args(
     kind: EngineKind,
+    (run, stage): (&RunId, &str),
     spec: &ContainerSpec,
     cell: &Cell,
+    image: &str,
     name: &str,
+    net: &CellNet,
     mounts: &Mounts,
     env: &[(String, String)],
 ) -> Vec<String> {
-    let mut a: Vec<String> = vec!["run".into(), "--rm".into(), "--name".into(), name.into()];
+    let mut a: Vec<String> = vec!["run".into()];
+    if !spec.keep_failed {
+        a.push("--rm".into());
+    }
+    a.extend(["--name".into(), name.into()]);
     if kind == EngineKind::Podman {
         // A container left by a crashed agent under the same name is replaced.
         a.push("--replace".into());
     }
     a.push("--pull=never".into());
-    if spec.read_only {
-        a.push("--read-only".into());
+    a.extend(hardening(spec));
+    match net {
+        CellNet::None => a.extend(["--network".into(), "none".into()]),
+        CellNet::Default => {}
+        CellNet::Named { network, hosts } => {
+            a.extend(["--network".into(), network.clone()]);
+            for (host, ip) in hosts {
+                a.extend(["--add-host".into(), format!("{host}:{ip}")]);
+            }
+        }
     }
-    a.extend(["--cap-drop".into(), "ALL".into()]);
-    for cap in &spec.cap_add {
-        a.extend(["--cap-add".into(), cap.clone()]);
-    }
-    if spec.no_new_privileges {
-        a.extend(["--security-opt".into(), "no-new-privileges".into()]);
-    }
-    let user = spec.user.as_deref().unwrap_or(DEFAULT_USER);
-    a.extend(["--user".into(), user.into()]);
-    if !spec.network {
-        a.extend(["--network".into(), "none".into()]);
-    }
-    if spec.memory_bytes > 0 {
-        a.extend(["--memory".into(), spec.memory_bytes.to_string()]);
-    }
-    if spec.cpu_millis > 0 {
-        let cpus = format!("{}.{:03}", spec.cpu_millis / 1000, spec.cpu_millis % 1000);
-        a.extend(["--cpus".into(), cpus]);
-    }
-    if spec.pids_limit > 0 {
-        a.extend(["--pids-limit".into(), spec.pids_limit.to_string()]);
-    }
-    let mut tmpfs = "/tmp:rw,nosuid,nodev,mode=1777".to_string();
-    if spec.tmpfs_bytes > 0 {
-        tmpfs.push_str(&format!(",size={}", spec.tmpfs_bytes));
-    }
-    a.extend(["--tmpfs".into(), tmpfs]);
+    a.extend(labels(run, stage, spec));
     a.extend([
         "--volume".into(),
         format!("{}:/workspace:ro", mounts.workspace),
@@ -193,9 +263,15 @@ pub fn run_args(
     for (k, v) in env.iter().chain(&cell.env) {
         a.extend(["--env".into(), format!("{k}={v}")]);
     }
-    a.push(cell.image.label().into());
+    a.push(image.into());
     a.extend(spec.command.iter().cloned());
     a
+}
+
+/// A hardened spec for unit tests elsewhere in the module.
+#[cfg(test)]
+pub(crate) fn tests_spec() -> ContainerSpec {
+    tests::spec(&["x"])
 }
 
 #[cfg(test)]
@@ -225,8 +301,12 @@ mod tests {
             pids_limit: 256,
             tmpfs_bytes: 64 << 20,
             mounts: vec![],
+            services: vec![],
+            keep_failed: false,
         }
     }
+
+    const RUN: RunId = RunId([7; 16]);
 
     fn mounts() -> Mounts {
         Mounts {
@@ -264,20 +344,41 @@ mod tests {
             secrets: Some("/s".into()),
             ..mounts()
         };
-        let a = run_args(EngineKind::Podman, &s, c, "n", &m, &env);
+        let a = run_args(
+            EngineKind::Podman,
+            (&RUN, "st"),
+            &s,
+            c,
+            "debian:12",
+            "n",
+            &CellNet::None,
+            &m,
+            &env,
+        );
         let line = a.join(" ");
         for want in [
             "run --rm --name n --replace --pull=never --read-only --cap-drop ALL",
-            "--security-opt no-new-privileges --user 65534:65534 --network none",
+            "--security-opt no-new-privileges --user 65534:65534",
             "--memory 536870912 --cpus 1.500 --pids-limit 256",
-            "--tmpfs /tmp:rw,nosuid,nodev,mode=1777,size=67108864",
+            "--tmpfs /tmp:rw,nosuid,nodev,mode=1777,size=67108864 --network none",
+            "--label kiln.run=07070707070707070707070707070707",
             "--volume /w:/workspace:ro --volume /a:/artifacts:rw",
             "--volume /s:/run/secrets:ro --workdir /workspace",
             "--env LEVEL=2 debian:12 ./run.sh",
         ] {
             assert!(line.contains(want), "{want:?} not in {line:?}");
         }
-        let d = run_args(EngineKind::Docker, &s, c, "n", &mounts(), &[]);
+        let d = run_args(
+            EngineKind::Docker,
+            (&RUN, "st"),
+            &s,
+            c,
+            "debian:12",
+            "n",
+            &CellNet::None,
+            &mounts(),
+            &[],
+        );
         assert!(!d.contains(&"--replace".to_string()));
     }
 
@@ -294,7 +395,18 @@ mod tests {
         s.pids_limit = 0;
         s.tmpfs_bytes = 0;
         s.workdir = Some("/src".into());
-        let line = run_args(EngineKind::Podman, &s, &cells(&s)[0], "n", &mounts(), &[]).join(" ");
+        let line = run_args(
+            EngineKind::Podman,
+            (&RUN, "st"),
+            &s,
+            &cells(&s)[0],
+            "x",
+            "n",
+            &CellNet::plain(&s),
+            &mounts(),
+            &[],
+        )
+        .join(" ");
         for gone in [
             "--read-only",
             "--network",

@@ -91,10 +91,51 @@ impl Engine {
 
     /// Whether the engine has an image called `name`.
     pub async fn image_exists(&self, name: &str) -> bool {
-        match self.kind {
-            EngineKind::Podman => self.quiet(&["image", "exists", name]).await,
-            EngineKind::Docker => self.quiet(&["image", "inspect", name]).await,
+        matches!(self.image_state(name).await, Ok(true))
+    }
+
+    /// Whether the engine has an image called `name`, or why it could not say (an
+    /// engine fault: podman's exit 125, docker's answer other than "No such image").
+    pub async fn image_state(&self, name: &str) -> Result<bool, String> {
+        let args: &[&str] = match self.kind {
+            EngineKind::Podman => &["image", "exists", name],
+            EngineKind::Docker => &["image", "inspect", "--format", "{{.Id}}", name],
+        };
+        let out = async_process::Command::new(self.program)
+            .args(args)
+            .stdin(Stdio::null())
+            .output()
+            .await
+            .map_err(|e| format!("{}: {e}", self.program))?;
+        let stderr = String::from_utf8_lossy(&out.stderr);
+        let last = stderr.lines().last().unwrap_or("").trim().to_string();
+        match (self.kind, out.status.code()) {
+            (_, Some(0)) => Ok(true),
+            (EngineKind::Podman, Some(1)) => Ok(false),
+            (EngineKind::Docker, Some(1)) if stderr.contains("No such image") => Ok(false),
+            (_, code) => Err(format!(
+                "{} image lookup failed ({}): {last}",
+                self.program,
+                code.map_or("killed".to_string(), |c| format!("exit {c}"))
+            )),
         }
+    }
+
+    /// Runs `<engine> build` for `b` with its output streamed under the build's part
+    /// name; the process's end and last `tail_lines` lines.
+    pub async fn build(
+        &self,
+        ctx: &StageCtx,
+        b: &super::build::Build,
+        network: bool,
+        tail_lines: usize,
+    ) -> crate::stages::proc::ProcOutput {
+        let mut spec = ProcSpec::new(
+            std::iter::once(self.program.to_string()).chain(super::build::build_args(b, network)),
+        );
+        spec.prefix = Some(b.part.clone());
+        spec.tail_lines = tail_lines;
+        run_streamed(ctx, &spec).await
     }
 
     /// Force-removes a container and its anonymous volumes; a missing one is fine.
@@ -191,6 +232,10 @@ impl Engine {
                 })?;
                 self.load(ctx, prefix, &path, name).await
             }
+            ImageRef::Build(b) => Err(ImageError::Failed(format!(
+                "{} is built, not pulled (a build resolved nowhere)",
+                b.file
+            ))),
         }
     }
 

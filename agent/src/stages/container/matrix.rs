@@ -111,6 +111,7 @@ pub async fn run(ctx: &StageCtx, shared: &Shared<'_>, cells: &[Cell]) -> Vec<End
                     detail: format!("not started: {}", why.detail(ctx.stage.timeout_s)),
                     tail: vec![],
                     stopped: Some(why),
+                    kept: vec![],
                 };
                 if cancelled {
                     run.outcome = Outcome::Aborted;

@@ -4,8 +4,13 @@
 //! Each cell runs in its own container named `kiln-<run8>-<stage>-<attempt>-<i>-<cell>`,
 //! with the stage's folder read-only at `/workspace`, an empty `/artifacts` whose files
 //! are uploaded afterwards, and a tmpfs `/tmp`. The container is removed whatever
-//! happens (exit, timeout, abort, fail_fast); a later attempt of the stage first
-//! removes what earlier attempts left, should the agent have died meanwhile.
+//! happens (exit, timeout, abort, fail_fast) unless `keep_failed` keeps a failed cell
+//! ([`gc`]); a later attempt of the stage first removes what earlier attempts left,
+//! should the agent have died meanwhile.
+//!
+//! The image is a registry reference, an archive from the CAS, or built here from a
+//! Containerfile in the test folder ([`build`]). Services ([`services`]) run beside
+//! each cell on a private network of the cell's own, healthy before the test starts.
 //!
 //! Inside, besides the plan's env and the cell's axes: `KILN_RUN`, `KILN_STAGE`,
 //! `KILN_ATTEMPT`, `KILN_CELL` (the cell's label) and `KILN_ARTIFACTS=/artifacts`.
@@ -13,15 +18,18 @@
 //! in the exec stage's `KILN_SECRETS_DIR`; never an environment value, so no secret is
 //! in the engine's command line or environment, nor in `podman inspect` /
 //! `docker inspect` of the container.
-use kiln_protocol::{ContainerSpec, Outcome};
+use kiln_protocol::{ContainerSpec, ImageRef, Outcome};
 use std::path::{Path, PathBuf};
 
 use super::ctx::{StageCtx, StageResult};
 
 pub mod args;
+pub mod build;
 pub mod cell;
 pub mod engine;
+pub mod gc;
 pub mod matrix;
+pub mod services;
 
 /// Runs the stage: every cell, then the folded outcome.
 pub async fn run(ctx: &StageCtx, spec: &ContainerSpec) -> StageResult {
@@ -33,16 +41,41 @@ pub async fn run(ctx: &StageCtx, spec: &ContainerSpec) -> StageResult {
     if cells.is_empty() {
         return StageResult::error("the stage names no image");
     }
-    // A retry, or a rerun after the agent died: containers of the stage's earlier
-    // attempts that a crash left running go first.
-    let earlier: Vec<String> = (1..ctx.attempt)
-        .flat_map(|a| {
-            cells
-                .iter()
-                .map(move |c| args::container_name(&ctx.run, &ctx.stage.name, a, c))
-        })
-        .collect();
+    // Names become container names, aliases and `--add-host` entries (the coordinator
+    // checks them too; a ticket is not trusted further than it must be).
+    if let Some(bad) = spec
+        .services
+        .iter()
+        .find(|s| !services::is_host_name(&s.name))
+    {
+        return StageResult::error(format!(
+            "service name {:?} is not a host name ([a-z0-9-], at most 63 bytes)",
+            bad.name
+        ));
+    }
+    // A retry, or a rerun after the agent died: containers (tests and services) and
+    // networks of the stage's earlier attempts that a crash left go first, and so do
+    // the containers an earlier run of this (`keep_failed`) stage kept.
+    let mut earlier = Vec::new();
+    let mut networks = Vec::new();
+    for a in 1..ctx.attempt {
+        for c in &cells {
+            let name = args::container_name(&ctx.run, &ctx.stage.name, a, c);
+            for svc in &spec.services {
+                earlier.push(services::container_name(&name, &svc.name));
+            }
+            networks.push(services::network_name(&name));
+            earlier.push(name);
+        }
+    }
     engine.remove_all(&earlier).await;
+    if !spec.services.is_empty() {
+        engine.remove_networks(&networks).await;
+    }
+    if spec.keep_failed {
+        // Only keep_failed stages pay for the lookups (two `ps`, one `network ls`).
+        gc::remove_kept(&engine, Some(&ctx.stage.name)).await;
+    }
     if let Err(e) = open_workspace(&ctx.dir) {
         return StageResult::error(format!("stage folder {}: {e}", ctx.dir.display()));
     }
@@ -55,7 +88,57 @@ pub async fn run(ctx: &StageCtx, spec: &ContainerSpec) -> StageResult {
             return StageResult::error(format!("writing secrets: {e}"));
         }
     };
-    let shared = cell::Shared::new(engine, spec, &cells, base.clone(), secrets);
+    let builds = cells
+        .iter()
+        .map(|c| match &c.image {
+            ImageRef::Build(b) => Some(build::resolve(&ctx.stage.name, &ctx.dir, b, &c.env)),
+            _ => None,
+        })
+        .collect();
+    let service_builds = cells
+        .iter()
+        .map(|c| {
+            spec.services
+                .iter()
+                .map(|svc| match &svc.image {
+                    ImageRef::Build(b) => {
+                        Some(build::resolve(&ctx.stage.name, &ctx.dir, b, &c.env))
+                    }
+                    _ => None,
+                })
+                .collect()
+        })
+        .collect();
+    let mut service_secrets = std::collections::BTreeMap::new();
+    for svc in spec.services.iter().filter(|s| !s.secrets.is_empty()) {
+        let mine = ctx
+            .secrets
+            .iter()
+            .filter(|(k, _)| svc.secrets.contains(k))
+            .map(|(k, v)| (k.clone(), v.clone()))
+            .collect();
+        let dir = holder.join(format!("service-{}", svc.name));
+        match write_secret_files(&dir, &mine) {
+            Ok(Some(files)) => {
+                service_secrets.insert(svc.name.clone(), files);
+            }
+            Ok(None) => {}
+            Err(e) => {
+                let _ = std::fs::remove_dir_all(&holder);
+                return StageResult::error(format!("writing service {} secrets: {e}", svc.name));
+            }
+        }
+    }
+    let shared = cell::Shared::new(
+        engine,
+        spec,
+        &cells,
+        base.clone(),
+        secrets,
+        builds,
+        service_builds,
+        service_secrets,
+    );
     let ended = matrix::run(ctx, &shared, &cells).await;
     let _ = std::fs::remove_dir_all(&base);
     let _ = std::fs::remove_dir_all(&holder);

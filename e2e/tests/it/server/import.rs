@@ -412,3 +412,32 @@ fn strip(v: &mut serde_json::Value) {
         _ => {}
     }
 }
+
+#[test]
+fn an_imported_failed_run_queues_its_notification() {
+    let (d, state) = keyed_state();
+    let o = kc(
+        &state,
+        &[
+            "notify",
+            "add",
+            "ops",
+            "--webhook",
+            "http://127.0.0.1:9/",
+            "--on",
+            "failed",
+        ],
+    );
+    assert_eq!(o.code, 0, "{}", o.stderr);
+    let run = new_run_id();
+    let o = import(&state, d.path(), "run.kres", &parts(&state, run).bytes());
+    assert_eq!(o.code, 0, "{}", o.stderr);
+    let o = kc(&state, &["notify", "status", "--json"]);
+    assert_eq!(o.code, 0, "{}", o.stderr);
+    let s: serde_json::Value = serde_json::from_str(&o.stdout).expect("json");
+    let q = s["queued"].as_array().expect("queued");
+    assert_eq!(q.len(), 1, "{s}");
+    assert_eq!(q[0]["run"], run.to_string());
+    assert_eq!(q[0]["event"], "failed");
+    assert_eq!(q[0]["host"], "node1");
+}
