@@ -296,6 +296,16 @@ impl Ingester {
                 crate::notify::emit_finished(&self.state, run, outcome)
                     .map_err(Refusal::internal)?;
             }
+            // A machine held for a person: someone should come and look.
+            if v.held.is_some() {
+                crate::notify::emit(
+                    &self.state,
+                    run,
+                    crate::notify::Kind::Held,
+                    "held for a person (run show has the ssh line)",
+                )
+                .map_err(Refusal::internal)?;
+            }
             // A held run gets its pending order (`run release|retry|approve`) while
             // the hold it was given for lasts; an abort request does not stop it.
             let command = match c.held {
