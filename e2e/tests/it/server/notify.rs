@@ -650,3 +650,40 @@ fn a_last_batch_whose_notification_cannot_be_queued_is_refused_until_it_can() {
         (Some(run.to_string().as_str()), Some("failed"))
     );
 }
+
+#[test]
+fn a_held_machine_queues_its_notification() {
+    let (_d, state) = keyed_state();
+    // A receiver nobody answers: the notification waits in the outbox, where it shows.
+    let o = kc(
+        &state,
+        &[
+            "notify",
+            "add",
+            "ops",
+            "--webhook",
+            "http://127.0.0.1:9/hook",
+            "--on",
+            "held",
+        ],
+    );
+    assert_eq!(o.code, 0, "{}", o.stderr);
+    let run = issue(&state);
+    let c = crate::common::Coordinator::start(&state);
+    let mut r = Reporter::new(run);
+    let claim = r.claim();
+    let f = r.frames(vec![claim]);
+    ack(&c.url, &run, &r.seal(f));
+    let status = || kc(&state, &["notify", "status", "--json"]).stdout;
+    assert!(!status().contains("\"held\""), "{}", status());
+    let f = r.frames(vec![kiln_protocol::Event::Held {
+        outcome: kiln_protocol::Outcome::Failed,
+        until_ms: now_ms() + 3_600_000,
+        addrs: vec!["10.0.2.15".into()],
+        host_key: Some("SHA256:abc".into()),
+    }]);
+    ack(&c.url, &run, &r.seal(f));
+    let s = status();
+    assert!(s.contains("\"event\":\"held\""), "{s}");
+    assert!(s.contains(&run.to_string()), "{s}");
+}
