@@ -199,6 +199,42 @@ fn session_bar(v: &Viewer, run: Option<&RunStatus>) -> String {
             id = escape(&r.run)
         );
     }
+    if let Some(r) = run
+        && v.operator
+        && r.state == RunState::Held
+    {
+        let id = escape(&r.run);
+        let stages: String = r
+            .stages
+            .iter()
+            .map(|st| format!("<option>{}</option>", escape(&st.name)))
+            .collect();
+        let storage: String = r
+            .stages
+            .iter()
+            .filter(|st| st.kind == "storage")
+            .map(|st| format!("<option>{}</option>", escape(&st.name)))
+            .collect();
+        let hidden = format!("<input type=\"hidden\" name=\"csrf\" value=\"{csrf}\">");
+        let _ = writeln!(
+            out,
+            "<form class=\"action\" method=\"post\" action=\"/v1/runs/{id}/release\">{hidden}\
+             <button type=\"submit\" id=\"release\">release</button> \
+             <label><input type=\"checkbox\" name=\"reboot\" value=\"1\"> reboot</label></form>\
+             <form class=\"action\" method=\"post\" action=\"/v1/runs/{id}/retry\">{hidden}\
+             <select name=\"stage\">{stages}</select> \
+             <button type=\"submit\" id=\"retry\">retry stage</button></form>"
+        );
+        if !storage.is_empty() {
+            let _ = writeln!(
+                out,
+                "<form class=\"action\" method=\"post\" action=\"/v1/runs/{id}/approve\">{hidden}\
+                 <select name=\"stage\">{storage}</select> \
+                 <input name=\"disk\" placeholder=\"disk serial\" required> \
+                 <button type=\"submit\" id=\"approve\">approve disk</button></form>"
+            );
+        }
+    }
     out
 }
 

@@ -263,6 +263,10 @@ fn route(ctx: &Ctx, rq: &mut Request, method: &Method, path: &str, query: &str) 
             login::api_reader(ctx, rq)?;
             stream::stream(ctx, rq, &id, query)
         }),
+        ["v1", "runs", run, what @ ("release" | "retry" | "approve")] => {
+            only(*method == Method::Post, "POST")
+                .and_then(|_| actions::order(ctx, rq, &parse_run(run)?, what))
+        }
         ["v1", "runs", run, "abort"] => only(*method == Method::Post, "POST")
             .and_then(|_| actions::abort(ctx, rq, &parse_run(run)?)),
         ["v1", "runs", run, "ticket"] => {

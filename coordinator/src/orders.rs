@@ -60,6 +60,17 @@ pub fn held_seq(rd: &RunDir) -> Result<Option<u64>> {
 /// the run is not held, or names no such stage (for `approve`: no storage stage).
 /// Returns the order's words.
 pub fn request(state: &State, rd: &RunDir, key: &PublicKey, req: &Request) -> Result<String> {
+    request_by(state, rd, key, req, &format!("operator {}", who()))
+}
+
+/// [`request`] recorded as made by `by` (`operator NAME (web)` from the pages).
+pub fn request_by(
+    state: &State,
+    rd: &RunDir,
+    key: &PublicKey,
+    req: &Request,
+    by: &str,
+) -> Result<String> {
     let (_, ticket) = rd.ticket(key)?;
     let _lock = rd.lock()?;
     let Some(seq) = held_seq(rd)? else {
@@ -122,7 +133,7 @@ pub fn request(state: &State, rd: &RunDir, key: &PublicKey, req: &Request) -> Re
         rd,
         &OrderEvent {
             at_ms: now_ms(),
-            by: format!("operator {}", who()),
+            by: by.to_string(),
             what: what.clone(),
             result: "requested".into(),
         },

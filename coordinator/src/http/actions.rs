@@ -161,3 +161,46 @@ pub fn power(ctx: &Ctx, rq: &mut Request, host: &str) -> Reply {
         )),
     }
 }
+
+/// `POST /v1/runs/{run}/release|retry|approve`: an operator's order to a held run
+/// (forms: `reboot=1` for release; `stage` for retry; `stage` and `disk` for
+/// approve), the same call as `run release|retry|approve`, recorded as made by the
+/// caller; 409 when the run is not held (or names no such stage).
+pub fn order(ctx: &Ctx, rq: &mut Request, run: &RunId, what: &str) -> Reply {
+    let rd = RunDir::new(&ctx.state, *run);
+    if !rd.exists() {
+        return Err(Refusal::new(404, format!("no run {run}")));
+    }
+    let f = form(rq)?;
+    let c = operator(ctx, rq, field(&f, "csrf"))?;
+    let need = |k: &str| {
+        field(&f, k)
+            .map(str::to_string)
+            .filter(|v| !v.trim().is_empty())
+            .ok_or_else(|| Refusal::new(400, format!("{what} needs {k}=")))
+    };
+    let req = match what {
+        "release" => crate::orders::Request::Release {
+            reboot: matches!(field(&f, "reboot"), Some("1" | "true" | "on")),
+        },
+        "retry" => crate::orders::Request::Retry {
+            stage: need("stage")?,
+        },
+        _ => crate::orders::Request::Approve {
+            stage: need("stage")?,
+            serial: need("disk")?,
+        },
+    };
+    let by = match &c {
+        Caller::Session(..) => format!("operator {} (web)", c.who().name),
+        Caller::Token(i) => format!("token {}", i.name),
+    };
+    let words = crate::orders::request_by(&ctx.state, &rd, ctx.ingest.key(), &req, &by)
+        .map_err(|e| Refusal::new(409, format!("{e:#}")))?;
+    log::info!("run {run}: {words} requested by {}", c.who().name);
+    done(
+        rq,
+        &format!("/runs/{run}"),
+        format!("{words} requested for run {run}: the agent gets it with its next heartbeat"),
+    )
+}

@@ -393,3 +393,60 @@ fn an_operator_powers_a_host_from_the_page_or_with_a_token() {
     );
     assert_eq!(a.status, 404, "{}", a.text());
 }
+
+#[test]
+fn an_operator_orders_a_held_run_from_its_page() {
+    let (_d, state) = keyed_state();
+    let run = issue(&state);
+    let other = issue(&state);
+    user_add(&state, "ada", "operator", PASSWORD);
+    let c = Coordinator::start_private(&state, &[]);
+    // The run failed and its machine is held.
+    let mut r = Reporter::new(run);
+    let claim = r.claim();
+    let f = r.frames(vec![
+        claim,
+        kiln_protocol::Event::Held {
+            outcome: kiln_protocol::Outcome::Failed,
+            until_ms: now_ms() + 3_600_000,
+            addrs: vec!["10.0.2.15".into()],
+            host_key: Some("SHA256:abc".into()),
+        },
+    ]);
+    ack(&c.url, &run, &r.seal(f));
+    let (_, cookie, _) = post_form(
+        &format!("{}/login", c.url),
+        None,
+        &[("user", "ada"), ("password", PASSWORD)],
+    );
+    let session = cookie.unwrap().split(';').next().unwrap().to_string();
+    let (_, page, _) = get_with(&format!("{}/runs/{run}", c.url), Some(("Cookie", &session)));
+    assert!(page.contains("id=\"release\""), "{page}");
+    assert!(page.contains("id=\"retry\""), "{page}");
+    let csrf = csrf_of(&page);
+    let retry = format!("{}/v1/runs/{run}/retry", c.url);
+    assert_eq!(
+        post_form(&retry, Some(&session), &[("stage", "build")]).0,
+        403,
+        "no csrf"
+    );
+    let (s, _, loc) = post_form(
+        &retry,
+        Some(&session),
+        &[("stage", "build"), ("csrf", &csrf)],
+    );
+    assert_eq!((s, loc), (303, Some(format!("/runs/{run}"))));
+    // The agent gets the order with its next heartbeat; the run records who asked.
+    let f = r.frames(vec![]);
+    let a = ack(&c.url, &run, &r.seal(f));
+    assert_eq!(a.command, kiln_protocol::Command::RetryStage { stage: 0 });
+    let show = kc(&state, &["run", "show", &run.to_string(), "--json"]).stdout;
+    assert!(show.contains("operator ada (web)"), "{show}");
+    // A run that is not held takes no orders.
+    let (s, _, _) = post_form(
+        &format!("{}/v1/runs/{other}/release", c.url),
+        Some(&session),
+        &[("csrf", &csrf)],
+    );
+    assert_eq!(s, 409);
+}
