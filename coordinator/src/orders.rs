@@ -8,11 +8,11 @@
 //! as its `Order` frames.
 use anyhow::{Context, Result, bail};
 use kiln_protocol::{Approval, Command, Event, PublicKey, StageKind};
+use serde::{Deserialize, Serialize};
 use std::io::Write;
 
 use crate::fsutil::{now_ms, write_atomic};
 use crate::state::State;
-use crate::status::OrderEvent;
 use crate::store::RunDir;
 
 /// The pending order's file in a run folder.
@@ -23,6 +23,19 @@ pub const ORDERS_LOG: &str = "orders.log";
 const MAX_ORDER_BYTES: u64 = 64 << 10;
 /// Most bytes of the request log read (and past which requests are refused).
 const MAX_LOG_BYTES: u64 = 1 << 20;
+
+/// One order to a held run, or what the agent did with one.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct OrderEvent {
+    /// When (the coordinator's clock for requests, the agent's for its frames), unix ms.
+    pub at_ms: u64,
+    /// Who: `operator USER` for a request, `agent` for what the agent did.
+    pub by: String,
+    /// What (`release`, `retry stage "disk"`, `approve disk "SN1" for stage #2`).
+    pub what: String,
+    /// `requested`, `done`, or `refused: WHY`.
+    pub result: String,
+}
 
 /// What an operator asks of a held run.
 #[derive(Debug, Clone, PartialEq, Eq)]

@@ -167,18 +167,7 @@ pub struct HoldStatus {
     pub ssh: Vec<String>,
 }
 
-/// One order to a held run, or what the agent did with one.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
-pub struct OrderEvent {
-    /// When (the coordinator's clock for requests, the agent's for its frames), unix ms.
-    pub at_ms: u64,
-    /// Who: `operator USER` for a request, `agent` for what the agent did.
-    pub by: String,
-    /// What (`release`, `retry stage "disk"`, `approve disk "SN1" for stage #2`).
-    pub what: String,
-    /// `requested`, `done`, or `refused: WHY`.
-    pub result: String,
-}
+pub use crate::orders::OrderEvent;
 
 /// One stage's derived status.
 #[derive(Debug, Clone, Serialize)]
