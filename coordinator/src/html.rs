@@ -367,7 +367,9 @@ pub fn index(p: &IndexPage<'_>) -> String {
         .runs
         .iter()
         .any(|r| r.state.is_live() && r.state.as_str() != "pending")
-        || p.hosts.iter().any(|h| h.state == "running");
+        || p.hosts
+            .iter()
+            .any(|h| matches!(h.state, "running" | "powering" | "booting" | "held"));
     head(&mut out, "kiln", live, None);
     if let Some(v) = &p.session {
         out.push_str(&session_bar(v, None));

@@ -117,6 +117,26 @@ fn host_row<'h>(ctx: &Ctx, h: &'h crate::state::Host) -> crate::html::HostRow<'h
             ("running", doing)
         }
         Some(s) if s.state == RunState::Stale => ("stale", String::new()),
+        Some(s) if s.state == RunState::Held => {
+            let login = s.hold.as_ref().map_or_else(String::new, |h| {
+                let key = h.host_key.as_deref().unwrap_or("");
+                match h.ssh.first() {
+                    Some(line) => format!("{line} (host key {key})"),
+                    None => String::new(),
+                }
+            });
+            ("held", login)
+        }
+        Some(s) if s.state == RunState::Powering => ("powering", String::new()),
+        Some(s) if s.state == RunState::Booting => ("booting", String::new()),
+        Some(s)
+            if s.power
+                .as_ref()
+                .and_then(|p| p.error.as_deref())
+                .is_some_and(|e| e.starts_with("never booted")) =>
+        {
+            ("never booted", String::new())
+        }
         _ if pending > 0 => ("pending", String::new()),
         Some(s)
             if s.state == RunState::Finished

@@ -22,7 +22,10 @@ fn runs_listed(page: &str) -> usize {
 #[test]
 fn hosts_show_what_they_do_and_runs_filter() {
     let (_d, state) = keyed_state();
-    for (i, name) in ["busy", "broken", "waiting", "quiet"].iter().enumerate() {
+    for (i, name) in ["busy", "broken", "waiting", "quiet", "holding"]
+        .iter()
+        .enumerate()
+    {
         let o = kc(
             &state,
             &[
@@ -51,6 +54,7 @@ fn hosts_show_what_they_do_and_runs_filter() {
     let busy = for_host("busy", "burnin", now - 50);
     let broken = for_host("broken", "smoke", now - 400);
     let waiting = for_host("waiting", "burnin", now - 30);
+    let holding = for_host("holding", "smoke", now - 600);
     let c = Coordinator::start(&state);
     let mut r = Reporter::new(busy);
     let claim = r.claim();
@@ -69,7 +73,26 @@ fn hosts_show_what_they_do_and_runs_filter() {
     let f = r.frames(events);
     ack(&c.url, &broken, &r.seal(f));
 
+    let mut r = Reporter::new(holding);
+    let claim = r.claim();
+    let f = r.frames(vec![
+        claim,
+        Event::Held {
+            outcome: Outcome::Failed,
+            until_ms: now_ms() + 3_600_000,
+            addrs: vec!["10.0.2.15".into()],
+            host_key: Some("SHA256:hostkey".into()),
+        },
+    ]);
+    ack(&c.url, &holding, &r.seal(f));
+
     let page = get(&c.url, "/").text();
+    let held_row = row(&page, "holding");
+    assert!(
+        held_row.contains(">held</span> ssh root@10.0.2.15"),
+        "{held_row}"
+    );
+    assert!(held_row.contains("SHA256:hostkey"), "{held_row}");
     let busy_row = row(&page, "busy");
     assert!(
         busy_row.contains(">running</span> stage 1/2: build"),
@@ -86,7 +109,7 @@ fn hosts_show_what_they_do_and_runs_filter() {
         "one pending ticket: {waiting_row}"
     );
     assert!(row(&page, "quiet").contains(">idle</span>"), "{page}");
-    assert_eq!(runs_listed(&page), 3);
+    assert_eq!(runs_listed(&page), 4);
     let _ = waiting;
 
     // Filters, alone and together; an older-runs link keeps them.
