@@ -146,6 +146,10 @@ pub struct Receiver {
     pub to: Vec<String>,
     /// The kinds it wants.
     pub on: Vec<Kind>,
+    /// For an `https://` receiver: PEM certificates to trust instead of the public
+    /// roots (its own certificate or its CA; `notify add --ca FILE`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub ca: Option<String>,
 }
 
 impl Receiver {

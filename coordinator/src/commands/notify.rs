@@ -28,6 +28,23 @@ pub fn cmd_add(state: &State, c: &NotifyAddCmd) -> Result<i32> {
         from: c.from.clone(),
         to: c.to.clone(),
         on: notify::parse_on(c.on.as_deref().unwrap_or(DEFAULT_ON))?,
+        ca: match &c.ca {
+            None => None,
+            Some(path) => {
+                if !url.starts_with("https://") {
+                    bail!("--ca is for an https:// receiver");
+                }
+                let pem = kiln_protocol::io::read_text_capped(
+                    path,
+                    crate::power::tls::MAX_CA_BYTES,
+                    "a certificate file",
+                )
+                .map_err(|e| anyhow::anyhow!("--ca {}: {e}", path.display()))?;
+                crate::power::tls::parse_pem(&pem)
+                    .map_err(|e| anyhow::anyhow!("--ca {}: {e:#}", path.display()))?;
+                Some(pem)
+            }
+        },
     };
     r.check()?;
     if let Some(s) = &r.secret
@@ -183,11 +200,11 @@ pub struct NotifyAddCmd {
     /// receiver name
     #[argh(positional)]
     pub name: String,
-    /// a webhook URL (http://…): JSON POST, signed with --secret (header
+    /// a webhook URL (http:// or https://): JSON POST, signed with --secret (header
     /// Kiln-Signature: sha256=HEX, the HMAC-SHA256 of the body)
     #[argh(option)]
     pub webhook: Option<String>,
-    /// an ntfy topic URL (http://…/topic); --secret names an access token
+    /// an ntfy topic URL (http(s)://…/topic); --secret names an access token
     #[argh(option)]
     pub ntfy: Option<String>,
     /// an SMTP relay, smtp://HOST:PORT (with --from and --to)
@@ -196,6 +213,10 @@ pub struct NotifyAddCmd {
     /// name of a secret (secret set): the webhook's HMAC key or ntfy's token
     #[argh(option)]
     pub secret: Option<String>,
+    /// for an https:// receiver: a PEM file of certificates to trust instead of the
+    /// public roots (the receiver's own certificate or its CA)
+    #[argh(option)]
+    pub ca: Option<std::path::PathBuf>,
     /// mail sender address (smtp)
     #[argh(option)]
     pub from: Option<String>,

@@ -34,16 +34,13 @@ pub const KEY_HEADER: &str = "Kiln-Delivery";
 /// The event header of webhook deliveries.
 pub const EVENT_HEADER: &str = "Kiln-Event";
 
-/// Checks a webhook or ntfy URL: `http://host[:port][/path]`. Returns host:port.
+/// Checks a webhook or ntfy URL: `http(s)://host[:port][/path]`. Returns host:port.
 pub fn http_target(url: &str) -> Result<String> {
-    if url.starts_with("https://") {
-        bail!(
-            "https receivers are not supported yet (no TLS client in the coordinator): \
-             use http:// on the lab network, or a local relay"
-        );
+    if let Some(rest) = url.strip_prefix("https://") {
+        return host_port(rest, 443, "https://");
     }
     let Some(rest) = url.strip_prefix("http://") else {
-        bail!("a receiver URL starts with http://");
+        bail!("a receiver URL starts with http:// or https://");
     };
     host_port(rest, 80, "http://")
 }
@@ -121,18 +118,26 @@ pub fn send(state: &State, r: &Receiver, e: &Entry) -> Result<(), String> {
     }
 }
 
-fn agent() -> ureq::Agent {
-    ureq::AgentBuilder::new()
+/// An HTTP client for receiver `r`: over https, its pinned certificates (`ca`) or
+/// else the public roots.
+fn agent_for(r: &Receiver) -> Result<ureq::Agent, String> {
+    let mut b = ureq::AgentBuilder::new()
         .timeout_connect(CONNECT_TIMEOUT)
         .timeout(IO_TIMEOUT)
         .redirects(0)
-        .user_agent(concat!("kiln-coordinator/", env!("CARGO_PKG_VERSION")))
-        .build()
+        .user_agent(concat!("kiln-coordinator/", env!("CARGO_PKG_VERSION")));
+    if let Some(pem) = &r.ca {
+        let config =
+            crate::power::tls::client_config(&crate::power::tls::Trust::Pinned(pem.clone()))
+                .map_err(|e| format!("{e:#}"))?;
+        b = b.tls_config(config);
+    }
+    Ok(b.build())
 }
 
 fn webhook(r: &Receiver, n: &Notification, key: Option<&[u8]>) -> Result<(), String> {
     let body = serde_json::to_vec(n).map_err(|e| e.to_string())?;
-    let mut req = agent()
+    let mut req = agent_for(r)?
         .post(&r.url)
         .set("Content-Type", "application/json")
         .set(KEY_HEADER, &n.key)
@@ -198,7 +203,7 @@ fn ntfy(r: &Receiver, n: &Notification, token: Option<&[u8]>) -> Result<(), Stri
         Kind::Failed | Kind::Contested | Kind::NeverBooted => "high",
         _ => "default",
     };
-    let mut req = agent()
+    let mut req = agent_for(r)?
         .post(&r.url)
         .set("Title", &title(n))
         .set("Tags", tag(n.event))

@@ -19,6 +19,7 @@ fn receiver(name: &str, via: Via, url: &str, on: &[Kind]) -> Receiver {
         from: None,
         to: Vec::new(),
         on: on.to_vec(),
+        ca: None,
     }
 }
 
@@ -66,7 +67,10 @@ fn urls_and_addresses_are_checked() {
         deliver::http_target("http://ntfy.lab/alerts").unwrap(),
         "ntfy.lab:80"
     );
-    assert!(deliver::http_target("https://ntfy.sh/x").is_err());
+    assert_eq!(
+        deliver::http_target("https://ntfy.sh/x").unwrap(),
+        "ntfy.sh:443"
+    );
     assert!(deliver::http_target("http://").is_err());
     assert!(deliver::http_target("http://a b/").is_err());
     assert!(deliver::http_target("http://u:p@host/").is_err());

@@ -687,3 +687,155 @@ fn a_held_machine_queues_its_notification() {
     assert!(s.contains("\"event\":\"held\""), "{s}");
     assert!(s.contains(&run.to_string()), "{s}");
 }
+
+/// An https webhook with a self-signed certificate: delivered (signed) when that
+/// certificate is pinned with `--ca`; refused by the public roots without it.
+#[test]
+fn an_https_webhook_gets_its_notification_through_a_pinned_certificate() {
+    let (d, state) = keyed_state();
+    let dir = d.path();
+    let (key, cert) = (dir.join("key.pem"), dir.join("cert.pem"));
+    let made = Command::new("openssl")
+        .args([
+            "req",
+            "-x509",
+            "-newkey",
+            "ec",
+            "-pkeyopt",
+            "ec_paramgen_curve:P-256",
+        ])
+        .args(["-nodes", "-days", "1", "-subj", "/CN=127.0.0.1"])
+        .args(["-addext", "subjectAltName=IP:127.0.0.1"])
+        .arg("-keyout")
+        .arg(&key)
+        .arg("-out")
+        .arg(&cert)
+        .output()
+        .expect("openssl");
+    assert!(
+        made.status.success(),
+        "{}",
+        String::from_utf8_lossy(&made.stderr)
+    );
+    let got = dir.join("got.jsonl");
+    let script = format!(
+        r#"
+import http.server, ssl, json
+class H(http.server.BaseHTTPRequestHandler):
+    def do_POST(self):
+        body = self.rfile.read(int(self.headers['Content-Length']))
+        with open({got:?}, 'a') as f:
+            f.write(json.dumps({{'sig': self.headers.get('Kiln-Signature'), 'body': body.decode()}}) + '\n')
+        self.send_response(200)
+        self.end_headers()
+    def log_message(self, *a):
+        pass
+srv = http.server.HTTPServer(('127.0.0.1', 0), H)
+ctx = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
+ctx.load_cert_chain({cert:?}, {key:?})
+srv.socket = ctx.wrap_socket(srv.socket, server_side=True)
+print(srv.server_address[1], flush=True)
+srv.serve_forever()
+"#,
+        got = got.display().to_string(),
+        cert = cert.display().to_string(),
+        key = key.display().to_string(),
+    );
+    let mut rx = Command::new("python3")
+        .args(["-c", &script])
+        .stdout(Stdio::piped())
+        .spawn()
+        .expect("python3");
+    let mut port = String::new();
+    BufReader::new(rx.stdout.take().unwrap())
+        .read_line(&mut port)
+        .unwrap();
+    let url = format!("https://127.0.0.1:{}/hook", port.trim());
+    let sf = dir.join("hook.key");
+    std::fs::write(&sf, SECRET).unwrap();
+    assert_eq!(
+        kc(
+            &state,
+            &["secret", "set", "hookkey", "--file", sf.to_str().unwrap()]
+        )
+        .code,
+        0
+    );
+    let o = kc(
+        &state,
+        &[
+            "notify",
+            "add",
+            "pinned",
+            "--webhook",
+            &url,
+            "--secret",
+            "hookkey",
+            "--on",
+            "failed",
+            "--ca",
+            cert.to_str().unwrap(),
+        ],
+    );
+    assert_eq!(o.code, 0, "{}", o.stderr);
+    let o = kc(
+        &state,
+        &[
+            "notify",
+            "add",
+            "public",
+            "--webhook",
+            &url,
+            "--on",
+            "failed",
+        ],
+    );
+    assert_eq!(o.code, 0, "{}", o.stderr);
+    let run = issue(&state);
+    let c = crate::common::Coordinator::start(&state);
+    let mut r = Reporter::new(run);
+    let claim = r.claim();
+    let mut events = vec![claim];
+    events.extend(full_run(Outcome::Failed));
+    let f = r.frames(events);
+    ack(&c.url, &run, &r.seal(f));
+    let t0 = std::time::Instant::now();
+    let line = loop {
+        if let Ok(t) = std::fs::read_to_string(&got)
+            && let Some(l) = t.lines().next()
+        {
+            break l.to_string();
+        }
+        assert!(
+            t0.elapsed() < std::time::Duration::from_secs(60),
+            "nothing arrived over https"
+        );
+        std::thread::sleep(std::time::Duration::from_millis(200));
+    };
+    let v: serde_json::Value = serde_json::from_str(&line).unwrap();
+    let body = v["body"].as_str().unwrap();
+    assert!(body.contains(&run.to_string()), "{body}");
+    assert_eq!(v["sig"], format!("sha256={}", hmac_hex(body.as_bytes())));
+    // The receiver without the pin: its certificate is nobody's, so it fails and waits.
+    let t0 = std::time::Instant::now();
+    loop {
+        let s = status(&state);
+        let failing = s["queued"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .find(|q| q["receiver"] == "public");
+        if let Some(q) = failing
+            && q["attempts"].as_u64().unwrap_or(0) > 0
+        {
+            let err = q["last_error"].as_str().unwrap_or("");
+            assert!(!err.is_empty(), "{s}");
+            break;
+        }
+        assert!(t0.elapsed() < std::time::Duration::from_secs(60), "{s}");
+        std::thread::sleep(std::time::Duration::from_millis(200));
+    }
+    assert_eq!(std::fs::read_to_string(&got).unwrap().lines().count(), 1);
+    let _ = rx.kill();
+    let _ = rx.wait();
+}
