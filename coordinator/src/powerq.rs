@@ -114,6 +114,10 @@ struct Consoles {
 /// How long after a failed (or ended) console session the next is tried.
 const CONSOLE_RETRY: Duration = Duration::from_secs(2);
 
+/// After a run, how long the power-off waits for the host's console to be read
+/// (its last lines: the OS shutting down, a hang) before it goes ahead regardless.
+const CONSOLE_AFTER_RUN: Duration = Duration::from_secs(5);
+
 /// One lights-out run as the tick sees it.
 struct Seen {
     id: RunId,
@@ -179,6 +183,16 @@ impl Queue {
             if p.released {
                 self.done.insert(id);
                 let _ = std::fs::remove_file(&mark);
+                // Its console was read until the power-off: that is over too.
+                let con = self
+                    .consoles
+                    .lock()
+                    .expect("consoles lock")
+                    .live
+                    .remove(&id);
+                if let Some(con) = con {
+                    std::thread::spawn(move || con.stop());
+                }
                 continue;
             }
             let s = match crate::status::current(&rd, &self.key) {
@@ -203,7 +217,9 @@ impl Queue {
             }
         }
         for r in &seen {
-            let wants = r.p.booting_since_ms.is_some() && !r.claimed() && !r.over();
+            // From power-on to the claim, and from the run's end until the power-off.
+            let wants = (r.p.booting_since_ms.is_some() && !r.claimed() && !r.over())
+                || (r.over() && r.p.powering && !r.p.released);
             self.console(r, hosts.get(&r.s.host), wants);
         }
         let mut queued: Vec<&Seen> = Vec::new();
@@ -455,7 +471,30 @@ impl Queue {
             return;
         };
         let state = self.state.clone();
+        let (consoles, id) = (self.consoles.clone(), r.id);
         self.on_thread(r.id, move || {
+            // Give the console its window: wait until it has been read for a moment
+            // (or its host has none, or the grace ends).
+            let t0 = Instant::now();
+            let mut up_since: Option<Instant> = None;
+            while t0.elapsed() < CONSOLE_AFTER_RUN {
+                let (live, none) = {
+                    let c = consoles.lock().expect("consoles lock");
+                    (c.live.contains_key(&id), c.none.contains(&id))
+                };
+                if none {
+                    break;
+                }
+                if live {
+                    let since = *up_since.get_or_insert_with(Instant::now);
+                    if since.elapsed() >= Duration::from_secs(2) {
+                        break;
+                    }
+                } else if up_since.is_some() {
+                    break; // it was read, and it ended
+                }
+                std::thread::sleep(Duration::from_millis(100));
+            }
             let rec = match act(&state, &rd, &host, Action::Status) {
                 Ok(a) if a.state == Some(PowerState::Off) => {
                     Record::new(Event::Released, "already off")
