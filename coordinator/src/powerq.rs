@@ -495,12 +495,18 @@ impl Queue {
                 }
                 std::thread::sleep(Duration::from_millis(100));
             }
+            let read = up_since.map_or_else(String::new, |t| {
+                format!(
+                    " (its console read for {} after the run)",
+                    crate::fmt::fmt_ms(t.elapsed().as_millis() as u64)
+                )
+            });
             let rec = match act(&state, &rd, &host, Action::Status) {
                 Ok(a) if a.state == Some(PowerState::Off) => {
-                    Record::new(Event::Released, "already off")
+                    Record::new(Event::Released, format!("already off{read}"))
                 }
                 _ => match act(&state, &rd, &host, Action::Off) {
-                    Ok(_) => Record::new(Event::Released, "powered off"),
+                    Ok(_) => Record::new(Event::Released, format!("powered off{read}")),
                     Err(e) if e.unsupported => {
                         Record::new(Event::Released, format!("left to the agent: {}", e.reason))
                     }

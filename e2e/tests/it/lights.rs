@@ -267,7 +267,7 @@ fn a_booted_agent_runs_the_plan_and_the_host_is_powered_off_after() {
     assert!(acts.iter().any(|a| a == "on:true"), "{acts:?}");
     assert!(acts.iter().any(|a| a == "off:true"), "{acts:?}");
     let log = fx.power_log(&run);
-    assert!(log.contains("\"powered off\""), "{log}");
+    assert!(log.contains("\"detail\":\"powered off"), "{log}");
     // The agent's frames are its own: events.log holds no coordinator record.
     let logs = kc(&fx.state, &["run", "logs", &run]).stdout;
     assert!(logs.contains("hello from the agent"), "{logs}");
