@@ -562,7 +562,26 @@ fn a_claimed_run_gone_quiet_is_notified_stale_once() {
 fn notify_add_refuses_what_it_cannot_send_to() {
     let (_dir, state) = keyed_state();
     for (args, why) in [
-        (vec!["a", "--webhook", "https://hooks.example/x"], "https"),
+        (
+            vec![
+                "a",
+                "--webhook",
+                "http://hooks.example/x",
+                "--ca",
+                "/etc/hostname",
+            ],
+            "--ca is for an https:// receiver",
+        ),
+        (
+            vec![
+                "a",
+                "--webhook",
+                "https://hooks.example/x",
+                "--ca",
+                "/etc/hostname",
+            ],
+            "--ca /etc/hostname",
+        ),
         (vec!["a", "--ntfy", "ftp://x/y"], "http://"),
         (vec!["a"], "exactly one of"),
         (
