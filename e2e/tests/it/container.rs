@@ -93,6 +93,11 @@ impl Fx {
 
     /// [`Fx::agent`] with `wrappers` first in PATH and the work folder `work`.
     fn agent_with_path(&self, run: &str, wrappers: &Path, work: &str) -> Child {
+        self.agent_with_path_to(run, wrappers, work, Stdio::inherit())
+    }
+
+    /// [`Fx::agent_with_path`] with the agent's stderr going to `err`.
+    fn agent_with_path_to(&self, run: &str, wrappers: &Path, work: &str, err: Stdio) -> Child {
         let ticket = self.state.join("runs").join(run).join("ticket.kiln");
         let trust = self.state.join("key/coordinator.pub");
         let path = format!(
@@ -106,7 +111,7 @@ impl Fx {
             .env("PATH", path)
             .current_dir(&self.dir)
             .stdout(Stdio::null())
-            .stderr(Stdio::inherit())
+            .stderr(err)
             .spawn()
             .expect("starting kiln-agent")
     }
@@ -633,11 +638,20 @@ command = ["sleep", "300"]
         "the VOLUME's anonymous volume: {volumes:?}"
     );
 
-    let mut agent = fx.agent_with_path(&run, &wrap, "work");
+    // The restarted agent's own words are kept, for when it does not pass.
+    let err = fx.dir.join("agent2.stderr");
+    let mut agent = fx.agent_with_path_to(
+        &run,
+        &wrap,
+        "work",
+        Stdio::from(std::fs::File::create(&err).expect("stderr file")),
+    );
+    let code = wait_exit(&mut agent, Duration::from_secs(180));
     assert_eq!(
-        wait_exit(&mut agent, Duration::from_secs(180)),
+        code,
         0,
-        "{}",
+        "the restarted agent said:\n{}\nthe run's log:\n{}",
+        std::fs::read_to_string(&err).unwrap_or_default(),
         fx.logs(&run)
     );
     assert!(fx.logs(&run).contains("attempt 2"), "{}", fx.logs(&run));
