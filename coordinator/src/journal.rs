@@ -2,7 +2,7 @@
 //! appended by whoever made the change (the server's ingest, or a command-line
 //! `ticket issue`, `run abort`, `import`, `run ack-contest` on the same folder).
 //! A running server follows it to keep its in-memory index current without
-//! rescanning the folder per request (`crate::index`).
+//! rescanning the folder per request (index.rs).
 //!
 //! A line is `run <32 hex digits>\n`, written with one `write` on an `O_APPEND`
 //! descriptor under an exclusive `flock`, after the change itself is on disk. The

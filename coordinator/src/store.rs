@@ -34,7 +34,8 @@ pub mod files {
     /// Claim events: who claimed the run from where, contested and refused claims
     /// (written and read by `claims.rs`).
     pub const CLAIMS: &str = "claims";
-    /// A finished run's listing row (`crate::index`), derived, rebuilt if missing.
+    /// A finished run's listing row (the server's index, index.rs), derived, rebuilt
+    /// if missing.
     pub const SUMMARY: &str = "summary.json";
     /// A lights-out run's power record: steps, power actions, the coordinator's end
     /// of the run (written and read by `lights.rs`).
